@@ -1,0 +1,168 @@
+"""Checkpoints: fp16 safetensors weights beside a JSON model card.
+
+The card is the single source of the architecture, input size, normalisation, label schema
+and calibration for everything that uses a trained model (evaluation, prediction,
+explanations, the app). Loading never unpickles and never touches the network.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .labels import schema
+from .model import ModelConfig, SingleSharedNet, count_parameters
+
+CARD_FORMAT = 1
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is: how to rebuild it, how to feed it, how it was made, how good it is.
+
+    Attributes:
+        name: file stem of the checkpoint.
+        model: :class:`ModelConfig` fields.
+        image_size: square input side in pixels.
+        mean, std: input normalisation (RGB, 0..1 scale).
+        labels: the label schema the heads were trained for (:func:`skinnet.labels.schema`).
+        loss_weights: head -> weight used in training.
+        temperatures: head -> calibration temperature (1.0 = uncalibrated).
+        training: seed, epochs, data (split, number of corrections used), hardware, time...
+        metrics: split -> head -> task -> accuracy (and whatever else evaluation stores).
+        params: number of parameters.
+    """
+
+    name: str
+    model: dict[str, Any]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    labels: list[dict] = field(default_factory=schema)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    temperatures: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: int = 0
+    skinnet_version: str = __version__
+    card_format: int = CARD_FORMAT
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**self.model)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "card") -> "ModelCard":
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("name", "model", "image_size", "mean", "std") if k not in data]
+        if missing:
+            raise ValueError(f"{where}: not a skinnet model card, missing {missing}")
+        card = cls(**{k: v for k, v in data.items() if k in known})
+        card.mean, card.std = tuple(card.mean), tuple(card.std)
+        return card
+
+
+def card_path(weights_path: Path) -> Path:
+    return weights_path.with_suffix(".json")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``<path>.safetensors`` (weights, fp16 by default) and ``<path>.json`` (card).
+
+    Returns:
+        The weights path.
+    """
+    weights = Path(path).with_suffix(".safetensors")
+    card.name = weights.stem
+    card.model = model.config.to_dict()
+    card.params = count_parameters(model)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
+    return weights
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card of a checkpoint (``.safetensors`` or ``.json`` path), checked against the schema.
+
+    Raises:
+        FileNotFoundError: no card beside the weights.
+        ValueError: not a card, or trained for another label schema.
+    """
+    json_path = card_path(Path(path))
+    if not json_path.is_file():
+        raise FileNotFoundError(f"model card {json_path} not found (a checkpoint is a .safetensors "
+                                "file with a .json card beside it)")
+    try:
+        data = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{json_path} is not valid JSON: {err}") from None
+    card = ModelCard.from_dict(data, str(json_path))
+    if card.labels != schema():
+        raise ValueError(f"{json_path}: the checkpoint was trained for another label schema "
+                         f"({[t.get('name') for t in card.labels]} with its classes) than this "
+                         "skinnet's Derm7pt 8-task schema")
+    return card
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SingleSharedNet, ModelCard]:
+    """Rebuild the model from its card (``pretrained=False``) and load the weights.
+
+    Raises:
+        FileNotFoundError: weights or card missing.
+        ValueError: card/schema mismatch, or weights that do not fit the card's architecture.
+    """
+    weights = Path(path).with_suffix(".safetensors")
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint weights {weights} not found")
+    card = read_card(weights)
+    try:
+        model = SingleSharedNet(card.model_config, pretrained=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{card_path(weights)}: cannot build its model ({err})") from None
+    state = load_file(str(weights), device="cpu")
+    reference = model.state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    wrong = [k for k in reference if k in state and state[k].shape != reference[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{weights} does not match its card's architecture "
+                         f"({card.model.get('backbone')}): missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+    return model.to(device).eval(), card
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

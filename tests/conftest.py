@@ -1,0 +1,15 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import make_release  # noqa: E402
+
+REAL_DERM7PT = Path(__file__).resolve().parents[2] / "shared" / "derm7pt"
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory) -> Path:
+    """A synthetic Derm7pt release_v0 (24 cases), shared by the session: do not modify."""
+    return make_release(tmp_path_factory.mktemp("derm7pt"))

@@ -1,0 +1,76 @@
+"""A small synthetic Derm7pt release_v0 with the official release's quirks (no real images).
+
+Same layout (meta/meta.csv with the official columns, meta/*_indexes.csv, images/<DIR>/<file>)
+and the same traps: a meta.csv path whose case differs from the file on disk, upper-case
+``.JPG`` clinical files, and cases whose clinical image is the dermoscopy image.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skinnet.labels import TASKS
+
+META_COLUMNS = ["case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks",
+                "pigmentation", "regression_structures", "dots_and_globules", "blue_whitish_veil",
+                "vascular_structures", "level_of_diagnostic_difficulty", "elevation", "location",
+                "sex", "management", "clinic", "derm", "case_id", "notes"]
+ALL_RAW_VALUES = {t.column: [v for group in t.raw_values for v in group] for t in TASKS}
+
+
+def lesion_image(rng: np.random.Generator, size=(72, 56), tint=0) -> Image.Image:
+    """A skin-coloured image with a dark blob whose colour depends on ``tint`` (learnable)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    skin = np.array([220, 170, 140], dtype=np.float64)
+    blob_colour = np.array([[90, 50, 30], [40, 40, 90], [120, 30, 30], [60, 90, 60], [30, 30, 30]][tint % 5])
+    cx, cy, r = w / 2 + rng.normal(0, 4), h / 2 + rng.normal(0, 4), min(w, h) / 3.5
+    mask = (((xx - cx) ** 2 + (yy - cy) ** 2) < r ** 2)[..., None]
+    pixels = np.where(mask, blob_colour, skin) + rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_release(root: Path, n_cases: int = 24, seed: int = 0, splits=(0.5, 0.25, 0.25)) -> Path:
+    """Write a synthetic release_v0 under ``root``; returns ``root``.
+
+    Row 1 carries the case-mismatch quirk (meta says ``FCl/Fcl001.jpg``, disk has
+    ``FCL/Fcl001.jpg``), row 2 has clinic == derm, clinical files are upper-case ``.JPG``.
+    Every raw label value of meta.csv appears at least once when n_cases >= 20.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_cases):
+        labels = {col: values[i % len(values)] for col, values in ALL_RAW_VALUES.items()}
+        diag = TASKS[0].class_index(labels["diagnosis"])
+        folder, stem = ("FCL", f"Fcl{i:03d}") if i == 1 else ("NEL", f"Nel{i:03d}")
+        meta_folder = "FCl" if i == 1 else folder
+        (root / "images" / folder).mkdir(parents=True, exist_ok=True)
+        derm_name, clinic_name = f"{stem}d.jpg", f"{stem.upper()}C.JPG"
+        lesion_image(rng, tint=diag).save(root / "images" / folder / derm_name, quality=90)
+        derm = f"{meta_folder}/{derm_name}"
+        if i == 2:
+            clinic = derm
+        else:
+            lesion_image(rng, size=(64, 48), tint=diag).save(root / "images" / folder / clinic_name, quality=90)
+            clinic = f"{folder}/{clinic_name}"
+        rows.append({"case_num": i + 1, **labels, "seven_point_score": 0,
+                     "level_of_diagnostic_difficulty": "low", "elevation": "flat",
+                     "location": "back", "sex": "female", "management": "clinical follow up",
+                     "clinic": clinic, "derm": derm, "case_id": "", "notes": ""})
+    with open(root / "meta" / "meta.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=META_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    order = rng.permutation(n_cases)
+    n_train, n_valid = int(splits[0] * n_cases), int(splits[1] * n_cases)
+    parts = {"train": order[:n_train], "valid": order[n_train:n_train + n_valid],
+             "test": order[n_train + n_valid:]}
+    for split, indexes in parts.items():
+        (root / "meta" / f"{split}_indexes.csv").write_text(
+            "indexes\n" + "".join(f"{int(i)}\n" for i in sorted(indexes)))
+    return root

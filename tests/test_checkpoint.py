@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from skinnet.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
+from skinnet.model import count_parameters, create_model
+
+TINY = dict(backbone="tf_efficientnet_lite0", cross_attention_stages=(-1,))
+
+
+def card_for(model):
+    return ModelCard(name="x", model=model.config.to_dict(), image_size=64,
+                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), loss_weights={"dermoscopy": 1.0})
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = create_model(**TINY).eval()
+    for module in model.cross_attention.values():
+        module.gate.data.fill_(0.3)
+    x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    path = save_checkpoint(model, card_for(model), tmp_path / "full", dtype=torch.float32)
+    loaded, card = load_checkpoint(path)
+    with torch.no_grad():
+        for head, value in model(x, y).items():
+            assert torch.equal(loaded(x, y)[head], value), head
+    assert card.params == count_parameters(model) and card.name == "full"
+    # fp16 (the shipped format): close to the original, and stable across a second round trip
+    half = save_checkpoint(model, card_for(model), tmp_path / "half")
+    first, _ = load_checkpoint(half)
+    again, _ = load_checkpoint(save_checkpoint(first, card_for(first), tmp_path / "again"))
+    with torch.no_grad():
+        torch.testing.assert_close(first(x, y)["fused"], model(x, y)["fused"], atol=2e-2, rtol=2e-2)
+        assert torch.equal(first(x, y)["fused"], again(x, y)["fused"])
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+
+
+def test_mismatching_card_is_refused(tmp_path):
+    model = create_model(**TINY)
+    path = save_checkpoint(model, card_for(model), tmp_path / "m")
+    card_file = path.with_suffix(".json")
+    data = json.loads(card_file.read_text())
+
+    data["labels"][0]["classes"] = ["BCC", "NEV", "MEL"]
+    card_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="another label schema"):
+        load_checkpoint(path)
+
+    data = json.loads(json.dumps(data))
+    data["labels"] = read_card.__globals__["schema"]()
+    data["model"]["backbone"] = "resnet18"
+    card_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="does not match its card's architecture.*resnet18"):
+        load_checkpoint(path)
+
+    card_file.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_checkpoint(path)
+    card_file.unlink()
+    with pytest.raises(FileNotFoundError, match="model card"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="weights"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_weights_file_is_not_a_pickle(tmp_path):
+    model = create_model(**TINY)
+    path = save_checkpoint(model, card_for(model), tmp_path / "m")
+    header = path.read_bytes()[:16]
+    assert not header.startswith(b"\x80") and b"PK" not in header[:4]

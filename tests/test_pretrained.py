@@ -1,0 +1,36 @@
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from skinnet.backbones import create_backbone, load_offline_imagenet, offline_weights_path
+from skinnet.transforms import eval_transform
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
+def test_offline_weights_equal_package_tensors(name):
+    package = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
+    model = timm.create_model(name, pretrained=False)
+    load_offline_imagenet(model, name)
+    loaded = model.state_dict()
+    assert len(loaded) == len(package)
+    for (key, value), source in zip(loaded.items(), package.values()):
+        assert torch.equal(value, source), key
+
+
+def test_cat_photo_is_an_egyptian_cat():
+    skimage_data = pytest.importorskip("skimage.data")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    load_offline_imagenet(model, "tf_efficientnet_lite0")
+    model.eval()
+    image = Image.fromarray(skimage_data.chelsea())
+    x = eval_transform(224, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])(image)[None]
+    with torch.no_grad():
+        probs = model(x).softmax(-1)[0]
+    assert int(probs.argmax()) == 285  # ImageNet "Egyptian cat"
+    assert float(probs[281:286].sum()) > 0.6  # the domestic cat classes together
+
+
+def test_offline_request_for_model_without_package():
+    with pytest.raises(ValueError, match="no offline ImageNet weights.*tf_efficientnet_lite0"):
+        create_backbone("resnet18", pretrained="offline")
