@@ -1,6 +1,68 @@
-"""skinnet review app (Gradio). The UI lands with the app issue; this entry point already runs."""
+"""skinnet review app: ``python app.py`` (also the Hugging Face Space's app_file).
+
+Flags override environment variables, which override the defaults:
+
+    --checkpoint  SKINNET_CHECKPOINT   checkpoints/skinnet_lite0.safetensors
+    --host        GRADIO_SERVER_NAME   127.0.0.1 (0.0.0.0 on a Space)
+    --port        GRADIO_SERVER_PORT   7860
+    --log-dir     SKINNET_LOG_DIR      ./corrections (reviewers' corrections and their images)
+    --users       SKINNET_USERS        a file of "user:password" lines; none: public demo
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "skinnet_lite0.safetensors"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    on_space = "SPACE_ID" in env
+    p = argparse.ArgumentParser(prog="python app.py", description="skinnet review app")
+    p.add_argument("--checkpoint", default=env.get("SKINNET_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
+    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--log-dir", default=env.get("SKINNET_LOG_DIR", str(ROOT / "corrections")))
+    p.add_argument("--users", default=env.get("SKINNET_USERS"), help="file of user:password lines")
+    p.add_argument("--device", default=env.get("SKINNET_DEVICE", "cpu"))
+    return p.parse_args(argv)
+
+
+def read_users(path: str | None) -> dict[str, str]:
+    """``user:password`` per line; blank lines and ``#`` comments ignored."""
+    if not path:
+        return {}
+    users = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SystemExit(f"{path} line {number}: expected 'user:password'")
+        users[user.strip()] = password
+    return users
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    from skinnet.predict import Predictor
+    from skinnet.ui import AppSettings, build_app, launch
+
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"skinnet: cannot load the model: {err}") from None
+    settings = AppSettings(checkpoint=Path(args.checkpoint), host=args.host, port=args.port,
+                           log_dir=Path(args.log_dir), users=read_users(args.users))
+    launch(build_app(predictor, settings), settings)
+
 
 if __name__ == "__main__":
-    print("skinnet: the review app is not built yet; the library is importable: import skinnet")
-    sys.exit(0)
+    main(sys.argv[1:])

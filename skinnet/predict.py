@@ -1,0 +1,120 @@
+"""Prediction from a checkpoint: images in, calibrated per-head, per-task probabilities out."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .checkpoint import ModelCard, file_sha256, load_checkpoint
+from .labels import TASKS, seven_point_score, split_logits
+from .model import MODALITIES, SingleSharedNet
+from .transforms import eval_transform, resize_center_crop
+
+FLIPS = ((), (3,), (2,), (2, 3))
+
+
+@dataclass
+class HeadPrediction:
+    """One head's output: per task, the class probabilities (class name -> p) and the top class."""
+
+    probabilities: dict[str, dict[str, float]]
+
+    @property
+    def classes(self) -> dict[str, str]:
+        return {task: max(p, key=p.get) for task, p in self.probabilities.items()}
+
+    @property
+    def seven_point(self) -> int:
+        return seven_point_score(self.classes)
+
+
+@dataclass
+class Prediction:
+    """What the model says about one lesion.
+
+    Attributes:
+        heads: head name (clinical, dermoscopy, fused) -> its prediction; only the heads the
+            given images allow (one image: that modality's head alone).
+        modalities: which images were given.
+    """
+
+    heads: dict[str, HeadPrediction]
+    modalities: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def primary_head(self) -> str:
+        """The head to trust first: fused when both images exist, else the one there is."""
+        return "fused" if "fused" in self.heads else next(iter(self.heads))
+
+
+class Predictor:
+    """A loaded checkpoint with its preprocessing, ready for single cases.
+
+    Model calls are serialised with a lock: the app's handlers run in worker threads and
+    Grad-CAM's hooks must only ever see their own request's forward pass.
+    """
+
+    def __init__(self, model: SingleSharedNet, card: ModelCard, checkpoint_sha256: str = "",
+                 device: str = "cpu"):
+        self.model = model.to(device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.card = card
+        self.device = device
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.transform = eval_transform(card.image_size, card.mean, card.std)
+        self.lock = threading.RLock()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
+        model, card = load_checkpoint(path, device)
+        return cls(model, card, file_sha256(Path(path).with_suffix(".safetensors")), device)
+
+    @property
+    def version(self) -> str:
+        return f"{self.card.name}@{self.checkpoint_sha256[:12]}" if self.checkpoint_sha256 else self.card.name
+
+    def display_image(self, image: Image.Image) -> Image.Image:
+        """The square crop the model sees, at its input size (for overlays)."""
+        return resize_center_crop(image, self.card.image_size)
+
+    def to_tensor(self, image: Image.Image | None) -> torch.Tensor | None:
+        return None if image is None else self.transform(image)[None].to(self.device)
+
+    @torch.inference_mode()
+    def logits(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
+               tta: bool | None = None) -> dict[str, torch.Tensor]:
+        """Raw (uncalibrated) logits per head, (NUM_OUTPUTS,), flip-averaged if the card says so."""
+        if clinical is None and dermoscopy is None:
+            raise ValueError("need a clinical image, a dermoscopy image, or both")
+        tta = bool(self.card.training.get("tta", False)) if tta is None else tta
+        x_c, x_d = self.to_tensor(clinical), self.to_tensor(dermoscopy)
+        total: dict[str, torch.Tensor] = {}
+        with self.lock:
+            for dims in (FLIPS if tta else FLIPS[:1]):
+                flip = (lambda x: None if x is None else (x.flip(dims) if dims else x))
+                for head, value in self.model(flip(x_c), flip(x_d)).items():
+                    total[head] = total.get(head, 0) + value[0].float()
+        n = len(FLIPS) if tta else 1
+        return {head: value / n for head, value in total.items()}
+
+    def predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
+        """Calibrated probabilities of every available head (clean RGB PIL images in)."""
+        heads = {}
+        for head, flat in self.logits(clinical, dermoscopy).items():
+            temperature = float(self.card.temperatures.get(head, 1.0))
+            per_task = {}
+            for task, logits in zip(TASKS, split_logits(flat).values()):
+                probs = torch.softmax(logits / temperature, -1).tolist()
+                per_task[task.name] = dict(zip(task.classes, probs))
+            heads[head] = HeadPrediction(per_task)
+        modalities = tuple(m for m, im in zip(MODALITIES, (clinical, dermoscopy)) if im is not None)
+        notes = []
+        if len(modalities) == 1:
+            notes.append(f"Only the {modalities[0]} image was given: this is the {modalities[0]} head's "
+                         "prediction alone, without cross-attention or fusion.")
+        return Prediction(heads, modalities, notes)

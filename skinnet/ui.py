@@ -1,0 +1,314 @@
+"""The Gradio review app: paired upload, per-head predictions, Grad-CAM and attention maps.
+
+Handlers are plain functions of a :class:`Predictor` (tested directly), then ``build_app``
+lays out the Blocks and wires them with named API endpoints (``/predict``, ``/explain``).
+This module imports gradio; ``import skinnet`` does not.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from .explain import explain
+from .imaging import ImageError, load_rgb, pixel_sha256, png_bytes
+from .labels import CLASS_TITLES, SEVEN_POINT_THRESHOLD, TASK_BY_NAME, TASKS, seven_point_meaning
+from .model import HEADS
+from .predict import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = ("**Research tool, not a diagnosis.** Predictions come from a model trained on the "
+              "Derm7pt dataset (research use only); they are not a medical device's output and must "
+              "not guide the care of a patient.")
+PREDICTED = "(predicted class)"
+AUTO_HEAD = "auto"
+MAX_FILE_SIZE = "20mb"
+ORIGINAL_GRACE_S = 30.0
+"""Seconds an original upload stays in Gradio's cache after it was read (see _discard_upload)."""
+CLEAN_DIR = Path(tempfile.mkdtemp(prefix="skinnet-clean-"))
+"""Where de-identified copies of uploads are written before Gradio caches them."""
+CSS = """
+.disclaimer {border-left: 4px solid #d97706; padding: 6px 10px; background: #fffbeb;}
+"""
+
+
+@dataclass
+class AppSettings:
+    """Where the app listens and what it serves (flags and environment, see ``app.py``)."""
+
+    checkpoint: Path
+    host: str = "127.0.0.1"
+    port: int = 7860
+    log_dir: Path = Path("corrections")
+    users: dict[str, str] = field(default_factory=dict)
+
+
+# -- uploads ----------------------------------------------------------------------------------
+def _gradio_upload_roots() -> list[Path]:
+    root = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
+    return [Path(root).resolve()]
+
+
+def read_uploads(clinical_path, dermoscopy_path, uploads_only: bool = False):
+    """Open the uploaded pair as clean RGB pixels, then delete Gradio's copies of the originals.
+
+    Gradio keeps uploads in its cache under their original file names, with their metadata:
+    once the pixels are read, those copies go, so neither survives on the server. (Both are
+    read before either is deleted: Gradio stores identical uploads once.)
+
+    Args:
+        clinical_path, dermoscopy_path: paths, or Gradio file payloads, or None.
+        uploads_only: accept only files in Gradio's upload folder (the app's setting: an API
+            caller must not make the server read, or delete, any other file).
+
+    Returns:
+        (clinical, dermoscopy), each a PIL image or None.
+    """
+    clinical_path = _upload_path(clinical_path, uploads_only)
+    dermoscopy_path = _upload_path(dermoscopy_path, uploads_only)
+    try:
+        return tuple(_open(path, name) for path, name in
+                     ((clinical_path, "clinical image"), (dermoscopy_path, "dermoscopy image")))
+    finally:
+        for path in (clinical_path, dermoscopy_path):
+            if path:
+                _discard_upload(path)
+
+
+def _upload_path(value, uploads_only: bool = False) -> str | None:
+    """The file path of an image component's raw value (events run with ``preprocess=False``,
+    so that unreadable files reach our own checks instead of Gradio's generic error)."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    if not value:
+        return None
+    if uploads_only and not _is_upload(value):
+        raise gr.Error("That file is not an upload of this session; upload the image again.")
+    return value
+
+
+def _is_upload(path: str) -> bool:
+    resolved = Path(path).resolve()
+    return any(root in resolved.parents for root in _gradio_upload_roots())
+
+
+def _open(path: str | None, name: str) -> Image.Image | None:
+    if path is None:
+        return None
+    try:
+        return load_rgb(path, name)
+    except ImageError as err:
+        raise gr.Error(str(err)) from None
+
+
+def _is_clean(path: str) -> bool:
+    """A de-identified copy made by :func:`sanitize_upload` (named by its pixels' hash)."""
+    return re.fullmatch(r"[0-9a-f]{64}\.png", Path(path).name) is not None
+
+
+def _discard_upload(path: str) -> None:
+    """Delete an original upload from Gradio's cache, after a grace period.
+
+    The grace lets events already queued with the same file (an Analyse click racing the
+    upload handler, the explain step chained after predict) still read it. De-identified
+    copies stay: they are the component's value while the reviewer works on the case
+    (Gradio's ``delete_cache`` removes them later).
+    """
+    if not _is_upload(path) or _is_clean(path):
+        return
+    target = Path(path).resolve()
+    timer = threading.Timer(ORIGINAL_GRACE_S, lambda: target.unlink(missing_ok=True))
+    timer.daemon = True
+    timer.start()
+
+
+def sanitize_upload(path: str | None, name: str) -> str | None:
+    """Upload handler: replace the component's value by a de-identified PNG (pixels only,
+    named by their SHA-256), and schedule the original's deletion."""
+    path = _upload_path(path, uploads_only=True)
+    if path is None or _is_clean(path):
+        return path
+    try:
+        image = _open(path, name)
+    finally:
+        _discard_upload(path)
+    clean = CLEAN_DIR / f"{pixel_sha256(image)}.png"
+    CLEAN_DIR.mkdir(parents=True, exist_ok=True)
+    if not clean.exists():
+        clean.write_bytes(png_bytes(image))
+    return str(clean)
+
+
+# -- prediction -------------------------------------------------------------------------------
+def _fmt(p: float) -> str:
+    return f"{p:.2f}"
+
+
+def diagnosis_table(prediction: Prediction) -> pd.DataFrame:
+    rows = []
+    for cls in TASK_BY_NAME["DIAG"].classes:
+        row = {"class": f"{cls} ({CLASS_TITLES[cls]})"}
+        for head in HEADS:
+            row[head] = _fmt(prediction.heads[head].probabilities["DIAG"][cls]) if head in prediction.heads else "-"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["class", *HEADS])
+
+
+def criteria_table(prediction: Prediction) -> pd.DataFrame:
+    rows = []
+    for task in TASKS[1:]:
+        row = {"criterion": f"{task.name} ({task.title})"}
+        for head in HEADS:
+            if head in prediction.heads:
+                probs = prediction.heads[head].probabilities[task.name]
+                top = max(probs, key=probs.get)
+                row[head] = f"{top} {_fmt(probs[top])}"
+            else:
+                row[head] = "-"
+        rows.append(row)
+    score_row = {"criterion": f"7-point score (>= {SEVEN_POINT_THRESHOLD} suggests melanoma)"}
+    for head in HEADS:
+        score_row[head] = str(prediction.heads[head].seven_point) if head in prediction.heads else "-"
+    rows.append(score_row)
+    return pd.DataFrame(rows, columns=["criterion", *HEADS])
+
+
+def summary_markdown(prediction: Prediction, version: str) -> str:
+    head = prediction.primary_head
+    probs = prediction.heads[head].probabilities["DIAG"]
+    top = max(probs, key=probs.get)
+    score = prediction.heads[head].seven_point
+    used = " + ".join(prediction.modalities)
+    lines = [f"### {head.capitalize()} head: {top} ({CLASS_TITLES[top]}), p = {probs[top]:.2f}",
+             f"Seven-point checklist score: **{seven_point_meaning(score)}**",
+             f"Images used: **{used}** · model `{version}`"]
+    lines += [f"> {note}" for note in prediction.notes]
+    return "\n\n".join(lines)
+
+
+def predict_handler(predictor: Predictor, clinical_path, dermoscopy_path, uploads_only: bool = False):
+    """``/predict``: (summary markdown, DIAG table, criteria table) for one or two images."""
+    clinical, dermoscopy = read_uploads(clinical_path, dermoscopy_path, uploads_only)
+    if clinical is None and dermoscopy is None:
+        raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
+    prediction = predictor.predict(clinical, dermoscopy)
+    log.info("predicted a case with %s", "+".join(prediction.modalities))
+    return summary_markdown(prediction, predictor.version), diagnosis_table(prediction), criteria_table(prediction)
+
+
+def explain_handler(predictor: Predictor, clinical_path, dermoscopy_path, task: str, class_name: str,
+                    head: str, uploads_only: bool = False):
+    """``/explain``: (Grad-CAM clinical, Grad-CAM dermoscopy, attention overlays with captions)."""
+    clinical, dermoscopy = read_uploads(clinical_path, dermoscopy_path, uploads_only)
+    if clinical is None and dermoscopy is None:
+        raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
+    if task not in TASK_BY_NAME:
+        raise gr.Error(f"Unknown task {task!r}; choose one of {list(TASK_BY_NAME)}.")
+    cls = None if class_name in (None, "", PREDICTED) else class_name
+    if cls is not None and cls not in TASK_BY_NAME[task].classes:
+        raise gr.Error(f"{task} has no class {cls!r}; choose one of {list(TASK_BY_NAME[task].classes)}.")
+    given = [m for m, im in (("clinical", clinical), ("dermoscopy", dermoscopy)) if im is not None]
+    chosen = None if head in (None, "", AUTO_HEAD) else head
+    if chosen == "fused" and len(given) < 2:
+        raise gr.Error("The fused head needs both images; choose 'auto' or the head of the image you gave.")
+    if chosen in ("clinical", "dermoscopy") and chosen not in given:
+        raise gr.Error(f"The {chosen} head needs a {chosen} image.")
+    result = explain(predictor, clinical, dermoscopy, task, cls, chosen)
+    gallery = [(image, label) for label, image in result.attention.items()]
+    return result.gradcam.get("clinical"), result.gradcam.get("dermoscopy"), gallery
+
+
+def class_choices(task: str):
+    return gr.update(choices=[PREDICTED, *TASK_BY_NAME[task].classes], value=PREDICTED)
+
+
+def model_markdown(predictor: Predictor) -> str:
+    card = predictor.card
+    lines = [f"### Model `{predictor.version}`",
+             f"- Backbone: `{card.model['backbone']}` ({'one shared encoder' if card.model['shared'] else 'two encoders'}), "
+             f"cross-attention after stages {card.model['cross_attention_stages'] or 'none'}; "
+             f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px",
+             f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
+             f"- Calibration temperatures: {card.temperatures or 'none'}"]
+    for split in ("valid", "test"):
+        if split in card.metrics:
+            m = card.metrics[split]
+            tasks = ", ".join(f"{k} {100 * v:.1f}" for k, v in m["tasks"].items())
+            lines.append(f"- Derm7pt {split}, fused head: average {100 * m['avg']:.1f}% ({tasks})")
+    data = card.training.get("data", {})
+    if data:
+        lines.append(f"- Trained on {data.get('dataset', '?')} {data.get('split', '')} "
+                     f"({data.get('n_train_cases', '?')} cases, {data.get('n_corrections', 0)} corrections)")
+    lines.append("- Derm7pt is for research use only; so are these weights.")
+    return "\n".join(lines)
+
+
+# -- layout -----------------------------------------------------------------------------------
+def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.Blocks:
+    """The Blocks app around a loaded predictor."""
+    with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
+        gr.Markdown("# skinnet · multi-modal skin lesion review")
+        gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
+        with gr.Tab("Analyse"):
+            with gr.Row():
+                clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
+                                    sources=["upload", "clipboard"], height=300, elem_id="clinical-input")
+                dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
+                                      sources=["upload", "clipboard"], height=300, elem_id="dermoscopy-input")
+            analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+            summary = gr.Markdown(label="summary", elem_id="summary")
+            with gr.Row():
+                diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2, interactive=False,
+                                         elem_id="diagnosis-table")
+                criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
+                                        interactive=False, elem_id="criteria-table", scale=3)
+            with gr.Row():
+                task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
+                class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
+                                         label="Class")
+                head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
+                explain_button = gr.Button("Explain", elem_id="explain")
+            with gr.Row():
+                cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
+                                        interactive=False, elem_id="gradcam-clinical")
+                cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
+                                          interactive=False, elem_id="gradcam-dermoscopy")
+            attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
+                                   format="png", columns=4, object_fit="contain", height="auto",
+                                   elem_id="attention")
+        with gr.Tab("Model"):
+            gr.Markdown(model_markdown(predictor))
+
+        for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
+            component.upload(partial(sanitize_upload, name=name), component, component,
+                             api_visibility="private", preprocess=False)
+        task.change(class_choices, task, class_name, api_visibility="private")
+        inputs = [clinical, dermoscopy]
+        explain_inputs = [clinical, dermoscopy, task, class_name, head]
+        explain_outputs = [cam_clinical, cam_dermoscopy, attention]
+        predict = partial(predict_handler, predictor, uploads_only=True)
+        explain_ = partial(explain_handler, predictor, uploads_only=True)
+        analyse.click(predict, inputs, [summary, diagnosis, criteria],
+                      api_name="predict", preprocess=False).then(
+            explain_, explain_inputs, explain_outputs, api_visibility="private",
+            preprocess=False)
+        explain_button.click(explain_, explain_inputs, explain_outputs,
+                             api_name="explain", preprocess=False)
+    return app
+
+
+def launch(app: gr.Blocks, settings: AppSettings, **kwargs):
+    """Launch with the privacy and safety settings the app relies on."""
+    return app.launch(server_name=settings.host, server_port=settings.port, ssr_mode=False,
+                      run_history=False, max_file_size=MAX_FILE_SIZE, css=CSS, show_error=True,
+                      auth=list(settings.users.items()) or None, **kwargs)

@@ -1,0 +1,55 @@
+"""Shared pieces of the app tests: a tiny real checkpoint, test images, a launched app."""
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from skinnet.checkpoint import ModelCard, save_checkpoint
+from skinnet.model import create_model
+from synthetic import lesion_image
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """A randomly initialised Lite0 with cross-attention (gates opened), at 64 px."""
+    torch.manual_seed(0)
+    model = create_model(cross_attention_stages=(-2, -1), attention_dim=32)
+    for module in model.cross_attention.values():
+        module.gate.data.fill_(0.5)
+    card = ModelCard(name="tiny", model=model.config.to_dict(), image_size=64, mean=(0.5,) * 3,
+                     std=(0.5,) * 3, loss_weights={"clinical": 0.2, "dermoscopy": 0.5, "fused": 0.3},
+                     temperatures={"clinical": 1.5, "dermoscopy": 1.2, "fused": 1.0})
+    return save_checkpoint(model, card, folder / "tiny")
+
+
+def write_pair(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    clinical, derm = folder / f"clinical_{seed}.jpg", folder / f"dermoscopy_{seed}.png"
+    lesion_image(rng, (96, 72), tint=1).save(clinical, quality=92)
+    lesion_image(rng, (80, 80), tint=2).save(derm)
+    return clinical, derm
+
+
+def jpeg_with_gps(path: Path) -> Path:
+    """A JPEG carrying EXIF GPS coordinates, a camera name and a comment."""
+    exif = Image.Exif()
+    exif[0x010F] = "PatientCam"
+    exif[0x8825] = {1: "N", 2: (45.0, 30.0, 0.0), 3: "E", 4: (9.0, 10.0, 0.0)}
+    lesion_image(np.random.default_rng(7), (90, 70)).save(path, exif=exif, comment=b"Jane Doe")
+    assert b"PatientCam" in path.read_bytes()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_is_not_blank(data: bytes, min_std: float = 10.0) -> bool:
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)
+    return float(pixels.std()) > min_std

@@ -1,0 +1,194 @@
+"""The app: handlers called directly, Grad-CAM correctness, and the launched app via gradio_client."""
+import shutil
+
+import gradio as gr
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from app_helpers import free_port, jpeg_with_gps, tiny_checkpoint, write_pair
+from skinnet.explain import LogitTarget, OneModalityModel, explain, gradcam_map
+from skinnet.predict import Predictor
+from skinnet.ui import AppSettings, build_app, explain_handler, launch, predict_handler
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    return Predictor.from_checkpoint(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")))
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    return write_pair(tmp_path)
+
+
+def test_predict_handler_both_and_one_image(predictor, pair):
+    clinical, derm = map(str, pair)
+    summary, diagnosis, criteria = predict_handler(predictor, clinical, derm)
+    assert "Fused head" in summary and "clinical + dermoscopy" in summary and "Seven-point" in summary
+    assert list(diagnosis.columns) == ["class", "clinical", "dermoscopy", "fused"] and len(diagnosis) == 5
+    probabilities = diagnosis["fused"].astype(float)
+    assert abs(probabilities.sum() - 1) < 0.03
+    assert len(criteria) == 8 and criteria.iloc[-1]["criterion"].startswith("7-point score")
+    summary, diagnosis, _ = predict_handler(predictor, None, derm)
+    assert "Dermoscopy head" in summary and "Only the dermoscopy image" in summary
+    assert (diagnosis["fused"] == "-").all() and (diagnosis["clinical"] == "-").all()
+
+
+def test_calibration_temperature_is_applied(predictor, pair):
+    clinical = Image.open(pair[0]).convert("RGB")
+    raw = predictor.logits(clinical, None)["clinical"][:5]
+    expected = torch.softmax(raw / predictor.card.temperatures["clinical"], -1)
+    got = predictor.predict(clinical, None).heads["clinical"].probabilities["DIAG"]
+    assert list(got.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):
+    with pytest.raises(gr.Error, match="Upload a clinical photo, a dermoscopy image, or both"):
+        predict_handler(predictor, None, None)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(gr.Error, match="clinical image: not an image file"):
+        predict_handler(predictor, str(text), str(pair[1]))
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(pair[0].read_bytes()[:300])
+    with pytest.raises(gr.Error, match="dermoscopy image: the file is damaged or truncated"):
+        predict_handler(predictor, None, str(truncated))
+    with pytest.raises(gr.Error, match="not an upload of this session"):
+        predict_handler(predictor, {"path": str(pair[0])}, None, uploads_only=True)
+    assert pair[0].is_file()
+    with pytest.raises(gr.Error, match="fused head needs both images"):
+        explain_handler(predictor, None, str(pair[1]), "DIAG", "MEL", "fused")
+    with pytest.raises(gr.Error, match="has no class 'TYP'"):
+        explain_handler(predictor, *map(str, pair), "DIAG", "TYP", "auto")
+    for mode in ("L", "RGBA", "I;16"):
+        odd = tmp_path / f"odd_{mode.replace(';', '')}.png"
+        Image.open(pair[1]).convert(mode if mode != "I;16" else "I").convert(mode).save(odd)
+        assert "Dermoscopy head" in predict_handler(predictor, None, str(odd))[0]
+
+
+def test_sanitize_upload_makes_a_clean_png(tmp_path, monkeypatch):
+    import skinnet.ui
+    monkeypatch.setattr(skinnet.ui, "_gradio_upload_roots", lambda: [tmp_path.resolve()])
+    monkeypatch.setattr(skinnet.ui, "ORIGINAL_GRACE_S", 0.0)
+    original = jpeg_with_gps(tmp_path / "john_smith.jpg")
+    clean = skinnet.ui.sanitize_upload(str(original), "clinical image")
+    data = open(clean, "rb").read()
+    assert clean.endswith(".png") and "john" not in clean
+    assert b"PatientCam" not in data and b"Jane" not in data
+    import time
+    time.sleep(0.3)
+    assert not original.exists()
+    with pytest.raises(gr.Error, match="not an upload of this session"):
+        skinnet.ui.sanitize_upload("/etc/hostname", "clinical image")
+
+
+def test_explain_handler_outputs(predictor, pair):
+    cam_clinical, cam_derm, gallery = explain_handler(predictor, *map(str, pair), "DIAG", "(predicted class)", "auto")
+    assert isinstance(cam_clinical, Image.Image) and isinstance(cam_derm, Image.Image)
+    labels = [label for _, label in gallery]
+    assert sorted(labels) == ["stage 3: clinical->dermoscopy", "stage 3: dermoscopy->clinical",
+                              "stage 4: clinical->dermoscopy", "stage 4: dermoscopy->clinical"]
+    cam_clinical, cam_derm, gallery = explain_handler(predictor, None, str(pair[1]), "PN", "ATP", "auto")
+    assert cam_clinical is None and cam_derm is not None and gallery == []
+
+
+@pytest.mark.parametrize("modality", ["clinical", "dermoscopy"])
+@pytest.mark.parametrize("head", ["own", "fused"])
+def test_explained_output_equals_model_output(predictor, pair, modality, head):
+    images = [Image.open(p).convert("RGB") for p in pair]
+    x_c, x_d = (predictor.to_tensor(im) for im in images)
+    model = predictor.model
+    with torch.no_grad():
+        full = model(x_c, x_d)
+        encoding = model.encode_pair(x_c, x_d, keep_keys=True)
+        head_name = modality if head == "own" else "fused"
+        wrapped = OneModalityModel(model, modality, head_name, encoding)
+        torch.testing.assert_close(wrapped(x_c if modality == "clinical" else x_d), full[head_name])
+
+
+def test_gradcam_runs_the_encoder_once_on_the_explained_image(predictor, pair):
+    images = [Image.open(p).convert("RGB") for p in pair]
+    x_c, x_d = (predictor.to_tensor(im) for im in images)
+    neck = predictor.model.encoder.neck
+    seen = []
+    handle = neck.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            encoding = predictor.model.encode_pair(x_c, x_d, keep_keys=True)
+        seen.clear()
+        heat = gradcam_map(predictor, x_d, "dermoscopy", "fused", encoding, LogitTarget("DIAG", "MEL"))
+    finally:
+        handle.remove()
+    assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() <= 1
+    # grad-cam's own hooks are gone and the neck ran exactly once per pass, on the dermoscopy image
+    assert not neck._forward_hooks and not neck._backward_hooks
+    assert len(seen) == 1
+    with torch.no_grad():
+        expected = predictor.model.encoder.stages[-1](predictor.model.encoder.stages[-2](
+            torch.nn.Sequential(*predictor.model.encoder.stages[:-2])(x_d)))
+    assert seen[0].shape == expected.shape
+
+
+def test_gradcam_under_no_grad_thread_state(predictor, pair):
+    images = [Image.open(p).convert("RGB") for p in pair]
+    with torch.no_grad():  # as a Gradio worker thread might be
+        result = explain(predictor, *images, "DIAG", "NEV")
+    assert set(result.gradcam) == {"clinical", "dermoscopy"}
+
+
+# -- the launched app -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(predictor, tmp_path_factory):
+    settings = AppSettings(checkpoint=predictor.card.name, port=free_port(),
+                           log_dir=tmp_path_factory.mktemp("log"))
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    yield Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+    app.close()
+
+
+def test_api_predict_both_one_and_bad(client, pair, tmp_path):
+    summary, diagnosis, criteria = client.predict(handle_file(str(pair[0])), handle_file(str(pair[1])),
+                                                  api_name="/predict")
+    assert "Fused head" in summary
+    assert diagnosis["headers"] == ["class", "clinical", "dermoscopy", "fused"]
+    summary, diagnosis, _ = client.predict(None, handle_file(str(pair[1])), api_name="/predict")
+    assert "Only the dermoscopy image" in summary
+    bad = tmp_path / "report.png"
+    bad.write_bytes(b"%PDF-1.7 definitely not a png")
+    with pytest.raises(AppError, match="dermoscopy image: not an image file"):
+        client.predict(None, handle_file(str(bad)), api_name="/predict")
+    with pytest.raises(AppError, match="Upload a clinical photo"):
+        client.predict(None, None, api_name="/predict")
+
+
+def test_api_explain_returns_png_overlays(client, pair):
+    cam_clinical, cam_derm, gallery = client.predict(handle_file(str(pair[0])), handle_file(str(pair[1])),
+                                                     "BWV", "PRS", "fused", api_name="/explain")
+    for path in (cam_clinical, cam_derm):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    assert len(gallery) == 4 and all(item["image"].endswith(".png") for item in gallery)
+
+
+def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
+    import skinnet.ui
+    monkeypatch.setattr(skinnet.ui, "ORIGINAL_GRACE_S", 0.0)
+    revealing = jpeg_with_gps(tmp_path / "jane_doe_1970-01-01_back.jpg")
+    uploaded_copy = shutil.copy(revealing, tmp_path / "copy.jpg")
+    cam_clinical, _, _ = client.predict(handle_file(uploaded_copy), None, "DIAG", "(predicted class)", "auto",
+                                        api_name="/explain")
+    data = open(cam_clinical, "rb").read()
+    assert b"PatientCam" not in data and b"Jane" not in data and b"Exif" not in data
+    summary, _, _ = client.predict(handle_file(str(revealing)), None, api_name="/predict")
+    assert "jane_doe" not in summary
+    # the upload's copy (named after the original file) is gone from Gradio's cache
+    import tempfile
+    import time
+    from pathlib import Path
+    time.sleep(0.5)
+    leftovers = [p for p in Path(tempfile.gettempdir(), "gradio").rglob("*") if "jane_doe" in p.name]
+    assert leftovers == []

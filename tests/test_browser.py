@@ -1,0 +1,72 @@
+"""The app in a real headless Chromium (Debian's), driven by Playwright."""
+import shutil
+
+import pytest
+
+from app_helpers import free_port, png_is_not_blank, tiny_checkpoint, write_pair
+from skinnet.predict import Predictor
+from skinnet.ui import AppSettings, build_app, launch
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not shutil.os.path.exists(CHROMIUM),
+                                reason="Debian's chromium is not installed (tests/run.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")))
+    settings = AppSettings(checkpoint=predictor.card.name, port=free_port(),
+                           log_dir=tmp_path_factory.mktemp("log"))
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{settings.port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_pair_see_predictions_and_maps(browser, app_url, tmp_path):
+    clinical, derm = write_pair(tmp_path, seed=3)
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(app_url)
+    page.locator("#clinical-input input[type=file]").set_input_files(str(clinical))
+    page.locator("#dermoscopy-input input[type=file]").set_input_files(str(derm))
+    # the upload handler swaps each original for its de-identified PNG
+    page.wait_for_function("document.querySelectorAll('#clinical-input img, #dermoscopy-input img').length >= 2")
+    page.locator("#analyse").click()
+    page.get_by_text("Fused head:").wait_for(timeout=60_000)
+    page.locator("#gradcam-dermoscopy img").wait_for(timeout=60_000)
+    page.locator("#gradcam-clinical img").wait_for(timeout=60_000)
+    page.locator("#attention img").first.wait_for(timeout=60_000)
+    text = page.locator("#summary").inner_text()
+    assert "clinical + dermoscopy" in text and "Seven-point checklist score" in text
+    assert "Research tool, not a diagnosis" in page.content()
+    assert "MEL (melanoma)" in page.locator("#diagnosis-table").inner_text()
+    srcs = page.eval_on_selector_all("#clinical-input img, #dermoscopy-input img", "els => els.map(e => e.src)")
+    assert all(clinical.stem not in s and derm.stem not in s for s in srcs)
+    shot = page.screenshot(full_page=True, path=str(tmp_path / "app.png"))
+    assert png_is_not_blank(shot)
+    cam = page.locator("#gradcam-dermoscopy img").screenshot()
+    assert png_is_not_blank(cam)
+    page.close()
+
+
+def test_one_image_says_which_head(browser, app_url, tmp_path):
+    _, derm = write_pair(tmp_path, seed=4)
+    page = browser.new_page()
+    page.goto(app_url)
+    page.locator("#dermoscopy-input input[type=file]").set_input_files(str(derm))
+    page.wait_for_function("document.querySelectorAll('#dermoscopy-input img').length >= 1")
+    page.locator("#analyse").click()
+    page.get_by_text("Dermoscopy head:").wait_for(timeout=60_000)
+    assert "Only the dermoscopy image was given" in page.locator("#summary").inner_text()
+    page.close()

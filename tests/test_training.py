@@ -1,0 +1,150 @@
+"""The real training and evaluation commands, end to end on a synthetic release, on CPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from skinnet.checkpoint import load_checkpoint
+from skinnet.labels import TASK_NAMES
+from training import evaluate, train
+from training.distributed import DistInfo
+from training.loop import epoch_batches
+from training.params import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--image-size", "48", "--batch-size", "4", "--no-progress", "--threads", "1",
+        "--cross-attention", "-1", "--attention-dim", "32"]
+
+
+def test_parse_args_defaults_and_errors(tmp_path):
+    args = parse_args(["--data-root", "d", "--out", "o"])
+    assert args.loss_weights == {"clinical": 0.2, "dermoscopy": 0.5, "fused": 0.3}
+    assert args.cross_attention == (-2, -1) and args.cache_size == 256
+    assert parse_args(["--data-root", "d", "--out", "o", "--cross-attention", "none"]).cross_attention == ()
+    for bad in (["--loss-weights", "1,2"], ["--cross-attention", "x"], ["--image-size", "8"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--data-root", "d", "--out", "o", *bad])
+
+
+def test_epoch_batches_are_disjoint_shares():
+    shares = [epoch_batches(10, 4, epoch=3, seed=1, info=DistInfo(rank, 2)) for rank in (0, 1)]
+    assert len(shares[0]) == 2  # 10 // 4 full batches
+    for a, b in zip(*shares):
+        assert len(a) == len(b) == 2 and not set(a.tolist()) & set(b.tolist())
+    assert [t.tolist() for t in epoch_batches(10, 4, 3, 1, DistInfo())] != \
+           [t.tolist() for t in epoch_batches(10, 4, 4, 1, DistInfo())]
+
+
+@pytest.fixture(scope="module")
+def trained(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    path = train.main(["--data-root", str(release), "--out", str(out), "--epochs", "2",
+                       "--name", "tiny", *FAST])
+    return path, out
+
+
+def test_train_writes_checkpoint_card_metrics_and_curves(trained):
+    path, out = trained
+    assert path == out / "tiny.safetensors" and path.is_file()
+    for name in ("tiny.json", "metrics.csv", "curves.png", "eval.json", "last_state.pt", "confusion_test.png"):
+        assert (out / name).is_file(), name
+    _, card = load_checkpoint(path)
+    assert card.training["epochs"] == 2 and card.training["data"]["n_corrections"] == 0
+    assert set(card.temperatures) == {"clinical", "dermoscopy", "fused"}
+    assert set(card.metrics) == {"valid", "test"} and set(card.metrics["test"]["tasks"]) == set(TASK_NAMES)
+    assert card.image_size == 48 and card.loss_weights["dermoscopy"] == 0.5
+
+
+def test_evaluate_reproduces_the_card(trained, release, tmp_path):
+    path, _ = trained
+    record = evaluate.main(["--checkpoint", str(path), "--data-root", str(release), "--split", "test",
+                            "--json", str(tmp_path / "test.json"), "--figures", str(tmp_path)])
+    _, card = load_checkpoint(path)
+    assert record["tasks"] == card.metrics["test"]["tasks"] and record["avg"] == card.metrics["test"]["avg"]
+    saved = json.loads((tmp_path / "test.json").read_text())
+    assert saved["split"] == "test" and saved["n_cases"] == 6 and saved["params"] > 0
+    assert set(saved["heads"]) == {"clinical", "dermoscopy", "fused"}
+    assert saved["heads"]["clinical"]["n_cases"] <= 6
+    assert set(saved["heads"]["fused"]["diagnosis"]) == {"BCC", "NEV", "MEL", "MISC", "SK"}
+    assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+
+
+def test_resume_continues_after_interruption(release, tmp_path):
+    common = ["--data-root", str(release), "--out", str(tmp_path), "--name", "r", *FAST]
+    train.main([*common, "--epochs", "1"])
+    history = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(history) == 2
+    train.main([*common, "--epochs", "2", "--resume"])
+    history = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(history) == 3 and history[2].startswith("2,")
+
+
+def test_fine_tune_from_checkpoint_keeps_architecture(trained, release, tmp_path):
+    path, _ = trained
+    new = train.main(["--data-root", str(release), "--out", str(tmp_path), "--epochs", "1",
+                      "--init", str(path), "--name", "ft", *FAST])
+    model, card = load_checkpoint(new)
+    assert card.model == load_checkpoint(path)[1].model
+    assert card.training["pretrained"] == "init:tiny"
+
+
+
+
+DDP_STEP = r"""
+import sys, torch
+from torch.nn.parallel import DistributedDataParallel
+from skinnet.data import Derm7pt
+from skinnet.loss import MultiModalLoss
+from skinnet.model import create_model
+from skinnet.transforms import BatchAugment, ImageCache
+from training.distributed import cleanup, init_distributed
+from training.loop import train_one_epoch
+
+release, dump = sys.argv[1], sys.argv[2]
+info = init_distributed("cpu")
+torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts rank 0's)
+model = create_model(cross_attention_stages=(-1,), attention_dim=32)
+if info.rank == 0:
+    torch.save(dict(model.named_parameters()), dump + ".initial")
+ddp = DistributedDataParallel(model)
+torch.manual_seed(1 + info.rank)  # different augmentation per rank: gradients differ per rank
+cache = ImageCache(Derm7pt(release).split("train"), 48)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+train_one_epoch(ddp, cache, BatchAugment(48, (0.5,) * 3, (0.5,) * 3), MultiModalLoss(), optimizer,
+                lambda step: None, epoch=0, batch_size=4, seed=0, info=info, device="cpu", amp=False,
+                step_offset=0)
+# parameters, not BatchNorm buffers: DDP syncs gradients; running statistics stay per rank
+# until rank 0's are broadcast at the next forward (and rank 0 is the one that saves)
+torch.save(dict(model.named_parameters()), dump.format(rank=info.rank))
+cleanup(info)
+"""
+
+
+def torchrun(args, cwd, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ddp_ranks_agree_on_weights_after_steps(release, tmp_path):
+    script = tmp_path / "ddp_step.py"
+    script.write_text(DDP_STEP)
+    torchrun([str(script), str(release), str(tmp_path / "rank{rank}.pt")], ROOT, 29581)
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    initial = torch.load(tmp_path / "rank{rank}.pt.initial", weights_only=True)
+    assert any(not torch.equal(weights[0][k], initial[k]) for k in initial), "no step was taken"
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_train_command_under_torchrun(release, tmp_path):
+    torchrun(["-m", "training.train", "--data-root", str(release), "--out", str(tmp_path),
+              "--epochs", "1", "--device", "cpu", *FAST], ROOT, 29582)
+    _, card = load_checkpoint(tmp_path / "model.safetensors")
+    assert card.training["world_size"] == 2

@@ -1,0 +1,152 @@
+"""Evaluate a checkpoint on a Derm7pt split: accuracy per task and head, DIAG report, calibration.
+
+    python -m training.evaluate --checkpoint checkpoints/skinnet_lite0.safetensors \\
+        --data-root /path/to/release_v0 --split test --json test.json [--figures DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skinnet.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from skinnet.data import Derm7pt, SPLITS
+from skinnet.labels import TASK_BY_NAME, TASK_NAMES
+from skinnet.model import count_parameters
+from skinnet.transforms import BatchAugment, ImageCache
+
+from .metrics import confusion_matrix, diagnosis_report, expected_calibration_error, fit_temperature, \
+    task_accuracies
+from .loop import predict_cache
+
+log = logging.getLogger("skinnet.evaluate")
+
+
+def head_predictions(model, card: ModelCard, cases, device: str, tta: bool):
+    cache = ImageCache(cases, card.image_size, device)
+    augment = BatchAugment(card.image_size, card.mean, card.std).to(device)
+    return predict_cache(model, cache, augment, device=device, tta=tta), cache
+
+
+def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "cpu",
+                   tta: bool | None = None, figures: Path | None = None) -> dict:
+    """The evaluation record of one split (see the module docstring for the keys).
+
+    Clinical-head numbers leave out cases without a clinical photo (``n_cases`` says how many).
+    """
+    tta = bool(card.training.get("tta", False)) if tta is None else tta
+    logits, cache = head_predictions(model, card, cases, device, tta)
+    labels = cache.labels.cpu()
+    has_clinical = cache.has_clinical.cpu()
+    heads = {}
+    for head, head_logits in logits.items():
+        keep = has_clinical if head == "clinical" else torch.ones_like(has_clinical)
+        acc = task_accuracies(head_logits[keep], labels[keep])
+        temperature = float(card.temperatures.get(head, 1.0))
+        heads[head] = {
+            "n_cases": int(keep.sum()), "tasks": {n: acc[n] for n in TASK_NAMES}, "avg": acc["avg"],
+            "diagnosis": diagnosis_report(head_logits[keep], labels[keep]),
+            "ece": expected_calibration_error(head_logits[keep], labels[keep]),
+            "ece_calibrated": expected_calibration_error(head_logits[keep], labels[keep], temperature),
+            "temperature": temperature,
+        }
+    if figures is not None:
+        save_confusion_figures(logits["fused"], labels, Path(figures), split)
+    fused = heads["fused"]
+    return {"split": split, "n_cases": len(cases), "params": count_parameters(model), "tta": tta,
+            "tasks": fused["tasks"], "avg": fused["avg"], "heads": heads,
+            "checkpoint": card.name}
+
+
+def fit_temperatures(model, card: ModelCard, valid_cases, device: str) -> dict[str, float]:
+    """One temperature per head, fitted on the validation split."""
+    logits, cache = head_predictions(model, card, valid_cases, device, bool(card.training.get("tta", False)))
+    labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()
+    temps = {}
+    for head, head_logits in logits.items():
+        keep = has_clinical if head == "clinical" else torch.ones_like(has_clinical)
+        temps[head] = round(fit_temperature(head_logits[keep], labels[keep]), 4)
+    return temps
+
+
+def save_confusion_figures(logits: torch.Tensor, labels: torch.Tensor, folder: Path, split: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8))
+    for ax, task in zip(axes.flat, TASK_NAMES):
+        matrix = confusion_matrix(logits, labels, task)
+        classes = TASK_BY_NAME[task].classes
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > matrix.max() / 2 else "black")
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(task)
+    fig.suptitle(f"Confusion matrices, fused head, {split} split")
+    fig.tight_layout()
+    path = folder / f"confusion_{split}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def format_table(record: dict) -> str:
+    lines = [f"{record['checkpoint']} on {record['split']} ({record['n_cases']} cases, "
+             f"{record['params'] / 1e6:.2f}M params, TTA {'on' if record['tta'] else 'off'})",
+             f"{'head':<11}" + "".join(f"{n:>7}" for n in TASK_NAMES) + f"{'avg':>7}{'ECE':>7}{'ECE(T)':>8}"]
+    for head, h in record["heads"].items():
+        lines.append(f"{head:<11}" + "".join(f"{100 * h['tasks'][n]:7.1f}" for n in TASK_NAMES)
+                     + f"{100 * h['avg']:7.1f}{h['ece']:7.3f}{h['ece_calibrated']:8.3f}")
+    diag = record["heads"]["fused"]["diagnosis"]
+    lines.append("DIAG, fused head: " + "  ".join(
+        f"{c} sens {d['sensitivity']:.2f} spec {d['specificity']:.2f} AUC {d['auc']:.2f}" for c, d in diag.items()))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help=".safetensors file with its .json card beside it")
+    p.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--json", default=None, help="write the record here")
+    p.add_argument("--figures", default=None, help="folder for confusion matrix PNGs")
+    p.add_argument("--tta", default=None, choices=["on", "off"], help="override the card's TTA setting")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a temperature per head on the valid split and store it in the card")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit-cases", type=int, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    model, card = load_checkpoint(args.checkpoint, args.device)
+    data = Derm7pt(args.data_root)
+    if args.calibrate:
+        card.temperatures = fit_temperatures(model, card, data.split("valid")[:args.limit_cases], args.device)
+        save_checkpoint(model, card, args.checkpoint)
+        log.info("temperatures fitted on valid: %s", card.temperatures)
+    tta = None if args.tta is None else args.tta == "on"
+    record = evaluate_model(model, card, data.split(args.split)[:args.limit_cases], split=args.split,
+                            device=args.device, tta=tta, figures=args.figures and Path(args.figures))
+    print(format_table(record))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

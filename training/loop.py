@@ -1,0 +1,96 @@
+"""One training epoch and batched prediction over a decoded image cache."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from skinnet.loss import MultiModalLoss
+from skinnet.transforms import BatchAugment, ImageCache
+
+from .distributed import DistInfo
+
+
+def autocast(device: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[torch.Tensor]:
+    """Shuffled index batches for one epoch; each process takes its share of every batch.
+
+    All processes draw the same permutation (seed + epoch), so the shares are disjoint.
+    The last incomplete batch is dropped (BatchNorm dislikes tiny batches).
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    batches = []
+    for start in range(0, n - batch_size + 1, batch_size):
+        batch = order[start:start + batch_size]
+        batches.append(batch[info.rank::info.world_size])
+    return batches
+
+
+def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, loss_fn: MultiModalLoss,
+                    optimizer: torch.optim.Optimizer, schedule: Callable[[int], None], *, epoch: int,
+                    batch_size: int, seed: int, info: DistInfo, device: str, amp: bool,
+                    step_offset: int, on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
+    """Train over the cache once. Returns the mean loss and per-head terms."""
+    model.train()
+    totals, count = {}, 0
+    for i, index in enumerate(epoch_batches(len(cache), batch_size, epoch, seed, info)):
+        schedule(step_offset + i)
+        index = index.to(cache.labels.device)
+        clinical = augment(cache.clinical[index].to(device, non_blocking=True))
+        derm = augment(cache.dermoscopy[index].to(device, non_blocking=True))
+        labels = cache.labels[index].to(device)
+        has_clinical = cache.has_clinical[index].to(device)
+        with autocast(device, amp):
+            outputs = model(clinical, derm)
+        loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, labels, has_clinical)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {i}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        count += 1
+        for key, value in {"loss": loss.item(), **parts}.items():
+            totals[key] = totals.get(key, 0.0) + value
+        if on_step is not None:
+            on_step({"step": i + 1, "loss": totals["loss"] / count})
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+FLIPS = ((), (3,), (2,), (2, 3))
+
+
+@torch.no_grad()
+def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *, device: str,
+                  batch_size: int = 64, tta: bool = False, amp: bool = False) -> dict[str, torch.Tensor]:
+    """Logits of every head for every case of the cache, (N, NUM_OUTPUTS) each, on the CPU.
+
+    With ``tta`` the logits are averaged over the four flips of both images.
+    """
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(cache), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(cache)), device=cache.labels.device)
+        clinical = augment(cache.clinical[index].to(device), train=False)
+        derm = augment(cache.dermoscopy[index].to(device), train=False)
+        summed: dict[str, torch.Tensor] = {}
+        for dims in (FLIPS if tta else FLIPS[:1]):
+            c, d = (clinical.flip(dims), derm.flip(dims)) if dims else (clinical, derm)
+            with autocast(device, amp):
+                out = model(c, d)
+            for head, logits in out.items():
+                summed[head] = summed.get(head, 0) + logits.float()
+        n = len(FLIPS) if tta else 1
+        for head, logits in summed.items():
+            chunks.setdefault(head, []).append((logits / n).cpu())
+    model.train(was_training)
+    return {head: torch.cat(parts) for head, parts in chunks.items()}

