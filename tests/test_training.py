@@ -148,3 +148,41 @@ def test_train_command_under_torchrun(release, tmp_path):
               "--epochs", "1", "--device", "cpu", *FAST], ROOT, 29582)
     _, card = load_checkpoint(tmp_path / "model.safetensors")
     assert card.training["world_size"] == 2
+
+
+def test_train_on_corrections(release, tmp_path):
+    from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
+    from skinnet.data import Derm7pt
+    from skinnet.imaging import load_rgb
+    from synthetic import lesion_image
+    import numpy as np
+
+    data = Derm7pt(release)
+    train_id, test_case = data.split("train")[0].case_id, data.split("test")[0]
+    predicted = {"DIAG": "NEV", "PN": "TYP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "REG",
+                 "BWV": "ABS", "VS": "ABS"}
+
+    def reviewed(case_id, source, **corrected):
+        return Review(new_event_id(), "dr_a", case_id, source, "correct", dict(predicted),
+                      {t: corrected.get(t, NO_CHANGE) for t in predicted})
+
+    log = CorrectionsLog(tmp_path / "log")
+    log.append(reviewed(train_id, "derm7pt", DIAG="MEL"))
+    log.append(reviewed(test_case.case_id, "derm7pt", DIAG="SK"))
+    rng = np.random.default_rng(5)
+    log.append(reviewed("upload:new", "upload", DIAG="BCC"), clinical=lesion_image(rng), dermoscopy=lesion_image(rng))
+    log.append(reviewed("upload:leak", "upload"), dermoscopy=load_rgb(test_case.dermoscopy_path))
+    with open(log.path, "a") as handle:
+        handle.write("broken,row\n")
+    out = tmp_path / "out"
+    path = train.main(["--data-root", str(release), "--out", str(out), "--epochs", "1", "--name", "c",
+                       "--corrections", str(log.path), *FAST])
+    _, card = load_checkpoint(path)
+    data_card = card.training["data"]
+    assert data_card["n_corrections"] == 2
+    assert data_card["n_corrected_derm7pt"] == 1 and data_card["n_new_cases"] == 1
+    assert data_card["n_skipped_held_out"] == 2 and data_card["n_bad_rows"] == 1
+    assert data_card["n_train_cases"] == 13
+    with pytest.raises(SystemExit, match="1 bad rows, refused"):
+        train.main(["--data-root", str(release), "--out", str(tmp_path / "strict"), "--epochs", "1",
+                    "--corrections", str(log.path), "--strict-corrections", *FAST])

@@ -1,16 +1,90 @@
 """Which cases a training run learns from: the Derm7pt train split, plus reviewers' corrections."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
-from skinnet.data import Case, Derm7pt
+from skinnet.checkpoint import file_sha256
+from skinnet.corrections import CorrectionsError, correction_case, current_labels, read_corrections
+from skinnet.data import Case, Derm7pt, parse_labels
+from skinnet.imaging import load_rgb, pixel_sha256
 
 log = logging.getLogger("skinnet.train")
+HELD_OUT = ("valid", "test")
+"""Splits never trained on: test is reported once, valid selects the checkpoint."""
+
+
+def held_out_hashes(data: Derm7pt) -> set[str]:
+    """Pixel hashes of every held-out image, to catch a held-out case uploaded by hand."""
+    hashes = set()
+    for split in HELD_OUT:
+        for case in data.split(split):
+            for path in {case.clinical_path, case.dermoscopy_path}:
+                hashes.add(pixel_sha256(load_rgb(path)))
+    return hashes
 
 
 def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
-    """Train-split cases (labels overridden by corrections) and counts for the model card."""
+    """Train-split cases, with labels overridden and cases added by the corrections CSV.
+
+    Returns:
+        The cases and the counts recorded in the model card.
+
+    Raises:
+        SystemExit: ``--strict-corrections`` and the CSV has bad rows.
+    """
     cases = data.split("train")[:args.limit_cases]
     if not args.corrections:
         return cases, {"n_corrections": 0}
-    raise NotImplementedError("--corrections arrives with the corrections log")
+    path = Path(args.corrections)
+    try:
+        rows, problems = read_corrections(path)
+    except CorrectionsError as err:
+        raise SystemExit(f"--corrections: {err}") from None
+    for problem in problems:
+        log.warning("%s %s (skipped)", path, problem)
+    if problems and args.strict_corrections:
+        raise SystemExit(f"{path}: {len(problems)} bad rows, refused (--strict-corrections):\n"
+                         + "\n".join(str(p) for p in problems))
+    split_of = data.split_of()
+    known = {c.case_id: c for c in data.cases()}
+    position = {c.case_id: i for i, c in enumerate(cases)}
+    held_out = None
+    counts = {"corrected_derm7pt": 0, "new_cases": 0, "skipped_held_out": 0, "skipped_other": 0}
+    for case_id, row in current_labels(rows, args.corrections_rule).items():
+        where = f"{path} line {row['line']} (case {case_id})"
+        if row["source"] == "derm7pt":
+            if split_of.get(case_id) in HELD_OUT:
+                log.warning("%s: a %s-split case is never trained on; skipped", where, split_of[case_id])
+                counts["skipped_held_out"] += 1
+                continue
+            if case_id not in known:
+                log.warning("%s: no such Derm7pt case; skipped", where)
+                counts["skipped_other"] += 1
+                continue
+            corrected = dataclasses.replace(known[case_id], labels=parse_labels(row, where))
+            if case_id in position:
+                cases[position[case_id]] = corrected
+            else:
+                cases.append(corrected)
+            counts["corrected_derm7pt"] += 1
+            continue
+        if held_out is None:
+            held_out = held_out_hashes(data)
+        if {row["clinic_sha256"], row["derm_sha256"]} & held_out:
+            log.warning("%s: its image is a held-out Derm7pt image; skipped", where)
+            counts["skipped_held_out"] += 1
+            continue
+        try:
+            cases.append(correction_case(row, path.parent))
+        except CorrectionsError as err:
+            log.warning("%s: %s; skipped", path, err)
+            counts["skipped_other"] += 1
+            continue
+        counts["new_cases"] += 1
+    stats = {"n_corrections": counts["corrected_derm7pt"] + counts["new_cases"],
+             **{f"n_{k}": v for k, v in counts.items()}, "n_bad_rows": len(problems),
+             "corrections_rule": args.corrections_rule, "corrections_sha256": file_sha256(path)}
+    log.info("corrections: %s", stats)
+    return cases, stats

@@ -1,0 +1,339 @@
+"""The reviewers' corrections log: an append-only CSV that training reads like meta.csv.
+
+One row per saved review, never edited in place; a later row for the same case and
+reviewer supersedes an earlier one. Label columns use meta.csv's names and raw vocabulary
+(``diagnosis = "melanoma"``, ``streaks = "irregular"`` ...), so the Derm7pt reader's
+:func:`~skinnet.data.parse_labels` reads them. Images are stored beside the log,
+de-identified (pixels only, PNG, named by their SHA-256).
+
+Safety: every append happens under a file lock, as one ``write`` of whole lines to a file
+opened for appending, then ``fsync``; a row cut short by a crash is terminated before the
+next append and reported by the reader with its line number. Cells that a spreadsheet
+would run as a formula are neutralised. A review's event id makes saving idempotent.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock
+from PIL import Image
+
+from .data import Case, DatasetError, parse_labels
+from .imaging import pixel_sha256, png_bytes
+from .labels import LABEL_COLUMNS, TASKS
+
+VERDICTS = ("agree", "correct", "unsure", "skip")
+LABELLED_VERDICTS = ("agree", "correct")
+"""Verdicts whose row carries labels that training may use."""
+NO_CHANGE = "no change"
+BASE_COLUMNS = ("event_id", "logged_at", "reviewer", "case_id", "source", "clinic", "clinic_sha256",
+                "derm", "derm_sha256", "model_version", "checkpoint_sha256", "verdict", "seconds_spent",
+                "confidence", "note")
+PREDICTION_COLUMNS = tuple(f"model_{c}" for c in LABEL_COLUMNS)
+COLUMNS = BASE_COLUMNS + PREDICTION_COLUMNS + LABEL_COLUMNS
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+IMAGE_DIR = "images"
+
+
+class CorrectionsError(ValueError):
+    """The corrections file or a review is not usable; the message says where and why."""
+
+
+def new_event_id() -> str:
+    """Made when a case is opened for review, so a double-clicked save logs once."""
+    return uuid.uuid4().hex
+
+
+def neutralise(value: object) -> str:
+    """A CSV cell that no spreadsheet runs as a formula (OWASP: prefix a quote)."""
+    text = "" if value is None else str(value)
+    # one physical line per row: a row cut short by a crash can never swallow the next one
+    text = " ".join(text.replace("\r", "\n").split("\n")) if ("\n" in text or "\r" in text) else text
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def restore(value: str) -> str:
+    """Inverse of :func:`neutralise` for reading."""
+    return value[1:] if value.startswith("'") and value[1:2] in FORMULA_PREFIXES else value
+
+
+@dataclass
+class Review:
+    """One saved review, before it becomes a CSV row.
+
+    Attributes:
+        predicted: task name -> the model's class name (shown in the form).
+        corrected: task name -> the reviewer's class name, or ``"no change"``.
+    """
+
+    event_id: str
+    reviewer: str
+    case_id: str
+    source: str
+    verdict: str
+    predicted: dict[str, str]
+    corrected: dict[str, str]
+    model_version: str = ""
+    checkpoint_sha256: str = ""
+    seconds_spent: float = 0.0
+    confidence: int | None = None
+    note: str = ""
+
+    def labels(self) -> dict[str, str]:
+        """The reviewer's class per task ('' for verdicts that carry no labels)."""
+        if self.verdict not in LABELLED_VERDICTS:
+            return {t.name: "" for t in TASKS}
+        if self.verdict == "agree":
+            return dict(self.predicted)
+        return {t.name: self.predicted[t.name] if self.corrected.get(t.name, NO_CHANGE) == NO_CHANGE
+                else self.corrected[t.name] for t in TASKS}
+
+    def validate(self) -> None:
+        if not self.reviewer:
+            raise CorrectionsError("a review needs a signed-in reviewer")
+        if self.verdict not in VERDICTS:
+            raise CorrectionsError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.confidence is not None and not 1 <= int(self.confidence) <= 5:
+            raise CorrectionsError(f"confidence must be 1..5, got {self.confidence}")
+        for task in TASKS:
+            for source, value in (("prediction", self.predicted.get(task.name)),
+                                  ("correction", self.corrected.get(task.name, NO_CHANGE))):
+                allowed = task.classes + ((NO_CHANGE,) if source == "correction" else ())
+                if value not in allowed:
+                    raise CorrectionsError(f"{task.name} {source} {value!r} is not one of {list(allowed)}")
+
+
+class CorrectionsLog:
+    """The corrections CSV and its image folder, safe for several writers at once.
+
+    Args:
+        folder: holds ``corrections.csv``, its lock and ``images/``.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / "corrections.csv"
+        self.lock = FileLock(str(self.folder / ".corrections.csv.lock"), timeout=60)
+
+    def store_image(self, image: Image.Image) -> tuple[str, str]:
+        """Save de-identified pixels as ``images/<sha256>.png``; (relative path, sha256)."""
+        digest = pixel_sha256(image)
+        relative = f"{IMAGE_DIR}/{digest}.png"
+        target = self.folder / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            temporary.write_bytes(png_bytes(image))
+            os.replace(temporary, target)
+        return relative, digest
+
+    def append(self, review: Review, clinical: Image.Image | None = None,
+               dermoscopy: Image.Image | None = None, images: dict[str, tuple[str, str]] | None = None) -> bool:
+        """Log a review (once per event id). Returns False when the event was already logged.
+
+        Args:
+            clinical, dermoscopy: the case's images, stored de-identified; or
+            images: already stored ``{"clinic": (path, sha), "derm": (path, sha)}``.
+        """
+        review.validate()
+        stored = dict(images or {})
+        for key, image in (("clinic", clinical), ("derm", dermoscopy)):
+            if image is not None:
+                stored[key] = self.store_image(image)
+        row = self._row(review, stored)
+        line = _csv_line([row[c] for c in COLUMNS])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            if review.event_id in self.event_ids():
+                return False
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                size = os.fstat(fd).st_size
+                prefix = ""
+                if size == 0:
+                    prefix = _csv_line(COLUMNS)
+                elif not _ends_with_newline(self.path, size):
+                    prefix = "\n"  # a crash cut the last row short: close it, the reader reports it
+                os.write(fd, (prefix + line).encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return True
+
+    def _row(self, review: Review, stored: dict[str, tuple[str, str]]) -> dict[str, str]:
+        labels = review.labels()
+        row = {
+            "event_id": review.event_id,
+            "logged_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "reviewer": review.reviewer, "case_id": review.case_id, "source": review.source,
+            "clinic": stored.get("clinic", ("", ""))[0], "clinic_sha256": stored.get("clinic", ("", ""))[1],
+            "derm": stored.get("derm", ("", ""))[0], "derm_sha256": stored.get("derm", ("", ""))[1],
+            "model_version": review.model_version, "checkpoint_sha256": review.checkpoint_sha256,
+            "verdict": review.verdict, "seconds_spent": f"{review.seconds_spent:.1f}",
+            "confidence": "" if review.confidence is None else str(int(review.confidence)),
+            "note": review.note,
+        }
+        for task in TASKS:
+            row[f"model_{task.column}"] = task.raw_value(task.classes.index(review.predicted[task.name]))
+            label = labels[task.name]
+            row[task.column] = task.raw_value(task.classes.index(label)) if label else ""
+        return {k: neutralise(v) for k, v in row.items()}
+
+    def event_ids(self) -> set[str]:
+        if not self.path.is_file():
+            return set()
+        rows, _ = read_corrections(self.path)
+        return {r["event_id"] for r in rows}
+
+    def reviewed_cases(self, reviewer: str) -> dict[str, str]:
+        """case id -> this reviewer's latest verdict."""
+        if not self.path.is_file():
+            return {}
+        rows, _ = read_corrections(self.path)
+        return {r["case_id"]: r["verdict"] for r in rows if r["reviewer"] == reviewer}
+
+
+def _csv_line(values) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1) == b"\n"
+
+
+@dataclass
+class Problem:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
+    """Rows (dicts of restored values, with ``line``) and the problems of the bad ones.
+
+    A bad row (wrong number of cells, a row cut short by a crash, an unknown verdict or
+    label) is left out and reported with its line number; good rows are never lost.
+
+    Raises:
+        CorrectionsError: the file is missing or its header is not a corrections header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorrectionsError(f"corrections file not found: {path}")
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    if complete:
+        lines.pop()
+    if not lines or not lines[0]:
+        return [], []
+    header = _parse_line(lines[0])
+    missing = [c for c in COLUMNS if c not in (header or [])]
+    if missing:
+        raise CorrectionsError(f"{path} line 1: not a skinnet corrections header (missing {missing[:4]})")
+    rows, problems = [], []
+    for number, text_line in enumerate(lines[1:], start=2):
+        if number == len(lines) and not complete:
+            problems.append(Problem(number, "row cut short (the writer stopped mid-row); skipped"))
+            break
+        cells = _parse_line(text_line)
+        if cells is None or len(cells) != len(header):
+            found = "unreadable" if cells is None else f"{len(cells)} cells"
+            problems.append(Problem(number, f"expected {len(header)} cells, found {found}"))
+            continue
+        row = {k: restore(v) for k, v in zip(header, cells)}
+        row["line"] = number
+        if row["verdict"] not in VERDICTS:
+            problems.append(Problem(number, f"unknown verdict {row['verdict']!r}"))
+            continue
+        if row["verdict"] in LABELLED_VERDICTS:
+            try:
+                parse_labels(row, f"line {number}")
+            except DatasetError as err:
+                problems.append(Problem(number, str(err).split(": ", 1)[1]))
+                continue
+        rows.append(row)
+    return rows, problems
+
+
+def _parse_line(line: str) -> list[str] | None:
+    try:
+        parsed = list(csv.reader([line], strict=True))
+    except csv.Error:
+        return None
+    return parsed[0] if parsed else []
+
+
+def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str, dict[str, str]]:
+    """One labelled row per case: the latest labelled review, or per task the majority.
+
+    ``latest``: each reviewer's latest labelled review counts, and the latest of those wins.
+    ``majority``: per task, the most common label over each reviewer's latest review (ties
+    go to the latest).
+    """
+    if rule not in ("latest", "majority"):
+        raise ValueError(f"rule must be 'latest' or 'majority', got {rule!r}")
+    latest_per_reviewer: dict[tuple[str, str], dict] = {}
+    for row in rows:  # file order is time order (append-only)
+        if row["verdict"] in LABELLED_VERDICTS:
+            latest_per_reviewer[(row["case_id"], row["reviewer"])] = row
+    by_case: dict[str, list[dict]] = {}
+    for row in sorted(latest_per_reviewer.values(), key=lambda r: r["line"]):
+        by_case.setdefault(row["case_id"], []).append(row)
+    result = {}
+    for case_id, reviews in by_case.items():
+        chosen = dict(reviews[-1])
+        if rule == "majority":
+            for column in LABEL_COLUMNS:
+                votes = Counter(r[column] for r in reviews)
+                best = max(votes.values())
+                chosen[column] = next(r[column] for r in reversed(reviews) if votes[r[column]] == best)
+        result[case_id] = chosen
+    return result
+
+
+def export_meta_csv(rows: list[dict[str, str]], target: str | Path, rule: str = "latest") -> Path:
+    """The current labels as a Derm7pt-style meta.csv (case_num, labels, clinic, derm)."""
+    labels = current_labels(rows, rule)
+    columns = ["case_num", *LABEL_COLUMNS, "clinic", "derm", "source", "reviewers"]
+    target = Path(target)
+    with open(target, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for case_id, row in labels.items():
+            reviewers = sorted({r["reviewer"] for r in rows if r["case_id"] == case_id})
+            writer.writerow([neutralise(v) for v in
+                             [case_id, *(row[c] for c in LABEL_COLUMNS), row["clinic"], row["derm"],
+                              row["source"], ";".join(reviewers)]])
+    return target
+
+
+def correction_case(row: dict[str, str], folder: Path) -> Case:
+    """A training case from a labelled row of an uploaded (non-Derm7pt) case.
+
+    Raises:
+        CorrectionsError: no stored dermoscopy image, or a stored image is missing.
+    """
+    if not row["derm"]:
+        raise CorrectionsError(f"line {row['line']}: case {row['case_id']} has no dermoscopy image; "
+                               "training needs one")
+    derm = folder / row["derm"]
+    clinical = folder / row["clinic"] if row["clinic"] else derm
+    for image in {derm, clinical}:
+        if not image.is_file():
+            raise CorrectionsError(f"line {row['line']}: stored image {image} is missing")
+    return Case(case_id=row["case_id"], clinical_path=clinical, dermoscopy_path=derm,
+                labels=parse_labels(row, f"line {row['line']}"), clinic_is_derm=not row["clinic"])

@@ -1,0 +1,180 @@
+"""The corrections log: schema, idempotence, injection safety, concurrent writers, crashes."""
+import csv
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from app_helpers import jpeg_with_gps
+from skinnet.corrections import (COLUMNS, CorrectionsError, CorrectionsLog, NO_CHANGE, Review, current_labels,
+                                 export_meta_csv, new_event_id, read_corrections)
+from skinnet.data import parse_labels
+from skinnet.imaging import load_rgb
+from skinnet.labels import TASK_NAMES
+
+PREDICTED = {"DIAG": "NEV", "PN": "TYP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "REG",
+             "BWV": "ABS", "VS": "ABS"}
+
+
+def review(verdict="agree", reviewer="dr_a", case_id="17", event_id=None, **corrected):
+    return Review(event_id=event_id or new_event_id(), reviewer=reviewer, case_id=case_id, source="derm7pt",
+                  verdict=verdict, predicted=dict(PREDICTED),
+                  corrected={t: corrected.get(t, NO_CHANGE) for t in TASK_NAMES},
+                  model_version="tiny@abc", checkpoint_sha256="abc", seconds_spent=12.34, confidence=4,
+                  note="looks typical")
+
+
+def test_rows_use_meta_csv_columns_and_raw_vocabulary(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    assert log.append(review("agree", case_id="1"))
+    assert log.append(review("correct", case_id="2", DIAG="MEL", PN="ATP"))
+    assert log.append(review("skip", case_id="3"))
+    frame = pd.read_csv(log.path, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["diagnosis"].tolist() == ["clark nevus", "melanoma", ""]
+    assert frame["pigment_network"].tolist() == ["typical", "atypical", ""]
+    assert frame["model_diagnosis"].tolist() == ["clark nevus"] * 3
+    assert frame["verdict"].tolist() == ["agree", "correct", "skip"]
+    assert parse_labels(frame.iloc[1], "row")[:2] == (2, 2)  # the Derm7pt reader's own parser
+    rows, problems = read_corrections(log.path)
+    assert len(rows) == 3 and problems == []
+
+
+def test_same_event_logs_once(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    event = new_event_id()
+    assert log.append(review(event_id=event)) is True
+    assert log.append(review(event_id=event)) is False  # double click / retry
+    assert len(read_corrections(log.path)[0]) == 1
+
+
+def test_formula_cells_are_neutralised_and_restored(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    r = review()
+    r.note = '=HYPERLINK("http://x","click")\nsecond line'
+    r.reviewer = "@admin"
+    log.append(r)
+    raw = log.path.read_text()
+    assert "\n=HYPERLINK" not in raw and ",=HYPERLINK" not in raw and "'=HYPERLINK" in raw
+    assert len(raw.strip().splitlines()) == 2  # one physical line per row
+    row = read_corrections(log.path)[0][0]
+    assert row["note"].startswith('=HYPERLINK') and row["reviewer"] == "@admin"
+
+
+def test_bad_reviews_refused():
+    with pytest.raises(CorrectionsError, match="verdict"):
+        review("maybe").validate()
+    with pytest.raises(CorrectionsError, match="DIAG correction 'XYZ'"):
+        review("correct", DIAG="XYZ").validate()
+    with pytest.raises(CorrectionsError, match="signed-in reviewer"):
+        review(reviewer="").validate()
+
+
+def test_images_stored_deidentified(tmp_path):
+    log = CorrectionsLog(tmp_path / "log")
+    photo = load_rgb(jpeg_with_gps(tmp_path / "jane_doe_back.jpg"))
+    log.append(review(case_id="upload:1"), clinical=photo, dermoscopy=photo)
+    row = read_corrections(log.path)[0][0]
+    stored = tmp_path / "log" / row["clinic"]
+    assert stored.name == f"{row['clinic_sha256']}.png"
+    data = stored.read_bytes()
+    assert b"PatientCam" not in data and b"Jane" not in data and b"Exif" not in data
+    assert "jane" not in log.path.read_text().lower()
+    assert Image.open(stored).size == photo.size
+
+
+def test_bad_rows_reported_with_line_numbers(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    log.append(review(case_id="1"))
+    with open(log.path, "a") as handle:
+        handle.write("just,three,cells\n")
+        line = open(log.path).read().splitlines()[1].replace(",agree,", ",approve,")
+        handle.write(line + "\n")
+    log.append(review(case_id="4"))
+    rows, problems = read_corrections(log.path)
+    assert [r["case_id"] for r in rows] == ["1", "4"]
+    assert [p.line for p in problems] == [3, 4]
+    assert "expected" in problems[0].message and "unknown verdict" in problems[1].message
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(CorrectionsError, match="line 1: not a skinnet corrections header"):
+        read_corrections(tmp_path / "other.csv")
+
+
+def test_latest_and_majority_rules_and_export(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    log.append(review("correct", "dr_a", "9", DIAG="MEL"))
+    log.append(review("correct", "dr_b", "9", DIAG="MEL"))
+    log.append(review("correct", "dr_c", "9", DIAG="SK"))
+    log.append(review("correct", "dr_a", "8", DIAG="BCC"))
+    log.append(review("correct", "dr_a", "8", DIAG="SK"))  # supersedes dr_a's earlier review
+    log.append(review("skip", "dr_b", "8"))                 # carries no labels
+    rows, _ = read_corrections(log.path)
+    latest = current_labels(rows, "latest")
+    assert latest["9"]["diagnosis"] == "seborrheic keratosis" and latest["8"]["diagnosis"] == "seborrheic keratosis"
+    assert current_labels(rows, "majority")["9"]["diagnosis"] == "melanoma"
+    meta = pd.read_csv(export_meta_csv(rows, tmp_path / "meta.csv", "majority"), dtype=str)
+    assert set(meta["case_num"]) == {"8", "9"}
+    assert meta.set_index("case_num").loc["9", "reviewers"] == "dr_a;dr_b;dr_c"
+
+
+WRITER = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from test_corrections import review
+from skinnet.corrections import CorrectionsLog
+log = CorrectionsLog(sys.argv[1])
+worker = int(sys.argv[2])
+for i in range(int(sys.argv[4])):
+    log.append(review(reviewer=f"dr_{worker}", case_id=f"{worker}-{i}", event_id=f"{worker:02d}{i:04d}" + "0" * 26))
+"""
+
+
+def run_writers(folder: Path, n_workers: int, n_rows: int) -> list[subprocess.Popen]:
+    script = folder / "writer.py"
+    script.write_text(WRITER)
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(tests.parent)}
+    return [subprocess.Popen([sys.executable, str(script), str(folder / "log"), str(w), str(tests), str(n_rows)],
+                             env=env) for w in range(n_workers)]
+
+
+def test_eight_processes_fifty_reviews_each(tmp_path):
+    writers = run_writers(tmp_path, 8, 50)
+    assert all(w.wait(timeout=300) == 0 for w in writers)
+    path = tmp_path / "log" / "corrections.csv"
+    rows, problems = read_corrections(path)
+    assert problems == []
+    assert len(rows) == 400
+    assert len({r["event_id"] for r in rows}) == 400
+    assert sorted(r["case_id"] for r in rows) == sorted(f"{w}-{i}" for w in range(8) for i in range(50))
+    with open(path, newline="") as handle:
+        lengths = {len(cells) for cells in csv.reader(handle)}
+    assert lengths == {len(COLUMNS)}  # no interleaved lines
+
+
+def test_writer_killed_mid_write_leaves_a_readable_file(tmp_path):
+    writers = run_writers(tmp_path, 2, 100000)
+    path = tmp_path / "log" / "corrections.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not path.is_file() or path.read_text().count("\n") < 30):
+        time.sleep(0.2)
+    for w in writers:
+        w.send_signal(signal.SIGKILL)
+        w.wait()
+    before, problems = read_corrections(path)
+    assert len(before) > 0 and all(p.message.startswith("row cut short") for p in problems)
+    # a crash can also cut a row mid-line (e.g. a full disk): simulate the worst case
+    with open(path, "a") as handle:
+        handle.write('deadbeef,2026-01-01,dr_x,"unterminated quote')
+    log = CorrectionsLog(tmp_path / "log")
+    assert log.append(review(case_id="after-crash"))
+    rows, problems = read_corrections(path)
+    assert [r["case_id"] for r in rows] == [r["case_id"] for r in before] + ["after-crash"]
+    assert len(problems) == 1 and problems[0].line == len(before) + 2
