@@ -7,6 +7,7 @@ Flags override environment variables, which override the defaults:
     --port        GRADIO_SERVER_PORT   7860
     --log-dir     SKINNET_LOG_DIR      ./corrections (reviewers' corrections and their images)
     --users       SKINNET_USERS        a file of "user:password" lines; none: public demo
+    --queue-root  SKINNET_QUEUE_ROOT   queue files (manifests, meta.csv) must lie inside it
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--log-dir", default=env.get("SKINNET_LOG_DIR", str(ROOT / "corrections")))
     p.add_argument("--users", default=env.get("SKINNET_USERS"), help="file of user:password lines")
+    p.add_argument("--queue-root", default=env.get("SKINNET_QUEUE_ROOT"),
+                   help="folder that queue files and their images must lie in")
     p.add_argument("--device", default=env.get("SKINNET_DEVICE", "cpu"))
     return p.parse_args(argv)
 
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"skinnet: cannot load the model: {err}") from None
     settings = AppSettings(checkpoint=Path(args.checkpoint), host=args.host, port=args.port,
-                           log_dir=Path(args.log_dir), users=read_users(args.users))
+                           log_dir=Path(args.log_dir), users=read_users(args.users),
+                           queue_root=Path(args.queue_root) if args.queue_root else None)
     launch(build_app(predictor, settings), settings)
 
 

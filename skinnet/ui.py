@@ -51,6 +51,9 @@ class AppSettings:
     port: int = 7860
     log_dir: Path = Path("corrections")
     users: dict[str, str] = field(default_factory=dict)
+    """Reviewers' logins (user -> password). None configured: a public demo, saving off."""
+    queue_root: Path | None = None
+    """Queue files and their images must lie inside this folder (None: anywhere)."""
 
 
 # -- uploads ----------------------------------------------------------------------------------
@@ -142,10 +145,19 @@ def sanitize_upload(path: str | None, name: str) -> str | None:
         image = _open(path, name)
     finally:
         _discard_upload(path)
+    return clean_copy(image)
+
+
+def clean_copy(image: Image.Image | None) -> str | None:
+    """Write de-identified pixels as ``<sha256>.png`` for an image component to show."""
+    if image is None:
+        return None
     clean = CLEAN_DIR / f"{pixel_sha256(image)}.png"
     CLEAN_DIR.mkdir(parents=True, exist_ok=True)
     if not clean.exists():
-        clean.write_bytes(png_bytes(image))
+        temporary = clean.with_suffix(f".{threading.get_ident()}.tmp")
+        temporary.write_bytes(png_bytes(image))
+        os.replace(temporary, clean)
     return str(clean)
 
 
@@ -254,12 +266,61 @@ def model_markdown(predictor: Predictor) -> str:
 
 
 # -- layout -----------------------------------------------------------------------------------
+SHORTCUTS_JS = """
+<script>
+document.addEventListener('keydown', (event) => {
+  const target = event.target;
+  const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
+  const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); event.preventDefault(); } };
+  if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { click('#save-review'); return; }
+  if (typing || event.altKey || event.ctrlKey || event.metaKey) return;
+  const verdicts = {a: 'agree', c: 'correct', u: 'unsure', s: 'skip'};
+  if (verdicts[event.key]) click(`#verdict input[value="${verdicts[event.key]}"]`);
+  else if (event.key === 'Enter') click('#save-review');
+  else if (event.key === 'n') click('#next-unreviewed');
+  else if (event.key === 'ArrowRight') click('#next-case');
+  else if (event.key === 'ArrowLeft') click('#prev-case');
+});
+</script>
+"""
+SHORTCUTS_HELP = ("Keys: **a** agree · **c** correct · **u** unsure · **s** skip · **Enter** save · "
+                  "**n** next unreviewed · **← →** previous / next case")
+
+
+def _task_label(task, predicted: str | None = None) -> str:
+    return f"{task.name}: model says {predicted}" if predicted else f"{task.name} ({task.title})"
+
+
+def form_labels(predictor: Predictor, clinical_path, dermoscopy_path):
+    """The correction dropdowns' labels show the model's prediction for each task."""
+    clinical, dermoscopy = read_uploads(clinical_path, dermoscopy_path, uploads_only=True)
+    if clinical is None and dermoscopy is None:
+        return [gr.update(label=_task_label(t)) for t in TASKS]
+    prediction = predictor.predict(clinical, dermoscopy)
+    classes = prediction.heads[prediction.primary_head].classes
+    return [gr.update(label=_task_label(t, classes[t.name])) for t in TASKS]
+
+
 def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.Blocks:
     """The Blocks app around a loaded predictor."""
+    from . import review
+    from .corrections import NO_CHANGE, VERDICTS, CorrectionsLog
+
+    settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
+    log = CorrectionsLog(settings.log_dir)
+    saving = bool(settings.users)
+    queue_root = settings.queue_root
+
     with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
+        state = gr.State(review.new_state())
         gr.Markdown("# skinnet · multi-modal skin lesion review")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
-        with gr.Tab("Analyse"):
+        with gr.Tab("Review"):
+            with gr.Row():
+                header = gr.Markdown(review.case_header(review.new_state(), log, None), elem_id="case-header")
+                prev_case = gr.Button("< prev", size="sm", elem_id="prev-case", scale=0)
+                next_case = gr.Button("next >", size="sm", elem_id="next-case", scale=0)
+                next_unreviewed = gr.Button("next unreviewed >", size="sm", elem_id="next-unreviewed", scale=0)
             with gr.Row():
                 clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
                                     sources=["upload", "clipboard"], height=300, elem_id="clinical-input")
@@ -268,10 +329,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
             summary = gr.Markdown(label="summary", elem_id="summary")
             with gr.Row():
-                diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2, interactive=False,
-                                         elem_id="diagnosis-table")
+                diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=1,
+                                         interactive=False, elem_id="diagnosis-table")
                 criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
-                                        interactive=False, elem_id="criteria-table", scale=3)
+                                        interactive=False, elem_id="criteria-table", scale=1)
             with gr.Row():
                 task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
                 class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
@@ -286,29 +347,109 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
                                    format="png", columns=4, object_fit="contain", height="auto",
                                    elem_id="attention")
+            with gr.Group(elem_id="review-form"):
+                gr.Markdown("### Your review\n" + (SHORTCUTS_HELP if saving else
+                            "Saving corrections is **off**: this is the public demo (no reviewers are "
+                            "configured). Predictions and maps work as usual."))
+                verdict = gr.Radio(list(VERDICTS), value=None, label="Verdict", elem_id="verdict")
+                corrections = []
+                for row_tasks in (TASKS[:4], TASKS[4:]):
+                    with gr.Row():
+                        for t in row_tasks:
+                            corrections.append(gr.Dropdown([NO_CHANGE, *t.classes], value=NO_CHANGE,
+                                                           label=_task_label(t), elem_id=f"correct-{t.name}"))
+                with gr.Row():
+                    confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)")
+                    note = gr.Textbox(label="Note", lines=1, max_length=2000)
+                save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
+                                 elem_id="save-review")
+                save_status = gr.Markdown(elem_id="save-status")
+        with gr.Tab("Queue"):
+            gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
+                        "Derm7pt `meta/meta.csv`" + (f" inside `{queue_root}`." if queue_root else "."))
+            with gr.Row():
+                queue_path = gr.Textbox(label="Queue file (path on the server)", scale=4, elem_id="queue-path")
+                open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
+                order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
+            queue_status = gr.Markdown(elem_id="queue-status")
+            queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
         with gr.Tab("Model"):
             gr.Markdown(model_markdown(predictor))
 
-        for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
-            component.upload(partial(sanitize_upload, name=name), component, component,
-                             api_visibility="private", preprocess=False)
-        task.change(class_choices, task, class_name, api_visibility="private")
-        inputs = [clinical, dermoscopy]
-        explain_inputs = [clinical, dermoscopy, task, class_name, head]
-        explain_outputs = [cam_clinical, cam_dermoscopy, attention]
+        # -- handlers bound to this app -------------------------------------------------------
+        def show_case(state, request: gr.Request):
+            images = review.load_case_images(state)
+            reviewer = review.reviewer_of(request)
+            return (state, *(clean_copy(im) for im in images), review.case_header(state, log, reviewer),
+                    None, *([NO_CHANGE] * len(TASKS)), None, "", "")
+
+        def step(direction):
+            def handler(state, request: gr.Request):
+                return review.move(state, direction, log, review.reviewer_of(request))
+            return handler
+
+        def on_upload(state, clinical_value, dermoscopy_value, request: gr.Request):
+            state = review.start_upload_case(state, _upload_path(clinical_value), _upload_path(dermoscopy_value))
+            return state, review.case_header(state, log, review.reviewer_of(request)), None, ""
+
+        def open_queue(state, path, request: gr.Request):
+            reviewer = review.reviewer_of(request)
+            if reviewer is None:
+                raise gr.Error("Queues are for signed-in reviewers.")
+            return review.open_queue_handler(state, path, queue_root, log, reviewer)
+
+        def order_queue(state, request: gr.Request, progress=gr.Progress()):
+            return review.order_by_uncertainty(state, predictor, log, review.reviewer_of(request), progress)
+
+        def save_handler(state, clinical_value, dermoscopy_value, verdict_value, confidence_value, note_value,
+                         diag, pn, streaks, pigmentation, regression, dots, veil, vascular, request: gr.Request):
+            corrected = (diag, pn, streaks, pigmentation, regression, dots, veil, vascular)  # TASKS order
+            images = read_uploads(clinical_value, dermoscopy_value, uploads_only=True)
+            reviewer = review.reviewer_of(request)
+            state, message = review.save_review(state, predictor, log, reviewer, *images, verdict_value,
+                                                dict(zip([t.name for t in TASKS], corrected)),
+                                                confidence_value, note_value)
+            return state, message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer)
+
+        # -- wiring ---------------------------------------------------------------------------
         predict = partial(predict_handler, predictor, uploads_only=True)
         explain_ = partial(explain_handler, predictor, uploads_only=True)
-        analyse.click(predict, inputs, [summary, diagnosis, criteria],
-                      api_name="predict", preprocess=False).then(
-            explain_, explain_inputs, explain_outputs, api_visibility="private",
-            preprocess=False)
-        explain_button.click(explain_, explain_inputs, explain_outputs,
-                             api_name="explain", preprocess=False)
+        labels_ = partial(form_labels, predictor)
+        images = [clinical, dermoscopy]
+        explain_inputs = [clinical, dermoscopy, task, class_name, head]
+        explain_outputs = [cam_clinical, cam_dermoscopy, attention]
+        form = [verdict, *corrections, confidence, note, save_status]
+        private = {"api_visibility": "private", "preprocess": False}
+
+        def analyse_chain(event):
+            return (event.then(predict, images, [summary, diagnosis, criteria], **private)
+                    .then(explain_, explain_inputs, explain_outputs, **private)
+                    .then(labels_, images, corrections, **private))
+
+        for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
+            component.upload(partial(sanitize_upload, name=name), component, component, **private).then(
+                on_upload, [state, clinical, dermoscopy], [state, header, verdict, save_status], **private)
+        task.change(class_choices, task, class_name, api_visibility="private")
+        analyse.click(predict, images, [summary, diagnosis, criteria], api_name="predict", preprocess=False).then(
+            explain_, explain_inputs, explain_outputs, **private).then(labels_, images, corrections, **private)
+        explain_button.click(explain_, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
+        case_outputs = [state, clinical, dermoscopy, header, *form]
+        for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
+            analyse_chain(button.click(step(direction), state, state, api_visibility="private")
+                          .then(show_case, state, case_outputs, api_visibility="private"))
+        analyse_chain(open_button.click(open_queue, [state, queue_path], [state, queue_view, queue_status],
+                                        api_visibility="private")
+                      .then(step("next"), state, state, api_visibility="private")
+                      .then(show_case, state, case_outputs, api_visibility="private"))
+        order_button.click(order_queue, state, [state, queue_view, queue_status], api_visibility="private")
+        save.click(save_handler, [state, clinical, dermoscopy, verdict, confidence, note, *corrections],
+                   [state, save_status, header, queue_view], preprocess=False, api_visibility="private",
+                   concurrency_limit=None)
     return app
 
 
 def launch(app: gr.Blocks, settings: AppSettings, **kwargs):
     """Launch with the privacy and safety settings the app relies on."""
     return app.launch(server_name=settings.host, server_port=settings.port, ssr_mode=False,
-                      run_history=False, max_file_size=MAX_FILE_SIZE, css=CSS, show_error=True,
-                      auth=list(settings.users.items()) or None, **kwargs)
+                      run_history=False, max_file_size=MAX_FILE_SIZE, css=CSS, head=SHORTCUTS_JS,
+                      show_error=True, auth=list(settings.users.items()) or None, **kwargs)

@@ -1,0 +1,171 @@
+"""Review sessions: who reviews, which case is open, and saving a review to the corrections log.
+
+A session's state is a plain dict kept in ``gr.State`` (one per browser tab): the queue,
+the open case, the event id made when the case was opened (so a double-clicked save logs
+once) and when it was opened (time spent is measured, never typed).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from PIL.Image import Image
+
+from .corrections import NO_CHANGE, VERDICTS, CorrectionsError, CorrectionsLog, Review, new_event_id
+from .data import DatasetError
+from .imaging import ImageError, load_rgb, pixel_sha256
+from .labels import TASKS
+from .predict import Predictor
+from .review_queue import open_queue, uncertainty
+
+QUEUE_COLUMNS = ["#", "case", "source", "your review", "uncertainty"]
+
+
+def new_state() -> dict:
+    return {"queue": [], "index": None, "case": None, "event_id": None, "opened_at": None,
+            "uncertainty": {}}
+
+
+def reviewer_of(request: gr.Request | None) -> str | None:
+    """The signed-in user (``auth=`` login or a Space's OAuth), never a typed name."""
+    return getattr(request, "username", None) or None
+
+
+def _open_case(state: dict, case: dict) -> dict:
+    return {**state, "case": case, "event_id": new_event_id(), "opened_at": time.time()}
+
+
+def queue_table(state: dict, log: CorrectionsLog, reviewer: str | None) -> pd.DataFrame:
+    done = log.reviewed_cases(reviewer) if reviewer else {}
+    rows = [[i + 1, c["case_id"], c["source"], done.get(c["case_id"], ""),
+             f"{state['uncertainty'][c['case_id']]:.2f}" if c["case_id"] in state["uncertainty"] else ""]
+            for i, c in enumerate(state["queue"])]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def case_header(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
+    case = state.get("case")
+    if case is None:
+        return "No case open: open a queue, or upload images (they become a case of their own)."
+    done = log.reviewed_cases(reviewer) if reviewer else {}
+    parts = [f"**case {case['case_id']}** ({case['source']})"]
+    if state["index"] is not None and state["queue"]:
+        reviewed = sum(c["case_id"] in done for c in state["queue"])
+        parts.append(f"{state['index'] + 1} of {len(state['queue'])}, {reviewed} reviewed by you")
+    status = done.get(case["case_id"])
+    parts.append(f"your review: **{status}**" if status else "not reviewed by you yet")
+    return " · ".join(parts)
+
+
+def open_queue_handler(state: dict, path: str, root: Path | None, log: CorrectionsLog, reviewer: str | None):
+    """Open a manifest CSV or a Derm7pt meta.csv as this session's queue."""
+    if not path or not path.strip():
+        raise gr.Error("Type the path of a manifest CSV (case_id, clinical, dermoscopy) or a Derm7pt meta.csv.")
+    try:
+        queue = open_queue(path.strip(), root)
+    except DatasetError as err:
+        raise gr.Error(str(err)) from None
+    state = {**new_state(), "queue": [asdict(c) for c in queue]}
+    return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases."
+
+
+def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
+                         progress=None):
+    """Sort the queue so that the cases the model is least sure of come first."""
+    if not state["queue"]:
+        raise gr.Error("Open a queue first.")
+    scores = {}
+    for i, case in enumerate(state["queue"]):
+        if progress is not None:
+            progress((i, len(state["queue"])), desc="scoring cases")
+        images = [load_rgb(p) if p else None for p in (case["clinical"], case["dermoscopy"])]
+        scores[case["case_id"]] = uncertainty(predictor.predict(*images))
+    queue = sorted(state["queue"], key=lambda c: -scores[c["case_id"]])
+    current = state["case"]["case_id"] if state.get("case") else None
+    index = next((i for i, c in enumerate(queue) if c["case_id"] == current), state["index"])
+    state = {**state, "queue": queue, "uncertainty": scores, "index": index}
+    return state, queue_table(state, log, reviewer), "Ordered by model uncertainty (least sure first)."
+
+
+def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> dict:
+    """Open the previous, next, or next case this reviewer has not reviewed."""
+    queue = state["queue"]
+    if not queue:
+        raise gr.Error("Open a queue first.")
+    index = state["index"]
+    if step == "prev":
+        target = 0 if index is None else max(index - 1, 0)
+    elif step == "next":
+        target = 0 if index is None else min(index + 1, len(queue) - 1)
+    elif step == "next unreviewed":
+        done = log.reviewed_cases(reviewer) if reviewer else {}
+        start = -1 if index is None else index
+        order = list(range(start + 1, len(queue))) + list(range(0, start + 1))
+        target = next((i for i in order if queue[i]["case_id"] not in done), None)
+        if target is None:
+            raise gr.Error("Every case of this queue has your review.")
+    else:
+        raise ValueError(step)
+    return _open_case({**state, "index": target}, dict(queue[target]))
+
+
+def start_upload_case(state: dict, clinical: str | None, dermoscopy: str | None) -> dict:
+    """Images uploaded by hand become a case of their own (id from their pixels' hash)."""
+    images = [p for p in (clinical, dermoscopy) if p]
+    if not images:
+        return {**state, "case": None, "event_id": None}
+    digest = "-".join(pixel_sha256(load_rgb(p))[:12] for p in images)
+    case = {"case_id": f"upload:{digest}", "clinical": clinical, "dermoscopy": dermoscopy, "source": "upload"}
+    return _open_case({**state, "index": None}, case)
+
+
+def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
+                clinical: Image | None, dermoscopy: Image | None, verdict: str | None,
+                corrected: dict[str, str], confidence: int | None, note: str) -> tuple[dict, str]:
+    """Append the open case's review to the log; saving the same opened case twice logs once.
+
+    Returns:
+        The state and a status message.
+    """
+    if reviewer is None:
+        raise gr.Error("Saving needs a signed-in reviewer (this app runs as a public demo).")
+    if state.get("case") is None or state.get("event_id") is None:
+        raise gr.Error("No case is open: open a queue or upload images first.")
+    if verdict not in VERDICTS:
+        raise gr.Error("Choose a verdict: agree, correct, unsure or skip.")
+    if clinical is None and dermoscopy is None:
+        raise gr.Error("The case has no image to review.")
+    changed = {t: v for t, v in corrected.items() if v not in (None, "", NO_CHANGE)}
+    if verdict == "correct" and not changed:
+        raise gr.Error("Verdict 'correct' needs at least one corrected label (or choose 'agree').")
+    if verdict == "agree" and changed:
+        raise gr.Error("Verdict 'agree' with corrected labels: choose 'correct' instead.")
+    prediction = predictor.predict(clinical, dermoscopy)
+    review = Review(
+        event_id=state["event_id"], reviewer=reviewer, case_id=state["case"]["case_id"],
+        source=state["case"]["source"], verdict=verdict,
+        predicted=prediction.heads[prediction.primary_head].classes,
+        corrected={t.name: corrected.get(t.name) or NO_CHANGE for t in TASKS},
+        model_version=predictor.version, checkpoint_sha256=predictor.checkpoint_sha256,
+        seconds_spent=time.time() - (state.get("opened_at") or time.time()),
+        confidence=int(confidence) if confidence else None, note=note or "")
+    try:
+        logged = log.append(review, clinical, dermoscopy)
+    except CorrectionsError as err:
+        raise gr.Error(str(err)) from None
+    if not logged:
+        return state, f"Already saved (event {state['event_id'][:8]}): logged once."
+    return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s)."
+
+
+def load_case_images(state: dict) -> tuple:
+    """The open case's images as clean RGB images (None where the case has none)."""
+    case = state.get("case") or {}
+    try:
+        return tuple(load_rgb(case[k], k) if case.get(k) else None for k in ("clinical", "dermoscopy"))
+    except ImageError as err:
+        raise gr.Error(str(err)) from None
+

@@ -1,0 +1,101 @@
+"""Review queues: the cases a reviewer walks through, from a manifest CSV or a Derm7pt meta.csv.
+
+A manifest is a CSV with the columns ``case_id, clinical, dermoscopy`` (paths relative to
+the manifest's folder; one of the two images may be empty). A Derm7pt ``meta.csv`` (inside
+``meta/`` of a release_v0 folder) opens as a queue of its cases, with the reader's quirk
+handling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .data import CaseInsensitivePaths, DatasetError, Derm7pt
+
+MANIFEST_COLUMNS = ("case_id", "clinical", "dermoscopy")
+
+
+@dataclass(frozen=True)
+class QueueCase:
+    case_id: str
+    clinical: str | None
+    dermoscopy: str | None
+    source: str
+    """``derm7pt`` (case id = meta.csv case_num), ``manifest`` or ``upload``."""
+
+
+def _inside(path: Path, root: Path) -> bool:
+    resolved, root = path.resolve(), root.resolve()
+    return resolved == root or root in resolved.parents
+
+
+def open_queue(path: str | Path, root: str | Path | None = None, split: str | None = None) -> list[QueueCase]:
+    """Read a manifest CSV or a Derm7pt meta.csv into a queue.
+
+    Args:
+        path: the CSV.
+        root: if given, the CSV and every image must lie inside this folder (the app's
+            ``--queue-root``: a reviewer must not open arbitrary server files).
+        split: for a Derm7pt meta.csv, only this official split.
+
+    Raises:
+        DatasetError: the file is missing, outside the root, malformed, or names missing images.
+    """
+    path = Path(path).expanduser()
+    if root is not None and not _inside(path, Path(root)):
+        raise DatasetError(f"{path} is outside the queue folder {root}")
+    if not path.is_file():
+        raise DatasetError(f"queue file not found: {path}")
+    try:
+        header = pd.read_csv(path, nrows=0, dtype=str).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not a readable CSV ({err})") from None
+    if {"clinic", "derm", "case_num"} <= set(header):
+        if path.parent.name != "meta":
+            raise DatasetError(f"{path} looks like a Derm7pt meta.csv but is not inside a release's meta/ folder")
+        data = Derm7pt(path.parent.parent)
+        cases = data.split(split) if split else data.cases()
+        return [QueueCase(c.case_id, None if c.clinic_is_derm else str(c.clinical_path),
+                          str(c.dermoscopy_path), "derm7pt") for c in cases]
+    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: a manifest needs the columns {list(MANIFEST_COLUMNS)} "
+                           f"(missing {missing}), or use a Derm7pt meta.csv")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    paths = CaseInsensitivePaths(path.parent)
+    queue, seen = [], set()
+    for number, row in enumerate(frame.itertuples(index=False), start=2):
+        case_id = str(row.case_id).strip()
+        if not case_id or case_id in seen:
+            raise DatasetError(f"{path} line {number}: case id {case_id!r} is empty or repeated")
+        seen.add(case_id)
+        images = {}
+        for column in ("clinical", "dermoscopy"):
+            relative = str(getattr(row, column)).strip()
+            if not relative:
+                images[column] = None
+                continue
+            resolved = paths.resolve(relative)
+            if resolved is None or (root is not None and not _inside(resolved, Path(root))):
+                raise DatasetError(f"{path} line {number}: {column} image {relative!r} not found")
+            images[column] = str(resolved)
+        if images["clinical"] is None and images["dermoscopy"] is None:
+            raise DatasetError(f"{path} line {number}: case {case_id} has no image")
+        queue.append(QueueCase(case_id, images["clinical"], images["dermoscopy"], "manifest"))
+    if not queue:
+        raise DatasetError(f"{path} lists no cases")
+    return queue
+
+
+def entropy(probabilities: dict[str, float]) -> float:
+    return -sum(p * math.log(p) for p in probabilities.values() if p > 0)
+
+
+def uncertainty(prediction) -> float:
+    """Mean normalised entropy over the 8 tasks of the primary head (0 = sure, 1 = uniform)."""
+    head = prediction.heads[prediction.primary_head]
+    values = [entropy(p) / math.log(len(p)) for p in head.probabilities.values()]
+    return sum(values) / len(values)

@@ -1,0 +1,110 @@
+"""A review session in a real headless Chromium: log in, open a queue, agree, correct, save;
+then train on the resulting corrections CSV."""
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app_helpers import free_port, tiny_checkpoint
+from skinnet.checkpoint import load_checkpoint
+from skinnet.corrections import read_corrections
+from skinnet.predict import Predictor
+from skinnet.ui import AppSettings, build_app, launch
+from synthetic import lesion_image
+from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
+
+
+def write_queue(folder):
+    rng = np.random.default_rng(11)
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(3):
+        lesion_image(rng, (80, 64), tint=i).save(folder / "img" / f"c{i}_clin.jpg")
+        lesion_image(rng, (72, 72), tint=i + 1).save(folder / "img" / f"c{i}_derm.png")
+        rows.append({"case_id": f"c{i}", "clinical": f"img/c{i}_clin.jpg", "dermoscopy": f"img/c{i}_derm.png"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review")
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
+    settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
+                           users={"dr_a": "s3cret-pass"}, queue_root=root)
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    yield settings, write_queue(root / "queue")
+    app.close()
+
+
+def choose(page, dropdown_id, option):
+    page.locator(f"#{dropdown_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_review_session_end_to_end(session, release, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, manifest = session
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(f"http://127.0.0.1:{settings.port}/")
+        page.get_by_label("username").fill("dr_a")
+        page.get_by_label("password").fill("s3cret-pass")
+        page.get_by_role("button", name="Login").click()
+
+        page.get_by_role("tab", name="Queue").click()
+        page.locator("#queue-path textarea, #queue-path input").first.fill(str(manifest))
+        page.locator("#open-queue").click()
+        expect(page.locator("#queue-status")).to_contain_text("Opened 3 cases", timeout=60_000)
+        page.get_by_role("tab", name="Review").click()
+        expect(page.locator("#case-header")).to_contain_text("case c0", timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)
+        expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
+
+        # case c0: agree, with the keyboard (a, then Enter)
+        page.locator("#case-header").click()
+        page.keyboard.press("a")
+        expect(page.locator("#verdict input[value=agree]")).to_be_checked()
+        page.keyboard.press("Enter")
+        expect(page.locator("#save-status")).to_contain_text("Saved: agree for case c0", timeout=60_000)
+        page.locator("#save-review").click()  # a second save of the same opened case
+        expect(page.locator("#save-status")).to_contain_text("Already saved", timeout=60_000)
+
+        # case c1: correct two labels
+        page.locator("#next-unreviewed").click()
+        expect(page.locator("#case-header")).to_contain_text("case c1", timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)
+        expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
+        page.locator("#verdict input[value=correct]").check()
+        choose(page, "correct-DIAG", "SK")
+        choose(page, "correct-BWV", "ABS")
+        page.locator("#save-review").click()
+        expect(page.locator("#save-status")).to_contain_text("Saved: correct for case c1", timeout=60_000)
+        expect(page.locator("#case-header")).to_contain_text("your review: correct")
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+        browser.close()
+
+    rows, problems = read_corrections(settings.log_dir / "corrections.csv")
+    assert problems == []
+    assert [(r["case_id"], r["verdict"], r["reviewer"]) for r in rows] == [("c0", "agree", "dr_a"), ("c1", "correct", "dr_a")]
+    agree, correct = rows
+    assert all(agree[c] == agree[f"model_{c}"] for c in ("diagnosis", "streaks", "vascular_structures"))
+    assert correct["diagnosis"] == "seborrheic keratosis" and correct["blue_whitish_veil"] == "absent"
+    unchanged = [c for c in ("pigment_network", "streaks", "pigmentation", "regression_structures",
+                             "dots_and_globules", "vascular_structures")]
+    assert all(correct[c] == correct[f"model_{c}"] for c in unchanged)
+    assert float(correct["seconds_spent"]) > 0 and correct["model_version"].startswith("tiny@")
+    for row in rows:
+        assert (settings.log_dir / row["derm"]).is_file() and row["derm"].endswith(f"{row['derm_sha256']}.png")
+
+    from training import train
+    path = train.main(["--data-root", str(release), "--out", str(tmp_path / "run"), "--epochs", "1",
+                       "--corrections", str(settings.log_dir / "corrections.csv"), "--image-size", "48",
+                       "--batch-size", "4", "--no-progress", "--threads", "1", "--cross-attention", "-1",
+                       "--attention-dim", "32"])
+    _, card = load_checkpoint(path)
+    assert card.training["data"]["n_corrections"] == 2 and card.training["data"]["n_new_cases"] == 2
