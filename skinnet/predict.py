@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import torch
 from PIL import Image
 
 from .checkpoint import ModelCard, file_sha256, load_checkpoint
+from .imaging import pixel_sha256
 from .labels import TASKS, seven_point_score, split_logits
 from .model import MODALITIES, SingleSharedNet
 from .transforms import eval_transform, resize_center_crop
 
 FLIPS = ((), (3,), (2,), (2, 3))
+RECENT_PREDICTIONS = 16
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Predictor:
         self.checkpoint_sha256 = checkpoint_sha256
         self.transform = eval_transform(card.image_size, card.mean, card.std)
         self.lock = threading.RLock()
+        self._recent: OrderedDict[tuple, Prediction] = OrderedDict()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
@@ -103,7 +107,29 @@ class Predictor:
         return {head: value / n for head, value in total.items()}
 
     def predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
-        """Calibrated probabilities of every available head (clean RGB PIL images in)."""
+        """Calibrated probabilities of every available head (clean RGB PIL images in).
+
+        The last few results are remembered by the images' pixel hashes: the app asks for
+        the same pair's prediction again to explain it and to fill the review form.
+        """
+        key = tuple(None if im is None else pixel_sha256(im) for im in (clinical, dermoscopy))
+        with self.lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                return self._recent[key]
+        prediction = self._predict(clinical, dermoscopy)
+        with self.lock:
+            self._recent[key] = prediction
+            while len(self._recent) > RECENT_PREDICTIONS:
+                self._recent.popitem(last=False)
+        return prediction
+
+    def forget(self) -> None:
+        """Drop remembered predictions (benchmarks measure cold calls)."""
+        with self.lock:
+            self._recent.clear()
+
+    def _predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
         heads = {}
         for head, flat in self.logits(clinical, dermoscopy).items():
             temperature = float(self.card.temperatures.get(head, 1.0))

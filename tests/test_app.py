@@ -192,3 +192,14 @@ def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
     time.sleep(0.5)
     leftovers = [p for p in Path(tempfile.gettempdir(), "gradio").rglob("*") if "jane_doe" in p.name]
     assert leftovers == []
+
+
+def test_recent_predictions_are_remembered_by_pixels(predictor, pair):
+    clinical, derm = (Image.open(p).convert("RGB") for p in pair)
+    predictor.forget()
+    first = predictor.predict(clinical, derm)
+    assert predictor.predict(clinical.copy(), derm.copy()) is first
+    assert predictor.predict(None, derm) is not first
+    predictor.forget()
+    again = predictor.predict(clinical, derm)
+    assert again is not first and again.heads["fused"].probabilities == first.heads["fused"].probabilities

@@ -186,3 +186,20 @@ def test_train_on_corrections(release, tmp_path):
     with pytest.raises(SystemExit, match="1 bad rows, refused"):
         train.main(["--data-root", str(release), "--out", str(tmp_path / "strict"), "--epochs", "1",
                     "--corrections", str(log.path), "--strict-corrections", *FAST])
+
+
+SHIPPED = ROOT / "checkpoints" / "skinnet_lite0.safetensors"
+from conftest import REAL_DERM7PT  # noqa: E402
+
+
+@pytest.mark.skipif(not SHIPPED.is_file() or not (REAL_DERM7PT / "meta" / "meta.csv").is_file(),
+                    reason="needs the shipped checkpoint and the real Derm7pt release")
+def test_shipped_checkpoint_reproduces_its_card_on_real_test_split(tmp_path):
+    _, card = load_checkpoint(SHIPPED)
+    record = evaluate.main(["--checkpoint", str(SHIPPED), "--data-root", str(REAL_DERM7PT), "--split", "test",
+                            "--json", str(tmp_path / "test.json")])
+    assert record["n_cases"] == 395
+    assert record["tasks"] == pytest.approx(card.metrics["test"]["tasks"], abs=1e-9)
+    assert record["avg"] == pytest.approx(card.metrics["test"]["avg"], abs=1e-9)
+    assert record["params"] == card.params <= 8_000_000
+    assert SHIPPED.stat().st_size < 10 * 1024 * 1024
