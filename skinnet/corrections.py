@@ -337,3 +337,34 @@ def correction_case(row: dict[str, str], folder: Path) -> Case:
             raise CorrectionsError(f"line {row['line']}: stored image {image} is missing")
     return Case(case_id=row["case_id"], clinical_path=clinical, dermoscopy_path=derm,
                 labels=parse_labels(row, f"line {row['line']}"), clinic_is_derm=not row["clinic"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m skinnet.corrections export LOG.csv OUT.csv [--rule majority]``; ``check LOG.csv``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m skinnet.corrections", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="current labels as a Derm7pt-style meta.csv")
+    export.add_argument("log")
+    export.add_argument("out")
+    export.add_argument("--rule", default="latest", choices=["latest", "majority"])
+    check = sub.add_parser("check", help="report bad rows with their line numbers")
+    check.add_argument("log")
+    args = parser.parse_args(argv)
+    try:
+        rows, problems = read_corrections(args.log)
+    except CorrectionsError as err:
+        raise SystemExit(str(err)) from None
+    for problem in problems:
+        print(f"{args.log} {problem}")
+    if args.command == "export":
+        export_meta_csv(rows, args.out, args.rule)
+        print(f"{len(current_labels(rows, args.rule))} cases written to {args.out}")
+    else:
+        print(f"{len(rows)} good rows, {len(problems)} bad")
+        raise SystemExit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

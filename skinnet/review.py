@@ -6,6 +6,7 @@ once) and when it was opened (time spent is measured, never typed).
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +15,8 @@ import gradio as gr
 import pandas as pd
 from PIL.Image import Image
 
-from .corrections import NO_CHANGE, VERDICTS, CorrectionsError, CorrectionsLog, Review, new_event_id
+from .corrections import (NO_CHANGE, VERDICTS, CorrectionsError, CorrectionsLog, Review, export_meta_csv,
+                          new_event_id, read_corrections)
 from .data import DatasetError
 from .imaging import ImageError, load_rgb, pixel_sha256
 from .labels import TASKS
@@ -159,6 +161,18 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
     if not logged:
         return state, f"Already saved (event {state['event_id'][:8]}): logged once."
     return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s)."
+
+
+def export_labels(log: CorrectionsLog, rule: str) -> str:
+    """The current labels of every reviewed case as a Derm7pt-style meta.csv (a temporary file)."""
+    if not log.path.is_file():
+        raise gr.Error("No review has been saved yet.")
+    rows, problems = read_corrections(log.path)
+    target = Path(tempfile.mkdtemp(prefix="skinnet-export-")) / f"labels_{rule}.csv"
+    export_meta_csv(rows, target, rule)
+    if problems:
+        gr.Warning(f"{len(problems)} bad rows left out: " + "; ".join(str(p) for p in problems[:3]))
+    return str(target)
 
 
 def load_case_images(state: dict) -> tuple:

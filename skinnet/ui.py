@@ -373,6 +373,13 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                 order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
             queue_status = gr.Markdown(elem_id="queue-status")
             queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
+            with gr.Row():
+                export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
+                                       label="When reviewers disagree on a case")
+                export_button = gr.Button("Export current labels (meta.csv)", interactive=saving,
+                                          elem_id="export-labels", scale=1)
+                export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
+                                      elem_id="export-file")
         with gr.Tab("Model"):
             gr.Markdown(model_markdown(predictor))
 
@@ -400,6 +407,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
 
         def order_queue(state, request: gr.Request, progress=gr.Progress()):
             return review.order_by_uncertainty(state, predictor, log, review.reviewer_of(request), progress)
+
+        def export_labels(rule, request: gr.Request):
+            if review.reviewer_of(request) is None:
+                raise gr.Error("Exports are for signed-in reviewers.")
+            return review.export_labels(log, rule)
 
         def save_handler(state, clinical_value, dermoscopy_value, verdict_value, confidence_value, note_value,
                          diag, pn, streaks, pigmentation, regression, dots, veil, vascular, request: gr.Request):
@@ -442,6 +454,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                       .then(step("next"), state, state, api_visibility="private")
                       .then(show_case, state, case_outputs, api_visibility="private"))
         order_button.click(order_queue, state, [state, queue_view, queue_status], api_visibility="private")
+        export_button.click(export_labels, export_rule, export_file, api_visibility="private")
         save.click(save_handler, [state, clinical, dermoscopy, verdict, confidence, note, *corrections],
                    [state, save_status, header, queue_view], preprocess=False, api_visibility="private",
                    concurrency_limit=None)

@@ -178,3 +178,18 @@ def test_writer_killed_mid_write_leaves_a_readable_file(tmp_path):
     rows, problems = read_corrections(path)
     assert [r["case_id"] for r in rows] == [r["case_id"] for r in before] + ["after-crash"]
     assert len(problems) == 1 and problems[0].line == len(before) + 2
+
+
+def test_command_line_export_and_check(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    log.append(review("correct", case_id="5", DIAG="BCC"))
+    out = tmp_path / "labels.csv"
+    result = subprocess.run([sys.executable, "-m", "skinnet.corrections", "export", str(log.path), str(out)],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and "1 cases written" in result.stdout
+    assert pd.read_csv(out, dtype=str).loc[0, "diagnosis"] == "basal cell carcinoma"
+    with open(log.path, "a") as handle:
+        handle.write("oops\n")
+    result = subprocess.run([sys.executable, "-m", "skinnet.corrections", "check", str(log.path)],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 1 and "line 3: expected" in result.stdout

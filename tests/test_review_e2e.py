@@ -108,3 +108,44 @@ def test_review_session_end_to_end(session, release, tmp_path):
                        "--attention-dim", "32"])
     _, card = load_checkpoint(path)
     assert card.training["data"]["n_corrections"] == 2 and card.training["data"]["n_new_cases"] == 2
+
+
+def test_uploaded_case_saved_without_metadata_or_name(session, tmp_path):
+    """An upload by hand with EXIF GPS and a revealing file name: neither reaches the log."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from app_helpers import jpeg_with_gps
+
+    settings, _ = session
+    revealing = jpeg_with_gps(tmp_path / "jane_doe_1970-01-01_left_shoulder.jpg")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(f"http://127.0.0.1:{settings.port}/")
+        page.get_by_label("username").fill("dr_a")
+        page.get_by_label("password").fill("s3cret-pass")
+        page.get_by_role("button", name="Login").click()
+        page.locator("#dermoscopy-input input[type=file]").set_input_files(str(revealing))
+        expect(page.locator("#case-header")).to_contain_text("case upload:", timeout=60_000)
+        page.locator("#analyse").click()
+        expect(page.locator("#summary")).to_contain_text("Dermoscopy head", timeout=60_000)
+        page.locator("#verdict input[value=unsure]").check()
+        page.locator("#save-review").click()
+        expect(page.locator("#save-status")).to_contain_text("Saved: unsure", timeout=60_000)
+        assert "jane_doe" not in page.content()
+        page.get_by_role("tab", name="Queue").click()
+        with page.expect_download() as download:
+            page.locator("#export-labels").click()
+            page.locator("#export-file a").first.click(timeout=60_000)
+        exported = download.value.path().read_text()
+        browser.close()
+    assert "case_num,diagnosis" in exported
+    log_text = (settings.log_dir / "corrections.csv").read_text()
+    assert "jane_doe" not in log_text and "shoulder" not in log_text
+    rows, _ = read_corrections(settings.log_dir / "corrections.csv")
+    upload = [r for r in rows if r["case_id"].startswith("upload:")][-1]
+    assert upload["clinic"] == "" and upload["derm"].endswith(".png")
+    stored = (settings.log_dir / upload["derm"]).read_bytes()
+    assert b"PatientCam" not in stored and b"Jane" not in stored and b"GPS" not in stored
+    leftovers = [p for p in settings.log_dir.rglob("*") if "jane" in p.name.lower()]
+    assert leftovers == []
