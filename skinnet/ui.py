@@ -6,6 +6,7 @@ This module imports gradio; ``import skinnet`` does not.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -35,8 +36,6 @@ AUTO_HEAD = "auto"
 MAX_FILE_SIZE = "20mb"
 ORIGINAL_GRACE_S = 30.0
 """Seconds an original upload stays in Gradio's cache after it was read (see _discard_upload)."""
-CLEAN_DIR = Path(tempfile.mkdtemp(prefix="skinnet-clean-"))
-"""Where de-identified copies of uploads are written before Gradio caches them."""
 CSS = """
 .disclaimer {border-left: 4px solid #d97706; padding: 6px 10px; background: #fffbeb;}
 """
@@ -148,12 +147,17 @@ def sanitize_upload(path: str | None, name: str) -> str | None:
     return clean_copy(image)
 
 
+@functools.cache
+def _clean_dir() -> Path:
+    """Where de-identified copies are written before Gradio caches them (one per process)."""
+    return Path(tempfile.mkdtemp(prefix="skinnet-clean-"))
+
+
 def clean_copy(image: Image.Image | None) -> str | None:
     """Write de-identified pixels as ``<sha256>.png`` for an image component to show."""
     if image is None:
         return None
-    clean = CLEAN_DIR / f"{pixel_sha256(image)}.png"
-    CLEAN_DIR.mkdir(parents=True, exist_ok=True)
+    clean = _clean_dir() / f"{pixel_sha256(image)}.png"
     if not clean.exists():
         temporary = clean.with_suffix(f".{threading.get_ident()}.tmp")
         temporary.write_bytes(png_bytes(image))
@@ -169,7 +173,7 @@ def _fmt(p: float) -> str:
 def diagnosis_table(prediction: Prediction) -> pd.DataFrame:
     rows = []
     for cls in TASK_BY_NAME["DIAG"].classes:
-        row = {"class": f"{cls} ({CLASS_TITLES[cls]})"}
+        row = {"class": f"{cls} {CLASS_TITLES[cls]}"}
         for head in HEADS:
             row[head] = _fmt(prediction.heads[head].probabilities["DIAG"][cls]) if head in prediction.heads else "-"
         rows.append(row)
@@ -179,7 +183,7 @@ def diagnosis_table(prediction: Prediction) -> pd.DataFrame:
 def criteria_table(prediction: Prediction) -> pd.DataFrame:
     rows = []
     for task in TASKS[1:]:
-        row = {"criterion": f"{task.name} ({task.title})"}
+        row = {"criterion": f"{task.name} {task.title.lower()}"}
         for head in HEADS:
             if head in prediction.heads:
                 probs = prediction.heads[head].probabilities[task.name]
@@ -188,7 +192,7 @@ def criteria_table(prediction: Prediction) -> pd.DataFrame:
             else:
                 row[head] = "-"
         rows.append(row)
-    score_row = {"criterion": f"7-point score (>= {SEVEN_POINT_THRESHOLD} suggests melanoma)"}
+    score_row = {"criterion": f"7-point score (>= {SEVEN_POINT_THRESHOLD}: MEL?)"}
     for head in HEADS:
         score_row[head] = str(prediction.heads[head].seven_point) if head in prediction.heads else "-"
     rows.append(score_row)
@@ -329,10 +333,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
             summary = gr.Markdown(label="summary", elem_id="summary")
             with gr.Row():
-                diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=1,
+                diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
                                          interactive=False, elem_id="diagnosis-table")
                 criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
-                                        interactive=False, elem_id="criteria-table", scale=1)
+                                        interactive=False, elem_id="criteria-table", scale=3)
             with gr.Row():
                 task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
                 class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,

@@ -50,7 +50,7 @@ def test_upload_pair_see_predictions_and_maps(browser, app_url, tmp_path):
     text = page.locator("#summary").inner_text()
     assert "clinical + dermoscopy" in text and "Seven-point checklist score" in text
     assert "Research tool, not a diagnosis" in page.content()
-    assert "MEL (melanoma)" in page.locator("#diagnosis-table").inner_text()
+    assert "MEL melanoma" in page.locator("#diagnosis-table").inner_text()
     srcs = page.eval_on_selector_all("#clinical-input img, #dermoscopy-input img", "els => els.map(e => e.src)")
     assert all(clinical.stem not in s and derm.stem not in s for s in srcs)
     shot = page.screenshot(full_page=True, path=str(tmp_path / "app.png"))

@@ -192,6 +192,7 @@ SHIPPED = ROOT / "checkpoints" / "skinnet_lite0.safetensors"
 from conftest import REAL_DERM7PT  # noqa: E402
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(not SHIPPED.is_file() or not (REAL_DERM7PT / "meta" / "meta.csv").is_file(),
                     reason="needs the shipped checkpoint and the real Derm7pt release")
 def test_shipped_checkpoint_reproduces_its_card_on_real_test_split(tmp_path):
