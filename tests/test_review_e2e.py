@@ -39,6 +39,13 @@ def session(tmp_path_factory):
     app.close()
 
 
+def log_in(page, settings):
+    page.goto(f"http://127.0.0.1:{settings.port}/")
+    page.get_by_label("username").fill("dr_a")
+    page.get_by_label("password").fill("s3cret-pass")
+    page.get_by_role("button", name="Login").click()
+
+
 def choose(page, dropdown_id, option):
     page.locator(f"#{dropdown_id} input").click()
     page.get_by_role("option", name=option, exact=True).click()
@@ -51,10 +58,7 @@ def test_review_session_end_to_end(session, release, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.goto(f"http://127.0.0.1:{settings.port}/")
-        page.get_by_label("username").fill("dr_a")
-        page.get_by_label("password").fill("s3cret-pass")
-        page.get_by_role("button", name="Login").click()
+        log_in(page, settings)
 
         page.get_by_role("tab", name="Queue").click()
         page.locator("#queue-path textarea, #queue-path input").first.fill(str(manifest))
@@ -121,10 +125,7 @@ def test_uploaded_case_saved_without_metadata_or_name(session, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.goto(f"http://127.0.0.1:{settings.port}/")
-        page.get_by_label("username").fill("dr_a")
-        page.get_by_label("password").fill("s3cret-pass")
-        page.get_by_role("button", name="Login").click()
+        log_in(page, settings)
         page.locator("#dermoscopy-input input[type=file]").set_input_files(str(revealing))
         expect(page.locator("#case-header")).to_contain_text("case upload:", timeout=60_000)
         page.locator("#analyse").click()
