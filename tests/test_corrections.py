@@ -1,6 +1,5 @@
 """The corrections log: schema, idempotence, injection safety, concurrent writers, crashes."""
 import csv
-import multiprocessing
 import os
 import signal
 import subprocess

@@ -6,7 +6,6 @@ import torch
 from conftest import REAL_DERM7PT
 from skinnet.data import Derm7pt, DatasetError, PairDataset
 from skinnet.transforms import BatchAugment, ImageCache, eval_transform, train_transform
-from synthetic import make_release
 
 
 def test_reads_synthetic_release_with_quirks(release):

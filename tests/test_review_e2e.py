@@ -1,6 +1,5 @@
 """A review session in a real headless Chromium: log in, open a queue, agree, correct, save;
 then train on the resulting corrections CSV."""
-import csv
 
 import numpy as np
 import pandas as pd
