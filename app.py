@@ -6,7 +6,8 @@ Flags override environment variables, which override the defaults:
     --host        GRADIO_SERVER_NAME   127.0.0.1 (0.0.0.0 on a Space)
     --port        GRADIO_SERVER_PORT   7860
     --log-dir     SKINNET_LOG_DIR      ./corrections (reviewers' corrections and their images)
-    --users       SKINNET_USERS        a file of "user:password" lines; none: public demo
+    --users       SKINNET_USERS        a file of "user:password" lines, or (env, e.g. a Space
+                                       secret) "user:password,user2:password2"; none: public demo
     --queue-root  SKINNET_QUEUE_ROOT   queue files (manifests, meta.csv) must lie inside it
 """
 from __future__ import annotations
@@ -36,18 +37,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_users(path: str | None) -> dict[str, str]:
-    """``user:password`` per line; blank lines and ``#`` comments ignored."""
-    if not path:
+def read_users(source: str | None) -> dict[str, str]:
+    """Reviewers' logins from a file (``user:password`` per line; blank lines and ``#``
+    comments ignored) or, when ``source`` is not a file, inline ``user:password,user:password``."""
+    if not source:
         return {}
+    path = Path(source)
+    if path.is_file():
+        lines, where = path.read_text().splitlines(), str(path)
+    elif ":" in source:
+        lines, where = source.split(","), "SKINNET_USERS"
+    else:
+        raise SystemExit(f"users file {source} not found")
     users = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         user, sep, password = line.partition(":")
         if not sep or not user.strip() or not password:
-            raise SystemExit(f"{path} line {number}: expected 'user:password'")
+            raise SystemExit(f"{where} entry {number}: expected 'user:password'")
         users[user.strip()] = password
     return users
 

@@ -58,7 +58,10 @@ def test_bad_checkpoint_and_users_file_give_clear_messages(tmp_path):
     users.write_text("# reviewers\ndr_a:pw\nbroken-line\n")
     sys.path.insert(0, str(ROOT))
     import app
-    with pytest.raises(SystemExit, match="line 3: expected 'user:password'"):
+    with pytest.raises(SystemExit, match="entry 3: expected 'user:password'"):
         app.read_users(str(users))
     users.write_text("dr_a:pw:with:colons\n\ndr_b: x\n")
     assert app.read_users(str(users)) == {"dr_a": "pw:with:colons", "dr_b": " x"}
+    assert app.read_users("dr_a:one,dr_b:two") == {"dr_a": "one", "dr_b": "two"}  # a Space secret
+    with pytest.raises(SystemExit, match="users file .* not found"):
+        app.read_users(str(tmp_path / "missing.txt"))
