@@ -27,20 +27,22 @@ from .loop import predict_cache
 log = logging.getLogger("skinnet.evaluate")
 
 
-def head_predictions(model, card: ModelCard, cases, device: str, tta: bool):
-    cache = ImageCache(cases, card.image_size, device)
+def head_predictions(model, card: ModelCard, cases, device: str, tta: bool, cache: ImageCache | None = None):
+    """Every head's logits for the cases, decoding them unless their cache is given."""
+    cache = cache if cache is not None else ImageCache(cases, card.image_size, device)
     augment = BatchAugment(card.image_size, card.mean, card.std).to(device)
     return predict_cache(model, cache, augment, device=device, tta=tta), cache
 
 
 def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "cpu",
-                   tta: bool | None = None, figures: Path | None = None) -> dict:
+                   tta: bool | None = None, figures: Path | None = None, cache: ImageCache | None = None) -> dict:
     """The evaluation record of one split (see the module docstring for the keys).
 
     Clinical-head numbers leave out cases without a clinical photo (``n_cases`` says how many).
+    ``cache``: the cases already decoded at the card's image size (training passes its own).
     """
     tta = bool(card.training.get("tta", False)) if tta is None else tta
-    logits, cache = head_predictions(model, card, cases, device, tta)
+    logits, cache = head_predictions(model, card, cases, device, tta, cache)
     labels = cache.labels.cpu()
     has_clinical = cache.has_clinical.cpu()
     heads = {}
@@ -63,9 +65,10 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
             "checkpoint": card.name}
 
 
-def fit_temperatures(model, card: ModelCard, valid_cases, device: str) -> dict[str, float]:
+def fit_temperatures(model, card: ModelCard, valid_cases, device: str,
+                     cache: ImageCache | None = None) -> dict[str, float]:
     """One temperature per head, fitted on the validation split."""
-    logits, cache = head_predictions(model, card, valid_cases, device, bool(card.training.get("tta", False)))
+    logits, cache = head_predictions(model, card, valid_cases, device, bool(card.training.get("tta", False)), cache)
     labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()
     temps = {}
     for head, head_logits in logits.items():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from skinnet.loss import MultiModalLoss
+from skinnet.predict import FLIPS
 from skinnet.transforms import BatchAugment, ImageCache
 
 from .distributed import DistInfo
@@ -63,9 +64,6 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
         if on_step is not None:
             on_step({"step": i + 1, "loss": totals["loss"] / count})
     return {k: v / max(count, 1) for k, v in totals.items()}
-
-
-FLIPS = ((), (3,), (2,), (2, 3))
 
 
 @torch.no_grad()

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     plot_curves(history, out / "curves.png")
     kept, card = load_checkpoint(checkpoint, device)
-    card.temperatures = fit_temperatures(kept, card, valid_cases, device)
+    card.temperatures = fit_temperatures(kept, card, valid_cases, device, cache=valid_cache)
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "world_size": info.world_size, "minutes": round((time.time() - started) / 60, 1),
     }
     save_checkpoint(kept, card, checkpoint)
-    metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device)}
+    metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device, cache=valid_cache)}
     if not args.limit_cases:
         metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
                                          figures=out)
