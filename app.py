@@ -8,6 +8,9 @@ Flags override environment variables, which override the defaults:
     --log-dir     SKINNET_LOG_DIR      ./corrections (reviewers' corrections and their images)
     --users       SKINNET_USERS        a file of "user:password" lines, or (env, e.g. a Space
                                        secret) "user:password,user2:password2"; none: public demo
+    --hf-reviewers SKINNET_HF_REVIEWERS Hugging Face usernames ("alice,bob"; "*": anyone signed
+                                       in) who may save after "Sign in with Hugging Face" on a
+                                       Space with `hf_oauth: true` (its README metadata)
     --queue-root  SKINNET_QUEUE_ROOT   queue files (manifests, meta.csv) must lie inside it
 """
 from __future__ import annotations
@@ -31,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--log-dir", default=env.get("SKINNET_LOG_DIR", str(ROOT / "corrections")))
     p.add_argument("--users", default=env.get("SKINNET_USERS"), help="file of user:password lines")
+    p.add_argument("--hf-reviewers", default=env.get("SKINNET_HF_REVIEWERS"),
+                   help="comma-separated Hugging Face usernames allowed to save ('*': any signed-in account)")
     p.add_argument("--queue-root", default=env.get("SKINNET_QUEUE_ROOT"),
                    help="folder that queue files and their images must lie in")
     p.add_argument("--device", default=env.get("SKINNET_DEVICE", "cpu"))
@@ -61,6 +66,15 @@ def read_users(source: str | None) -> dict[str, str]:
     return users
 
 
+def read_hf_reviewers(source: str | None, environ=os.environ) -> frozenset[str]:
+    """The Hugging Face allow-list; refused where Hugging Face sign-in cannot work."""
+    names = frozenset(n.strip().lstrip("@") for n in (source or "").split(",") if n.strip())
+    if names and "OAUTH_CLIENT_ID" not in environ:
+        raise SystemExit("--hf-reviewers needs Hugging Face sign-in, which a Space provides when its README "
+                         "metadata says `hf_oauth: true` (it sets OAUTH_CLIENT_ID). Elsewhere use --users.")
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
@@ -73,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"skinnet: cannot load the model: {err}") from None
     settings = AppSettings(checkpoint=Path(args.checkpoint), host=args.host, port=args.port,
                            log_dir=Path(args.log_dir), users=read_users(args.users),
+                           hf_reviewers=read_hf_reviewers(args.hf_reviewers),
                            queue_root=Path(args.queue_root) if args.queue_root else None)
     launch(build_app(predictor, settings), settings)
 

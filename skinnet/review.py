@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -31,9 +31,52 @@ def new_state() -> dict:
             "uncertainty": {}}
 
 
-def reviewer_of(request: gr.Request | None) -> str | None:
-    """The signed-in user (``auth=`` login or a Space's OAuth), never a typed name."""
-    return getattr(request, "username", None) or None
+HF_PREFIX = "hf:"
+"""Reviewers signed in with Hugging Face are logged as ``hf:<username>`` (never confused with a
+password login of the same name)."""
+
+
+@dataclass(frozen=True)
+class Reviewers:
+    """Who may save reviews: password logins (Gradio's ``auth=``) and/or Hugging Face accounts.
+
+    The reviewer is always the signed-in identity, never a typed name. ``hf_accounts`` is the
+    allow-list of Hugging Face usernames (``"*"``: any signed-in account); a Space with
+    ``hf_oauth: true`` signs them in through ``gr.LoginButton``.
+    """
+
+    password_logins: bool = False
+    hf_accounts: frozenset[str] = frozenset()
+
+    @property
+    def configured(self) -> bool:
+        """False: a public demo, where saving is off."""
+        return self.password_logins or bool(self.hf_accounts)
+
+    def _hf_allowed(self, profile: gr.OAuthProfile | None) -> bool:
+        return profile is not None and ("*" in self.hf_accounts or profile.username in self.hf_accounts)
+
+    def of(self, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str | None:
+        """The signed-in reviewer of a request, or None."""
+        user = getattr(request, "username", None)
+        if user and self.password_logins:
+            return user
+        if self._hf_allowed(profile):
+            return HF_PREFIX + profile.username
+        return None
+
+    def require(self, request: gr.Request | None, profile: gr.OAuthProfile | None, action: str) -> str:
+        """The reviewer, or a ``gr.Error`` that says how to become one."""
+        reviewer = self.of(request, profile)
+        if reviewer is not None:
+            return reviewer
+        if not self.configured:
+            raise gr.Error(f"{action} is off: this app runs as a public demo (no reviewers are configured).")
+        if profile is not None:
+            raise gr.Error(f"{action}: the Hugging Face account @{profile.username} is not on this app's "
+                           "reviewer list (SKINNET_HF_REVIEWERS).")
+        how = "Sign in with Hugging Face (button at the top)" if self.hf_accounts else "Sign in"
+        raise gr.Error(f"{action} needs a signed-in reviewer. {how} first.")
 
 
 def _open_case(state: dict, case: dict) -> dict:

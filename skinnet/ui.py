@@ -51,6 +51,8 @@ class AppSettings:
     log_dir: Path = Path("corrections")
     users: dict[str, str] = field(default_factory=dict)
     """Reviewers' logins (user -> password). None configured: a public demo, saving off."""
+    hf_reviewers: frozenset[str] = frozenset()
+    """Hugging Face usernames that may save after signing in on a Space (``"*"``: anyone signed in)."""
     queue_root: Path | None = None
     """Queue files and their images must lie inside this folder (None: anywhere)."""
 
@@ -305,6 +307,17 @@ def form_labels(predictor: Predictor, clinical_path, dermoscopy_path):
     return [gr.update(label=_task_label(t, classes[t.name])) for t in TASKS]
 
 
+def review_help(reviewers) -> str:
+    """The line above the review form: how saving works in this deployment."""
+    if not reviewers.configured:
+        return ("Saving corrections is **off**: this is the public demo (no reviewers are configured). "
+                "Predictions and maps work as usual.")
+    if reviewers.hf_accounts and not reviewers.password_logins:
+        return ("Sign in with Hugging Face (button at the top) to save: accounts on this app's reviewer "
+                "list are recorded as `hf:<username>`. " + SHORTCUTS_HELP)
+    return SHORTCUTS_HELP
+
+
 def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.Blocks:
     """The Blocks app around a loaded predictor."""
     from . import review
@@ -312,12 +325,16 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
 
     settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
     log = CorrectionsLog(settings.log_dir)
-    saving = bool(settings.users)
+    reviewers = review.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers)
+    saving = reviewers.configured
     queue_root = settings.queue_root
 
     with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
         state = gr.State(review.new_state())
-        gr.Markdown("# skinnet · multi-modal skin lesion review")
+        with gr.Row():
+            gr.Markdown("# skinnet · multi-modal skin lesion review")
+            if settings.hf_reviewers:
+                gr.LoginButton(scale=0, elem_id="hf-login")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
         with gr.Tab("Review"):
             with gr.Row():
@@ -352,9 +369,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                                    format="png", columns=4, object_fit="contain", height="auto",
                                    elem_id="attention")
             with gr.Group(elem_id="review-form"):
-                gr.Markdown("### Your review\n" + (SHORTCUTS_HELP if saving else
-                            "Saving corrections is **off**: this is the public demo (no reviewers are "
-                            "configured). Predictions and maps work as usual."))
+                gr.Markdown("### Your review\n" + review_help(reviewers))
                 verdict = gr.Radio(list(VERDICTS), value=None, label="Verdict", elem_id="verdict")
                 corrections = []
                 for row_tasks in (TASKS[:4], TASKS[4:]):
@@ -388,40 +403,40 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             gr.Markdown(model_markdown(predictor))
 
         # -- handlers bound to this app -------------------------------------------------------
-        def show_case(state, request: gr.Request):
+        # Gradio fills ``request`` and ``profile`` (the Hugging Face sign-in, if any) by annotation.
+        def show_case(state, request: gr.Request, profile: gr.OAuthProfile | None):
             images = review.load_case_images(state)
-            reviewer = review.reviewer_of(request)
+            reviewer = reviewers.of(request, profile)
             return (state, *(clean_copy(im) for im in images), review.case_header(state, log, reviewer),
                     None, *([NO_CHANGE] * len(TASKS)), None, "", "")
 
         def step(direction):
-            def handler(state, request: gr.Request):
-                return review.move(state, direction, log, review.reviewer_of(request))
+            def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
+                return review.move(state, direction, log, reviewers.of(request, profile))
             return handler
 
-        def on_upload(state, clinical_value, dermoscopy_value, request: gr.Request):
+        def on_upload(state, clinical_value, dermoscopy_value, request: gr.Request,
+                      profile: gr.OAuthProfile | None):
             state = review.start_upload_case(state, _upload_path(clinical_value), _upload_path(dermoscopy_value))
-            return state, review.case_header(state, log, review.reviewer_of(request)), None, ""
+            return state, review.case_header(state, log, reviewers.of(request, profile)), None, ""
 
-        def open_queue(state, path, request: gr.Request):
-            reviewer = review.reviewer_of(request)
-            if reviewer is None:
-                raise gr.Error("Queues are for signed-in reviewers.")
+        def open_queue(state, path, request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewer = reviewers.require(request, profile, "Opening a queue")
             return review.open_queue_handler(state, path, queue_root, log, reviewer)
 
-        def order_queue(state, request: gr.Request, progress=gr.Progress()):
-            return review.order_by_uncertainty(state, predictor, log, review.reviewer_of(request), progress)
+        def order_queue(state, request: gr.Request, profile: gr.OAuthProfile | None, progress=gr.Progress()):
+            return review.order_by_uncertainty(state, predictor, log, reviewers.of(request, profile), progress)
 
-        def export_labels(rule, request: gr.Request):
-            if review.reviewer_of(request) is None:
-                raise gr.Error("Exports are for signed-in reviewers.")
+        def export_labels(rule, request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewers.require(request, profile, "Exporting labels")
             return review.export_labels(log, rule)
 
         def save_handler(state, clinical_value, dermoscopy_value, verdict_value, confidence_value, note_value,
-                         diag, pn, streaks, pigmentation, regression, dots, veil, vascular, request: gr.Request):
+                         diag, pn, streaks, pigmentation, regression, dots, veil, vascular, request: gr.Request,
+                         profile: gr.OAuthProfile | None):
             corrected = (diag, pn, streaks, pigmentation, regression, dots, veil, vascular)  # TASKS order
             images = read_uploads(clinical_value, dermoscopy_value, uploads_only=True)
-            reviewer = review.reviewer_of(request)
+            reviewer = reviewers.require(request, profile, "Saving")
             state, message = review.save_review(state, predictor, log, reviewer, *images, verdict_value,
                                                 dict(zip([t.name for t in TASKS], corrected)),
                                                 confidence_value, note_value)
