@@ -12,7 +12,7 @@ from skinnet.checkpoint import load_checkpoint
 from skinnet.labels import TASK_NAMES
 from training import evaluate, train
 from training.distributed import DistInfo
-from training.loop import epoch_batches
+from training.loop import epoch_batches, mix_pairs
 from training.params import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +39,23 @@ def test_epoch_batches_are_disjoint_shares():
            [t.tolist() for t in epoch_batches(10, 4, 4, 1, DistInfo())]
 
 
+def test_mixup_blends_both_images_of_a_case_with_the_same_partner():
+    import numpy as np
+    clinical = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 4, 4)
+    derm = 10 * clinical
+    mixed_c, mixed_d, partner, lam = mix_pairs(clinical, derm, 0.4, np.random.default_rng(0))
+    assert 0 < lam < 1 and sorted(partner.tolist()) == list(range(8)) and partner.tolist() != list(range(8))
+    torch.testing.assert_close(mixed_c, lam * clinical + (1 - lam) * clinical[partner])
+    torch.testing.assert_close(mixed_d, 10 * mixed_c)  # the dermoscopy image has the same partner and weight
+    same = mix_pairs(clinical, derm, 0.0, np.random.default_rng(0))
+    assert same[3] == 1.0 and torch.equal(same[0], clinical)
+
+
 @pytest.fixture(scope="module")
 def trained(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     path = train.main(["--data-root", str(release), "--out", str(out), "--epochs", "2",
-                       "--name", "tiny", *FAST])
+                       "--name", "tiny", "--mixup", "0.2", *FAST])
     return path, out
 
 
@@ -54,6 +66,7 @@ def test_train_writes_checkpoint_card_metrics_and_curves(trained):
         assert (out / name).is_file(), name
     _, card = load_checkpoint(path)
     assert card.training["epochs"] == 2 and card.training["data"]["n_corrections"] == 0
+    assert card.training["mixup"] == 0.2
     assert set(card.temperatures) == {"clinical", "dermoscopy", "fused"}
     assert set(card.metrics) == {"valid", "test"} and set(card.metrics["test"]["tasks"]) == set(TASK_NAMES)
     assert card.image_size == 48 and card.loss_weights["dermoscopy"] == 0.5

@@ -5,6 +5,7 @@ import contextlib
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,12 +37,30 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo
     return batches
 
 
+def mix_pairs(clinical: torch.Tensor, derm: torch.Tensor, alpha: float, rng: np.random.Generator):
+    """Mixup of whole pairs: both images of a case are blended with the same partner case and weight.
+
+    Returns the mixed clinical and dermoscopy batches, the partner of each case (a permutation of
+    the batch) and the weight ``lam`` of the original case (``lam ~ Beta(alpha, alpha)``).
+    """
+    lam = float(rng.beta(alpha, alpha)) if alpha > 0 else 1.0
+    partner = torch.from_numpy(rng.permutation(len(clinical))).to(clinical.device)
+    return (lam * clinical + (1 - lam) * clinical[partner], lam * derm + (1 - lam) * derm[partner],
+            partner, lam)
+
+
 def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, loss_fn: MultiModalLoss,
                     optimizer: torch.optim.Optimizer, schedule: Callable[[int], None], *, epoch: int,
                     batch_size: int, seed: int, info: DistInfo, device: str, amp: bool,
-                    step_offset: int, on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
-    """Train over the cache once. Returns the mean loss and per-head terms."""
+                    step_offset: int, on_step: Callable[[dict], None] | None = None,
+                    mixup: float = 0.0) -> dict[str, float]:
+    """Train over the cache once. Returns the mean loss and per-head terms.
+
+    ``mixup`` > 0 blends every batch's pairs (:func:`mix_pairs`); the loss is the same blend of
+    the two cases' losses.
+    """
     model.train()
+    rng = np.random.default_rng([seed, epoch])
     totals, count = {}, 0
     for i, index in enumerate(epoch_batches(len(cache), batch_size, epoch, seed, info)):
         schedule(step_offset + i)
@@ -50,9 +69,16 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
         derm = augment(cache.dermoscopy[index].to(device, non_blocking=True))
         labels = cache.labels[index].to(device)
         has_clinical = cache.has_clinical[index].to(device)
+        if mixup > 0:
+            clinical, derm, partner, lam = mix_pairs(clinical, derm, mixup, rng)
         with autocast(device, amp):
             outputs = model(clinical, derm)
-        loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, labels, has_clinical)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        loss, parts = loss_fn(outputs, labels, has_clinical)
+        if mixup > 0:
+            partner_loss, partner_parts = loss_fn(outputs, labels[partner], has_clinical[partner])
+            loss = lam * loss + (1 - lam) * partner_loss
+            parts = {k: lam * v + (1 - lam) * partner_parts[k] for k, v in parts.items()}
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {i}")
         optimizer.zero_grad(set_to_none=True)

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--loss-weights", default="0.2,0.5,0.3",
                        help="clinical,dermoscopy,fused loss weights ('1,1,1' = unbiased)")
     optim.add_argument("--label-smoothing", type=float, default=0.1)
+    optim.add_argument("--mixup", type=float, default=0.0,
+                       help="mixup of whole pairs with weight ~ Beta(a, a); 0 disables")
     optim.add_argument("--epochs", type=int, default=40)
     optim.add_argument("--batch-size", type=int, default=32, help="pairs per step, over all processes")
     optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         train_stats = train_one_epoch(train_model, train_cache, augment, loss_fn, optimizer, schedule,
                                       epoch=epoch, batch_size=args.batch_size, seed=args.seed, info=info,
                                       device=device, amp=amp, step_offset=epoch * steps_per_epoch,
-                                      on_step=on_step)
+                                      on_step=on_step, mixup=args.mixup)
         if info.is_primary:
             scored = ema.module if ema is not None else model
             logits = predict_cache(scored, valid_cache, augment, device=device, amp=amp)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "ema": args.ema,
+        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup, "ema": args.ema,
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
         "data": {"dataset": "Derm7pt release_v0", "split": "train", "n_train_cases": len(train_cases),
                  **correction_stats},
