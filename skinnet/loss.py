@@ -10,19 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .labels import split_logits
+from .labels import TASK_NAMES, split_logits
 
 EQUAL_WEIGHTS = {"clinical": 1 / 3, "dermoscopy": 1 / 3, "fused": 1 / 3}
 
 
 def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
-                       label_smoothing: float = 0.0) -> torch.Tensor:
+                       label_smoothing: float = 0.0, task_weights: dict[str, float] | None = None
+                       ) -> torch.Tensor:
     """Mean over the 8 tasks of the cross-entropy of one head's flat logits.
 
     Args:
         logits: (B, NUM_OUTPUTS).
         labels: (B, 8) class indexes in TASKS order.
         mask: (B,) bool, samples that count for this head (all when None).
+        task_weights: task name -> weight of its term (missing: 1); the mean is weighted.
     """
     per_task = []
     for t, (name, task_logits) in enumerate(split_logits(logits).items()):
@@ -33,7 +35,10 @@ def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.T
         else:
             loss = loss.mean()
         per_task.append(loss)
-    return torch.stack(per_task).mean()
+    if not task_weights:
+        return torch.stack(per_task).mean()
+    weights = torch.tensor([task_weights.get(name, 1.0) for name in TASK_NAMES], device=logits.device)
+    return (torch.stack(per_task) * weights).sum() / weights.sum()
 
 
 class MultiModalLoss(nn.Module):
@@ -42,9 +47,11 @@ class MultiModalLoss(nn.Module):
     Args:
         weights: head name -> weight; heads missing from the model's output are skipped.
         label_smoothing: passed to the cross-entropy.
+        task_weights: task name -> weight within each head's term (e.g. ``{"DIAG": 2}``).
     """
 
-    def __init__(self, weights: dict[str, float] | None = None, label_smoothing: float = 0.0):
+    def __init__(self, weights: dict[str, float] | None = None, label_smoothing: float = 0.0,
+                 task_weights: dict[str, float] | None = None):
         super().__init__()
         self.weights = dict(EQUAL_WEIGHTS if weights is None else weights)
         unknown = set(self.weights) - set(EQUAL_WEIGHTS)
@@ -53,6 +60,10 @@ class MultiModalLoss(nn.Module):
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"loss weights must be >= 0, got {self.weights}")
         self.label_smoothing = label_smoothing
+        unknown = set(task_weights or {}) - set(TASK_NAMES)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)} in task weights; tasks: {TASK_NAMES}")
+        self.task_weights = dict(task_weights or {})
 
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor,
                 has_clinical: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,7 +77,7 @@ class MultiModalLoss(nn.Module):
             if head not in outputs or weight == 0:
                 continue
             mask = has_clinical.float() if (head == "clinical" and has_clinical is not None) else None
-            term = task_cross_entropy(outputs[head], labels, mask, self.label_smoothing)
+            term = task_cross_entropy(outputs[head], labels, mask, self.label_smoothing, self.task_weights)
             total = total + weight * term
             parts[head] = float(term.detach())
         return total, parts
@@ -82,3 +93,17 @@ def parse_weights(text: str) -> dict[str, float]:
         raise ValueError(f"loss weights must be three numbers 'clinical,dermoscopy,fused', got {text!r}")
     return dict(zip(EQUAL_WEIGHTS, values))
 
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    """``"DIAG=2"`` or ``"DIAG=2,PN=1.5"`` -> task weights (command-line form)."""
+    weights = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or name.strip() not in TASK_NAMES or weights[name.strip()] < 0:
+            raise ValueError(f"task weights look like 'DIAG=2,PN=1.5' with tasks {TASK_NAMES}, got {text!r}")
+    return weights

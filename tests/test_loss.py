@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from skinnet.labels import NUM_OUTPUTS, TASKS, split_logits
-from skinnet.loss import EQUAL_WEIGHTS, MultiModalLoss, parse_weights, task_cross_entropy
+from skinnet.loss import EQUAL_WEIGHTS, MultiModalLoss, parse_task_weights, parse_weights, task_cross_entropy
 
 
 def random_batch(b=4, seed=0):
@@ -47,3 +47,17 @@ def test_missing_heads_are_skipped_and_bad_weights_refused():
         MultiModalLoss({"meta": 1.0})
     with pytest.raises(ValueError, match=">= 0"):
         MultiModalLoss({"clinical": -1.0})
+
+
+def test_task_weights_weight_the_mean_over_tasks():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(6, NUM_OUTPUTS), torch.randint(0, 2, (6, len(TASKS)))
+    per_task = [F.cross_entropy(part, labels[:, t]) for t, part in enumerate(split_logits(logits).values())]
+    weighted = task_cross_entropy(logits, labels, task_weights={"DIAG": 3.0})
+    torch.testing.assert_close(weighted, (3 * per_task[0] + sum(per_task[1:])) / 10)
+    assert parse_task_weights("DIAG=2, PN=0.5") == {"DIAG": 2.0, "PN": 0.5} and parse_task_weights("") == {}
+    for bad in ("DIAG", "XX=1", "DIAG=a", "DIAG=-1"):
+        with pytest.raises(ValueError, match="task weights"):
+            parse_task_weights(bad)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        MultiModalLoss(task_weights={"XX": 1.0})

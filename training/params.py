@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from skinnet.loss import parse_weights
+from skinnet.loss import parse_task_weights, parse_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--loss-weights", default="0.2,0.5,0.3",
                        help="clinical,dermoscopy,fused loss weights ('1,1,1' = unbiased)")
+    optim.add_argument("--task-weights", default="",
+                       help="weights of tasks within each head's loss, e.g. 'DIAG=2' (others 1)")
     optim.add_argument("--label-smoothing", type=float, default=0.1)
     optim.add_argument("--mixup", type=float, default=0.0,
                        help="mixup of whole pairs with weight ~ Beta(a, a); 0 disables")
@@ -72,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.loss_weights = parse_weights(args.loss_weights)
+        args.task_weights = parse_task_weights(args.task_weights)
         args.cross_attention = parse_stages(args.cross_attention)
     except ValueError as err:
         parser.error(str(err))

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     train_cache = ImageCache(train_cases, args.cache_size, device)
     valid_cache = ImageCache(valid_cases, args.image_size, device)
     augment = BatchAugment(args.image_size, mean, std).to(device)
-    loss_fn = MultiModalLoss(args.loss_weights, args.label_smoothing)
+    loss_fn = MultiModalLoss(args.loss_weights, args.label_smoothing, args.task_weights)
     optimizer = make_optimizer(model, args)
     steps_per_epoch = max(1, len(train_cache) // args.batch_size)
     schedule = lr_schedule(optimizer, args, steps_per_epoch)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup, "ema": args.ema,
+        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup, "task_weights": args.task_weights, "ema": args.ema,
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
         "data": {"dataset": "Derm7pt release_v0", "split": "train", "n_train_cases": len(train_cases),
                  **correction_stats},
