@@ -27,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_section  # noqa: E402
 from skinnet.labels import TASK_NAMES  # noqa: E402
 
 EQUAL = "0.3333,0.3333,0.3334"
@@ -44,7 +45,6 @@ REFERENCES = """| method | inputs | params | DIAG | avg of 8 |
 | FusionM4Net stage 1 (2x ResNet-50, SWA, TTA) | images | 50.4M | 77.0 | 75.1 |
 | FusionM4Net final | images + metadata | | 78.5 | 76.3 |
 | TFormer (shared Swin-T, cross-attention) | images + metadata | | 80.0 | 78.0 |"""
-BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 
 def slug(text: str) -> str:
@@ -88,24 +88,13 @@ def table(results: dict, sweep: dict, args) -> str:
         sweep_lines.append(f"| {label}: {weights} | {100 * valid:.1f} | {'yes' if label == sweep['chosen'] else ''} |")
     minutes = [r["seconds"] / 60 for runs in results.values() for r in runs]
     return "\n".join([
-        BEGIN,
         f"Derm7pt official split, test (395 cases), fused head, accuracy % mean ± std over seeds "
         f"{args.seeds}. Recipe: `{args.backbone_note}`, {args.epochs} epochs at {args.image_size} px, "
         f"batch 32, AdamW + cosine, EMA, label smoothing 0.1, flips/rotation/zoom/colour augmentation. "
         f"Hardware: {args.hardware}; {np.nanmean(minutes):.1f} min per run.",
         "", *lines, "",
         "Dermoscopy-weight sweep (chosen on validation, never on test):", "", *sweep_lines,
-        "", "Published reference points (same test split):", "", REFERENCES, END])
-
-
-def write_results(text: str, path: Path) -> None:
-    current = path.read_text() if path.is_file() else "# Results\n\n" + BEGIN + "\n" + END + "\n"
-    if BEGIN not in current:
-        current += "\n" + BEGIN + "\n" + END + "\n"
-    head, rest = current.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + text + tail)
+        "", "Published reference points (same test split):", "", REFERENCES])
 
 
 def main(argv=None):
@@ -143,7 +132,7 @@ def main(argv=None):
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "ablation.json").write_text(json.dumps({"sweep": sweep, "results": results}, indent=2))
     text = table(results, sweep, args)
-    write_results(text, Path(args.results))
+    write_section(Path(args.results), "ablation", text)
     print(text)
 
 

@@ -1,0 +1,74 @@
+"""The full-length training runs tried for the shipped checkpoint, side by side.
+
+    python benchmarks/recipes.py runs/lite0_160_s0 runs/lite0_192_d07 runs/mix192 ...
+
+Each argument is a ``training.train`` output folder (its card and ``eval.json``). Prints a
+table and writes ``benchmarks/results/recipes.json`` and the ``recipes`` section of
+docs/results.md. The shipped run is the one with the best **valid** average (fused head,
+with the card's TTA); test is shown, never used to choose.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_section  # noqa: E402
+from skinnet.checkpoint import read_card  # noqa: E402
+
+
+def describe(run: Path) -> dict:
+    """One run's recipe and numbers, from its card and eval.json."""
+    card = read_card(next(run.glob("*.safetensors")))
+    scores = json.loads((run / "eval.json").read_text())
+    t = card.training
+    recipe = [f"{t['image_size']} px", f"{t['epochs']} ep", "loss " + "/".join(f"{w:g}" for w in card.loss_weights.values())]
+    if t.get("mixup"):
+        recipe.append(f"mixup {t['mixup']:g}")
+    if t.get("task_weights"):
+        recipe.append("tasks " + ",".join(f"{k}x{v:g}" for k, v in t["task_weights"].items()))
+    if str(t.get("pretrained", "")).startswith("init:"):
+        recipe.append("fine-tuned from " + t["pretrained"][5:])
+    test, valid = scores["test"], scores["valid"]
+    return {"run": run.name, "recipe": ", ".join(recipe), "best_epoch": t.get("best_epoch"),
+            "minutes": t.get("minutes"), "device": t.get("device"), "params": test["params"],
+            "valid_avg": valid["avg"], "valid_DIAG": valid["tasks"]["DIAG"],
+            "test_avg": test["avg"], "test_DIAG": test["tasks"]["DIAG"],
+            "test_dermoscopy_avg": test["heads"]["dermoscopy"]["avg"]}
+
+
+def table(rows: list[dict]) -> str:
+    best = max(rows, key=lambda r: r["valid_avg"])
+    lines = ["| run | recipe | kept epoch | minutes | valid avg | valid DIAG | test avg | test DIAG | shipped |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['recipe']} | {r['best_epoch']} | {r['minutes']} | "
+                     f"{100 * r['valid_avg']:.1f} | {100 * r['valid_DIAG']:.1f} | {100 * r['test_avg']:.1f} | "
+                     f"{100 * r['test_DIAG']:.1f} | {'yes' if r is best else ''} |")
+    devices = sorted({str(r["device"]) for r in rows})
+    return "\n".join([
+        "Full-length runs of the method (Lite0, shared + cross-attention after stages 3 and 4, "
+        f"{rows[0]['params'] / 1e6:.2f}M parameters, seed 0, EMA, flip TTA), fused head, accuracy %. "
+        f"Device: {', '.join(devices)} (2 cores). Chosen by the valid average; test is never used to choose.",
+        "", *lines])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--json", default=ROOT / "benchmarks" / "results" / "recipes.json", type=Path)
+    p.add_argument("--results", default=ROOT / "docs" / "results.md", type=Path)
+    args = p.parse_args(argv)
+    rows = [describe(run) for run in args.runs]
+    text = table(rows)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+    write_section(args.results, "recipes", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
