@@ -25,7 +25,7 @@ def describe(run: Path) -> dict:
     card = read_card(next(run.glob("*.safetensors")))
     scores = json.loads((run / "eval.json").read_text())
     t = card.training
-    recipe = [f"{t['image_size']} px", f"{t['epochs']} ep", "loss " + "/".join(f"{w:g}" for w in card.loss_weights.values())]
+    recipe = [f"seed {t['seed']}", f"{t['image_size']} px", f"{t['epochs']} ep", "loss " + "/".join(f"{w:g}" for w in card.loss_weights.values())]
     if t.get("mixup"):
         recipe.append(f"mixup {t['mixup']:g}")
     if t.get("task_weights"):
@@ -42,7 +42,7 @@ def describe(run: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     best = max(rows, key=lambda r: r["valid_avg"])
-    lines = ["| run | recipe | kept epoch | minutes | valid avg | valid DIAG | test avg | test DIAG | shipped |",
+    lines = ["| run | recipe | kept epoch | minutes | valid avg | valid DIAG | test avg | test DIAG | best valid |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['recipe']} | {r['best_epoch']} | {r['minutes']} | "
@@ -51,7 +51,7 @@ def table(rows: list[dict]) -> str:
     devices = sorted({str(r["device"]) for r in rows})
     return "\n".join([
         "Full-length runs of the method (Lite0, shared + cross-attention after stages 3 and 4, "
-        f"{rows[0]['params'] / 1e6:.2f}M parameters, seed 0, EMA, flip TTA), fused head, accuracy %. "
+        f"{rows[0]['params'] / 1e6:.2f}M parameters, EMA, flip TTA), fused head, accuracy %. "
         f"Device: {', '.join(devices)} (2 cores). Chosen by the valid average; test is never used to choose.",
         "", *lines])
 
