@@ -66,10 +66,10 @@ def read_users(source: str | None) -> dict[str, str]:
     return users
 
 
-def read_hf_reviewers(source: str | None, environ=os.environ) -> frozenset[str]:
+def read_hf_reviewers(source: str | None) -> frozenset[str]:
     """The Hugging Face allow-list; refused where Hugging Face sign-in cannot work."""
     names = frozenset(n.strip().lstrip("@") for n in (source or "").split(",") if n.strip())
-    if names and "OAUTH_CLIENT_ID" not in environ:
+    if names and "OAUTH_CLIENT_ID" not in os.environ:
         raise SystemExit("--hf-reviewers needs Hugging Face sign-in, which a Space provides when its README "
                          "metadata says `hf_oauth: true` (it sets OAUTH_CLIENT_ID). Elsewhere use --users.")
     return names

@@ -25,7 +25,8 @@ def describe(run: Path) -> dict:
     card = read_card(next(run.glob("*.safetensors")))
     scores = json.loads((run / "eval.json").read_text())
     t = card.training
-    recipe = [f"seed {t['seed']}", f"{t['image_size']} px", f"{t['epochs']} ep", "loss " + "/".join(f"{w:g}" for w in card.loss_weights.values())]
+    recipe = [f"seed {t['seed']}", f"{t['image_size']} px", f"{t['epochs']} ep",
+              "loss " + "/".join(f"{w:g}" for w in card.loss_weights.values())]
     if t.get("mixup"):
         recipe.append(f"mixup {t['mixup']:g}")
     if t.get("task_weights"):

@@ -94,16 +94,16 @@ def parse_weights(text: str) -> dict[str, float]:
     return dict(zip(EQUAL_WEIGHTS, values))
 
 
-
 def parse_task_weights(text: str) -> dict[str, float]:
     """``"DIAG=2"`` or ``"DIAG=2,PN=1.5"`` -> task weights (command-line form)."""
+    error = ValueError(f"task weights look like 'DIAG=2,PN=1.5' with tasks {TASK_NAMES}, got {text!r}")
     weights = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, value = item.partition("=")
+        name, _, value = (part.strip() for part in item.partition("="))
         try:
-            weights[name.strip()] = float(value)
+            weights[name] = float(value)
         except ValueError:
-            sep = ""
-        if not sep or name.strip() not in TASK_NAMES or weights[name.strip()] < 0:
-            raise ValueError(f"task weights look like 'DIAG=2,PN=1.5' with tasks {TASK_NAMES}, got {text!r}")
+            raise error from None
+        if name not in TASK_NAMES or weights[name] < 0:
+            raise error
     return weights

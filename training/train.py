@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup, "task_weights": args.task_weights, "ema": args.ema,
+        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
+        "task_weights": args.task_weights, "ema": args.ema,
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
         "data": {"dataset": "Derm7pt release_v0", "split": "train", "n_train_cases": len(train_cases),
                  **correction_stats},
