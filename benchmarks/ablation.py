@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import uncalibrated, write_section  # noqa: E402
 from skinnet.labels import TASK_NAMES  # noqa: E402
 
 EQUAL = "0.3333,0.3333,0.3334"
@@ -66,7 +66,9 @@ def run(args, name: str, flags: list[str], seed: int) -> dict:
         (out / "seconds.txt").write_text(f"{time.time() - started:.0f}\n")
     record = json.loads(result.read_text())
     seconds = float((out / "seconds.txt").read_text()) if (out / "seconds.txt").is_file() else float("nan")
-    return {"valid": record["valid"], "test": record["test"], "seconds": seconds, "folder": out.name}
+    # architectures are compared on raw logits, as published tables are
+    test = {**uncalibrated(record["test"]), "params": record["test"]["params"]}
+    return {"valid": uncalibrated(record["valid"]), "test": test, "seconds": seconds, "folder": out.name}
 
 
 def mean_std(values: list[float]) -> str:
@@ -113,7 +115,7 @@ def main(argv=None):
     sweep_runs = {}
     for label, weights in SWEEP.items():
         record = run(args, f"sweep {label}", ["--loss-weights", weights], args.seeds[0])
-        sweep_runs[label] = (weights, record["valid"]["avg"])
+        sweep_runs[label] = (weights, uncalibrated(record["valid"])["avg"])
     candidates = {k: v for k, v in sweep_runs.items() if v[0] != EQUAL}
     chosen = max(candidates, key=lambda k: candidates[k][1])
     sweep = {"runs": sweep_runs, "chosen": chosen}

@@ -1,4 +1,4 @@
-"""Writing a benchmark's table into docs/results.md between its own markers."""
+"""Shared by the benchmark scripts: raw scores from evaluation records, results.md sections."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,3 +14,13 @@ def write_section(path: Path, name: str, text: str) -> None:
     tail = rest.split(end, 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def uncalibrated(record: dict) -> dict:
+    """The fused head's raw ``{"tasks", "avg"}`` from a ``training.evaluate`` record.
+
+    Choices made on valid (epochs, loss weights, runs) use raw scores: the calibration is
+    fitted on valid, so its valid accuracy is in-sample. Records written before calibration
+    had class biases are raw already.
+    """
+    return record["heads"]["fused"].get("uncalibrated", record)

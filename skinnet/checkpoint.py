@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .calibration import from_temperature
 from .labels import schema
 from .model import ModelConfig, SingleSharedNet, count_parameters
 
-CARD_FORMAT = 1
+CARD_FORMAT = 2  # 2: per-task temperature and class bias (1: one temperature per head)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ModelCard:
         mean, std: input normalisation (RGB, 0..1 scale).
         labels: the label schema the heads were trained for (:func:`skinnet.labels.schema`).
         loss_weights: head -> weight used in training.
-        temperatures: head -> calibration temperature (1.0 = uncalibrated).
+        calibration: head -> its calibration (:mod:`skinnet.calibration`); empty = uncalibrated.
         training: seed, epochs, data (split, number of corrections used), hardware, time...
         metrics: split -> head -> task -> accuracy (and whatever else evaluation stores).
         params: number of parameters.
@@ -49,7 +50,7 @@ class ModelCard:
     std: tuple[float, float, float]
     labels: list[dict] = field(default_factory=schema)
     loss_weights: dict[str, float] = field(default_factory=dict)
-    temperatures: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, dict] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     params: int = 0
@@ -67,6 +68,8 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict, where: str = "card") -> "ModelCard":
         known = set(cls.__dataclass_fields__)
+        if "temperatures" in data and "calibration" not in data:  # format 1
+            data = {**data, "calibration": {h: from_temperature(t) for h, t in data["temperatures"].items()}}
         missing = [k for k in ("name", "model", "image_size", "mean", "std") if k not in data]
         if missing:
             raise ValueError(f"{where}: not a skinnet model card, missing {missing}")

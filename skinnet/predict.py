@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .calibration import calibrate
 from .checkpoint import ModelCard, file_sha256, load_checkpoint
 from .imaging import pixel_sha256
 from .labels import TASKS, seven_point_score, split_logits
@@ -132,10 +133,10 @@ class Predictor:
     def _predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
         heads = {}
         for head, flat in self.logits(clinical, dermoscopy).items():
-            temperature = float(self.card.temperatures.get(head, 1.0))
+            calibrated = calibrate(flat, self.card.calibration.get(head))
             per_task = {}
-            for task, logits in zip(TASKS, split_logits(flat).values()):
-                probs = torch.softmax(logits / temperature, -1).tolist()
+            for task, logits in zip(TASKS, split_logits(calibrated).values()):
+                probs = torch.softmax(logits, -1).tolist()
                 per_task[task.name] = dict(zip(task.classes, probs))
             heads[head] = HeadPrediction(per_task)
         modalities = tuple(m for m, im in zip(MODALITIES, (clinical, dermoscopy)) if im is not None)

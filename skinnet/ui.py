@@ -250,6 +250,14 @@ def class_choices(task: str):
     return gr.update(choices=[PREDICTED, *TASK_BY_NAME[task].classes], value=PREDICTED)
 
 
+def calibration_summary(calibration: dict) -> str:
+    if not calibration:
+        return "none (raw softmax)"
+    diag = calibration.get("fused", next(iter(calibration.values()))).get("DIAG", {})
+    return ("a temperature and a bias per class for each task and head, fitted on the validation "
+            f"split (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})")
+
+
 def model_markdown(predictor: Predictor) -> str:
     card = predictor.card
     lines = [f"### Model `{predictor.version}`",
@@ -257,7 +265,7 @@ def model_markdown(predictor: Predictor) -> str:
              f"cross-attention after stages {card.model['cross_attention_stages'] or 'none'}; "
              f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px",
              f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
-             f"- Calibration temperatures: {card.temperatures or 'none'}"]
+             f"- Calibration: {calibration_summary(card.calibration)}"]
     for split in ("valid", "test"):
         if split in card.metrics:
             m = card.metrics[split]

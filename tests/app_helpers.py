@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from skinnet.calibration import from_temperature
 from skinnet.checkpoint import ModelCard, save_checkpoint
 from skinnet.model import create_model
 from synthetic import lesion_image
@@ -22,7 +23,8 @@ def tiny_checkpoint(folder: Path) -> Path:
         module.gate.data.fill_(0.5)
     card = ModelCard(name="tiny", model=model.config.to_dict(), image_size=64, mean=(0.5,) * 3,
                      std=(0.5,) * 3, loss_weights={"clinical": 0.2, "dermoscopy": 0.5, "fused": 0.3},
-                     temperatures={"clinical": 1.5, "dermoscopy": 1.2, "fused": 1.0})
+                     calibration={"clinical": {"DIAG": {"temperature": 1.5, "bias": [0.3, -0.2, 0.1, 0.0, -0.2]}},
+                                  "dermoscopy": from_temperature(1.2)})
     return save_checkpoint(model, card, folder / "tiny")
 
 

@@ -37,12 +37,15 @@ def test_predict_handler_both_and_one_image(predictor, pair):
     assert (diagnosis["fused"] == "-").all() and (diagnosis["clinical"] == "-").all()
 
 
-def test_calibration_temperature_is_applied(predictor, pair):
+def test_calibration_is_applied(predictor, pair):
+    """The card's DIAG temperature and class biases reach the app's probabilities; PN has none."""
     clinical = Image.open(pair[0]).convert("RGB")
-    raw = predictor.logits(clinical, None)["clinical"][:5]
-    expected = torch.softmax(raw / predictor.card.temperatures["clinical"], -1)
-    got = predictor.predict(clinical, None).heads["clinical"].probabilities["DIAG"]
-    assert list(got.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    raw = predictor.logits(clinical, None)["clinical"]
+    diag = predictor.card.calibration["clinical"]["DIAG"]
+    expected = torch.softmax(raw[:5] / diag["temperature"] + torch.tensor(diag["bias"]), -1)
+    got = predictor.predict(clinical, None).heads["clinical"].probabilities
+    assert list(got["DIAG"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert list(got["PN"].values()) == pytest.approx(torch.softmax(raw[5:8], -1).tolist(), abs=1e-6)
 
 
 def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):

@@ -55,7 +55,7 @@ def test_mixup_blends_both_images_of_a_case_with_the_same_partner():
 def trained(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     path = train.main(["--data-root", str(release), "--out", str(out), "--epochs", "2",
-                       "--name", "tiny", "--mixup", "0.2", *FAST])
+                       "--name", "tiny", "--mixup", "0.2", "--drop-path", "0.1", *FAST])
     return path, out
 
 
@@ -67,7 +67,9 @@ def test_train_writes_checkpoint_card_metrics_and_curves(trained):
     _, card = load_checkpoint(path)
     assert card.training["epochs"] == 2 and card.training["data"]["n_corrections"] == 0
     assert card.training["mixup"] == 0.2
-    assert set(card.temperatures) == {"clinical", "dermoscopy", "fused"}
+    assert card.model["backbone_kwargs"] == {"drop_path_rate": 0.1}  # rebuilt as trained; inert in eval
+    assert set(card.calibration) == {"clinical", "dermoscopy", "fused"}
+    assert all(set(head) == set(TASK_NAMES) for head in card.calibration.values())
     assert set(card.metrics) == {"valid", "test"} and set(card.metrics["test"]["tasks"]) == set(TASK_NAMES)
     assert card.image_size == 48 and card.loss_weights["dermoscopy"] == 0.5
 

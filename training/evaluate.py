@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skinnet.calibration import calibrate, fit_head
 from skinnet.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from skinnet.data import Derm7pt, SPLITS
 from skinnet.labels import TASK_BY_NAME, TASK_NAMES
 from skinnet.model import count_parameters
 from skinnet.transforms import BatchAugment, ImageCache
 
-from .metrics import confusion_matrix, diagnosis_report, expected_calibration_error, fit_temperature, \
-    task_accuracies
+from .metrics import confusion_matrix, diagnosis_report, expected_calibration_error, task_accuracies
 from .loop import predict_cache
 
 log = logging.getLogger("skinnet.evaluate")
@@ -38,7 +38,9 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
                    tta: bool | None = None, figures: Path | None = None, cache: ImageCache | None = None) -> dict:
     """The evaluation record of one split (see the module docstring for the keys).
 
-    Clinical-head numbers leave out cases without a clinical photo (``n_cases`` says how many).
+    Accuracies are those of the calibrated prediction (what the app shows); each head's
+    ``uncalibrated`` entry holds the raw logits' accuracies beside them. Clinical-head
+    numbers leave out cases without a clinical photo (``n_cases`` says how many).
     ``cache``: the cases already decoded at the card's image size (training passes its own).
     """
     tta = bool(card.training.get("tta", False)) if tta is None else tta
@@ -46,35 +48,36 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
     labels = cache.labels.cpu()
     has_clinical = cache.has_clinical.cpu()
     heads = {}
-    for head, head_logits in logits.items():
+    calibrated = {head: calibrate(raw, card.calibration.get(head)) for head, raw in logits.items()}
+    for head, head_logits in calibrated.items():
         keep = has_clinical if head == "clinical" else torch.ones_like(has_clinical)
         acc = task_accuracies(head_logits[keep], labels[keep])
-        temperature = float(card.temperatures.get(head, 1.0))
+        raw = task_accuracies(logits[head][keep], labels[keep])
         heads[head] = {
             "n_cases": int(keep.sum()), "tasks": {n: acc[n] for n in TASK_NAMES}, "avg": acc["avg"],
+            "uncalibrated": {"tasks": {n: raw[n] for n in TASK_NAMES}, "avg": raw["avg"]},
             "diagnosis": diagnosis_report(head_logits[keep], labels[keep]),
-            "ece": expected_calibration_error(head_logits[keep], labels[keep]),
-            "ece_calibrated": expected_calibration_error(head_logits[keep], labels[keep], temperature),
-            "temperature": temperature,
+            "ece": expected_calibration_error(logits[head][keep], labels[keep]),
+            "ece_calibrated": expected_calibration_error(head_logits[keep], labels[keep]),
         }
     if figures is not None:
-        save_confusion_figures(logits["fused"], labels, Path(figures), split)
+        save_confusion_figures(calibrated["fused"], labels, Path(figures), split)
     fused = heads["fused"]
     return {"split": split, "n_cases": len(cases), "params": count_parameters(model), "tta": tta,
             "tasks": fused["tasks"], "avg": fused["avg"], "heads": heads,
             "checkpoint": card.name}
 
 
-def fit_temperatures(model, card: ModelCard, valid_cases, device: str,
-                     cache: ImageCache | None = None) -> dict[str, float]:
-    """One temperature per head, fitted on the validation split."""
+def fit_calibration(model, card: ModelCard, valid_cases, device: str,
+                    cache: ImageCache | None = None) -> dict[str, dict]:
+    """Every head's calibration (:mod:`skinnet.calibration`), fitted on the validation split."""
     logits, cache = head_predictions(model, card, valid_cases, device, bool(card.training.get("tta", False)), cache)
     labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()
-    temps = {}
+    calibration = {}
     for head, head_logits in logits.items():
         keep = has_clinical if head == "clinical" else torch.ones_like(has_clinical)
-        temps[head] = round(fit_temperature(head_logits[keep], labels[keep]), 4)
-    return temps
+        calibration[head] = fit_head(head_logits[keep], labels[keep])
+    return calibration
 
 
 def save_confusion_figures(logits: torch.Tensor, labels: torch.Tensor, folder: Path, split: str) -> Path:
@@ -107,10 +110,12 @@ def save_confusion_figures(logits: torch.Tensor, labels: torch.Tensor, folder: P
 def format_table(record: dict) -> str:
     lines = [f"{record['checkpoint']} on {record['split']} ({record['n_cases']} cases, "
              f"{record['params'] / 1e6:.2f}M params, TTA {'on' if record['tta'] else 'off'})",
-             f"{'head':<11}" + "".join(f"{n:>7}" for n in TASK_NAMES) + f"{'avg':>7}{'ECE':>7}{'ECE(T)':>8}"]
+             f"{'head':<11}" + "".join(f"{n:>7}" for n in TASK_NAMES) + f"{'avg':>7}{'raw avg':>9}"
+             f"{'ECE raw':>9}{'ECE':>7}"]
     for head, h in record["heads"].items():
         lines.append(f"{head:<11}" + "".join(f"{100 * h['tasks'][n]:7.1f}" for n in TASK_NAMES)
-                     + f"{100 * h['avg']:7.1f}{h['ece']:7.3f}{h['ece_calibrated']:8.3f}")
+                     + f"{100 * h['avg']:7.1f}{100 * h['uncalibrated']['avg']:9.1f}"
+                     f"{h['ece']:9.3f}{h['ece_calibrated']:7.3f}")
     diag = record["heads"]["fused"]["diagnosis"]
     lines.append("DIAG, fused head: " + "  ".join(
         f"{c} sens {d['sensitivity']:.2f} spec {d['specificity']:.2f} AUC {d['auc']:.2f}" for c, d in diag.items()))
@@ -126,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default=None, help="folder for confusion matrix PNGs")
     p.add_argument("--tta", default=None, choices=["on", "off"], help="override the card's TTA setting")
     p.add_argument("--calibrate", action="store_true",
-                   help="fit a temperature per head on the valid split and store it in the card")
+                   help="fit each head's calibration (per task: temperature, class biases) on the "
+                        "valid split and store it in the card")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit-cases", type=int, default=None)
     return p
@@ -138,9 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     model, card = load_checkpoint(args.checkpoint, args.device)
     data = Derm7pt(args.data_root)
     if args.calibrate:
-        card.temperatures = fit_temperatures(model, card, data.split("valid")[:args.limit_cases], args.device)
+        card.calibration = fit_calibration(model, card, data.split("valid")[:args.limit_cases], args.device)
         save_checkpoint(model, card, args.checkpoint)
-        log.info("temperatures fitted on valid: %s", card.temperatures)
+        log.info("calibration fitted on valid and stored in %s", args.checkpoint)
     tta = None if args.tta is None else args.tta == "on"
     record = evaluate_model(model, card, data.split(args.split)[:args.limit_cases], split=args.split,
                             device=args.device, tta=tta, figures=args.figures and Path(args.figures))

@@ -17,8 +17,8 @@ def task_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
     return acc
 
 
-def task_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> dict[str, torch.Tensor]:
-    return {name: torch.softmax(l.float() / temperature, -1) for name, l in split_logits(logits).items()}
+def task_probabilities(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {name: torch.softmax(l.float(), -1) for name, l in split_logits(logits).items()}
 
 
 def diagnosis_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -47,11 +47,10 @@ def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, task: str) -> n
     return matrix
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-                               bins: int = 15) -> float:
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """Top-1 ECE averaged over the 8 tasks."""
     errors = []
-    for t, probs in enumerate(task_probabilities(logits, temperature).values()):
+    for t, probs in enumerate(task_probabilities(logits).values()):
         confidence, predicted = probs.max(-1)
         correct = (predicted == labels[:, t]).float()
         edges = torch.linspace(0, 1, bins + 1)
@@ -62,21 +61,3 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, tempe
                 ece += float(inside.float().mean() * (confidence[inside].mean() - correct[inside].mean()).abs())
         errors.append(ece)
     return float(np.mean(errors))
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature minimising the 8 tasks' summed NLL (fit on validation, never test)."""
-    log_t = torch.zeros((), requires_grad=True)
-    parts = split_logits(logits.float().detach())
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = sum(torch.nn.functional.cross_entropy(l / log_t.exp(), labels[:, t])
-                   for t, l in enumerate(parts.values()))
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
-

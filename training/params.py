@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention-heads", type=int, default=None)
     model.add_argument("--bn-mode", default=None, choices=["joint", "separate"])
     model.add_argument("--dropout", type=float, default=None)
+    model.add_argument("--drop-path", type=float, default=0.0,
+                       help="stochastic depth rate inside the encoder (timm's drop_path_rate); 0 disables")
     model.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning)")
 
     optim = p.add_argument_group("optimisation")

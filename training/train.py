@@ -31,7 +31,7 @@ from skinnet.transforms import BatchAugment, ImageCache
 
 from .data import training_cases
 from .distributed import barrier, cleanup, device_for, init_distributed
-from .evaluate import evaluate_model, fit_temperatures
+from .evaluate import evaluate_model, fit_calibration
 from .loop import predict_cache, train_one_epoch
 from .metrics import task_accuracies
 from .params import parse_args
@@ -52,9 +52,11 @@ def build_model(args):
         model, init_card = load_checkpoint(args.init)
         return model, init_card.mean, init_card.std, init_card.name
     pretrained = {"offline": "offline", "hub": True, "none": False}[args.pretrained]
+    backbone_kwargs = {"drop_path_rate": args.drop_path} if args.drop_path > 0 else {}
     model = create_model(pretrained=pretrained, backbone=args.backbone, shared=not args.two_encoders,
                          cross_attention_stages=args.cross_attention, attention_dim=args.attention_dim,
-                         attention_heads=args.attention_heads, bn_mode=args.bn_mode, dropout=args.dropout)
+                         attention_heads=args.attention_heads, bn_mode=args.bn_mode, dropout=args.dropout,
+                         backbone_kwargs=backbone_kwargs)
     mean, std = normalization(args.backbone, pretrained)
     return model, mean, std, None
 
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     plot_curves(history, out / "curves.png")
     kept, card = load_checkpoint(checkpoint, device)
-    card.temperatures = fit_temperatures(kept, card, valid_cases, device, cache=valid_cache)
+    card.calibration = fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
