@@ -104,6 +104,7 @@ def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
     """
     weights = Path(path).with_suffix(".safetensors")
     card.name = weights.stem
+    card.card_format = CARD_FORMAT  # written in this version's layout, whatever it was read from
     card.model = model.config.to_dict()
     card.params = count_parameters(model)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()

@@ -254,8 +254,9 @@ def calibration_summary(calibration: dict) -> str:
     if not calibration:
         return "none (raw softmax)"
     diag = calibration.get("fused", next(iter(calibration.values()))).get("DIAG", {})
-    return ("a temperature and a bias per class for each task and head, fitted on the validation "
-            f"split (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})")
+    biased = any(any(entry.get("bias") or []) for head in calibration.values() for entry in head.values())
+    what = "a temperature and class biases per task and head" if biased else "temperatures"
+    return f"{what}, fitted on the validation split (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})"
 
 
 def model_markdown(predictor: Predictor) -> str:

@@ -1,6 +1,7 @@
 """The real training and evaluation commands, end to end on a synthetic release, on CPU."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,27 @@ def test_evaluate_reproduces_the_card(trained, release, tmp_path):
     assert saved["heads"]["clinical"]["n_cases"] <= 6
     assert set(saved["heads"]["fused"]["diagnosis"]) == {"BCC", "NEV", "MEL", "MISC", "SK"}
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+    fused = saved["heads"]["fused"]
+    assert set(fused["uncalibrated"]["tasks"]) == set(TASK_NAMES) and 0 <= fused["ece_calibrated"] <= 1
+
+
+def test_recalibrating_a_checkpoint_refreshes_its_card(trained, release, tmp_path):
+    """--calibrate re-fits on valid and stores the new valid and test scores, not stale ones."""
+    path, _ = trained
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(path.with_suffix(suffix), tmp_path / f"copy{suffix}")
+    copy = tmp_path / "copy.safetensors"
+    card = json.loads(copy.with_suffix(".json").read_text())
+    card["calibration"] = {}
+    card["metrics"]["test"]["avg"] = -1.0  # stale numbers must not survive
+    copy.with_suffix(".json").write_text(json.dumps(card))
+    record = evaluate.main(["--checkpoint", str(copy), "--data-root", str(release), "--split", "test",
+                            "--calibrate"])
+    _, card = load_checkpoint(copy)
+    assert set(card.calibration) == {"clinical", "dermoscopy", "fused"}
+    assert set(card.metrics) == {"valid", "test"} and card.metrics["test"]["avg"] == record["avg"]
+    again = evaluate.main(["--checkpoint", str(copy), "--data-root", str(release), "--split", "test"])
+    assert again["tasks"] == record["tasks"]
 
 
 def test_resume_continues_after_interruption(release, tmp_path):

@@ -68,6 +68,12 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
             "checkpoint": card.name}
 
 
+def card_summary(record: dict) -> dict:
+    """The part of an evaluation record a model card keeps (per split)."""
+    return {"avg": record["avg"], "tasks": record["tasks"],
+            "heads": {h: {"avg": v["avg"], "tasks": v["tasks"]} for h, v in record["heads"].items()}}
+
+
 def fit_calibration(model, card: ModelCard, valid_cases, device: str,
                     cache: ImageCache | None = None) -> dict[str, dict]:
     """Every head's calibration (:mod:`skinnet.calibration`), fitted on the validation split."""
@@ -132,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, choices=["on", "off"], help="override the card's TTA setting")
     p.add_argument("--calibrate", action="store_true",
                    help="fit each head's calibration (per task: temperature, class biases) on the "
-                        "valid split and store it in the card")
+                        "valid split and store it in the card, with the card's valid and --split scores")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit-cases", type=int, default=None)
     return p
@@ -143,13 +149,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     model, card = load_checkpoint(args.checkpoint, args.device)
     data = Derm7pt(args.data_root)
-    if args.calibrate:
-        card.calibration = fit_calibration(model, card, data.split("valid")[:args.limit_cases], args.device)
-        save_checkpoint(model, card, args.checkpoint)
-        log.info("calibration fitted on valid and stored in %s", args.checkpoint)
     tta = None if args.tta is None else args.tta == "on"
+    if args.calibrate:
+        valid = data.split("valid")[:args.limit_cases]
+        card.calibration = fit_calibration(model, card, valid, args.device)
+        card.metrics = {}  # scored before this calibration: stale
+        if args.split != "valid" and tta is None and not args.limit_cases:
+            card.metrics["valid"] = card_summary(evaluate_model(model, card, valid, split="valid",
+                                                                device=args.device))
     record = evaluate_model(model, card, data.split(args.split)[:args.limit_cases], split=args.split,
                             device=args.device, tta=tta, figures=args.figures and Path(args.figures))
+    if args.calibrate:
+        if tta is None and not args.limit_cases:
+            card.metrics[args.split] = card_summary(record)
+        save_checkpoint(model, card, args.checkpoint)
+        log.info("calibration fitted on valid and stored in %s with its scores", args.checkpoint)
     print(format_table(record))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

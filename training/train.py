@@ -31,7 +31,7 @@ from skinnet.transforms import BatchAugment, ImageCache
 
 from .data import training_cases
 from .distributed import barrier, cleanup, device_for, init_distributed
-from .evaluate import evaluate_model, fit_calibration
+from .evaluate import card_summary, evaluate_model, fit_calibration
 from .loop import predict_cache, train_one_epoch
 from .metrics import task_accuracies
 from .params import parse_args
@@ -221,9 +221,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if not args.limit_cases:
         metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
                                          figures=out)
-    card.metrics = {split: {"avg": m["avg"], "tasks": m["tasks"],
-                            "heads": {h: {"avg": v["avg"], "tasks": v["tasks"]} for h, v in m["heads"].items()}}
-                    for split, m in metrics.items()}
+    card.metrics = {split: card_summary(record) for split, record in metrics.items()}
     save_checkpoint(kept, card, checkpoint)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     log.info("kept epoch %s: valid avg %.4f%s", card.training["best_epoch"], metrics["valid"]["avg"],
