@@ -41,6 +41,8 @@ class ModelCard:
         training: seed, epochs, data (split, number of corrections used), hardware, time...
         metrics: split -> head -> task -> accuracy (and whatever else evaluation stores).
         params: number of parameters.
+        weights: how the weights file stores them: ``float16`` (default), ``float32``, or
+            ``int8`` (see :func:`quantize_int8`); kept when the checkpoint is re-saved.
     """
 
     name: str
@@ -54,6 +56,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     params: int = 0
+    weights: str = "float16"
     skinnet_version: str = __version__
     card_format: int = CARD_FORMAT
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -95,20 +98,67 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+WEIGHT_FORMATS = ("float16", "float32", "int8")
+SCALE_SUFFIX = ":int8_scale"
+# Tensors this small stay float16 in an int8 checkpoint: biases, norms, gates (a few % of the bytes).
+INT8_MIN_ELEMENTS = 1024
+
+
+def quantize_int8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weight-only int8 storage: each weight matrix/kernel of >= INT8_MIN_ELEMENTS values is
+    stored as int8 with one float16 scale per output channel (symmetric, round to nearest);
+    everything else as float16. Halves a float16 file; :func:`dequantize` undoes it at load."""
+    out = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.ndim >= 2 and value.numel() >= INT8_MIN_ELEMENTS:
+            flat = value.float().reshape(value.shape[0], -1)
+            scale = (flat.abs().amax(1) / 127).clamp_min(1e-12).half()
+            out[key] = (flat / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(value.shape)
+            out[key + SCALE_SUFFIX] = scale
+        else:
+            out[key] = value.half() if value.is_floating_point() else value
+    return out
+
+
+def dequantize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors back from :func:`quantize_int8`'s layout (other layouts pass through)."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(SCALE_SUFFIX):
+            continue
+        scale = state.get(key + SCALE_SUFFIX)
+        if scale is not None:
+            value = value.float() * scale.float().reshape(-1, *[1] * (value.ndim - 1))
+        out[key] = value
+    return out
+
+
 def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
-                    dtype: torch.dtype = torch.float16) -> Path:
-    """Write ``<path>.safetensors`` (weights, fp16 by default) and ``<path>.json`` (card).
+                    weights_format: str | None = None) -> Path:
+    """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (card).
+
+    Args:
+        weights_format: one of WEIGHT_FORMATS; default: the card's (``float16`` for a new card).
 
     Returns:
         The weights path.
     """
+    weights_format = weights_format or card.weights
+    if weights_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weights format must be one of {WEIGHT_FORMATS}, got {weights_format!r}")
     weights = Path(path).with_suffix(".safetensors")
     card.name = weights.stem
     card.card_format = CARD_FORMAT  # written in this version's layout, whatever it was read from
     card.model = model.config.to_dict()
     card.params = count_parameters(model)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    card.weights = weights_format
+    if weights_format == "int8":
+        state = quantize_int8(model.state_dict())
+    else:
+        dtype = getattr(torch, weights_format)
+        state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in model.state_dict().items()}
     _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
     return weights
@@ -152,7 +202,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model = SingleSharedNet(card.model_config, pretrained=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{card_path(weights)}: cannot build its model ({err})") from None
-    state = load_file(str(weights), device="cpu")
+    state = dequantize(load_file(str(weights), device="cpu"))
     reference = model.state_dict()
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))

@@ -20,7 +20,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     for module in model.cross_attention.values():
         module.gate.data.fill_(0.3)
     x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
-    path = save_checkpoint(model, card_for(model), tmp_path / "full", dtype=torch.float32)
+    path = save_checkpoint(model, card_for(model), tmp_path / "full", "float32")
     loaded, card = load_checkpoint(path)
     with torch.no_grad():
         for head, value in model(x, y).items():
@@ -34,6 +34,34 @@ def test_round_trip_gives_identical_outputs(tmp_path):
         torch.testing.assert_close(first(x, y)["fused"], model(x, y)["fused"], atol=2e-2, rtol=2e-2)
         assert torch.equal(first(x, y)["fused"], again(x, y)["fused"])
     assert half.stat().st_size < 0.6 * path.stat().st_size
+
+
+def test_int8_weights_halve_the_file_and_keep_the_outputs(tmp_path):
+    """int8 storage (per-channel scales): about half a float16 file, outputs within rounding,
+    and the format survives a re-save (as evaluate --calibrate does)."""
+    torch.manual_seed(0)
+    model = create_model(**TINY).eval()
+    for module in model.cross_attention.values():
+        module.gate.data.fill_(0.3)
+    x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    half = save_checkpoint(model, card_for(model), tmp_path / "half")
+    small = save_checkpoint(model, card_for(model), tmp_path / "small", "int8")
+    assert small.stat().st_size < 0.6 * half.stat().st_size
+    loaded, card = load_checkpoint(small)
+    assert card.weights == "int8"
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and value.ndim >= 2 and value.numel() >= 1024:
+            step = value.reshape(value.shape[0], -1).abs().amax(1) / 127
+            error = (loaded.state_dict()[key] - value).reshape(value.shape[0], -1).abs().amax(1)
+            assert (error <= step * 0.51 + 1e-3 * step.max()).all(), key
+    with torch.no_grad():
+        reference, got = model(x, y)["fused"], loaded(x, y)["fused"]
+        assert (got - reference).abs().max() < 0.05 * reference.abs().max()
+    resaved = save_checkpoint(loaded, card, tmp_path / "resaved")
+    assert load_checkpoint(resaved)[1].weights == "int8"
+    assert abs(resaved.stat().st_size - small.stat().st_size) < 1024
+    with pytest.raises(ValueError, match="weights format"):
+        save_checkpoint(model, card_for(model), tmp_path / "bad", "int4")
 
 
 def test_mismatching_card_is_refused(tmp_path):

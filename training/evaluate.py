@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from skinnet.calibration import calibrate, fit_head
-from skinnet.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from skinnet.checkpoint import WEIGHT_FORMATS, ModelCard, load_checkpoint, save_checkpoint
 from skinnet.data import Derm7pt, SPLITS
 from skinnet.labels import TASK_BY_NAME, TASK_NAMES
 from skinnet.model import count_parameters
@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="fit each head's calibration (per task: temperature, class biases) on the "
                         "valid split and store it in the card, with the card's valid and --split scores")
+    p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
+                   help="first re-save the checkpoint's weights in this format (int8: about half a "
+                        "float16 file); implies --calibrate, so calibration and scores are those of "
+                        "the re-saved weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit-cases", type=int, default=None)
     return p
@@ -148,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     model, card = load_checkpoint(args.checkpoint, args.device)
+    if args.weights:
+        save_checkpoint(model, card, args.checkpoint, args.weights)
+        model, card = load_checkpoint(args.checkpoint, args.device)
+        args.calibrate = True
     data = Derm7pt(args.data_root)
     tta = None if args.tta is None else args.tta == "on"
     if args.calibrate:
