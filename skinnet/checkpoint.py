@@ -43,6 +43,7 @@ class ModelCard:
         params: number of parameters.
         weights: how the weights file stores them: ``float16`` (default), ``float32``, or
             ``int8`` (see :func:`quantize_int8`); kept when the checkpoint is re-saved.
+        int8_min_elements: with ``int8``, only tensors at least this large are quantized.
     """
 
     name: str
@@ -57,6 +58,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     params: int = 0
     weights: str = "float16"
+    int8_min_elements: int = 1024
     skinnet_version: str = __version__
     card_format: int = CARD_FORMAT
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -100,18 +102,18 @@ def _atomic_write(path: Path, write) -> None:
 
 WEIGHT_FORMATS = ("float16", "float32", "int8")
 SCALE_SUFFIX = ":int8_scale"
-# Tensors this small stay float16 in an int8 checkpoint: biases, norms, gates (a few % of the bytes).
-INT8_MIN_ELEMENTS = 1024
 
 
-def quantize_int8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weight-only int8 storage: each weight matrix/kernel of >= INT8_MIN_ELEMENTS values is
+def quantize_int8(state: dict[str, torch.Tensor], min_elements: int = 1024) -> dict[str, torch.Tensor]:
+    """Weight-only int8 storage: each weight matrix/kernel of >= ``min_elements`` values is
     stored as int8 with one float16 scale per output channel (symmetric, round to nearest);
-    everything else as float16. Halves a float16 file; :func:`dequantize` undoes it at load."""
+    everything else as float16. The default (1024: all but biases, norms, gates) halves a
+    float16 file; a high threshold quantizes only the widest layers, which are the least
+    sensitive. :func:`dequantize` undoes it at load."""
     out = {}
     for key, value in state.items():
         value = value.detach().cpu()
-        if value.is_floating_point() and value.ndim >= 2 and value.numel() >= INT8_MIN_ELEMENTS:
+        if value.is_floating_point() and value.ndim >= 2 and value.numel() >= min_elements:
             flat = value.float().reshape(value.shape[0], -1)
             scale = (flat.abs().amax(1) / 127).clamp_min(1e-12).half()
             out[key] = (flat / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(value.shape)
@@ -154,7 +156,7 @@ def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
     card.params = count_parameters(model)
     card.weights = weights_format
     if weights_format == "int8":
-        state = quantize_int8(model.state_dict())
+        state = quantize_int8(model.state_dict(), card.int8_min_elements)
     else:
         dtype = getattr(torch, weights_format)
         state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()

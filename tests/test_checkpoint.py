@@ -60,6 +60,10 @@ def test_int8_weights_halve_the_file_and_keep_the_outputs(tmp_path):
     resaved = save_checkpoint(loaded, card, tmp_path / "resaved")
     assert load_checkpoint(resaved)[1].weights == "int8"
     assert abs(resaved.stat().st_size - small.stat().st_size) < 1024
+    card = card_for(model)
+    card.int8_min_elements = 10 ** 9  # nothing that large: a float16 file with int8 in its card
+    assert save_checkpoint(model, card, tmp_path / "none", "int8").stat().st_size == pytest.approx(
+        half.stat().st_size, rel=0.01)
     with pytest.raises(ValueError, match="weights format"):
         save_checkpoint(model, card_for(model), tmp_path / "bad", "int4")
 

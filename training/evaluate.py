@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first re-save the checkpoint's weights in this format (int8: about half a "
                         "float16 file); implies --calibrate, so calibration and scores are those of "
                         "the re-saved weights")
+    p.add_argument("--int8-min-elements", type=int, default=None,
+                   help="with --weights int8: quantize only tensors of at least this many values")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit-cases", type=int, default=None)
     return p
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     model, card = load_checkpoint(args.checkpoint, args.device)
     if args.weights:
+        if args.int8_min_elements:
+            card.int8_min_elements = args.int8_min_elements
         save_checkpoint(model, card, args.checkpoint, args.weights)
         model, card = load_checkpoint(args.checkpoint, args.device)
         args.calibrate = True
