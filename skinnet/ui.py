@@ -271,7 +271,8 @@ def model_markdown(predictor: Predictor) -> str:
         if split in card.metrics:
             m = card.metrics[split]
             tasks = ", ".join(f"{k} {100 * v:.1f}" for k, v in m["tasks"].items())
-            lines.append(f"- Derm7pt {split}, fused head: average {100 * m['avg']:.1f}% ({tasks})")
+            in_sample = " (the split the calibration was fitted on)" if split == "valid" and card.calibration else ""
+            lines.append(f"- Derm7pt {split}{in_sample}, fused head: average {100 * m['avg']:.1f}% ({tasks})")
     data = card.training.get("data", {})
     if data:
         lines.append(f"- Trained on {data.get('dataset', '?')} {data.get('split', '')} "
