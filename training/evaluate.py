@@ -34,6 +34,11 @@ def head_predictions(model, card: ModelCard, cases, device: str, tta: bool, cach
     return predict_cache(model, cache, augment, device=device, tta=tta), cache
 
 
+def scored_cases(head: str, has_clinical: torch.Tensor) -> torch.Tensor:
+    """Which cases a head is scored (and calibrated) on: the clinical head needs a clinical photo."""
+    return has_clinical if head == "clinical" else torch.ones_like(has_clinical)
+
+
 def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "cpu",
                    tta: bool | None = None, figures: Path | None = None, cache: ImageCache | None = None) -> dict:
     """The evaluation record of one split (see the module docstring for the keys).
@@ -50,7 +55,7 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
     heads = {}
     calibrated = {head: calibrate(raw, card.calibration.get(head)) for head, raw in logits.items()}
     for head, head_logits in calibrated.items():
-        keep = has_clinical if head == "clinical" else torch.ones_like(has_clinical)
+        keep = scored_cases(head, has_clinical)
         acc = task_accuracies(head_logits[keep], labels[keep])
         raw = task_accuracies(logits[head][keep], labels[keep])
         heads[head] = {
@@ -81,7 +86,7 @@ def fit_calibration(model, card: ModelCard, valid_cases, device: str,
     labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()
     calibration = {}
     for head, head_logits in logits.items():
-        keep = has_clinical if head == "clinical" else torch.ones_like(has_clinical)
+        keep = scored_cases(head, has_clinical)
         calibration[head] = fit_head(head_logits[keep], labels[keep])
     return calibration
 
