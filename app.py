@@ -2,7 +2,7 @@
 
 Flags override environment variables, which override the defaults:
 
-    --checkpoint  SKINNET_CHECKPOINT   checkpoints/skinnet_lite0.safetensors
+    --checkpoint  SKINNET_CHECKPOINT   checkpoints/skinnet_lite2.safetensors
     --host        GRADIO_SERVER_NAME   127.0.0.1 (0.0.0.0 on a Space)
     --port        GRADIO_SERVER_PORT   7860
     --log-dir     SKINNET_LOG_DIR      ./corrections (reviewers' corrections and their images)
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "skinnet_lite0.safetensors"
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "skinnet_lite2.safetensors"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

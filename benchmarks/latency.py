@@ -43,7 +43,7 @@ def timed(fn) -> float:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "skinnet_lite0.safetensors"))
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "skinnet_lite2.safetensors"))
     p.add_argument("--cases", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latency.json"))

@@ -39,6 +39,8 @@ def describe(run: Path) -> dict:
         recipe.append("tasks " + ",".join(f"{k}x{v:g}" for k, v in t["task_weights"].items()))
     if str(t.get("pretrained", "")).startswith("init:"):
         recipe.append("fine-tuned from " + t["pretrained"][5:])
+    if card.weights == "int8":
+        recipe.append(f"int8 tensors >= {card.int8_min_elements:,} values")
     test, valid = scores["test"], scores["valid"]
     raw_valid, raw_test = uncalibrated(valid), uncalibrated(test)
     return {"run": run.name, "recipe": ", ".join(recipe), "best_epoch": t.get("best_epoch"),

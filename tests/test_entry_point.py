@@ -11,7 +11,7 @@ import pytest
 from app_helpers import free_port, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "skinnet_lite0.safetensors"
+SHIPPED = ROOT / "checkpoints" / "skinnet_lite2.safetensors"
 
 
 def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> float:

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a Derm7pt split: accuracy per task and head, DIAG report, calibration.
 
-    python -m training.evaluate --checkpoint checkpoints/skinnet_lite0.safetensors \\
+    python -m training.evaluate --checkpoint checkpoints/skinnet_lite2.safetensors \\
         --data-root /path/to/release_v0 --split test --json test.json [--figures DIR]
 """
 from __future__ import annotations
