@@ -23,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from app import DEFAULT_CHECKPOINT  # noqa: E402
 from skinnet.data import Derm7pt  # noqa: E402
 from skinnet.explain import explain  # noqa: E402
 from skinnet.imaging import load_rgb  # noqa: E402
@@ -43,7 +44,7 @@ def timed(fn) -> float:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "skinnet_lite2.safetensors"))
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--cases", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latency.json"))

@@ -11,7 +11,8 @@ import pytest
 from app_helpers import free_port, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "skinnet_lite2.safetensors"
+sys.path.insert(0, str(ROOT))
+from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
 
 
 def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> float:
@@ -56,7 +57,6 @@ def test_bad_checkpoint_and_users_file_give_clear_messages(tmp_path):
     assert result.returncode != 0 and "cannot load the model" in result.stderr and "not found" in result.stderr
     users = tmp_path / "users.txt"
     users.write_text("# reviewers\ndr_a:pw\nbroken-line\n")
-    sys.path.insert(0, str(ROOT))
     import app
     with pytest.raises(SystemExit, match="entry 3: expected 'user:password'"):
         app.read_users(str(users))

@@ -225,7 +225,8 @@ def test_train_on_corrections(release, tmp_path):
                     "--corrections", str(log.path), "--strict-corrections", *FAST])
 
 
-SHIPPED = ROOT / "checkpoints" / "skinnet_lite2.safetensors"
+sys.path.insert(0, str(ROOT))
+from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
 from conftest import REAL_DERM7PT  # noqa: E402
 
 
