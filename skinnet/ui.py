@@ -259,12 +259,20 @@ def calibration_summary(calibration: dict) -> str:
     return f"{what}, fitted on the validation split (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})"
 
 
+def storage_summary(card) -> str:
+    if card.weights != "int8":
+        return card.weights
+    return (f"float16, and int8 with a scale per output channel for the weight tensors of at least "
+            f"{card.int8_min_elements:,} values")
+
+
 def model_markdown(predictor: Predictor) -> str:
     card = predictor.card
     lines = [f"### Model `{predictor.version}`",
              f"- Backbone: `{card.model['backbone']}` ({'one shared encoder' if card.model['shared'] else 'two encoders'}), "
              f"cross-attention after stages {card.model['cross_attention_stages'] or 'none'}; "
-             f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px",
+             f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px; weights stored as "
+             f"{storage_summary(card)}",
              f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
              f"- Calibration: {calibration_summary(card.calibration)}"]
     for split in ("valid", "test"):

@@ -11,7 +11,8 @@ from PIL import Image
 from app_helpers import free_port, jpeg_with_gps, tiny_checkpoint, write_pair
 from skinnet.explain import LogitTarget, OneModalityModel, explain, gradcam_map
 from skinnet.predict import Predictor
-from skinnet.ui import AppSettings, build_app, explain_handler, launch, predict_handler
+from skinnet.checkpoint import load_checkpoint, save_checkpoint
+from skinnet.ui import AppSettings, build_app, explain_handler, launch, model_markdown, predict_handler
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,16 @@ def test_calibration_is_applied(predictor, pair):
     got = predictor.predict(clinical, None).heads["clinical"].probabilities
     assert list(got["DIAG"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
     assert list(got["PN"].values()) == pytest.approx(torch.softmax(raw[5:8], -1).tolist(), abs=1e-6)
+
+
+def test_model_card_says_how_the_weights_are_stored(predictor, tmp_path):
+    text = model_markdown(predictor)
+    assert "Model `tiny@" in text and "weights stored as float16" in text and "int8" not in text
+    model, card = load_checkpoint(tiny_checkpoint(tmp_path))
+    card.int8_min_elements = 100_000
+    int8 = Predictor.from_checkpoint(save_checkpoint(model, card, tmp_path / "tiny_int8", "int8"))
+    assert "float16, and int8 with a scale per output channel for the weight tensors of at least 100,000 values" \
+        in model_markdown(int8)
 
 
 def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):
