@@ -167,15 +167,18 @@ def main(argv: list[str] | None = None) -> dict:
         args.calibrate = True
     data = Derm7pt(args.data_root)
     tta = None if args.tta is None else args.tta == "on"
+    valid_cache = None  # valid decoded once for fitting and scoring
     if args.calibrate:
         valid = data.split("valid")[:args.limit_cases]
-        card.calibration = fit_calibration(model, card, valid, args.device)
+        valid_cache = ImageCache(valid, card.image_size, args.device)
+        card.calibration = fit_calibration(model, card, valid, args.device, cache=valid_cache)
         card.metrics = {}  # scored before this calibration: stale
         if args.split != "valid" and tta is None and not args.limit_cases:
             card.metrics["valid"] = card_summary(evaluate_model(model, card, valid, split="valid",
-                                                                device=args.device))
+                                                                device=args.device, cache=valid_cache))
     record = evaluate_model(model, card, data.split(args.split)[:args.limit_cases], split=args.split,
-                            device=args.device, tta=tta, figures=args.figures and Path(args.figures))
+                            device=args.device, tta=tta, figures=args.figures and Path(args.figures),
+                            cache=valid_cache if args.split == "valid" else None)
     if args.calibrate:
         if tta is None and not args.limit_cases:
             card.metrics[args.split] = card_summary(record)
