@@ -279,7 +279,11 @@ def model_markdown(predictor: Predictor) -> str:
         if split in card.metrics:
             m = card.metrics[split]
             tasks = ", ".join(f"{k} {100 * v:.1f}" for k, v in m["tasks"].items())
-            in_sample = " (the split the calibration was fitted on)" if split == "valid" and card.calibration else ""
+            in_sample = ""
+            if split == "valid" and "valid" in card.training.get("data", {}).get("split", ""):
+                in_sample = " (trained on: a refit)"
+            elif split == "valid" and card.calibration:
+                in_sample = " (the split the calibration was fitted on)"
             lines.append(f"- Derm7pt {split}{in_sample}, fused head: average {100 * m['avg']:.1f}% ({tasks})")
     data = card.training.get("data", {})
     if data:

@@ -59,6 +59,18 @@ def test_model_card_says_how_the_weights_are_stored(predictor, tmp_path):
         in model_markdown(int8)
 
 
+def test_model_card_of_a_refit_says_valid_was_trained_on(predictor, tmp_path):
+    model, card = load_checkpoint(tiny_checkpoint(tmp_path))
+    card.training = {**card.training, "data": {"dataset": "Derm7pt release_v0", "split": "train+valid"}}
+    card.calibration = {}
+    card.metrics = {"valid": {"avg": 0.9, "tasks": {"DIAG": 0.9}}}
+    text = model_markdown(Predictor.from_checkpoint(save_checkpoint(model, card, tmp_path / "refit")))
+    assert "Derm7pt valid (trained on: a refit)" in text and "Calibration: none (raw softmax)" in text
+    card.training["data"]["split"] = "train"  # a normal run: valid is held out
+    text = model_markdown(Predictor.from_checkpoint(save_checkpoint(model, card, tmp_path / "normal")))
+    assert "Derm7pt valid, fused head" in text
+
+
 def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):
     with pytest.raises(gr.Error, match="Upload a clinical photo, a dermoscopy image, or both"):
         predict_handler(predictor, None, None)

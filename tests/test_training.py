@@ -13,7 +13,7 @@ from skinnet.checkpoint import load_checkpoint
 from skinnet.labels import TASK_NAMES
 from training import evaluate, train
 from training.distributed import DistInfo
-from training.loop import epoch_batches, mix_pairs
+from training.loop import epoch_batches, mix_pairs, recompute_batchnorm
 from training.params import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +118,78 @@ def test_resume_continues_after_interruption(release, tmp_path):
     train.main([*common, "--epochs", "2", "--resume"])
     history = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(history) == 3 and history[2].startswith("2,")
+
+
+def test_recompute_batchnorm_measures_the_training_images(release):
+    """After SWA the BatchNorm statistics are those of the (augmented) training images."""
+    from skinnet.data import Derm7pt
+    from skinnet.transforms import BatchAugment, ImageCache
+
+    class PairNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(3, momentum=0.1)
+            self.drop = torch.nn.Dropout(0.5)
+
+        def forward(self, clinical, derm):
+            assert not self.drop.training  # only BatchNorm layers train during the pass
+            return self.norm(torch.cat([clinical, derm]))
+
+    cache = ImageCache(Derm7pt(release).split("train"), 32)
+    # flips only: the per-channel mean and variance do not depend on the random draws
+    augment = BatchAugment(32, (0.5,) * 3, (0.25,) * 3, zoom=(1.0, 1.0), shift=0.0, rotate=False, color=0.0)
+    model = PairNorm().train()
+    recompute_batchnorm(model, cache, augment, device="cpu", batch_size=len(cache))
+    images = augment(torch.cat([cache.clinical, cache.dermoscopy]), train=False)
+    torch.testing.assert_close(model.norm.running_mean, images.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.norm.running_var, images.var(dim=(0, 2, 3)), atol=1e-3, rtol=1e-3)
+    assert model.training and model.norm.momentum == 0.1 and int(model.norm.num_batches_tracked) == 1
+
+
+def test_swa_averages_epoch_weights_and_survives_resume(release, tmp_path):
+    """--swa-start: the average of the EMA weights at each epoch's end, scored on valid each epoch."""
+    common = ["--data-root", str(release), "--out", str(tmp_path), "--name", "s", "--swa-start", "1", *FAST]
+    train.main([*common, "--epochs", "1"])
+    first = torch.load(tmp_path / "last_state.pt", weights_only=True)
+    train.main([*common, "--epochs", "2", "--resume"])
+    second = torch.load(tmp_path / "last_state.pt", weights_only=True)
+    assert int(second["swa"]["n_averaged"]) == 2
+    weights = [k for k, v in first["ema"].items() if v.is_floating_point() and "running_" not in k]
+    assert len(weights) > 50
+    for name in weights:
+        torch.testing.assert_close(second["swa"][f"module.{name}"], (first["ema"][name] + second["ema"][name]) / 2)
+    assert any(not torch.equal(first["ema"][k], second["ema"][k]) for k in weights)
+    history = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert "valid_swa_avg" in history[0] and len(history) == 3
+    _, card = load_checkpoint(tmp_path / "s.safetensors")
+    assert card.training["swa_start"] == 1
+    assert card.training.get("swa_epochs", [1, card.training["best_epoch"]])[0] == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--data-root", "d", "--out", "o", "--epochs", "3", "--swa-start", "4"])
+
+
+def test_refit_trains_on_valid_keeps_the_last_epoch_and_stays_uncalibrated(release, tmp_path):
+    """--refit: the final fit of a recipe chosen on valid, with valid in the training data."""
+    from safetensors.torch import load_file
+    from skinnet.data import Derm7pt
+
+    data = Derm7pt(release)
+    path = train.main(["--data-root", str(release), "--out", str(tmp_path), "--name", "f", "--epochs", "2",
+                       "--refit", *FAST])
+    model, card = load_checkpoint(path)
+    assert card.training["data"]["split"] == "train+valid"
+    assert card.training["data"]["n_train_cases"] == len(data.split("train")) + len(data.split("valid"))
+    assert card.training["best_epoch"] == 2 and card.calibration == {}
+    last = torch.load(tmp_path / "last_state.pt", weights_only=True)["ema"]
+    saved = load_file(str(path))
+    assert len(saved) > 50
+    for name, value in saved.items():  # the kept weights are the last epoch's EMA, not a selected epoch
+        torch.testing.assert_close(value.float(), last[name].float(), atol=2e-3, rtol=2e-3)
+    with pytest.raises(SystemExit, match="refit"):
+        evaluate.main(["--checkpoint", str(path), "--data-root", str(release), "--calibrate"])
+    record = evaluate.main(["--checkpoint", str(path), "--data-root", str(release), "--weights", "int8"])
+    _, card = load_checkpoint(path)
+    assert card.calibration == {} and card.weights == "int8" and card.metrics["test"]["avg"] == record["avg"]
 
 
 def test_fine_tune_from_checkpoint_keeps_architecture(trained, release, tmp_path):

@@ -13,12 +13,18 @@ from skinnet.imaging import load_rgb, pixel_sha256
 log = logging.getLogger("skinnet.train")
 HELD_OUT = ("valid", "test")
 """Splits never trained on: test is reported once, valid selects the checkpoint."""
+REFIT_HELD_OUT = ("test",)
+"""A refit (``--refit``) also learns from valid, once valid has chosen the recipe."""
 
 
-def held_out_hashes(data: Derm7pt) -> set[str]:
+def trained_splits(refit: bool) -> tuple[str, ...]:
+    return ("train", "valid") if refit else ("train",)
+
+
+def held_out_hashes(data: Derm7pt, held_out: tuple[str, ...] = HELD_OUT) -> set[str]:
     """Pixel hashes of every held-out image, to catch a held-out case uploaded by hand."""
     hashes = set()
-    for split in HELD_OUT:
+    for split in held_out:
         for case in data.split(split):
             for path in {case.clinical_path, case.dermoscopy_path}:
                 hashes.add(pixel_sha256(load_rgb(path)))
@@ -26,7 +32,8 @@ def held_out_hashes(data: Derm7pt) -> set[str]:
 
 
 def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
-    """Train-split cases, with labels overridden and cases added by the corrections CSV.
+    """Train-split cases (train + valid with ``--refit``), with labels overridden and cases added
+    by the corrections CSV.
 
     Returns:
         The cases and the counts recorded in the model card.
@@ -34,7 +41,8 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     Raises:
         SystemExit: ``--strict-corrections`` and the CSV has bad rows.
     """
-    cases = data.split("train")[:args.limit_cases]
+    cases = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
+    held_out_splits = REFIT_HELD_OUT if args.refit else HELD_OUT
     if not args.corrections:
         return cases, {"n_corrections": 0}
     path = Path(args.corrections)
@@ -55,7 +63,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     for case_id, row in current_labels(rows, args.corrections_rule).items():
         where = f"{path} line {row['line']} (case {case_id})"
         if row["source"] == "derm7pt":
-            if split_of.get(case_id) in HELD_OUT:
+            if split_of.get(case_id) in held_out_splits:
                 log.warning("%s: a %s-split case is never trained on; skipped", where, split_of[case_id])
                 counts["skipped_held_out"] += 1
                 continue
@@ -71,7 +79,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
             counts["corrected_derm7pt"] += 1
             continue
         if held_out is None:
-            held_out = held_out_hashes(data)
+            held_out = held_out_hashes(data, held_out_splits)
         if {row["clinic_sha256"], row["derm_sha256"]} & held_out:
             log.warning("%s: its image is a held-out Derm7pt image; skipped", where)
             counts["skipped_held_out"] += 1

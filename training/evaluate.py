@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "valid split and store it in the card, with the card's valid and --split scores")
     p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
                    help="first re-save the checkpoint's weights in this format (int8: about half a "
-                        "float16 file); implies --calibrate, so calibration and scores are those of "
-                        "the re-saved weights")
+                        "float16 file); implies --calibrate (except for a refit), so calibration and "
+                        "scores are those of the re-saved weights")
     p.add_argument("--int8-min-elements", type=int, default=None,
                    help="with --weights int8: quantize only tensors of at least this many values")
     p.add_argument("--device", default="cpu")
@@ -159,19 +159,24 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     model, card = load_checkpoint(args.checkpoint, args.device)
+    refit = "valid" in card.training.get("data", {}).get("split", "")
+    if args.calibrate and refit:
+        raise SystemExit(f"{args.checkpoint} was trained on the valid split (a refit): calibrating on "
+                         "valid would fit its own training data, so it stays uncalibrated")
     if args.weights:
         if args.int8_min_elements:
             card.int8_min_elements = args.int8_min_elements
         save_checkpoint(model, card, args.checkpoint, args.weights)
         model, card = load_checkpoint(args.checkpoint, args.device)
-        args.calibrate = True
+        args.calibrate = True  # the card's scores (and calibration) must be those of the new weights
     data = Derm7pt(args.data_root)
     tta = None if args.tta is None else args.tta == "on"
     valid_cache = None  # valid decoded once for fitting and scoring
     if args.calibrate:
         valid = data.split("valid")[:args.limit_cases]
         valid_cache = ImageCache(valid, card.image_size, args.device)
-        card.calibration = fit_calibration(model, card, valid, args.device, cache=valid_cache)
+        if not refit:
+            card.calibration = fit_calibration(model, card, valid, args.device, cache=valid_cache)
         card.metrics = {}  # scored before this calibration: stale
         if args.split != "valid" and tta is None and not args.limit_cases:
             card.metrics["valid"] = card_summary(evaluate_model(model, card, valid, split="valid",
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         if tta is None and not args.limit_cases:
             card.metrics[args.split] = card_summary(record)
         save_checkpoint(model, card, args.checkpoint)
-        log.info("calibration fitted on valid and stored in %s with its scores", args.checkpoint)
+        log.info("%s stored in %s with its scores", "scores" if refit else "calibration fitted on valid",
+                 args.checkpoint)
     print(format_table(record))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

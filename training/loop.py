@@ -118,3 +118,33 @@ def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *,
             chunks.setdefault(head, []).append((logits / n).cpu())
     model.train(was_training)
     return {head: torch.cat(parts) for head, parts in chunks.items()}
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, cache: ImageCache, augment: BatchAugment, *, device: str,
+                        batch_size: int = 64, amp: bool = False) -> None:
+    """Re-estimate every BatchNorm's running statistics on augmented training batches.
+
+    Averaged weights (SWA) do not match any model's running statistics, so they are measured
+    again: one pass, cumulative average, with only the BatchNorm layers in training mode (so
+    drop-path and dropout stay off).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    saved_momentum = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for start in range(0, len(cache), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(cache)), device=cache.labels.device)
+        clinical = augment(cache.clinical[index].to(device))
+        derm = augment(cache.dermoscopy[index].to(device))
+        with autocast(device, amp):
+            model(clinical, derm)
+    for m, momentum in zip(norms, saved_momentum):
+        m.momentum = momentum
+    model.train(was_training)

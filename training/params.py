@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which label wins when reviewers disagree on a case")
     data.add_argument("--strict-corrections", action="store_true",
                       help="refuse a corrections CSV with bad rows instead of skipping them")
+    data.add_argument("--refit", action="store_true",
+                      help="final fit on train + valid: exactly --epochs, the last epoch is kept (no "
+                           "selection) and not calibrated; choose the recipe and epochs without it first")
     data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
     data.add_argument("--cache-size", type=int, default=None,
                       help="side of the decoded image cache (default: image size * 8/7)")
@@ -54,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--warmup-epochs", type=float, default=2.0)
     optim.add_argument("--ema", type=float, default=0.99,
                        help="EMA decay per step (with warm-up; Derm7pt has ~13 steps an epoch); 0 disables")
+    optim.add_argument("--swa-start", type=int, default=0,
+                       help="from this epoch on, also average the (EMA) weights of every epoch's end (SWA, "
+                            "BatchNorm statistics recomputed); the average competes with single epochs "
+                            "on valid; 0 disables")
     optim.add_argument("--tta", action="store_true",
                        help="predict with flip test-time augmentation (stored in the card; epochs are "
                             "selected without it)")
@@ -88,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--cache-size must be at least --image-size")
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be positive")
+    if not 0 <= args.swa_start <= args.epochs:
+        parser.error("--swa-start must be an epoch between 1 and --epochs (0 disables)")
     return args
 
 

@@ -6,6 +6,8 @@
 The data is decoded once into a uint8 cache on the training device and augmented there in
 batches. The kept checkpoint is the epoch with the best validation average of the 8 task
 accuracies (fused head); it is then calibrated on validation and scored on test once.
+With ``--refit`` (a final fit once valid has chosen the recipe) valid is trained on too, the
+last epoch is kept and no calibration is fitted.
 """
 from __future__ import annotations
 
@@ -29,10 +31,10 @@ from skinnet.loss import MultiModalLoss
 from skinnet.model import count_parameters, create_model
 from skinnet.transforms import BatchAugment, ImageCache
 
-from .data import training_cases
+from .data import trained_splits, training_cases
 from .distributed import barrier, cleanup, device_for, init_distributed
 from .evaluate import card_summary, evaluate_model, fit_calibration
-from .loop import predict_cache, train_one_epoch
+from .loop import predict_cache, recompute_batchnorm, train_one_epoch
 from .metrics import task_accuracies
 from .params import parse_args
 
@@ -97,9 +99,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
     left.set_xlabel("epoch")
     left.set_ylabel("training loss")
     left.legend()
-    for column in ("valid_avg", "valid_DIAG", "valid_dermoscopy_avg", "valid_clinical_avg"):
+    for column in ("valid_avg", "valid_DIAG", "valid_dermoscopy_avg", "valid_clinical_avg", "valid_swa_avg"):
         if column in frame:
-            right.plot(frame["epoch"], 100 * frame[column], label=column.replace("_", " "))
+            right.plot(frame["epoch"], 100 * frame[column], label=column.replace("_", " "),
+                       linestyle="--" if column == "valid_swa_avg" else "-")
     right.set_xlabel("epoch")
     right.set_ylabel("validation accuracy (%)")
     right.legend()
@@ -139,6 +142,10 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     from timm.utils import ModelEmaV3
     ema = ModelEmaV3(model, decay=args.ema, use_warmup=True) if args.ema > 0 else None
+    swa = None
+    if args.swa_start and info.is_primary:
+        from torch.optim.swa_utils import AveragedModel
+        swa = AveragedModel(ema.module if ema is not None else model, use_buffers=False)
     state_path = out / STATE_FILE
     start_epoch, best, history = 0, -1.0, []
     if args.resume and state_path.is_file():
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
+        if swa is not None and state.get("swa") is not None:
+            swa.load_state_dict(state["swa"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
         log.info("resumed from %s at epoch %d (best valid avg %.4f)", state_path, start_epoch, best)
     train_model = DistributedDataParallel(model) if info.enabled else model
@@ -183,17 +192,29 @@ def main(argv: list[str] | None = None) -> Path | None:
                    **{f"valid_{t}": fused[t] for t in fused if t != "avg"},
                    "valid_dermoscopy_avg": task_accuracies(logits["dermoscopy"], labels)["avg"],
                    "valid_clinical_avg": task_accuracies(logits["clinical"], labels)["avg"],
-                   "lr": optimizer.param_groups[-1]["lr"], "seconds": time.time() - epoch_start}
+                   "lr": optimizer.param_groups[-1]["lr"]}
             history.append(row)
-            if fused["avg"] > best:
+            if fused["avg"] > best or args.refit:
                 best = fused["avg"]
                 card.training = {"best_epoch": epoch + 1}
                 save_checkpoint(scored, card, checkpoint)
-            log.info("epoch %d/%d loss %.4f valid avg %.4f (best %.4f) %.0fs", epoch + 1, args.epochs,
-                     train_stats.get("loss", float("nan")), fused["avg"], best, row["seconds"])
+            if swa is not None and epoch + 1 >= args.swa_start:
+                swa.update_parameters(scored)
+                recompute_batchnorm(swa.module, train_cache, augment, device=device, amp=amp)
+                swa_logits = predict_cache(swa.module, valid_cache, augment, device=device, amp=amp)
+                row["valid_swa_avg"] = task_accuracies(swa_logits["fused"], labels)["avg"]
+                if row["valid_swa_avg"] > best or args.refit:
+                    best = row["valid_swa_avg"]
+                    card.training = {"best_epoch": epoch + 1, "swa_epochs": [args.swa_start, epoch + 1]}
+                    save_checkpoint(swa.module, card, checkpoint)
+            row["seconds"] = time.time() - epoch_start
+            swa_note = f" swa {row['valid_swa_avg']:.4f}" if "valid_swa_avg" in row else ""
+            log.info("epoch %d/%d loss %.4f valid avg %.4f%s (best %.4f) %.0fs", epoch + 1, args.epochs,
+                     train_stats.get("loss", float("nan")), fused["avg"], swa_note, best, row["seconds"])
             pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "ema": ema.module.state_dict() if ema is not None else None,
+                        "swa": swa.state_dict() if swa is not None else None,
                         "epoch": epoch, "best": best, "history": json.dumps(history)}, state_path)
         barrier(info)
     if progress is not None:
@@ -204,14 +225,16 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     plot_curves(history, out / "curves.png")
     kept, card = load_checkpoint(checkpoint, device)
-    card.calibration = fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
+    # a refit has learnt valid: calibrating on it would fit training data (raw softmax instead)
+    card.calibration = {} if args.refit else fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
-        "task_weights": args.task_weights, "ema": args.ema,
+        "task_weights": args.task_weights, "ema": args.ema, "swa_start": args.swa_start,
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
-        "data": {"dataset": "Derm7pt release_v0", "split": "train", "n_train_cases": len(train_cases),
+        "data": {"dataset": "Derm7pt release_v0", "split": "+".join(trained_splits(args.refit)),
+                 "n_train_cases": len(train_cases),
                  **correction_stats},
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": info.world_size, "minutes": round((time.time() - started) / 60, 1),
