@@ -4,10 +4,11 @@
 
 Each argument is a ``training.train`` output folder (its card and ``eval.json``). Prints a
 table and writes ``benchmarks/results/recipes.json`` and the ``recipes`` section of
-docs/results.md. The shipped run is the one with the best **valid** average of the raw
+docs/results.md. The chosen run is the one with the best **valid** average of the raw
 (uncalibrated) fused head, with the card's TTA, among the runs whose weights file is under
-the checkpoint size limit (``--max-mb``, 10 MB): the calibration is fitted on valid, so its
-valid accuracy would flatter it. Test is shown, raw and calibrated, never used to choose.
+the checkpoint size limit (``--max-mb``, 10 MB) and that did not train on valid (``--refit``):
+the calibration is fitted on valid, so its valid accuracy would flatter it. Test is shown, raw
+and calibrated, never used to choose.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import uncalibrated, write_section  # noqa: E402
-from skinnet.checkpoint import read_card  # noqa: E402
+from app import DEFAULT_CHECKPOINT  # noqa: E402
+from skinnet.checkpoint import file_sha256, read_card  # noqa: E402
 
 
 def describe(run: Path) -> dict:
@@ -54,7 +56,8 @@ def describe(run: Path) -> dict:
             "megabytes": weights.stat().st_size / 1e6, "valid_avg": raw_valid["avg"], "valid_DIAG": raw_valid["tasks"]["DIAG"],
             "test_raw_avg": raw_test["avg"], "test_raw_DIAG": raw_test["tasks"]["DIAG"],
             "test_avg": test["avg"], "test_DIAG": test["tasks"]["DIAG"],
-            "test_dermoscopy_avg": test["heads"]["dermoscopy"]["avg"], "refit": refit}
+            "test_dermoscopy_avg": test["heads"]["dermoscopy"]["avg"], "refit": refit,
+            "shipped": DEFAULT_CHECKPOINT.is_file() and file_sha256(weights) == file_sha256(DEFAULT_CHECKPOINT)}
 
 
 def table(rows: list[dict], max_mb: float) -> str:
@@ -66,8 +69,10 @@ def table(rows: list[dict], max_mb: float) -> str:
     for r in rows:
         pct = {k: f"{100 * r[k]:.1f}" for k in r if k.startswith(("valid_", "test_"))}
         chosen = "yes" if r is best else (f"no: {r['megabytes']:.1f} MB" if r["megabytes"] >= max_mb else "")
-        if r["refit"]:
+        if r["refit"]:  # trained on valid: its valid numbers are in-sample and choose nothing
             chosen, pct["valid_avg"], pct["valid_DIAG"] = "refit", f"({pct['valid_avg']})", f"({pct['valid_DIAG']})"
+        if r["shipped"]:
+            chosen += ", **shipped**"
         lines.append(f"| {r['run']} | {r['recipe']} | {r['params'] / 1e6:.2f}M | {r['best_epoch']} | "
                      f"{r['minutes']} | {pct['valid_avg']} | {pct['valid_DIAG']} | {pct['test_raw_avg']} | "
                      f"{pct['test_raw_DIAG']} | {pct['test_avg']} | {pct['test_DIAG']} | "
@@ -78,7 +83,10 @@ def table(rows: list[dict], max_mb: float) -> str:
         "EMA, flip TTA), fused head, accuracy %. valid: raw logits, the numbers that choose. "
         "test raw: before calibration; **test**: the calibrated prediction the checkpoint ships "
         f"(per-task temperature and class biases fitted on valid). Device: {', '.join(devices)} (2 cores). "
-        f"Chosen by the valid average among checkpoints under {max_mb:g} MB; test is never used to choose.",
+        f"Chosen by the valid average among checkpoints under {max_mb:g} MB; test is never used to choose. "
+        "A refit is the final fit of a chosen recipe on train + valid (its valid numbers, in "
+        "parentheses, are in-sample; it is not calibrated, so its test and test raw agree); "
+        "**shipped**: the same weights file as the app's default checkpoint.",
         "", *lines])
 
 

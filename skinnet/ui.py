@@ -281,7 +281,7 @@ def model_markdown(predictor: Predictor) -> str:
             tasks = ", ".join(f"{k} {100 * v:.1f}" for k, v in m["tasks"].items())
             in_sample = ""
             if split == "valid" and "valid" in card.training.get("data", {}).get("split", ""):
-                in_sample = " (trained on: a refit)"
+                in_sample = " (in the training data: a refit)"
             elif split == "valid" and card.calibration:
                 in_sample = " (the split the calibration was fitted on)"
             lines.append(f"- Derm7pt {split}{in_sample}, fused head: average {100 * m['avg']:.1f}% ({tasks})")

@@ -65,7 +65,7 @@ def test_model_card_of_a_refit_says_valid_was_trained_on(predictor, tmp_path):
     card.calibration = {}
     card.metrics = {"valid": {"avg": 0.9, "tasks": {"DIAG": 0.9}}}
     text = model_markdown(Predictor.from_checkpoint(save_checkpoint(model, card, tmp_path / "refit")))
-    assert "Derm7pt valid (trained on: a refit)" in text and "Calibration: none (raw softmax)" in text
+    assert "Derm7pt valid (in the training data: a refit)" in text and "Calibration: none (raw softmax)" in text
     card.training["data"]["split"] = "train"  # a normal run: valid is held out
     text = model_markdown(Predictor.from_checkpoint(save_checkpoint(model, card, tmp_path / "normal")))
     assert "Derm7pt valid, fused head" in text

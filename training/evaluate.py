@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         if tta is None and not args.limit_cases:
             card.metrics[args.split] = card_summary(record)
         save_checkpoint(model, card, args.checkpoint)
-        log.info("%s stored in %s with its scores", "scores" if refit else "calibration fitted on valid",
+        log.info("%s stored in %s", "scores" if refit else "calibration (fitted on valid) and scores",
                  args.checkpoint)
     print(format_table(record))
     if args.json:

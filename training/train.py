@@ -86,7 +86,7 @@ def lr_schedule(optimizer, args, steps_per_epoch: int):
     return set_lr
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, refit: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,7 +104,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
             right.plot(frame["epoch"], 100 * frame[column], label=column.replace("_", " "),
                        linestyle="--" if column == "valid_swa_avg" else "-")
     right.set_xlabel("epoch")
-    right.set_ylabel("validation accuracy (%)")
+    right.set_ylabel("validation accuracy (%)" + (", trained on (refit)" if refit else ""))
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         cleanup(info)
         return None
 
-    plot_curves(history, out / "curves.png")
+    plot_curves(history, out / "curves.png", refit=args.refit)
     kept, card = load_checkpoint(checkpoint, device)
     # a refit has learnt valid: calibrating on it would fit training data (raw softmax instead)
     card.calibration = {} if args.refit else fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
