@@ -297,6 +297,30 @@ def test_train_on_corrections(release, tmp_path):
                     "--corrections", str(log.path), "--strict-corrections", *FAST])
 
 
+def test_refit_learns_valid_corrections_but_never_test(release, tmp_path):
+    from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
+    from skinnet.data import Derm7pt
+    from skinnet.labels import TASK_BY_NAME
+    from training.data import training_cases
+
+    data = Derm7pt(release)
+    valid_case, test_case = data.split("valid")[0], data.split("test")[0]
+    log = CorrectionsLog(tmp_path / "log")
+    for case in (valid_case, test_case):
+        predicted = {t: TASK_BY_NAME[t].classes[0] for t in TASK_NAMES}
+        corrected = {t: NO_CHANGE for t in TASK_NAMES}
+        corrected["DIAG"] = "SK" if case.labels[0] != TASK_BY_NAME["DIAG"].classes.index("SK") else "BCC"
+        log.append(Review(new_event_id(), "dr_a", case.case_id, "derm7pt", "correct", predicted, corrected))
+    common = ["--data-root", str(release), "--out", "o", "--corrections", str(log.path)]
+    cases, stats = training_cases(data, parse_args([*common, "--refit"]))
+    by_id = {c.case_id: c for c in cases}
+    assert len(cases) == len(data.split("train")) + len(data.split("valid")) and test_case.case_id not in by_id
+    assert by_id[valid_case.case_id].labels[0] != valid_case.labels[0]  # the reviewer's DIAG is trained on
+    assert stats["n_corrected_derm7pt"] == 1 and stats["n_skipped_held_out"] == 1
+    cases, stats = training_cases(data, parse_args(common))  # without --refit valid stays held out
+    assert valid_case.case_id not in {c.case_id for c in cases} and stats["n_skipped_held_out"] == 2
+
+
 sys.path.insert(0, str(ROOT))
 from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
 from conftest import REAL_DERM7PT  # noqa: E402
