@@ -24,8 +24,9 @@ from app import DEFAULT_CHECKPOINT  # noqa: E402
 from skinnet.checkpoint import file_sha256, read_card  # noqa: E402
 
 
-def describe(run: Path) -> dict:
-    """One run's recipe and numbers, from its card and eval.json."""
+def describe(run: Path, shipped_sha256: str | None) -> dict:
+    """One run's recipe and numbers, from its card and eval.json; ``shipped_sha256``: the app's
+    default checkpoint file's hash."""
     weights = next(run.glob("*.safetensors"))
     card = read_card(weights)
     scores = json.loads((run / "eval.json").read_text())
@@ -37,7 +38,7 @@ def describe(run: Path) -> dict:
         recipe.append(f"mixup {t['mixup']:g}")
     if card.model.get("backbone_kwargs", {}).get("drop_path_rate"):
         recipe.append(f"drop-path {card.model['backbone_kwargs']['drop_path_rate']:g}")
-    refit = "valid" in t.get("data", {}).get("split", "")
+    refit = card.trained_on_valid
     if refit:
         recipe.append("**refit on train+valid**, last epoch")
     if t.get("swa_start"):
@@ -57,7 +58,7 @@ def describe(run: Path) -> dict:
             "test_raw_avg": raw_test["avg"], "test_raw_DIAG": raw_test["tasks"]["DIAG"],
             "test_avg": test["avg"], "test_DIAG": test["tasks"]["DIAG"],
             "test_dermoscopy_avg": test["heads"]["dermoscopy"]["avg"], "refit": refit,
-            "shipped": DEFAULT_CHECKPOINT.is_file() and file_sha256(weights) == file_sha256(DEFAULT_CHECKPOINT)}
+            "shipped": file_sha256(weights) == shipped_sha256}
 
 
 def table(rows: list[dict], max_mb: float) -> str:
@@ -97,7 +98,8 @@ def main(argv=None):
     p.add_argument("--results", default=ROOT / "docs" / "results.md", type=Path)
     p.add_argument("--max-mb", default=10.0, type=float, help="checkpoint size limit (weights file, MB)")
     args = p.parse_args(argv)
-    rows = [describe(run) for run in args.runs]
+    shipped_sha256 = file_sha256(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else None
+    rows = [describe(run, shipped_sha256) for run in args.runs]
     text = table(rows, args.max_mb)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))

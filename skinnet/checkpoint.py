@@ -67,6 +67,11 @@ class ModelCard:
     def model_config(self) -> ModelConfig:
         return ModelConfig(**self.model)
 
+    @property
+    def trained_on_valid(self) -> bool:
+        """A refit (``training.train --refit``): valid is in its training data, not held out."""
+        return "valid" in self.training.get("data", {}).get("split", "").split("+")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
 

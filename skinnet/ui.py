@@ -280,7 +280,7 @@ def model_markdown(predictor: Predictor) -> str:
             m = card.metrics[split]
             tasks = ", ".join(f"{k} {100 * v:.1f}" for k, v in m["tasks"].items())
             in_sample = ""
-            if split == "valid" and "valid" in card.training.get("data", {}).get("split", ""):
+            if split == "valid" and card.trained_on_valid:
                 in_sample = " (in the training data: a refit)"
             elif split == "valid" and card.calibration:
                 in_sample = " (the split the calibration was fitted on)"

@@ -7,21 +7,21 @@ from pathlib import Path
 
 from skinnet.checkpoint import file_sha256
 from skinnet.corrections import CorrectionsError, correction_case, current_labels, read_corrections
-from skinnet.data import Case, Derm7pt, parse_labels
+from skinnet.data import SPLITS, Case, Derm7pt, parse_labels
 from skinnet.imaging import load_rgb, pixel_sha256
 
 log = logging.getLogger("skinnet.train")
-HELD_OUT = ("valid", "test")
-"""Splits never trained on: test is reported once, valid selects the checkpoint."""
-REFIT_HELD_OUT = ("test",)
-"""A refit (``--refit``) also learns from valid, once valid has chosen the recipe."""
-
-
 def trained_splits(refit: bool) -> tuple[str, ...]:
+    """The splits a run learns from: train, and valid too in a refit (once valid chose the recipe)."""
     return ("train", "valid") if refit else ("train",)
 
 
-def held_out_hashes(data: Derm7pt, held_out: tuple[str, ...] = HELD_OUT) -> set[str]:
+def held_out_splits(refit: bool) -> tuple[str, ...]:
+    """Splits never trained on: test (reported once) always, valid (selects) unless a refit."""
+    return tuple(split for split in SPLITS if split not in trained_splits(refit))
+
+
+def held_out_hashes(data: Derm7pt, held_out: tuple[str, ...]) -> set[str]:
     """Pixel hashes of every held-out image, to catch a held-out case uploaded by hand."""
     hashes = set()
     for split in held_out:
@@ -42,7 +42,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
         SystemExit: ``--strict-corrections`` and the CSV has bad rows.
     """
     cases = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
-    held_out_splits = REFIT_HELD_OUT if args.refit else HELD_OUT
+    held_out = held_out_splits(args.refit)
     if not args.corrections:
         return cases, {"n_corrections": 0}
     path = Path(args.corrections)
@@ -58,12 +58,12 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     split_of = data.split_of()
     known = {c.case_id: c for c in data.cases()}
     position = {c.case_id: i for i, c in enumerate(cases)}
-    held_out = None
+    held_out_images = None  # hashed only if an upload needs it
     counts = {"corrected_derm7pt": 0, "new_cases": 0, "skipped_held_out": 0, "skipped_other": 0}
     for case_id, row in current_labels(rows, args.corrections_rule).items():
         where = f"{path} line {row['line']} (case {case_id})"
         if row["source"] == "derm7pt":
-            if split_of.get(case_id) in held_out_splits:
+            if split_of.get(case_id) in held_out:
                 log.warning("%s: a %s-split case is never trained on; skipped", where, split_of[case_id])
                 counts["skipped_held_out"] += 1
                 continue
@@ -78,9 +78,9 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
                 cases.append(corrected)
             counts["corrected_derm7pt"] += 1
             continue
-        if held_out is None:
-            held_out = held_out_hashes(data, held_out_splits)
-        if {row["clinic_sha256"], row["derm_sha256"]} & held_out:
+        if held_out_images is None:
+            held_out_images = held_out_hashes(data, held_out)
+        if {row["clinic_sha256"], row["derm_sha256"]} & held_out_images:
             log.warning("%s: its image is a held-out Derm7pt image; skipped", where)
             counts["skipped_held_out"] += 1
             continue

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     model, card = load_checkpoint(args.checkpoint, args.device)
-    refit = "valid" in card.training.get("data", {}).get("split", "")
+    refit = card.trained_on_valid
     if args.calibrate and refit:
         raise SystemExit(f"{args.checkpoint} was trained on the valid split (a refit): calibrating on "
                          "valid would fit its own training data, so it stays uncalibrated")
