@@ -10,7 +10,11 @@ from skinnet.corrections import CorrectionsError, correction_case, current_label
 from skinnet.data import SPLITS, Case, Derm7pt, parse_labels
 from skinnet.imaging import load_rgb, pixel_sha256
 
+from .folds import pool_cases, read_folds
+
 log = logging.getLogger("skinnet.train")
+
+
 def trained_splits(refit: bool) -> tuple[str, ...]:
     """The splits a run learns from: train, and valid too in a refit (once valid chose the recipe)."""
     return ("train", "valid") if refit else ("train",)
@@ -21,19 +25,37 @@ def held_out_splits(refit: bool) -> tuple[str, ...]:
     return tuple(split for split in SPLITS if split not in trained_splits(refit))
 
 
-def held_out_hashes(data: Derm7pt, held_out: tuple[str, ...]) -> set[str]:
+def base_cases(data: Derm7pt, args) -> tuple[list[Case], list[Case], list[Case]]:
+    """(cases to learn from, cases scored after each epoch, every held-out case) before corrections.
+
+    A plain run learns train and scores valid; ``--refit`` learns both and scores valid
+    (trained on: no selection); ``--fold K`` learns train + valid less fold K and scores fold K.
+    """
+    if args.fold is not None:
+        folds, n_folds = read_folds(args.folds_file, data)
+        if not 0 <= args.fold < n_folds:
+            raise SystemExit(f"--fold {args.fold}: {args.folds_file} has folds 0..{n_folds - 1}")
+        pool = pool_cases(data)
+        left_out = [c for c in pool if folds[c.case_id] == args.fold][:args.limit_cases]
+        learnt = [c for c in pool if folds[c.case_id] != args.fold][:args.limit_cases]
+        return learnt, left_out, left_out + data.split("test")
+    learnt = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
+    held_out = [case for split in held_out_splits(args.refit) for case in data.split(split)]
+    return learnt, data.split("valid")[:args.limit_cases], held_out
+
+
+def held_out_hashes(cases: list[Case]) -> set[str]:
     """Pixel hashes of every held-out image, to catch a held-out case uploaded by hand."""
     hashes = set()
-    for split in held_out:
-        for case in data.split(split):
-            for path in {case.clinical_path, case.dermoscopy_path}:
-                hashes.add(pixel_sha256(load_rgb(path)))
+    for case in cases:
+        for path in {case.clinical_path, case.dermoscopy_path}:
+            hashes.add(pixel_sha256(load_rgb(path)))
     return hashes
 
 
 def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
-    """Train-split cases (train + valid with ``--refit``), with labels overridden and cases added
-    by the corrections CSV.
+    """The cases of :func:`base_cases` to learn from, with labels overridden and cases added by
+    the corrections CSV (never a held-out case).
 
     Returns:
         The cases and the counts recorded in the model card.
@@ -41,8 +63,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     Raises:
         SystemExit: ``--strict-corrections`` and the CSV has bad rows.
     """
-    cases = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
-    held_out = held_out_splits(args.refit)
+    cases, _, held_out = base_cases(data, args)
     if not args.corrections:
         return cases, {"n_corrections": 0}
     path = Path(args.corrections)
@@ -56,6 +77,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
         raise SystemExit(f"{path}: {len(problems)} bad rows, refused (--strict-corrections):\n"
                          + "\n".join(str(p) for p in problems))
     split_of = data.split_of()
+    held_out_ids = {case.case_id for case in held_out}
     known = {c.case_id: c for c in data.cases()}
     position = {c.case_id: i for i, c in enumerate(cases)}
     held_out_images = None  # hashed only if an upload needs it
@@ -63,8 +85,9 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     for case_id, row in current_labels(rows, args.corrections_rule).items():
         where = f"{path} line {row['line']} (case {case_id})"
         if row["source"] == "derm7pt":
-            if split_of.get(case_id) in held_out:
-                log.warning("%s: a %s-split case is never trained on; skipped", where, split_of[case_id])
+            if case_id in held_out_ids:
+                log.warning("%s: a held-out %s-split case is never trained on; skipped", where,
+                            split_of.get(case_id))
                 counts["skipped_held_out"] += 1
                 continue
             if case_id not in known:
@@ -79,7 +102,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
             counts["corrected_derm7pt"] += 1
             continue
         if held_out_images is None:
-            held_out_images = held_out_hashes(data, held_out)
+            held_out_images = held_out_hashes(held_out)
         if {row["clinic_sha256"], row["derm_sha256"]} & held_out_images:
             log.warning("%s: its image is a held-out Derm7pt image; skipped", where)
             counts["skipped_held_out"] += 1

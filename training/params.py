@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--refit", action="store_true",
                       help="final fit on train + valid: exactly --epochs, the last epoch is kept (no "
                            "selection) and not calibrated; choose the recipe and epochs without it first")
+    data.add_argument("--fold", type=int, default=None,
+                      help="cross-fitting (set by training.crossval): train on train + valid less this "
+                           "fold of --folds-file, keep the last epoch, predict the fold (out-of-fold)")
+    data.add_argument("--folds-file", default=None, help="folds.json written by training.crossval")
     data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
     data.add_argument("--cache-size", type=int, default=None,
                       help="side of the decoded image cache (default: image size * 8/7)")
@@ -95,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--cache-size must be at least --image-size")
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be positive")
+    if (args.fold is None) != (args.folds_file is None):
+        parser.error("--fold and --folds-file go together (training.crossval sets both)")
+    if args.fold is not None and args.refit:
+        parser.error("--fold already trains on train + valid (less the fold); drop --refit")
     if not 0 <= args.swa_start <= args.epochs:
         parser.error("--swa-start must be an epoch between 1 and --epochs (0 disables)")
     return args

@@ -25,13 +25,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from skinnet.backbones import normalization
-from skinnet.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from skinnet.checkpoint import ModelCard, file_sha256, load_checkpoint, save_checkpoint
 from skinnet.data import Derm7pt
 from skinnet.loss import MultiModalLoss
 from skinnet.model import count_parameters, create_model
 from skinnet.transforms import BatchAugment, ImageCache
 
-from .data import trained_splits, training_cases
+from .data import base_cases, trained_splits, training_cases
 from .distributed import barrier, cleanup, device_for, init_distributed
 from .evaluate import card_summary, evaluate_model, fit_calibration
 from .loop import predict_cache, recompute_batchnorm, train_one_epoch
@@ -40,6 +40,7 @@ from .params import parse_args
 
 log = logging.getLogger("skinnet.train")
 STATE_FILE = "last_state.pt"
+OOF_FILE = "oof.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     data = Derm7pt(args.data_root)
     train_cases, correction_stats = training_cases(data, args)
-    valid_cases = data.split("valid")[:args.limit_cases]
+    _, valid_cases, _ = base_cases(data, args)  # scored each epoch: valid, or the left-out fold
+    cross_fit = args.fold is not None
+    keep_last = args.refit or cross_fit  # nothing held out to select on (or it must stay untouched)
     model, mean, std, init_name = build_model(args)
     model.to(device)
     log.info("model: %s, %.2fM parameters; %d train / %d valid cases on %s",
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                    "valid_clinical_avg": task_accuracies(logits["clinical"], labels)["avg"],
                    "lr": optimizer.param_groups[-1]["lr"]}
             history.append(row)
-            if fused["avg"] > best or args.refit:
+            if fused["avg"] > best or keep_last:
                 best = fused["avg"]
                 card.training = {"best_epoch": epoch + 1}
                 save_checkpoint(scored, card, checkpoint)
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 recompute_batchnorm(swa.module, train_cache, augment, device=device, amp=amp)
                 swa_logits = predict_cache(swa.module, valid_cache, augment, device=device, amp=amp)
                 row["valid_swa_avg"] = task_accuracies(swa_logits["fused"], labels)["avg"]
-                if row["valid_swa_avg"] > best or args.refit:
+                if row["valid_swa_avg"] > best or keep_last:
                     best = row["valid_swa_avg"]
                     card.training = {"best_epoch": epoch + 1, "swa_epochs": [args.swa_start, epoch + 1]}
                     save_checkpoint(swa.module, card, checkpoint)
@@ -225,21 +228,26 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     plot_curves(history, out / "curves.png", refit=args.refit)
     kept, card = load_checkpoint(checkpoint, device)
-    # a refit has learnt valid: calibrating on it would fit training data (raw softmax instead)
-    card.calibration = {} if args.refit else fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
+    # a refit has learnt valid: calibrating on it would fit training data (raw softmax instead);
+    # a fold model's calibration comes later, from all folds' out-of-fold logits (training.crossval)
+    card.calibration = {} if keep_last else fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
     card.training = {
         **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
         "task_weights": args.task_weights, "ema": args.ema, "swa_start": args.swa_start,
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
-        "data": {"dataset": "Derm7pt release_v0", "split": "+".join(trained_splits(args.refit)),
+        "data": {"dataset": "Derm7pt release_v0",
+                 "split": "+".join(trained_splits(args.refit or cross_fit)),
+                 **({"less_fold": args.fold, "folds_sha256": file_sha256(args.folds_file)} if cross_fit else {}),
                  "n_train_cases": len(train_cases),
                  **correction_stats},
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": info.world_size, "minutes": round((time.time() - started) / 60, 1),
     }
     save_checkpoint(kept, card, checkpoint)
+    if cross_fit:
+        return finish_fold(kept, card, checkpoint, valid_cache, valid_cases, args, device, amp, info)
     metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device, cache=valid_cache)}
     if not args.limit_cases:
         metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
@@ -249,6 +257,25 @@ def main(argv: list[str] | None = None) -> Path | None:
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     log.info("kept epoch %s: valid avg %.4f%s", card.training["best_epoch"], metrics["valid"]["avg"],
              f", test avg {metrics['test']['avg']:.4f}" if "test" in metrics else "")
+    cleanup(info)
+    return checkpoint
+
+
+def finish_fold(model, card: ModelCard, checkpoint: Path, cache: ImageCache, cases, args, device: str,
+                amp: bool, info) -> Path:
+    """A fold model's out-of-fold logits (every head, TTA as the card says) in ``oof.pt``, and its
+    scores on the fold it never saw in its card; test is not scored (the folds' ensemble is)."""
+    augment = BatchAugment(card.image_size, card.mean, card.std).to(device)
+    logits = predict_cache(model, cache, augment, device=device, tta=args.tta, amp=amp)
+    out = checkpoint.parent
+    torch.save({"case_ids": [c.case_id for c in cases], "fold": args.fold, "logits": logits,
+                "labels": cache.labels.cpu(), "has_clinical": cache.has_clinical.cpu()}, out / OOF_FILE)
+    record = evaluate_model(model, card, cases, split=f"fold{args.fold}", device=device, cache=cache)
+    card.metrics = {"out_of_fold": card_summary(record)}
+    save_checkpoint(model, card, checkpoint)
+    (out / "eval.json").write_text(json.dumps({"out_of_fold": record}, indent=2))
+    log.info("fold %d: out-of-fold avg %.4f DIAG %.4f (%d cases)", args.fold, record["avg"],
+             record["tasks"]["DIAG"], len(cases))
     cleanup(info)
     return checkpoint
 

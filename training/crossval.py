@@ -1,0 +1,181 @@
+"""Cross-fitting a recipe on Derm7pt train + valid: out-of-fold predictions for every case.
+
+    python -m training.crossval --data-root /path/to/release_v0 --folds 5 --out runs/cv_lite2 \\
+        [--ensemble-test] -- [training.train flags: --backbone ... --epochs 28 --tta ...]
+
+The 616 train + valid cases are split into K folds stratified by diagnosis (fixed seed, saved
+as ``folds.json``); one model per fold trains on the other folds for exactly ``--epochs`` (the
+last epoch is kept: nothing is selected on the fold it predicts) and predicts its own fold.
+The K out-of-fold (OOF) predictions cover every case once, from a model that never saw it:
+recipes are compared on them (616 cases instead of valid's 203), a refit's calibration is
+fitted on them, and they are the teacher's soft targets for distillation. Folds that are done
+are skipped, an interrupted one resumes, so the command can simply be run again.
+
+Writes ``oof.pt`` (logits of every head for the 616 cases, labels, fold of each case) and
+``crossval.json`` (OOF accuracy per head and task, DIAG report, per-fold spread, and with
+``--ensemble-test`` the fold models' ensemble on test: a teacher's score, never a choice).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from skinnet.checkpoint import load_checkpoint
+from skinnet.data import Derm7pt
+from skinnet.labels import TASK_NAMES
+
+from . import train
+from .evaluate import card_summary, evaluate_model, head_predictions, scored_cases
+from .folds import FOLDS_FILE, assign_folds, pool_cases, read_folds, write_folds
+from .metrics import diagnosis_report, expected_calibration_error, task_accuracies
+
+log = logging.getLogger("skinnet.crossval")
+OOF_FILE = train.OOF_FILE  # the same name for one fold's predictions and for all of them
+
+
+def fold_dir(out: Path, fold: int) -> Path:
+    return out / f"fold{fold}"
+
+
+def ensure_folds(out: Path, data: Derm7pt, n_folds: int, seed: int) -> dict[str, int]:
+    """The saved fold assignment, written on the first run and reused (and checked) after."""
+    path = out / FOLDS_FILE
+    if path.is_file():
+        folds, saved_n = read_folds(path, data)
+        if saved_n != n_folds:
+            raise SystemExit(f"{path} has {saved_n} folds, not --folds {n_folds}: use another --out")
+        return folds
+    folds = assign_folds(pool_cases(data), n_folds, seed)
+    write_folds(path, folds, n_folds, seed)
+    return folds
+
+
+def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int]) -> dict:
+    """Every fold's ``oof.pt`` joined in pool order (train then valid), each case checked to come
+    from the model of its own fold."""
+    pool = pool_cases(data)
+    position = {case.case_id: i for i, case in enumerate(pool)}
+    n = len(pool)
+    logits, labels, has_clinical = {}, torch.zeros(n, len(TASK_NAMES), dtype=torch.long), torch.zeros(n, dtype=torch.bool)
+    seen = torch.zeros(n, dtype=torch.bool)
+    for fold in range(n_folds):
+        part = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
+        index = torch.tensor([position[c] for c in part["case_ids"]])
+        if any(folds[c] != fold for c in part["case_ids"]) or seen[index].any():
+            raise ValueError(f"{fold_dir(out, fold)}: its out-of-fold cases are not fold {fold}'s")
+        seen[index] = True
+        for head, head_logits in part["logits"].items():
+            logits.setdefault(head, torch.zeros(n, head_logits.shape[1]))[index] = head_logits
+        labels[index] = part["labels"]
+        has_clinical[index] = part["has_clinical"]
+    if not seen.all():
+        raise ValueError(f"{int((~seen).sum())} cases have no out-of-fold prediction")
+    return {"case_ids": [c.case_id for c in pool], "fold": torch.tensor([folds[c.case_id] for c in pool]),
+            "logits": logits, "labels": labels, "has_clinical": has_clinical}
+
+
+def oof_report(oof: dict) -> dict:
+    """OOF accuracy per head and task, DIAG report, ECE, and each fold's fused score (the spread)."""
+    labels, has_clinical, fold = oof["labels"], oof["has_clinical"], oof["fold"]
+    heads = {}
+    for head, logits in oof["logits"].items():
+        keep = scored_cases(head, has_clinical)
+        acc = task_accuracies(logits[keep], labels[keep])
+        heads[head] = {"n_cases": int(keep.sum()), "avg": acc["avg"], "tasks": {t: acc[t] for t in TASK_NAMES},
+                       "diagnosis": diagnosis_report(logits[keep], labels[keep]),
+                       "ece": expected_calibration_error(logits[keep], labels[keep])}
+    per_fold = []
+    for k in range(int(fold.max()) + 1):
+        acc = task_accuracies(oof["logits"]["fused"][fold == k], labels[fold == k])
+        per_fold.append({"fold": k, "n_cases": int((fold == k).sum()), "avg": acc["avg"], "DIAG": acc["DIAG"]})
+    spread = {key: {"mean": statistics.mean(f[key] for f in per_fold), "sd": statistics.stdev(f[key] for f in per_fold)}
+              for key in ("avg", "DIAG")}
+    fused = heads["fused"]
+    return {"n_cases": len(oof["case_ids"]), "avg": fused["avg"], "DIAG": fused["tasks"]["DIAG"],
+            "tasks": fused["tasks"], "heads": heads, "folds": per_fold, "fold_spread": spread}
+
+
+def ensemble_test(out: Path, n_folds: int, data: Derm7pt, device: str) -> dict:
+    """The fold models' ensemble (mean of their logits, TTA as their cards say) scored on test.
+
+    A teacher's score for the record: test chooses nothing here.
+    """
+    cases = data.split("test")
+    summed, cache, card, model = {}, None, None, None
+    for fold in range(n_folds):
+        model, card = load_checkpoint(next(fold_dir(out, fold).glob("*.safetensors")), device)
+        logits, cache = head_predictions(model, card, cases, device, bool(card.training.get("tta")), cache)
+        for head, head_logits in logits.items():
+            summed[head] = summed.get(head, 0) + head_logits / n_folds
+    labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()
+    report = {"n_models": n_folds, "heads": {}}
+    for head, logits in summed.items():
+        keep = scored_cases(head, has_clinical)
+        acc = task_accuracies(logits[keep], labels[keep])
+        report["heads"][head] = {"avg": acc["avg"], "tasks": {t: acc[t] for t in TASK_NAMES}}
+    report.update(avg=report["heads"]["fused"]["avg"], DIAG=report["heads"]["fused"]["tasks"]["DIAG"],
+                  diagnosis=diagnosis_report(summed["fused"], labels))
+    single = card_summary(evaluate_model(model, card, cases, split="test", device=device, cache=cache))
+    report["last_fold_model_alone"] = {"avg": single["avg"], "DIAG": single["tasks"]["DIAG"]}
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.crossval", description=__doc__.split("\n")[0],
+                                epilog="Flags after '--' go to every fold's python -m training.train.")
+    p.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder")
+    p.add_argument("--out", required=True, help="folder for folds.json, fold<k>/ runs, oof.pt, crossval.json")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (kept in folds.json)")
+    p.add_argument("--only", default=None, help="train only these folds now, e.g. '0,1' (the report waits for all)")
+    p.add_argument("--ensemble-test", action="store_true",
+                   help="also score the fold models' ensemble on test (a teacher's number, chooses nothing)")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Train the missing folds, then gather and report; returns the report (None while folds are missing)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, train_flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(own)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out)
+    data = Derm7pt(args.data_root)
+    try:
+        folds = ensure_folds(out, data, args.folds, args.fold_seed)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    todo = range(args.folds) if args.only is None else [int(k) for k in args.only.split(",")]
+    for fold in todo:
+        where = fold_dir(out, fold)
+        if (where / OOF_FILE).is_file():
+            log.info("fold %d: done already (%s)", fold, where)
+            continue
+        log.info("fold %d of %d: training on %d cases", fold, args.folds, sum(f != fold for f in folds.values()))
+        train.main([*train_flags, "--data-root", str(args.data_root), "--out", str(where), "--device", args.device,
+                    "--fold", str(fold), "--folds-file", str(out / FOLDS_FILE), "--resume"])
+    missing = [k for k in range(args.folds) if not (fold_dir(out, k) / OOF_FILE).is_file()]
+    if missing:
+        log.info("folds %s still to train; run the same command again", missing)
+        return None
+    oof = gather_oof(out, args.folds, data, folds)
+    torch.save(oof, out / OOF_FILE)
+    report = {"folds": args.folds, "fold_seed": args.fold_seed, "train_flags": train_flags, "out_of_fold": oof_report(oof)}
+    if args.ensemble_test:
+        report["ensemble_test"] = ensemble_test(out, args.folds, data, args.device)
+    (out / "crossval.json").write_text(json.dumps(report, indent=2))
+    r = report["out_of_fold"]
+    log.info("out-of-fold (%d cases): avg %.4f (folds %.4f +- %.4f), DIAG %.4f", r["n_cases"], r["avg"],
+             r["fold_spread"]["avg"]["mean"], r["fold_spread"]["avg"]["sd"], r["DIAG"])
+    return report
+
+
+if __name__ == "__main__":
+    main()
