@@ -14,8 +14,10 @@ would run as a formula are neutralised. A review's event id makes saving idempot
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -40,6 +42,12 @@ PREDICTION_COLUMNS = tuple(f"model_{c}" for c in LABEL_COLUMNS)
 COLUMNS = BASE_COLUMNS + PREDICTION_COLUMNS + LABEL_COLUMNS
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 IMAGE_DIR = "images"
+SOURCES = ("derm7pt", "manifest", "upload")
+MAX_NOTE = 2000
+"""Characters in a note; the form says so too. Longer notes are refused, not cut."""
+MAX_FIELD = 200
+"""Characters in a reviewer name, case id or model version."""
+EVENT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class CorrectionsError(ValueError):
@@ -96,12 +104,31 @@ class Review:
                 else self.corrected[t.name] for t in TASKS}
 
     def validate(self) -> None:
+        """Every field checked on the server, whatever the browser was told to allow.
+
+        Raises:
+            CorrectionsError: the first field that is out of its vocabulary, range or length.
+        """
         if not self.reviewer:
             raise CorrectionsError("a review needs a signed-in reviewer")
+        if not isinstance(self.event_id, str) or not EVENT_ID.fullmatch(self.event_id):
+            raise CorrectionsError("the review's event id is malformed")
+        for name in ("reviewer", "case_id", "model_version", "checkpoint_sha256"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_FIELD:
+                raise CorrectionsError(f"{name} must be text of at most {MAX_FIELD} characters")
+        if not self.case_id.strip():
+            raise CorrectionsError("a review needs a case id")
+        if self.source not in SOURCES:
+            raise CorrectionsError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.verdict not in VERDICTS:
             raise CorrectionsError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
-        if self.confidence is not None and not 1 <= int(self.confidence) <= 5:
-            raise CorrectionsError(f"confidence must be 1..5, got {self.confidence}")
+        if self.confidence is not None and (isinstance(self.confidence, bool) or self.confidence not in range(1, 6)):
+            raise CorrectionsError(f"confidence must be a whole number from 1 to 5, got {self.confidence!r}")
+        if not isinstance(self.note, str) or len(self.note) > MAX_NOTE:
+            raise CorrectionsError(f"the note is longer than {MAX_NOTE} characters; shorten it and save again")
+        if not isinstance(self.seconds_spent, (int, float)) or not 0 <= self.seconds_spent < 1e7:
+            raise CorrectionsError("time spent is out of range")
         for task in TASKS:
             for source, value in (("prediction", self.predicted.get(task.name)),
                                   ("correction", self.corrected.get(task.name, NO_CHANGE))):
@@ -123,49 +150,89 @@ class CorrectionsLog:
         self.lock = FileLock(str(self.folder / ".corrections.csv.lock"), timeout=60)
 
     def store_image(self, image: Image.Image) -> tuple[str, str]:
-        """Save de-identified pixels as ``images/<sha256>.png``; (relative path, sha256)."""
+        """Save de-identified pixels as ``images/<sha256>.png``; (relative path, sha256).
+
+        Raises:
+            CorrectionsError: the image could not be written (no partial file is left).
+        """
         digest = pixel_sha256(image)
         relative = f"{IMAGE_DIR}/{digest}.png"
         target = self.folder / relative
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.with_name(f".{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            temporary.write_bytes(png_bytes(image))
-            os.replace(temporary, target)
+            try:
+                temporary.write_bytes(png_bytes(image))
+                os.replace(temporary, target)
+            except OSError as err:
+                temporary.unlink(missing_ok=True)
+                raise CorrectionsError(_write_failure(err)) from None
         return relative, digest
 
     def append(self, review: Review, clinical: Image.Image | None = None,
                dermoscopy: Image.Image | None = None, images: dict[str, tuple[str, str]] | None = None) -> bool:
         """Log a review (once per event id). Returns False when the event was already logged.
 
+        True means the whole row is on disk (written and fsynced). On any write failure the
+        file is truncated back to what it was and CorrectionsError says so in plain words.
+
         Args:
             clinical, dermoscopy: the case's images, stored de-identified; or
             images: already stored ``{"clinic": (path, sha), "derm": (path, sha)}``.
         """
         review.validate()
-        stored = dict(images or {})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stored = dict(images or {})  # content-addressed: storing twice is harmless, so outside the lock
         for key, image in (("clinic", clinical), ("derm", dermoscopy)):
             if image is not None:
                 stored[key] = self.store_image(image)
         row = self._row(review, stored)
-        line = _csv_line([row[c] for c in COLUMNS])
-        self.folder.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            if review.event_id in self.event_ids():
+            prefix, logged = self._scan()
+            if review.event_id in logged:
                 return False
+            data = (prefix + _csv_line([row[c] for c in COLUMNS])).encode("utf-8")
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            size = os.fstat(fd).st_size
             try:
-                size = os.fstat(fd).st_size
-                prefix = ""
-                if size == 0:
-                    prefix = _csv_line(COLUMNS)
-                elif not _ends_with_newline(self.path, size):
-                    prefix = "\n"  # a crash cut the last row short: close it, the reader reports it
-                os.write(fd, (prefix + line).encode("utf-8"))
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.EIO, "write made no progress")
+                    view = view[written:]
                 os.fsync(fd)
+            except OSError as err:
+                try:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                except OSError:
+                    pass
+                raise CorrectionsError(_write_failure(err)) from None
             finally:
                 os.close(fd)
         return True
+
+    def _scan(self) -> tuple[str, set[str]]:
+        """(what to write before the next row, every event id in the file, bad rows included).
+
+        Called under the lock. The event ids come from each line's first cell, so a row the
+        reader reports as bad still counts for idempotency.
+        """
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return _csv_line(COLUMNS), set()
+        raw = self.path.read_bytes()
+        lines = raw.decode("utf-8-sig", errors="replace").split("\n")
+        newline = "" if raw.endswith(b"\n") else "\n"  # a crash cut the last row short: close it
+        first = next((i for i, line in enumerate(lines) if line.strip()), None)
+        if first is None:  # only blank lines: the header is still to come
+            return newline + _csv_line(COLUMNS), set()
+        header = _parse_line(lines[first]) or []
+        if any(c not in header for c in COLUMNS):
+            raise CorrectionsError(f"{self.path} is not a skinnet corrections file (its first line is not "
+                                   "the corrections header); nothing was saved")
+        ids = {line.split(",", 1)[0].strip('"') for line in lines[first + 1:] if line}
+        return newline, ids
 
     def _row(self, review: Review, stored: dict[str, tuple[str, str]]) -> dict[str, str]:
         labels = review.labels()
@@ -187,10 +254,9 @@ class CorrectionsLog:
         return {k: neutralise(v) for k, v in row.items()}
 
     def event_ids(self) -> set[str]:
-        if not self.path.is_file():
-            return set()
-        rows, _ = read_corrections(self.path)
-        return {r["event_id"] for r in rows}
+        """Every event id in the log, bad rows included."""
+        with self.lock:
+            return self._scan()[1]
 
     def reviewed_cases(self, reviewer: str) -> dict[str, str]:
         """case id -> this reviewer's latest verdict."""
@@ -206,10 +272,10 @@ def _csv_line(values) -> str:
     return buffer.getvalue()
 
 
-def _ends_with_newline(path: Path, size: int) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(size - 1)
-        return handle.read(1) == b"\n"
+def _write_failure(err: OSError) -> str:
+    reason = "the server's disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) \
+        else "the server could not write to its log"
+    return f"Not saved: {reason}. Nothing was recorded; please tell the administrator, then save again."
 
 
 @dataclass
@@ -233,19 +299,20 @@ def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Probl
     path = Path(path)
     if not path.is_file():
         raise CorrectionsError(f"corrections file not found: {path}")
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")  # a spreadsheet may add a BOM
     lines = text.split("\n")
     complete = text.endswith("\n")
     if complete:
         lines.pop()
-    if not lines or not lines[0]:
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
         return [], []
-    header = _parse_line(lines[0])
+    header = _parse_line(lines[first])
     missing = [c for c in COLUMNS if c not in (header or [])]
     if missing:
-        raise CorrectionsError(f"{path} line 1: not a skinnet corrections header (missing {missing[:4]})")
+        raise CorrectionsError(f"{path} line {first + 1}: not a skinnet corrections header (missing {missing[:4]})")
     rows, problems = [], []
-    for number, text_line in enumerate(lines[1:], start=2):
+    for number, text_line in enumerate(lines[first + 1:], start=first + 2):
         if number == len(lines) and not complete:
             problems.append(Problem(number, "row cut short (the writer stopped mid-row); skipped"))
             break

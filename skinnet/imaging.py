@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +16,27 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000
 """Refuse larger images (decompression bombs); a 40 MP photo is larger than any dermatoscope's."""
+MAX_SIDE = 2048
+"""Images are kept at most this many pixels on their long side (JPEGs are decoded at a reduced
+scale, others shrunk right after decoding): the model sees 192-224 px, a reviewer's screen
+about 1000, and a 40 MP image would hold 120 MB per request."""
+DECODE_SLOTS = 2
+"""Full-size decodes running at once, in the whole process: with MAX_PIXELS this bounds the
+memory that concurrent uploads can take (about 2 x 160 MB), whatever the number of requests."""
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 class ImageError(ValueError):
     """An input is not a usable image; the message says why, in words a user can act on."""
 
 
-def open_image(source: str | Path | bytes | io.BytesIO, name: str = "image") -> Image.Image:
-    """Open and fully decode an image, turning PIL's many failure modes into ImageError.
+def open_image(source: str | Path | bytes | io.BytesIO, name: str = "image",
+               max_side: int | None = MAX_SIDE) -> Image.Image:
+    """Open and decode an image, turning PIL's many failure modes into ImageError.
+
+    The size is checked from the header before any pixel is decoded, without touching PIL's
+    process-wide limits (they are shared by every thread). A JPEG larger than ``max_side``
+    is decoded at a reduced scale (1/2 to 1/8); :func:`load_rgb` bounds how many run at once.
 
     Args:
         source: a path, raw bytes or a binary stream.
@@ -31,24 +44,26 @@ def open_image(source: str | Path | bytes | io.BytesIO, name: str = "image") -> 
     """
     if isinstance(source, bytes):
         source = io.BytesIO(source)
-    with warnings.catch_warnings():
-        # PIL warns (and only errors at twice the limit): make the warning an error too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        old_limit = Image.MAX_IMAGE_PIXELS
-        try:
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            image = Image.open(source)
-            image.load()
-        except FileNotFoundError:
-            raise ImageError(f"{name}: file not found") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image file (expected JPEG, PNG, TIFF, BMP or WebP)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name}: too large (more than {MAX_PIXELS // 1_000_000} megapixels)") from None
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageError(f"{name}: the file is damaged or truncated ({err})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old_limit
+    try:
+        image = Image.open(source)
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(f"{name}: too large ({width} x {height} pixels; at most "
+                             f"{MAX_PIXELS // 1_000_000} megapixels)")
+        if max_side and max(width, height) > max_side and image.format == "JPEG":
+            scale = max_side / max(width, height)
+            image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
+        image.load()
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file (expected JPEG, PNG, TIFF, BMP or WebP)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: too large (more than {MAX_PIXELS // 1_000_000} megapixels)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{name}: the file is damaged or truncated ({err})") from None
     return image
 
 
@@ -78,9 +93,15 @@ def to_clean_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.array(rgb, dtype=np.uint8), "RGB")
 
 
-def load_rgb(source: str | Path | bytes | io.BytesIO, name: str = "image") -> Image.Image:
-    """Open an image and return its clean 8-bit RGB pixels (see :func:`to_clean_rgb`)."""
-    return to_clean_rgb(open_image(source, name))
+def load_rgb(source: str | Path | bytes | io.BytesIO, name: str = "image",
+             max_side: int | None = MAX_SIDE) -> Image.Image:
+    """Open an image and return its clean 8-bit RGB pixels (see :func:`to_clean_rgb`), at most
+    ``max_side`` on the long side (None: full size). At most DECODE_SLOTS run at once."""
+    with _decode_slots:
+        image = to_clean_rgb(open_image(source, name, max_side))
+        if max_side and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
 
 
 def pixel_sha256(image: Image.Image) -> str:

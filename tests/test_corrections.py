@@ -192,3 +192,106 @@ def test_command_line_export_and_check(tmp_path):
     result = subprocess.run([sys.executable, "-m", "skinnet.corrections", "check", str(log.path)],
                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 1 and "line 3: expected" in result.stdout
+
+
+def test_disk_full_mid_row_is_not_acknowledged_and_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    import errno
+    log = CorrectionsLog(tmp_path)
+    assert log.append(review(case_id="before"))
+    before = log.path.read_bytes()
+    real_write = os.write
+    calls = []
+
+    def half_then_full(fd, data):  # the kernel writes part of the row, then the disk is full
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(CorrectionsError, match="Not saved: the server's disk is full. Nothing was recorded"):
+        log.append(review(case_id="lost"))
+    monkeypatch.setattr(os, "write", real_write)
+    assert len(calls) == 2 and log.path.read_bytes() == before  # truncated back, no half row
+    assert log.append(review(case_id="after"))
+    rows, problems = read_corrections(log.path)
+    assert [r["case_id"] for r in rows] == ["before", "after"] and problems == []
+
+
+def test_a_really_full_disk_loses_no_acknowledged_review(tmp_path):
+    """A 96 KB tmpfs as the log folder: save until the disk is full, then free space and save again."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        log = CorrectionsLog(folder)
+        acknowledged, failures = [], 0
+        image = Image.new("RGB", (48, 48), (120, 60, 30))
+        for i in range(400):
+            r = review(case_id=f"c{i}")
+            try:
+                if log.append(r, dermoscopy=image):
+                    acknowledged.append(r.event_id)
+            except CorrectionsError as err:
+                assert "disk is full" in str(err)
+                failures += 1
+                if failures >= 3:
+                    break
+        assert failures == 3 and len(acknowledged) > 10
+        rows, problems = read_corrections(log.path)
+        assert problems == [] and [r["event_id"] for r in rows] == acknowledged
+        assert not [p for p in (folder / "images").iterdir() if p.suffix == ".tmp"]
+        (folder / "images" / f"{rows[0]['derm_sha256']}.png").unlink()  # an administrator frees space
+        assert log.append(review(case_id="after"))
+        assert read_corrections(log.path)[0][-1]["case_id"] == "after"
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("note", "x" * 200_000, "longer than 2000 characters"),
+    ("confidence", 2.7, "whole number from 1 to 5"),
+    ("confidence", True, "whole number from 1 to 5"),
+    ("confidence", "3", "whole number from 1 to 5"),
+    ("source", "evil", "source must be one of"),
+    ("event_id", "../../x", "event id is malformed"),
+    ("case_id", "c" * 5000, "case_id must be text of at most 200"),
+    ("verdict", "approve", "verdict must be one of"),
+])
+def test_every_field_is_checked_on_the_server(tmp_path, field, value, message):
+    log = CorrectionsLog(tmp_path)
+    r = review()
+    setattr(r, field, value)
+    with pytest.raises(CorrectionsError, match=message):
+        log.append(r)
+    assert not log.path.exists()
+
+
+def test_idempotency_holds_in_the_file_even_for_a_bad_row(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    first = review(case_id="1")
+    assert log.append(first)
+    with open(log.path, "a") as handle:  # a row the reader rejects, carrying an event id
+        handle.write("0123456789abcdef0123456789abcdef,broken\n")
+    assert log.append(review(case_id="1", event_id=first.event_id)) is False
+    assert log.append(review(case_id="1", event_id="0123456789abcdef0123456789abcdef")) is False
+    assert log.event_ids() == {first.event_id, "0123456789abcdef0123456789abcdef"}
+
+
+@pytest.mark.parametrize("start", [b"\n", b"\n\n  \n", "\ufeff".encode() + b",".join(c.encode() for c in COLUMNS) + b"\n"])
+def test_blank_or_bom_started_log_keeps_every_later_row(tmp_path, start):
+    log = CorrectionsLog(tmp_path)
+    log.path.write_bytes(start)
+    assert log.append(review(case_id="a")) and log.append(review(case_id="b"))
+    rows, problems = read_corrections(log.path)
+    assert [r["case_id"] for r in rows] == ["a", "b"] and problems == []
+
+
+def test_a_foreign_file_is_refused_not_appended_to(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    log.path.write_text("name,salary\nbob,1\n")
+    with pytest.raises(CorrectionsError, match="not a skinnet corrections file"):
+        log.append(review())
+    assert log.path.read_text() == "name,salary\nbob,1\n"
