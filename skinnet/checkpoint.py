@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -16,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from . import __version__
-from .calibration import from_temperature
-from .labels import schema
-from .model import ModelConfig, SingleSharedNet, count_parameters
+from .calibration import TEMPERATURE_RANGE, from_temperature
+from .labels import TASK_BY_NAME, schema
+from .model import HEADS, ModelConfig, SingleSharedNet, count_parameters
 
 CARD_FORMAT = 2  # 2: per-task temperature and class bias (1: one temperature per head)
 
@@ -105,6 +107,48 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+CONTRACT_KEY = "skinnet_inference"
+"""safetensors metadata key: the card fields that decide what the weights predict, written
+with the weights, so that a card edited by hand or copied from another checkpoint is caught."""
+
+
+def inference_contract(card: ModelCard) -> dict:
+    """What must agree between a card and its weights: architecture, input, labels, calibration."""
+    return json.loads(json.dumps({"model": card.model, "image_size": card.image_size, "mean": list(card.mean),
+                                  "std": list(card.std), "labels": card.labels, "calibration": card.calibration}))
+
+
+def validate_card(card: ModelCard, where: str) -> None:
+    """Values a model can run with: sizes, normalisation, calibration shapes.
+
+    Raises:
+        ValueError: the first value that is out of range, with where it is.
+    """
+    def finite(values) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+    if not isinstance(card.mean, (tuple, list)) or not isinstance(card.std, (tuple, list)):
+        raise ValueError(f"{where}: mean and std must be lists of 3 numbers")
+    if not isinstance(card.image_size, int) or not 32 <= card.image_size <= 2048:
+        raise ValueError(f"{where}: image_size must be a whole number of pixels from 32 to 2048")
+    if len(card.mean) != 3 or len(card.std) != 3 or not finite(card.mean) or not finite(card.std) \
+            or min(card.std) <= 0:
+        raise ValueError(f"{where}: mean and std must be 3 finite numbers each, std above 0")
+    if not isinstance(card.calibration, dict):
+        raise ValueError(f"{where}: calibration must be a mapping of heads")
+    for head, tasks in card.calibration.items():
+        if head not in HEADS or not isinstance(tasks, dict):
+            raise ValueError(f"{where}: calibration for an unknown head {head!r}")
+        for task, entry in tasks.items():
+            if task not in TASK_BY_NAME or not isinstance(entry, dict):
+                raise ValueError(f"{where}: calibration of {head} for an unknown task {task!r}")
+            temperature, bias = entry.get("temperature", 1.0), entry.get("bias") or []
+            if not finite([temperature]) or not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
+                raise ValueError(f"{where}: {head} {task} temperature must be within {TEMPERATURE_RANGE}")
+            if not isinstance(bias, list) or not finite(bias) or len(bias) not in (0, TASK_BY_NAME[task].num_classes):
+                raise ValueError(f"{where}: {head} {task} bias must be {TASK_BY_NAME[task].num_classes} numbers")
+
+
 WEIGHT_FORMATS = ("float16", "float32", "int8")
 SCALE_SUFFIX = ":int8_scale"
 
@@ -166,7 +210,8 @@ def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
         dtype = getattr(torch, weights_format)
         state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    metadata = {"format": "pt", CONTRACT_KEY: json.dumps(inference_contract(card), sort_keys=True)}
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
     _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
     return weights
 
@@ -187,6 +232,7 @@ def read_card(path: str | Path) -> ModelCard:
     except json.JSONDecodeError as err:
         raise ValueError(f"{json_path} is not valid JSON: {err}") from None
     card = ModelCard.from_dict(data, str(json_path))
+    validate_card(card, str(json_path))
     if card.labels != schema():
         raise ValueError(f"{json_path}: the checkpoint was trained for another label schema "
                          f"({[t.get('name') for t in card.labels]} with its classes) than this "
@@ -206,10 +252,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise FileNotFoundError(f"checkpoint weights {weights} not found")
     card = read_card(weights)
     try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
+    if CONTRACT_KEY in metadata:
+        written = json.loads(metadata[CONTRACT_KEY])
+        differ = sorted(k for k, v in inference_contract(card).items() if written.get(k) != v)
+        if differ:
+            raise ValueError(f"{card_path(weights)} disagrees with its weights file on {differ}: the card was "
+                             "edited or belongs to other weights")
+    try:
         model = SingleSharedNet(card.model_config, pretrained=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{card_path(weights)}: cannot build its model ({err})") from None
-    state = dequantize(load_file(str(weights), device="cpu"))
+    state = dequantize(state)
     reference = model.state_dict()
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))

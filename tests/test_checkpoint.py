@@ -83,7 +83,7 @@ def test_mismatching_card_is_refused(tmp_path):
     data["labels"] = read_card.__globals__["schema"]()
     data["model"]["backbone"] = "resnet18"
     card_file.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="does not match its card's architecture.*resnet18"):
+    with pytest.raises(ValueError, match=r"disagrees with its weights file on \['model'\]"):
         load_checkpoint(path)
 
     card_file.write_text("{not json")
@@ -101,3 +101,33 @@ def test_weights_file_is_not_a_pickle(tmp_path):
     path = save_checkpoint(model, card_for(model), tmp_path / "m")
     header = path.read_bytes()[:16]
     assert not header.startswith(b"\x80") and b"PK" not in header[:4]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(image_size=96), r"disagrees with its weights file on \['image_size'\]"),
+    (lambda d: d.update(mean=[0.485, 0.456, 0.406]), r"on \['mean'\]"),
+    (lambda d: d.update(calibration={"fused": {"DIAG": {"temperature": 2.0, "bias": [0, 0, 0, 0, 0]}}}),
+     r"on \['calibration'\]"),
+    (lambda d: d.update(calibration={"fused": {"DIAG": {"temperature": 0, "bias": []}}}), "temperature must be within"),
+    (lambda d: d.update(calibration={"fused": {"DIAG": {"temperature": 1, "bias": [0.1, 0.2]}}}),
+     "DIAG bias must be 5 numbers"),
+    (lambda d: d.update(std=[0.5, 0.0, 0.5]), "std above 0"),
+    (lambda d: d.update(image_size=10**6), "image_size must be"),
+])
+def test_a_card_that_disagrees_with_its_weights_or_cannot_run_is_refused(tmp_path, edit, message):
+    """A card edited by hand (or copied from another checkpoint) would predict differently, silently."""
+    model = create_model(**TINY)
+    path = save_checkpoint(model, card_for(model), tmp_path / "m")
+    data = json.loads(path.with_suffix(".json").read_text())
+    edit(data)
+    path.with_suffix(".json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path)
+
+
+def test_truncated_weights_give_a_sentence_not_a_traceback(tmp_path):
+    model = create_model(**TINY)
+    path = save_checkpoint(model, card_for(model), tmp_path / "m")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        load_checkpoint(path)
