@@ -11,7 +11,10 @@ Flags override environment variables, which override the defaults:
     --hf-reviewers SKINNET_HF_REVIEWERS Hugging Face usernames ("alice,bob"; "*": anyone signed
                                        in) who may save after "Sign in with Hugging Face" on a
                                        Space with `hf_oauth: true` (its README metadata)
-    --queue-root  SKINNET_QUEUE_ROOT   queue files (manifests, meta.csv) must lie inside it
+    --queue-root  SKINNET_QUEUE_ROOT   ./queues: the folder reviewers pick queue files from
+                                       (manifests, Derm7pt meta.csv); nothing outside it opens
+    --admins      SKINNET_ADMINS       reviewers who may also export everyone's labels
+                                       ("dr_a,hf:alice"); none: export from the command line only
 """
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", default=env.get("SKINNET_USERS"), help="file of user:password lines")
     p.add_argument("--hf-reviewers", default=env.get("SKINNET_HF_REVIEWERS"),
                    help="comma-separated Hugging Face usernames allowed to save ('*': any signed-in account)")
-    p.add_argument("--queue-root", default=env.get("SKINNET_QUEUE_ROOT"),
-                   help="folder that queue files and their images must lie in")
+    p.add_argument("--queue-root", default=env.get("SKINNET_QUEUE_ROOT", str(ROOT / "queues")),
+                   help="folder that queue files and their images must lie in (links are resolved)")
+    p.add_argument("--admins", default=env.get("SKINNET_ADMINS"),
+                   help="comma-separated reviewer identities (user, hf:user) who may export everyone's labels")
     p.add_argument("--device", default=env.get("SKINNET_DEVICE", "cpu"))
     return p.parse_args(argv)
 
@@ -66,13 +71,24 @@ def read_users(source: str | None) -> dict[str, str]:
     return users
 
 
+SPACE_OAUTH_VARIABLES = ("SPACE_ID", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OPENID_PROVIDER_URL")
+"""What a Space with `hf_oauth: true` sets. Without them Gradio signs every visitor in as the
+host's own Hugging Face account (its local mock), so the allow-list would admit anyone."""
+
+
 def read_hf_reviewers(source: str | None) -> frozenset[str]:
     """The Hugging Face allow-list; refused where Hugging Face sign-in cannot work."""
     names = frozenset(n.strip().lstrip("@") for n in (source or "").split(",") if n.strip())
-    if names and "OAUTH_CLIENT_ID" not in os.environ:
+    missing = [v for v in SPACE_OAUTH_VARIABLES if not os.environ.get(v)]
+    if names and missing:
         raise SystemExit("--hf-reviewers needs Hugging Face sign-in, which a Space provides when its README "
-                         "metadata says `hf_oauth: true` (it sets OAUTH_CLIENT_ID). Elsewhere use --users.")
+                         f"metadata says `hf_oauth: true` (missing here: {', '.join(missing)}). "
+                         "Elsewhere use --users.")
     return names
+
+
+def read_names(source: str | None) -> frozenset[str]:
+    return frozenset(n.strip() for n in (source or "").split(",") if n.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = AppSettings(checkpoint=Path(args.checkpoint), host=args.host, port=args.port,
                            log_dir=Path(args.log_dir), users=read_users(args.users),
                            hf_reviewers=read_hf_reviewers(args.hf_reviewers),
-                           queue_root=Path(args.queue_root) if args.queue_root else None)
+                           queue_root=Path(args.queue_root) if args.queue_root else None,
+                           admins=read_names(args.admins))
     launch(build_app(predictor, settings), settings)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -29,54 +29,6 @@ QUEUE_COLUMNS = ["#", "case", "source", "your review", "uncertainty"]
 def new_state() -> dict:
     return {"queue": [], "index": None, "case": None, "event_id": None, "opened_at": None,
             "uncertainty": {}}
-
-
-HF_PREFIX = "hf:"
-"""Reviewers signed in with Hugging Face are logged as ``hf:<username>`` (never confused with a
-password login of the same name)."""
-
-
-@dataclass(frozen=True)
-class Reviewers:
-    """Who may save reviews: password logins (Gradio's ``auth=``) and/or Hugging Face accounts.
-
-    The reviewer is always the signed-in identity, never a typed name. ``hf_accounts`` is the
-    allow-list of Hugging Face usernames (``"*"``: any signed-in account); a Space with
-    ``hf_oauth: true`` signs them in through ``gr.LoginButton``.
-    """
-
-    password_logins: bool = False
-    hf_accounts: frozenset[str] = frozenset()
-
-    @property
-    def configured(self) -> bool:
-        """False: a public demo, where saving is off."""
-        return self.password_logins or bool(self.hf_accounts)
-
-    def _hf_allowed(self, profile: gr.OAuthProfile | None) -> bool:
-        return profile is not None and ("*" in self.hf_accounts or profile.username in self.hf_accounts)
-
-    def of(self, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str | None:
-        """The signed-in reviewer of a request, or None."""
-        user = getattr(request, "username", None)
-        if user and self.password_logins:
-            return user
-        if self._hf_allowed(profile):
-            return HF_PREFIX + profile.username
-        return None
-
-    def require(self, request: gr.Request | None, profile: gr.OAuthProfile | None, action: str) -> str:
-        """The reviewer, or a ``gr.Error`` that says how to become one."""
-        reviewer = self.of(request, profile)
-        if reviewer is not None:
-            return reviewer
-        if not self.configured:
-            raise gr.Error(f"{action} is off: this app runs as a public demo (no reviewers are configured).")
-        if profile is not None:
-            raise gr.Error(f"{action}: the Hugging Face account @{profile.username} is not on this app's "
-                           "reviewer list (SKINNET_HF_REVIEWERS).")
-        how = "Sign in with Hugging Face (button at the top)" if self.hf_accounts else "Sign in"
-        raise gr.Error(f"{action} needs a signed-in reviewer. {how} first.")
 
 
 def _open_case(state: dict, case: dict) -> dict:
@@ -113,7 +65,7 @@ def open_queue_handler(state: dict, path: str, root: Path | None, log: Correctio
         queue = open_queue(path.strip(), root)
     except DatasetError as err:
         raise gr.Error(str(err)) from None
-    state = {**new_state(), "queue": [asdict(c) for c in queue]}
+    state = {**new_state(), "owner": state.get("owner"), "queue": [asdict(c) for c in queue]}
     return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases."
 
 
@@ -179,11 +131,13 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         raise gr.Error("Saving needs a signed-in reviewer (this app runs as a public demo).")
     if state.get("case") is None or state.get("event_id") is None:
         raise gr.Error("No case is open: open a queue or upload images first.")
-    if verdict not in VERDICTS:
+    if not isinstance(verdict, str) or verdict not in VERDICTS:
         raise gr.Error("Choose a verdict: agree, correct, unsure or skip.")
     if clinical is None and dermoscopy is None:
         raise gr.Error("The case has no image to review.")
     changed = {t: v for t, v in corrected.items() if v not in (None, "", NO_CHANGE)}
+    if not isinstance(note, (str, type(None))):
+        raise gr.Error("The note must be text.")
     if verdict == "correct" and not changed:
         raise gr.Error("Verdict 'correct' needs at least one corrected label (or choose 'agree').")
     if verdict == "agree" and changed:
@@ -196,7 +150,7 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         corrected={t.name: corrected.get(t.name) or NO_CHANGE for t in TASKS},
         model_version=predictor.version, checkpoint_sha256=predictor.checkpoint_sha256,
         seconds_spent=time.time() - (state.get("opened_at") or time.time()),
-        confidence=int(confidence) if confidence else None, note=note or "")
+        confidence=confidence if confidence not in (None, "") else None, note=note or "")
     try:
         logged = log.append(review, clinical, dermoscopy)
     except CorrectionsError as err:

@@ -58,6 +58,12 @@ def open_queue(path: str | Path, root: str | Path | None = None, split: str | No
             raise DatasetError(f"{path} looks like a Derm7pt meta.csv but is not inside a release's meta/ folder")
         data = Derm7pt(path.parent.parent)
         cases = data.split(split) if split else data.cases()
+        if root is not None:
+            outside = [c.case_id for c in cases
+                       if not _inside(c.dermoscopy_path, Path(root)) or not _inside(c.clinical_path, Path(root))]
+            if outside:
+                raise DatasetError(f"{path}: the images of {len(outside)} cases (e.g. case {outside[0]}) are "
+                                   f"outside the queue folder {root}")
         return [QueueCase(c.case_id, None if c.clinic_is_derm else str(c.clinical_path),
                           str(c.dermoscopy_path), "derm7pt") for c in cases]
     missing = [c for c in MANIFEST_COLUMNS if c not in header]
@@ -99,3 +105,28 @@ def uncertainty(prediction) -> float:
     head = prediction.heads[prediction.primary_head]
     values = [entropy(p) / math.log(len(p)) for p in head.probabilities.values()]
     return sum(values) / len(values)
+
+
+MAX_LISTED = 500
+
+
+def list_queues(root: str | Path) -> list[str]:
+    """Queue files inside ``root`` (manifests and Derm7pt ``meta/meta.csv``), as paths relative
+    to it: what a reviewer may choose from. Files reached through a link that leaves the root
+    are not listed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.rglob("*.csv")):
+        if len(found) >= MAX_LISTED or len(path.relative_to(root).parts) > 5:
+            continue
+        if not _inside(path, root) or not path.is_file():
+            continue
+        try:
+            header = set(pd.read_csv(path, nrows=0, dtype=str).columns)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+            continue
+        if set(MANIFEST_COLUMNS) <= header or ({"clinic", "derm", "case_num"} <= header and path.parent.name == "meta"):
+            found.append(path.relative_to(root).as_posix())
+    return found

@@ -6,22 +6,17 @@ This module imports gradio; ``import skinnet`` does not.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import re
-import tempfile
-import threading
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from . import access, uploads
 from .explain import explain
-from .imaging import ImageError, load_rgb, pixel_sha256, png_bytes
+from .imaging import ImageError, load_rgb
 from .labels import CLASS_TITLES, SEVEN_POINT_THRESHOLD, TASK_BY_NAME, TASKS, seven_point_meaning
 from .model import HEADS
 from .predict import Prediction, Predictor
@@ -34,8 +29,6 @@ DISCLAIMER = ("**Research tool, not a diagnosis.** Predictions come from a model
 PREDICTED = "(predicted class)"
 AUTO_HEAD = "auto"
 MAX_FILE_SIZE = "20mb"
-ORIGINAL_GRACE_S = 30.0
-"""Seconds an original upload stays in Gradio's cache after it was read (see _discard_upload)."""
 CSS = """
 .disclaimer {border-left: 4px solid #d97706; padding: 6px 10px; background: #fffbeb;}
 """
@@ -54,117 +47,23 @@ class AppSettings:
     hf_reviewers: frozenset[str] = frozenset()
     """Hugging Face usernames that may save after signing in on a Space (``"*"``: anyone signed in)."""
     queue_root: Path | None = None
-    """Queue files and their images must lie inside this folder (None: anywhere)."""
+    """Queue files and their images must lie inside this folder (None: no queues)."""
+    admins: frozenset[str] = frozenset()
+    """Reviewer identities (``dr_a``, ``hf:alice``) that may also export everyone's labels."""
 
 
-# -- uploads ----------------------------------------------------------------------------------
-def _gradio_upload_roots() -> list[Path]:
-    root = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
-    return [Path(root).resolve()]
-
-
-def read_uploads(clinical_path, dermoscopy_path, uploads_only: bool = False):
-    """Open the uploaded pair as clean RGB pixels, then delete Gradio's copies of the originals.
-
-    Gradio keeps uploads in its cache under their original file names, with their metadata:
-    once the pixels are read, those copies go, so neither survives on the server. (Both are
-    read before either is deleted: Gradio stores identical uploads once.)
-
-    Args:
-        clinical_path, dermoscopy_path: paths, or Gradio file payloads, or None.
-        uploads_only: accept only files in Gradio's upload folder (the app's setting: an API
-            caller must not make the server read, or delete, any other file).
-
-    Returns:
-        (clinical, dermoscopy), each a PIL image or None.
-    """
-    clinical_path = _upload_path(clinical_path, uploads_only)
-    dermoscopy_path = _upload_path(dermoscopy_path, uploads_only)
-    try:
-        return tuple(_open(path, name) for path, name in
-                     ((clinical_path, "clinical image"), (dermoscopy_path, "dermoscopy image")))
-    finally:
-        for path in (clinical_path, dermoscopy_path):
-            if path:
-                _discard_upload(path)
-
-
-def _upload_path(value, uploads_only: bool = False) -> str | None:
-    """The file path of an image component's raw value (events run with ``preprocess=False``,
-    so that unreadable files reach our own checks instead of Gradio's generic error)."""
-    if isinstance(value, dict):
-        value = value.get("path")
-    if not value:
-        return None
-    if uploads_only and not _is_upload(value):
-        raise gr.Error("That file is not an upload of this session; upload the image again.")
-    return value
-
-
-def _is_upload(path: str) -> bool:
-    resolved = Path(path).resolve()
-    return any(root in resolved.parents for root in _gradio_upload_roots())
-
-
-def _open(path: str | None, name: str) -> Image.Image | None:
-    if path is None:
-        return None
-    try:
-        return load_rgb(path, name)
-    except ImageError as err:
-        raise gr.Error(str(err)) from None
-
-
-def _is_clean(path: str) -> bool:
-    """A de-identified copy made by :func:`sanitize_upload` (named by its pixels' hash)."""
-    return re.fullmatch(r"[0-9a-f]{64}\.png", Path(path).name) is not None
-
-
-def _discard_upload(path: str) -> None:
-    """Delete an original upload from Gradio's cache, after a grace period.
-
-    The grace lets events already queued with the same file (an Analyse click racing the
-    upload handler, the explain step chained after predict) still read it. De-identified
-    copies stay: they are the component's value while the reviewer works on the case
-    (Gradio's ``delete_cache`` removes them later).
-    """
-    if not _is_upload(path) or _is_clean(path):
-        return
-    target = Path(path).resolve()
-    timer = threading.Timer(ORIGINAL_GRACE_S, lambda: target.unlink(missing_ok=True))
-    timer.daemon = True
-    timer.start()
-
-
-def sanitize_upload(path: str | None, name: str) -> str | None:
-    """Upload handler: replace the component's value by a de-identified PNG (pixels only,
-    named by their SHA-256), and schedule the original's deletion."""
-    path = _upload_path(path, uploads_only=True)
-    if path is None or _is_clean(path):
-        return path
-    try:
-        image = _open(path, name)
-    finally:
-        _discard_upload(path)
-    return clean_copy(image)
-
-
-@functools.cache
-def _clean_dir() -> Path:
-    """Where de-identified copies are written before Gradio caches them (one per process)."""
-    return Path(tempfile.mkdtemp(prefix="skinnet-clean-"))
-
-
-def clean_copy(image: Image.Image | None) -> str | None:
-    """Write de-identified pixels as ``<sha256>.png`` for an image component to show."""
-    if image is None:
-        return None
-    clean = _clean_dir() / f"{pixel_sha256(image)}.png"
-    if not clean.exists():
-        temporary = clean.with_suffix(f".{threading.get_ident()}.tmp")
-        temporary.write_bytes(png_bytes(image))
-        os.replace(temporary, clean)
-    return str(clean)
+# -- inputs ---------------------------------------------------------------------------------
+def as_images(clinical, dermoscopy) -> tuple[Image.Image | None, Image.Image | None]:
+    """The handlers' inputs as clean RGB images. The app passes images it opened under the
+    rules of :mod:`skinnet.uploads`; a path here is trusted (an in-process caller, a test)."""
+    def one(value, name):
+        if value is None or isinstance(value, Image.Image):
+            return value
+        try:
+            return load_rgb(value, name)
+        except ImageError as err:
+            raise gr.Error(str(err)) from None
+    return one(clinical, "clinical image"), one(dermoscopy, "dermoscopy image")
 
 
 # -- prediction -------------------------------------------------------------------------------
@@ -214,9 +113,9 @@ def summary_markdown(prediction: Prediction, version: str) -> str:
     return "\n\n".join(lines)
 
 
-def predict_handler(predictor: Predictor, clinical_path, dermoscopy_path, uploads_only: bool = False):
+def predict_handler(predictor: Predictor, clinical, dermoscopy):
     """``/predict``: (summary markdown, DIAG table, criteria table) for one or two images."""
-    clinical, dermoscopy = read_uploads(clinical_path, dermoscopy_path, uploads_only)
+    clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
     prediction = predictor.predict(clinical, dermoscopy)
@@ -224,18 +123,19 @@ def predict_handler(predictor: Predictor, clinical_path, dermoscopy_path, upload
     return summary_markdown(prediction, predictor.version), diagnosis_table(prediction), criteria_table(prediction)
 
 
-def explain_handler(predictor: Predictor, clinical_path, dermoscopy_path, task: str, class_name: str,
-                    head: str, uploads_only: bool = False):
+def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class_name: str, head: str):
     """``/explain``: (Grad-CAM clinical, Grad-CAM dermoscopy, attention overlays with captions)."""
-    clinical, dermoscopy = read_uploads(clinical_path, dermoscopy_path, uploads_only)
+    clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
-    if task not in TASK_BY_NAME:
-        raise gr.Error(f"Unknown task {task!r}; choose one of {list(TASK_BY_NAME)}.")
+    if not isinstance(task, str) or task not in TASK_BY_NAME:
+        raise gr.Error(f"Unknown task; choose one of {list(TASK_BY_NAME)}.")
     cls = None if class_name in (None, "", PREDICTED) else class_name
-    if cls is not None and cls not in TASK_BY_NAME[task].classes:
-        raise gr.Error(f"{task} has no class {cls!r}; choose one of {list(TASK_BY_NAME[task].classes)}.")
+    if cls is not None and (not isinstance(cls, str) or cls not in TASK_BY_NAME[task].classes):
+        raise gr.Error(f"{task} has no such class; choose one of {list(TASK_BY_NAME[task].classes)}.")
     given = [m for m, im in (("clinical", clinical), ("dermoscopy", dermoscopy)) if im is not None]
+    if head not in (None, "", AUTO_HEAD, *HEADS):
+        raise gr.Error(f"Unknown head; choose one of {[AUTO_HEAD, *HEADS]}.")
     chosen = None if head in (None, "", AUTO_HEAD) else head
     if chosen == "fused" and len(given) < 2:
         raise gr.Error("The fused head needs both images; choose 'auto' or the head of the image you gave.")
@@ -247,6 +147,8 @@ def explain_handler(predictor: Predictor, clinical_path, dermoscopy_path, task: 
 
 
 def class_choices(task: str):
+    if not isinstance(task, str) or task not in TASK_BY_NAME:
+        raise gr.Error("Unknown task.")
     return gr.update(choices=[PREDICTED, *TASK_BY_NAME[task].classes], value=PREDICTED)
 
 
@@ -319,9 +221,9 @@ def _task_label(task, predicted: str | None = None) -> str:
     return f"{task.name}: model says {predicted}" if predicted else f"{task.name} ({task.title})"
 
 
-def form_labels(predictor: Predictor, clinical_path, dermoscopy_path):
+def form_labels(predictor: Predictor, clinical, dermoscopy):
     """The correction dropdowns' labels show the model's prediction for each task."""
-    clinical, dermoscopy = read_uploads(clinical_path, dermoscopy_path, uploads_only=True)
+    clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         return [gr.update(label=_task_label(t)) for t in TASKS]
     prediction = predictor.predict(clinical, dermoscopy)
@@ -341,17 +243,26 @@ def review_help(reviewers) -> str:
 
 
 def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.Blocks:
-    """The Blocks app around a loaded predictor."""
+    """The Blocks app around a loaded predictor.
+
+    Every event, public or not, can be called by raw HTTP with any session hash and body: each
+    handler below takes its images through :class:`~skinnet.uploads.SessionImages` (never a
+    path the client chose), binds the session to its first identity, and checks who may act.
+    """
     from . import review
-    from .corrections import NO_CHANGE, VERDICTS, CorrectionsLog
+    from .corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog
+    from .review_queue import list_queues
 
     settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
     log = CorrectionsLog(settings.log_dir)
-    reviewers = review.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers)
+    reviewers = access.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers,
+                                 admins=settings.admins)
     saving = reviewers.configured
     queue_root = settings.queue_root
+    store = uploads.CleanStore()
 
     with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
+        images_in = uploads.SessionImages(store, lambda: app.upload_file_set)
         state = gr.State(review.new_state())
         with gr.Row():
             gr.Markdown("# skinnet · multi-modal skin lesion review")
@@ -401,23 +312,26 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                                                            label=_task_label(t), elem_id=f"correct-{t.name}"))
                 with gr.Row():
                     confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)")
-                    note = gr.Textbox(label="Note", lines=1, max_length=2000)
+                    note = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)", lines=1, max_length=MAX_NOTE)
+                # the event id of the case on screen: a save names the case the reviewer saw
+                case_token = gr.Textbox(visible=False, elem_id="case-token")
                 save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
                                  elem_id="save-review")
                 save_status = gr.Markdown(elem_id="save-status")
         with gr.Tab("Queue"):
             gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
-                        "Derm7pt `meta/meta.csv`" + (f" inside `{queue_root}`." if queue_root else "."))
+                        "Derm7pt `meta/meta.csv` from the queue folder" + (f" (`{queue_root}`)." if queue_root else "."))
             with gr.Row():
-                queue_path = gr.Textbox(label="Queue file (path on the server)", scale=4, elem_id="queue-path")
+                queue_file = gr.Dropdown(list_queues(queue_root) if queue_root else [], value=None, scale=4,
+                                         label="Queue file", elem_id="queue-file")
                 open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
                 order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
             queue_status = gr.Markdown(elem_id="queue-status")
             queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
             with gr.Row():
                 export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
-                                       label="When reviewers disagree on a case")
-                export_button = gr.Button("Export current labels (meta.csv)", interactive=saving,
+                                       label="When reviewers disagree on a case (admins)")
+                export_button = gr.Button("Export current labels (meta.csv)", interactive=bool(settings.admins),
                                           elem_id="export-labels", scale=1)
                 export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
                                       elem_id="export-file")
@@ -426,52 +340,108 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
 
         # -- handlers bound to this app -------------------------------------------------------
         # Gradio fills ``request`` and ``profile`` (the Hugging Face sign-in, if any) by annotation.
+        def session(state, request: gr.Request, profile):
+            """(state bound to this identity, owner key of this session's images)."""
+            who = access.identity(request, profile)
+            return access.claim_session(state, who), (str(getattr(request, "session_hash", "") or ""), who)
+
+        def open_images(owner, values, originals: bool):
+            try:
+                return [images_in.open(owner, value, name, originals)
+                        for value, name in zip(values, ("clinical image", "dermoscopy image"))]
+            except ImageError as err:
+                raise gr.Error(str(err)) from None
+
+        def on_upload(name):
+            def handler(state, value, request: gr.Request, profile: gr.OAuthProfile | None):
+                state, owner = session(state, request, profile)
+                try:
+                    image = images_in.open(owner, value, name, originals=True)
+                except ImageError as err:
+                    raise gr.Error(str(err)) from None
+                return store.add(owner, image) if image is not None else None
+            handler.__name__ = f"upload_{name.split()[0]}"
+            return handler
+
+        def case_from_upload(state, clinical_value, dermoscopy_value, request: gr.Request,
+                             profile: gr.OAuthProfile | None):
+            state, owner = session(state, request, profile)
+            paths = [store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
+            state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
+            return (state, review.case_header(state, log, reviewers.of(request, profile)), None, "",
+                    state.get("event_id") or "")
+
         def show_case(state, request: gr.Request, profile: gr.OAuthProfile | None):
+            state, owner = session(state, request, profile)
             images = review.load_case_images(state)
             reviewer = reviewers.of(request, profile)
-            return (state, *(clean_copy(im) for im in images), review.case_header(state, log, reviewer),
-                    None, *([NO_CHANGE] * len(TASKS)), None, "", "")
+            return (state, *(store.add(owner, im) if im is not None else None for im in images),
+                    review.case_header(state, log, reviewer), None, *([NO_CHANGE] * len(TASKS)), None, "", "",
+                    state.get("event_id") or "")
 
         def step(direction):
             def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
+                state, _ = session(state, request, profile)
                 return review.move(state, direction, log, reviewers.of(request, profile))
+            handler.__name__ = "step_" + direction.replace(" ", "_")
             return handler
 
-        def on_upload(state, clinical_value, dermoscopy_value, request: gr.Request,
-                      profile: gr.OAuthProfile | None):
-            state = review.start_upload_case(state, _upload_path(clinical_value), _upload_path(dermoscopy_value))
-            return state, review.case_header(state, log, reviewers.of(request, profile)), None, ""
+        def predict(state, clinical_value, dermoscopy_value, request: gr.Request, profile: gr.OAuthProfile | None):
+            _, owner = session(state, request, profile)
+            return predict_handler(predictor, *open_images(owner, (clinical_value, dermoscopy_value), True))
 
-        def open_queue(state, path, request: gr.Request, profile: gr.OAuthProfile | None):
+        def explain_(state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
+                     request: gr.Request, profile: gr.OAuthProfile | None):
+            _, owner = session(state, request, profile)
+            return explain_handler(predictor, *open_images(owner, (clinical_value, dermoscopy_value), True),
+                                   task_value, class_value, head_value)
+
+        def labels_(state, clinical_value, dermoscopy_value, request: gr.Request, profile: gr.OAuthProfile | None):
+            _, owner = session(state, request, profile)
+            return form_labels(predictor, *open_images(owner, (clinical_value, dermoscopy_value), False))
+
+        def open_queue(state, chosen, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewer = reviewers.require(request, profile, "Opening a queue")
-            return review.open_queue_handler(state, path, queue_root, log, reviewer)
+            state, _ = session(state, request, profile)
+            if queue_root is None:
+                raise gr.Error("No queue folder is configured (--queue-root).")
+            if not isinstance(chosen, str) or chosen not in list_queues(queue_root):
+                raise gr.Error("Choose a queue file from the list.")
+            return review.open_queue_handler(state, str(queue_root / chosen), queue_root, log, reviewer)
 
         def order_queue(state, request: gr.Request, profile: gr.OAuthProfile | None, progress=gr.Progress()):
-            return review.order_by_uncertainty(state, predictor, log, reviewers.of(request, profile), progress)
+            reviewer = reviewers.require(request, profile, "Ordering a queue")
+            state, _ = session(state, request, profile)
+            return review.order_by_uncertainty(state, predictor, log, reviewer, progress)
 
         def export_labels(rule, request: gr.Request, profile: gr.OAuthProfile | None):
-            reviewers.require(request, profile, "Exporting labels")
+            reviewers.require_admin(request, profile, "Exporting everyone's labels")
+            if rule not in ("latest", "majority"):
+                raise gr.Error("Choose 'latest' or 'majority'.")
             return review.export_labels(log, rule)
 
-        def save_handler(state, clinical_value, dermoscopy_value, verdict_value, confidence_value, note_value,
-                         diag, pn, streaks, pigmentation, regression, dots, veil, vascular, request: gr.Request,
-                         profile: gr.OAuthProfile | None):
+        def save_handler(state, token, verdict_value, confidence_value, note_value, diag, pn, streaks, pigmentation,
+                         regression, dots, veil, vascular, request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewer = reviewers.require(request, profile, "Saving")  # before anything is decoded
+            state, _ = session(state, request, profile)
+            if not state.get("event_id") or token != state["event_id"]:
+                raise gr.Error("The case changed before this save reached the server; nothing was saved. "
+                               "Check the form for the case on screen and save again.")
             corrected = (diag, pn, streaks, pigmentation, regression, dots, veil, vascular)  # TASKS order
-            images = read_uploads(clinical_value, dermoscopy_value, uploads_only=True)
-            reviewer = reviewers.require(request, profile, "Saving")
+            images = review.load_case_images(state)  # the server's own images of the open case
             state, message = review.save_review(state, predictor, log, reviewer, *images, verdict_value,
                                                 dict(zip([t.name for t in TASKS], corrected)),
                                                 confidence_value, note_value)
             return state, message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer)
 
+        def refresh_queues():
+            return gr.update(choices=list_queues(queue_root) if queue_root else [])
+
         # -- wiring ---------------------------------------------------------------------------
-        predict = partial(predict_handler, predictor, uploads_only=True)
-        explain_ = partial(explain_handler, predictor, uploads_only=True)
-        labels_ = partial(form_labels, predictor)
-        images = [clinical, dermoscopy]
-        explain_inputs = [clinical, dermoscopy, task, class_name, head]
+        images = [state, clinical, dermoscopy]
+        explain_inputs = [state, clinical, dermoscopy, task, class_name, head]
         explain_outputs = [cam_clinical, cam_dermoscopy, attention]
-        form = [verdict, *corrections, confidence, note, save_status]
+        form = [verdict, *corrections, confidence, note, save_status, case_token]
         private = {"api_visibility": "private", "preprocess": False}
 
         def analyse_chain(event):
@@ -480,30 +450,59 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                     .then(labels_, images, corrections, **private))
 
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
-            component.upload(partial(sanitize_upload, name=name), component, component, **private).then(
-                on_upload, [state, clinical, dermoscopy], [state, header, verdict, save_status], **private)
+            component.upload(on_upload(name), [state, component], component, **private).then(
+                case_from_upload, [state, clinical, dermoscopy], [state, header, verdict, save_status, case_token],
+                **private)
         task.change(class_choices, task, class_name, api_visibility="private")
-        analyse.click(predict, images, [summary, diagnosis, criteria], api_name="predict", preprocess=False).then(
-            explain_, explain_inputs, explain_outputs, **private).then(labels_, images, corrections, **private)
+        analyse.click(predict, images, [summary, diagnosis, criteria], api_name="predict", preprocess=False).then(explain_, explain_inputs, explain_outputs, **private).then(
+            labels_, images, corrections, **private)
         explain_button.click(explain_, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
         case_outputs = [state, clinical, dermoscopy, header, *form]
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
-            analyse_chain(button.click(step(direction), state, state, api_visibility="private")
-                          .then(show_case, state, case_outputs, api_visibility="private"))
-        analyse_chain(open_button.click(open_queue, [state, queue_path], [state, queue_view, queue_status],
-                                        api_visibility="private")
-                      .then(step("next"), state, state, api_visibility="private")
-                      .then(show_case, state, case_outputs, api_visibility="private"))
-        order_button.click(order_queue, state, [state, queue_view, queue_status], api_visibility="private")
-        export_button.click(export_labels, export_rule, export_file, api_visibility="private")
-        save.click(save_handler, [state, clinical, dermoscopy, verdict, confidence, note, *corrections],
-                   [state, save_status, header, queue_view], preprocess=False, api_visibility="private",
-                   concurrency_limit=None)
+            analyse_chain(button.click(step(direction), state, state, **private)
+                          .then(show_case, state, case_outputs, **private))
+        analyse_chain(open_button.click(open_queue, [state, queue_file], [state, queue_view, queue_status], **private)
+                      .then(step("next"), state, state, **private)
+                      .then(show_case, state, case_outputs, **private))
+        order_button.click(order_queue, state, [state, queue_view, queue_status], **private)
+        export_button.click(export_labels, export_rule, export_file, **private)
+        save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],
+                   [state, save_status, header, queue_view], concurrency_limit=4, **private)
+        app.load(refresh_queues, None, queue_file, **private)
+    app.skinnet_sweeper = uploads.start_sweeper(images_in)
     return app
+
+
+class NoSniff:
+    """ASGI middleware: every response says ``X-Content-Type-Options: nosniff`` (a served file
+    is never run as something its type does not say)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_header(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        return await self.app(scope, receive, with_header)
+
+
+QUEUE_SIZE = 64
+"""Requests waiting in Gradio's queue; past it a visitor is told the app is busy."""
 
 
 def launch(app: gr.Blocks, settings: AppSettings, **kwargs):
     """Launch with the privacy and safety settings the app relies on."""
+    from starlette.middleware import Middleware
+
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    auth = access.LoginThrottle(dict(settings.users)) if settings.users else None
     return app.launch(server_name=settings.host, server_port=settings.port, ssr_mode=False,
                       run_history=False, max_file_size=MAX_FILE_SIZE, css=CSS, head=SHORTCUTS_JS,
-                      show_error=True, auth=list(settings.users.items()) or None, **kwargs)
+                      show_error=True, auth=auth, app_kwargs={"middleware": [Middleware(NoSniff)]}, **kwargs)

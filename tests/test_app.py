@@ -1,5 +1,7 @@
 """The app: handlers called directly, Grad-CAM correctness, and the launched app via gradio_client."""
 import shutil
+import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 
 from app_helpers import free_port, jpeg_with_gps, tiny_checkpoint, write_pair
 from skinnet.explain import LogitTarget, OneModalityModel, explain, gradcam_map
+from skinnet.imaging import ImageError
 from skinnet.predict import Predictor
 from skinnet.checkpoint import load_checkpoint, save_checkpoint
 from skinnet.ui import AppSettings, build_app, explain_handler, launch, model_markdown, predict_handler
@@ -82,12 +85,9 @@ def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):
     truncated.write_bytes(pair[0].read_bytes()[:300])
     with pytest.raises(gr.Error, match="dermoscopy image: the file is damaged or truncated"):
         predict_handler(predictor, None, str(truncated))
-    with pytest.raises(gr.Error, match="not an upload of this session"):
-        predict_handler(predictor, {"path": str(pair[0])}, None, uploads_only=True)
-    assert pair[0].is_file()
     with pytest.raises(gr.Error, match="fused head needs both images"):
         explain_handler(predictor, None, str(pair[1]), "DIAG", "MEL", "fused")
-    with pytest.raises(gr.Error, match="has no class 'TYP'"):
+    with pytest.raises(gr.Error, match="DIAG has no such class"):
         explain_handler(predictor, *map(str, pair), "DIAG", "TYP", "auto")
     for mode in ("L", "RGBA", "I;16"):
         odd = tmp_path / f"odd_{mode.replace(';', '')}.png"
@@ -95,20 +95,29 @@ def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):
         assert "Dermoscopy head" in predict_handler(predictor, None, str(odd))[0]
 
 
-def test_sanitize_upload_makes_a_clean_png(tmp_path, monkeypatch):
-    import skinnet.ui
-    monkeypatch.setattr(skinnet.ui, "_gradio_upload_roots", lambda: [tmp_path.resolve()])
-    monkeypatch.setattr(skinnet.ui, "ORIGINAL_GRACE_S", 0.0)
+def test_only_gradio_originals_and_granted_clean_copies_are_opened(tmp_path, monkeypatch):
+    from skinnet import uploads
     original = jpeg_with_gps(tmp_path / "john_smith.jpg")
-    clean = skinnet.ui.sanitize_upload(str(original), "clinical image")
+    uploaded = {str(original)}
+    images = uploads.SessionImages(uploads.CleanStore(tmp_path / "clean"), lambda: uploaded)
+    alice, bob = ("s1", "dr_a"), ("s1", "dr_b")
+    clean = images.store.add(alice, images.open(alice, {"path": str(original)}, "clinical image"))
     data = open(clean, "rb").read()
     assert clean.endswith(".png") and "john" not in clean
     assert b"PatientCam" not in data and b"Jane" not in data
-    import time
-    time.sleep(0.3)
-    assert not original.exists()
-    with pytest.raises(gr.Error, match="not an upload of this session"):
-        skinnet.ui.sanitize_upload("/etc/hostname", "clinical image")
+    # the client's value only names the copy: any folder, same name, is the store's own file
+    assert images.open(alice, f"/elsewhere/{Path(clean).name}", "x", originals=False).size == (90, 70)
+    for who, value in ((bob, clean), (alice, "/etc/hostname"), (alice, "/nonexistent.png"), (alice, "/etc"),
+                       (alice, {"path": str(tmp_path / "clean")}), (alice, str(original) + "/../john_smith.jpg")):
+        with pytest.raises(ImageError, match="not an upload of this session"):
+            images.open(who, value, "x", originals=who != bob)
+    with pytest.raises(ImageError, match="not an upload of this session"):
+        images.open(alice, str(original), "x", originals=False)  # events after the upload take clean copies
+    monkeypatch.setattr(uploads, "ORIGINAL_TTL_S", 0.0)
+    assert images.sweep_originals() == 1 and not original.exists() and not uploaded
+    monkeypatch.setattr(uploads, "CLEAN_TTL_S", 0.0)
+    time.sleep(0.01)
+    assert images.store.sweep() == 1 and not Path(clean).exists()
 
 
 def test_explain_handler_outputs(predictor, pair):
@@ -201,8 +210,8 @@ def test_api_explain_returns_png_overlays(client, pair):
 
 
 def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
-    import skinnet.ui
-    monkeypatch.setattr(skinnet.ui, "ORIGINAL_GRACE_S", 0.0)
+    import skinnet.uploads
+    monkeypatch.setattr(skinnet.uploads, "ORIGINAL_TTL_S", 0.0)
     revealing = jpeg_with_gps(tmp_path / "jane_doe_1970-01-01_back.jpg")
     uploaded_copy = shutil.copy(revealing, tmp_path / "copy.jpg")
     cam_clinical, _, _ = client.predict(handle_file(uploaded_copy), None, "DIAG", "(predicted class)", "auto",
@@ -211,12 +220,14 @@ def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
     assert b"PatientCam" not in data and b"Jane" not in data and b"Exif" not in data
     summary, _, _ = client.predict(handle_file(str(revealing)), None, api_name="/predict")
     assert "jane_doe" not in summary
-    # the upload's copy (named after the original file) is gone from Gradio's cache
+    # the upload's copy (named after the original file) is swept from Gradio's cache
     import tempfile
-    import time
-    from pathlib import Path
-    time.sleep(0.5)
-    leftovers = [p for p in Path(tempfile.gettempdir(), "gradio").rglob("*") if "jane_doe" in p.name]
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        leftovers = [p for p in Path(tempfile.gettempdir(), "gradio").rglob("*") if "jane_doe" in p.name]
+        if not leftovers:
+            break
+        time.sleep(0.5)
     assert leftovers == []
 
 

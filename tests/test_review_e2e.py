@@ -31,7 +31,7 @@ def session(tmp_path_factory):
     root = tmp_path_factory.mktemp("review")
     predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
     settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
-                           users={"dr_a": "s3cret-pass"}, queue_root=root)
+                           users={"dr_a": "s3cret-pass"}, queue_root=root, admins=frozenset({"dr_a"}))
     app = build_app(predictor, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
     yield settings, write_queue(root / "queue")
@@ -60,7 +60,7 @@ def test_review_session_end_to_end(session, release, tmp_path):
         log_in(page, settings)
 
         page.get_by_role("tab", name="Queue").click()
-        page.locator("#queue-path textarea, #queue-path input").first.fill(str(manifest))
+        choose(page, "queue-file", "queue/manifest.csv")  # listed from the queue folder, never typed
         page.locator("#open-queue").click()
         expect(page.locator("#queue-status")).to_contain_text("Opened 3 cases", timeout=60_000)
         page.get_by_role("tab", name="Review").click()

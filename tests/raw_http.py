@@ -1,0 +1,99 @@
+"""A raw HTTP caller of a launched Gradio app, the way an attacker reaches it: any event by
+``fn_index`` through ``/gradio_api/queue/join``, any body, any ``session_hash`` (no gradio_client,
+so none of its checks or uploads happen unless the test does them)."""
+from __future__ import annotations
+
+import io
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Result:
+    success: bool
+    data: list | None
+    error: str | None
+    raw: dict
+
+
+class RawClient:
+    def __init__(self, base: str, username: str | None = None, password: str | None = None):
+        self.base = base.rstrip("/")
+        self.http = httpx.Client(base_url=self.base, timeout=120)
+        if username is not None:
+            response = self.http.post("/login", data={"username": username, "password": password})
+            assert response.status_code == 200, response.text
+
+    def config(self) -> dict:
+        return self.http.get("/config").json()
+
+    def upload(self, path: Path) -> str:
+        """Gradio's own upload route: returns the server path of the stored original."""
+        with open(path, "rb") as handle:
+            response = self.http.post("/gradio_api/upload", files={"files": (path.name, handle)})
+        response.raise_for_status()
+        return response.json()[0]
+
+    def call(self, fn_index: int, data: list, session_hash: str | None = None) -> Result:
+        session_hash = session_hash or secrets.token_hex(6)
+        joined = self.http.post("/gradio_api/queue/join", json={
+            "data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None,
+            "trigger_id": None})
+        if joined.status_code != 200:
+            return Result(False, None, joined.text, {"status": joined.status_code})
+        event_id = joined.json()["event_id"]
+        with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") != event_id or message.get("msg") != "process_completed":
+                    continue
+                output = message.get("output") or {}
+                return Result(bool(message.get("success")), output.get("data"), output.get("error"), message)
+        raise AssertionError(f"no result for event {event_id}")
+
+    def files_in(self, value) -> list[bytes]:
+        """Every file an output value points at, fetched the way a browser would."""
+        found = []
+        if isinstance(value, dict):
+            if value.get("url") or value.get("path"):
+                url = value.get("url") or f"{self.base}/gradio_api/file={value['path']}"
+                response = self.http.get(url)
+                if response.status_code == 200:
+                    found.append(response.content)
+            for item in value.values():
+                if isinstance(item, (dict, list)):
+                    found += self.files_in(item)
+        elif isinstance(value, list):
+            for item in value:
+                found += self.files_in(item)
+        return found
+
+
+def noise_png(path: Path, seed: int = 99, size=(64, 48)) -> Path:
+    """A picture nothing else resembles: uniform noise (what a leak test looks for)."""
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def resembles(data: bytes, target: Path, threshold: float = 0.5) -> bool:
+    """True when an image (even blended into an overlay, resized or recoloured) correlates
+    with the target's pixels."""
+    try:
+        image = Image.open(io.BytesIO(data)).convert("L").resize((32, 24))
+    except Exception:
+        return False
+    reference = Image.open(target).convert("L").resize((32, 24))
+    a = np.asarray(image, dtype=np.float64).ravel()
+    b = np.asarray(reference, dtype=np.float64).ravel()
+    if a.std() < 1e-6:
+        return False
+    return float(np.corrcoef(a, b)[0, 1]) > threshold

@@ -1,0 +1,336 @@
+"""Attacks on the launched app from outside, by raw HTTP to every event (as on a public Space).
+
+Each test performs one attack of issue 12 the way it was found: a ``POST /gradio_api/queue/join``
+by ``fn_index`` with a hand-made body and session hash, then the results read back.
+"""
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from app_helpers import free_port, tiny_checkpoint
+from raw_http import RawClient, Result, noise_png, resembles
+from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections
+from skinnet.imaging import load_rgb, pixel_sha256
+from skinnet.labels import TASK_NAMES
+from skinnet.predict import Predictor
+from skinnet.ui import AppSettings, build_app, launch
+from synthetic import lesion_image
+
+USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456"}
+NOT_YOURS = "not an upload of this session"
+
+
+def write_manifest(folder: Path) -> Path:
+    rng = np.random.default_rng(4)
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(3):
+        lesion_image(rng, (80, 64), tint=i).save(folder / "img" / f"c{i}_clin.png")
+        lesion_image(rng, (72, 72), tint=i + 2).save(folder / "img" / f"c{i}_derm.png")
+        rows.append({"case_id": f"c{i}", "clinical": f"img/c{i}_clin.png", "dermoscopy": f"img/c{i}_derm.png"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secured")
+    queues = root / "queues"
+    write_manifest(queues / "clinic")
+    secret = noise_png(root / "secret.png")  # a server file no visitor may see
+    log = CorrectionsLog(root / "log")
+    stored = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    predicted = {t: "ABS" for t in TASK_NAMES} | {"DIAG": "NEV", "PN": "TYP"}
+    log.append(Review(new_event_id(), "dr_a", "upload:x", "upload", "unsure", predicted,
+                      {t: NO_CHANGE for t in TASK_NAMES}), dermoscopy=stored)
+    others = root / "log" / "images" / f"{pixel_sha256(stored)}.png"  # dr_a's stored image
+    assert others.is_file()
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
+    settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
+                           users=USERS, queue_root=queues, admins=frozenset({"dr_a"}))
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    yield {"url": f"http://127.0.0.1:{settings.port}", "secret": secret, "stored": others, "root": root,
+           "log": settings.log_dir}
+    app.close()
+
+
+def fns(config: dict, name: str) -> list[int]:
+    """fn_index of every event whose function is ``name`` (Gradio numbers repeats name_1, name_2)."""
+    return [i for i, d in enumerate(config["dependencies"]) if re.fullmatch(rf"{name}(_\d+)?", d["api_name"] or "")]
+
+
+def test_issue_attack_upload_event_then_case_display_reads_no_server_file(server):
+    """The attack as reported: fn ``on_upload`` with {"path": "/any/file.png"} (a FileData without
+    ``meta``), then the case-display event, returned that file's pixels."""
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    session = secrets.token_hex(6)
+    for target in (server["secret"], server["stored"]):
+        upload = client.call(fns(config, "upload_clinical")[0], [None, {"path": str(target)}], session)
+        assert not upload.success and NOT_YOURS in upload.error
+        made = client.call(fns(config, "case_from_upload")[0], [None, {"path": str(target)}, None], session)
+        assert made.success and made.data[-1] == ""  # no case was opened from it
+        for index in fns(config, "show_case"):
+            shown = client.call(index, [None], session)
+            assert not any(resembles(f, target) for f in client.files_in(shown.data))
+
+
+@pytest.mark.timeout(900)
+def test_every_event_with_a_foreign_path_in_every_file_input_returns_none_of_its_pixels(server):
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+    values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+    dependencies = config["dependencies"]
+    assert len(dependencies) > 25
+    file_inputs_seen = 0
+    for target in (server["secret"], server["stored"]):
+        forms = [str(target), {"path": str(target)},
+                 {"path": str(target), "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}]
+        for form in forms:
+            session = secrets.token_hex(6)
+            outputs = []
+            for index, dependency in enumerate(dependencies):  # every event gets the path in every file input
+                data = []
+                for component in dependency["inputs"]:
+                    if kinds[component] in ("image", "file", "gallery"):
+                        data.append(form)
+                        file_inputs_seen += 1
+                    elif kinds[component] == "state":
+                        data.append(None)
+                    else:
+                        data.append(values[component])
+                outputs.append(client.call(index, data, session))
+            for index in range(len(dependencies)):  # then every event again, with nothing foreign
+                data = [None if kinds[c] in ("image", "file", "gallery", "state") else values[c]
+                        for c in dependencies[index]["inputs"]]
+                outputs.append(client.call(index, data, session))
+            for result in outputs:
+                assert not any(resembles(f, target) for f in client.files_in(result.data)), result.raw
+                assert "No such file" not in str(result.raw) and "Is a directory" not in str(result.raw)
+    assert file_inputs_seen >= 60
+
+
+def test_errors_do_not_say_whether_a_path_exists(server):
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    upload, predict = fns(config, "upload_clinical")[0], fns(config, "predict")[0]
+    for index, data in ((upload, lambda p: [None, {"path": p}]), (predict, lambda p: [None, {"path": p}, None])):
+        errors = {client.call(index, data(path)).error
+                  for path in ("/etc/shadow", "/nonexistent/x.png", "/tmp", "/etc/hostname", str(server["secret"]))}
+        assert errors == {f"clinical image: that file is {NOT_YOURS}; upload the image again."}
+
+
+def test_the_public_api_still_works_with_gradio_uploads(server):
+    from gradio_client import Client, handle_file
+
+    pair = [server["root"] / "queues" / "clinic" / "img" / f"c0_{m}.png" for m in ("clin", "derm")]
+    client = Client(server["url"] + "/", auth=("dr_b", USERS["dr_b"]), verbose=False)
+    summary, _, _ = client.predict(handle_file(str(pair[0])), handle_file(str(pair[1])), api_name="/predict")
+    assert "Fused head" in summary
+
+
+def open_first_case(client: RawClient, config: dict, session: str) -> Result:
+    opened = client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session)
+    assert opened.success, opened.error
+    assert client.call(fns(config, "step_next")[0], [None], session).success
+    return client.call(fns(config, "show_case")[0], [None], session)
+
+
+def save_data(token: str, verdict: str = "agree", **fields) -> list:
+    """The save event's inputs: state, case token, verdict, confidence, note, 8 corrections."""
+    return [None, token, verdict, fields.get("confidence"), fields.get("note", ""), *[NO_CHANGE] * 8]
+
+
+def test_another_reviewer_cannot_act_on_a_session_by_its_hash(server):
+    a = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    b = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = a.config()
+    session_a = secrets.token_hex(6)
+    shown = open_first_case(a, config, session_a)
+    token = shown.data[-1]
+    assert re.fullmatch(r"[0-9a-f]{32}", token)
+    for index, data in ((fns(config, "show_case")[0], [None]), (fns(config, "step_next")[0], [None]),
+                        (fns(config, "save_handler")[0], save_data(token))):
+        hijack = b.call(index, data, session_a)
+        assert not hijack.success and "belongs to another sign-in" in hijack.error
+    rows, _ = read_corrections(server["log"] / "corrections.csv")
+    assert all(r["reviewer"] != "dr_b" for r in rows)
+    saved = a.call(fns(config, "save_handler")[0], save_data(token), session_a)  # dr_a's own session still works
+    assert saved.success and "Saved: agree for case c0" in saved.data[1]
+
+
+def test_a_save_is_for_the_case_on_screen_with_the_servers_images(server):
+    """A quick 'n' then Enter: the save arrives after the server opened the next case."""
+    client = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    config = client.config()
+    session = secrets.token_hex(6)
+    c0_token = open_first_case(client, config, session).data[-1]
+    assert client.call(fns(config, "step_next")[0], [None], session).success  # the server moves to c1
+    late = client.call(fns(config, "save_handler")[0], save_data(c0_token, note="about c0"), session)
+    assert not late.success and "The case changed before this save reached the server" in late.error
+    c1_token = client.call(fns(config, "show_case")[0], [None], session).data[-1]
+    saved = client.call(fns(config, "save_handler")[0], save_data(c1_token, note="about c1"), session)
+    assert saved.success and "case c1" in saved.data[1]
+    rows, _ = read_corrections(server["log"] / "corrections.csv")
+    row = [r for r in rows if r["note"] in ("about c0", "about c1")]
+    assert [r["case_id"] for r in row] == ["c1"]
+    folder = server["root"] / "queues" / "clinic" / "img"
+    assert row[0]["derm_sha256"] == pixel_sha256(load_rgb(folder / "c1_derm.png"))
+    assert row[0]["clinic_sha256"] == pixel_sha256(load_rgb(folder / "c1_clin.png"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (4, "n" * 200_000, "longer than 2000 characters"), (3, 2.7, "whole number from 1 to 5"),
+    (2, "approve", "Choose a verdict")])
+def test_oversized_and_malformed_fields_are_refused_on_the_server(server, field, value, message):
+    client = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    config = client.config()
+    session = secrets.token_hex(6)
+    token = open_first_case(client, config, session).data[-1]
+    data = save_data(token)
+    data[field] = value
+    before = (server["log"] / "corrections.csv").read_bytes()
+    result = client.call(fns(config, "save_handler")[0], data, session)
+    assert not result.success and message in result.error
+    assert (server["log"] / "corrections.csv").read_bytes() == before
+
+
+def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server, tmp_path):
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    open_fn = fns(config, "open_queue")[0]
+    for chosen in ("/etc/passwd", "../secret.png", str(server["root"] / "queues" / "clinic" / "manifest.csv"),
+                   ["clinic/manifest.csv"]):
+        result = client.call(open_fn, [None, chosen])
+        assert not result.success and "Choose a queue file from the list" in result.error
+    export = client.call(fns(config, "export_labels")[0], ["latest"])
+    assert not export.success and "Exporting everyone's labels is for admins" in export.error
+    admin = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    assert admin.call(fns(config, "export_labels")[0], ["latest"]).success
+    anonymous = RawClient(server["url"])
+    assert anonymous.http.post("/gradio_api/queue/join", json={"data": ["latest"], "fn_index": 0,
+                                                                "session_hash": "x"}).status_code == 401
+
+
+def test_a_derm7pt_meta_csv_in_the_queue_folder_cannot_point_outside_it(tmp_path):
+    from skinnet.data import DatasetError
+    from skinnet.review_queue import list_queues, open_queue as read_queue
+    from synthetic import make_release
+
+    root = tmp_path / "queues"
+    release = make_release(root / "derm7pt")
+    meta = release / "meta" / "meta.csv"
+    assert read_queue(meta, root) and "derm7pt/meta/meta.csv" in list_queues(root)
+    outside = noise_png(tmp_path / "outside.png")
+    frame = pd.read_csv(meta, dtype=str, keep_default_na=False)
+    frame.loc[0, "derm"] = "../../../outside.png"
+    frame.to_csv(meta, index=False)
+    with pytest.raises(DatasetError, match="outside the queue folder"):
+        read_queue(meta, root)
+    frame.loc[0, "derm"] = str(outside)  # an absolute path
+    frame.to_csv(meta, index=False)
+    with pytest.raises(DatasetError, match="outside the queue folder"):
+        read_queue(meta, root)
+    (root / "link").symlink_to(tmp_path)  # a link inside the root that leaves it
+    assert not [q for q in list_queues(root) if q.startswith("link/")]
+
+
+def test_repeated_wrong_passwords_lock_the_name_out(server):
+    import httpx
+
+    http = httpx.Client(base_url=server["url"])
+    codes = [http.post("/login", data={"username": "dr_b", "password": f"guess{i}"}).status_code for i in range(20)]
+    assert set(codes) == {400}
+    assert http.post("/login", data={"username": "dr_b", "password": USERS["dr_b"]}).status_code == 400  # locked
+    assert http.post("/login", data={"username": "dr_a", "password": USERS["dr_a"]}).status_code == 200
+
+
+def test_login_throttle_unlocks_after_the_lockout():
+    from skinnet.access import LoginThrottle
+
+    throttle = LoginThrottle({"dr_a": "right"}, max_failures=3, lockout_s=0.2)
+    assert [throttle("dr_a", "wrong") for _ in range(3)] == [False] * 3
+    assert throttle("dr_a", "right") is False and throttle.locked("dr_a")
+    time.sleep(0.25)
+    assert throttle("dr_a", "right") is True and throttle("nobody", "right") is False
+
+
+def test_served_files_say_nosniff(server):
+    client = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    assert client.http.get("/config").headers["x-content-type-options"] == "nosniff"
+    path = client.upload(server["root"] / "queues" / "clinic" / "img" / "c0_clin.png")
+    response = client.http.get(f"/gradio_api/file={path}")
+    assert response.status_code == 200 and response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_an_upload_with_no_event_after_it_is_swept(server, monkeypatch):
+    import skinnet.uploads
+
+    monkeypatch.setattr(skinnet.uploads, "ORIGINAL_TTL_S", 1.0)
+    client = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    revealing = server["root"] / "john_doe_dob_1970.png"
+    lesion_image(np.random.default_rng(8), (40, 40)).save(revealing)
+    path = Path(client.upload(revealing))
+    assert path.is_file() and "john_doe" in path.name
+    deadline = time.time() + 20
+    while path.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not path.exists()
+    assert client.http.get(f"/gradio_api/file={path}").status_code != 200
+
+
+def test_two_sessions_with_the_same_image_keep_their_clean_copies(server):
+    """Content-addressed copies are shared: one session's use must not delete another's."""
+    client = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    config = client.config()
+    image = server["root"] / "queues" / "clinic" / "img" / "c2_derm.png"
+    upload_fn, predict_fn = fns(config, "upload_dermoscopy")[0], fns(config, "labels_")[0]
+    sessions = [secrets.token_hex(6) for _ in range(2)]
+    clean = {}
+    for session in sessions:
+        result = client.call(upload_fn, [None, {"path": client.upload(image)}], session)
+        assert result.success
+        clean[session] = result.data[0]
+    for _ in range(3):
+        for session in sessions:  # the labels event takes de-identified copies only
+            assert client.call(predict_fn, [None, None, clean[session]], session).success
+    stranger = client.call(predict_fn, [None, None, clean[sessions[0]]], secrets.token_hex(6))
+    assert not stranger.success and NOT_YOURS in stranger.error
+
+
+def test_concurrent_saves_through_the_http_api_are_each_on_disk_once(server):
+    """4 reviewers' sessions x 10 saves at once, by raw HTTP: every acknowledged save is in the log once."""
+    config = RawClient(server["url"], "dr_a", USERS["dr_a"]).config()
+    acknowledged, failures = [], []
+
+    def reviewer(worker: int):
+        client = RawClient(server["url"], "dr_a", USERS["dr_a"])
+        rng = np.random.default_rng(100 + worker)
+        for i in range(10):
+            session = secrets.token_hex(6)
+            path = server["root"] / f"w{worker}_{i}.png"
+            lesion_image(rng, (48, 40), tint=i).save(path)
+            clean = client.call(fns(config, "upload_dermoscopy")[0], [None, {"path": client.upload(path)}], session)
+            made = client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session)
+            note = f"w{worker}-{i}"
+            saved = client.call(fns(config, "save_handler")[0], save_data(made.data[-1], "unsure", note=note), session)
+            (acknowledged if saved.success and "Saved" in saved.data[1] else failures).append(note)
+
+    threads = [threading.Thread(target=reviewer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    rows, problems = read_corrections(server["log"] / "corrections.csv")
+    notes = [r["note"] for r in rows if re.fullmatch(r"w\d-\d+", r["note"])]
+    assert problems == [] and failures == []
+    assert sorted(notes) == sorted(acknowledged) and len(acknowledged) == 40
