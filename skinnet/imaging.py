@@ -118,3 +118,35 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     to_clean_rgb(image).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+HASH_SIDE = 16
+"""A perceptual hash keeps the HASH_SIDE x HASH_SIDE lowest DCT frequencies (255 bits, DC left out)."""
+
+
+def perceptual_hashes(image: Image.Image) -> np.ndarray:
+    """The perceptual hashes of an image's 8 rotations and mirrors, ``(8, 255)`` booleans.
+
+    Each is the sign of the lowest 2-D DCT frequencies of a 64 x 64 grey version against their
+    median (a pHash): it survives re-encoding, resizing, small crops and colour shifts, and
+    taking all 8 orientations makes a mirrored or rotated copy match too. Compare with
+    :func:`hash_distance`.
+    """
+    from scipy.fft import dctn
+
+    grey = np.asarray(image.convert("L").resize((64, 64), Image.Resampling.LANCZOS), dtype=np.float64)
+    hashes = []
+    for k in range(4):
+        for flipped in (False, True):
+            view = np.rot90(grey, k)
+            view = view[:, ::-1] if flipped else view
+            low = dctn(view, norm="ortho")[:HASH_SIDE, :HASH_SIDE].ravel()[1:]
+            hashes.append(low > np.median(low))
+    return np.array(hashes)
+
+
+def hash_distance(candidate: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """For each reference hash ``(N, 255)``, the fewest differing bits to any of the candidate's
+    8 orientations ``(8, 255)``."""
+    references = np.atleast_2d(references)
+    return (candidate[:, None, :] != references[None, :, :]).sum(-1).min(0)

@@ -74,3 +74,14 @@ def make_release(root: Path, n_cases: int = 24, seed: int = 0, splits=(0.5, 0.25
         (root / "meta" / f"{split}_indexes.csv").write_text(
             "indexes\n" + "".join(f"{int(i)}\n" for i in sorted(indexes)))
     return root
+
+
+def other_lesion_image(rng: np.random.Generator, size=(72, 56)) -> Image.Image:
+    """A lesion-like image that is not a copy of any :func:`lesion_image` (its layout differs:
+    an off-centre ellipse on a shaded background), for cases that must count as new."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    skin = np.array([200, 150, 120], dtype=np.float64) * (0.7 + 0.3 * xx[..., None] / w)
+    mask = ((((xx - w * 0.3) / (w * 0.22)) ** 2 + ((yy - h * 0.7) / (h * 0.15)) ** 2) < 1)[..., None]
+    pixels = np.where(mask, np.array([70, 40, 30.0]), skin) + rng.normal(0, 8, (h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

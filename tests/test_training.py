@@ -263,7 +263,7 @@ def test_train_on_corrections(release, tmp_path):
     from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
     from skinnet.data import Derm7pt
     from skinnet.imaging import load_rgb
-    from synthetic import lesion_image
+    from synthetic import other_lesion_image
     import numpy as np
 
     data = Derm7pt(release)
@@ -279,7 +279,8 @@ def test_train_on_corrections(release, tmp_path):
     log.append(reviewed(train_id, "derm7pt", DIAG="MEL"))
     log.append(reviewed(test_case.case_id, "derm7pt", DIAG="SK"))
     rng = np.random.default_rng(5)
-    log.append(reviewed("upload:new", "upload", DIAG="BCC"), clinical=lesion_image(rng), dermoscopy=lesion_image(rng))
+    log.append(reviewed("upload:new", "upload", DIAG="BCC"), clinical=other_lesion_image(rng),
+               dermoscopy=other_lesion_image(rng))
     log.append(reviewed("upload:leak", "upload"), dermoscopy=load_rgb(test_case.dermoscopy_path))
     with open(log.path, "a") as handle:
         handle.write("broken,row\n")
@@ -338,3 +339,45 @@ def test_shipped_checkpoint_reproduces_its_card_on_real_test_split(tmp_path):
     assert record["avg"] == pytest.approx(card.metrics["test"]["avg"], abs=1e-9)
     assert record["params"] == card.params <= 8_000_000
     assert SHIPPED.stat().st_size < 10_000_000  # the issue's "under 10 MB"
+
+
+def test_held_out_images_edited_slightly_are_never_trained_on(release, tmp_path):
+    """A test image re-saved as JPEG q95, mirrored, cropped by 1 px or shrunk is still that image."""
+    import io
+    from PIL import Image
+    from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
+    from skinnet.data import Derm7pt
+    from skinnet.imaging import load_rgb
+    from synthetic import other_lesion_image
+    from training.data import training_cases
+    import numpy as np
+
+    data = Derm7pt(release)
+    original = load_rgb(data.split("test")[1].dermoscopy_path)
+    w, h = original.size
+    buffer = io.BytesIO()
+    original.save(buffer, "JPEG", quality=95)
+    edits = {"jpeg95": Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"),
+             "mirrored": original.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+             "cropped": original.crop((1, 1, w - 1, h - 1)), "shrunk": original.resize((w // 2, h // 2))}
+    predicted = {t: "ABS" for t in TASK_NAMES} | {"DIAG": "NEV", "PN": "TYP"}
+    log = CorrectionsLog(tmp_path / "log")
+    for name, image in [*edits.items(), ("new", other_lesion_image(np.random.default_rng(42)))]:
+        log.append(Review(new_event_id(), "dr_a", f"upload:{name}", "upload", "agree", predicted,
+                          {t: NO_CHANGE for t in TASK_NAMES}), dermoscopy=image)
+    cases, stats = training_cases(data, parse_args(["--data-root", str(release), "--out", "o",
+                                                    "--corrections", str(log.path)]))
+    assert stats["n_skipped_held_out"] == 4 and stats["n_new_cases"] == 1
+    assert [c.case_id for c in cases if c.case_id.startswith("upload:")] == ["upload:new"]
+
+
+def test_fine_tuning_a_refit_must_stay_a_refit(release, tmp_path):
+    first = train.main(["--data-root", str(release), "--out", str(tmp_path / "refit"), "--epochs", "1",
+                        "--refit", *FAST])
+    with pytest.raises(SystemExit, match="trained on the valid split.*with --refit"):
+        train.main(["--data-root", str(release), "--out", str(tmp_path / "ft"), "--epochs", "1",
+                    "--init", str(first), *FAST])
+    again = train.main(["--data-root", str(release), "--out", str(tmp_path / "ft2"), "--epochs", "1",
+                        "--init", str(first), "--refit", *FAST])
+    _, card = load_checkpoint(again)
+    assert card.trained_on_valid and not card.calibration

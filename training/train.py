@@ -53,6 +53,9 @@ def build_model(args):
     """The model to train and its card skeleton (from --init, or from the flags)."""
     if args.init:
         model, init_card = load_checkpoint(args.init)
+        if init_card.trained_on_valid and not args.refit:
+            raise SystemExit(f"--init {args.init} was trained on the valid split (a refit or a fold model): "
+                             "valid can no longer choose epochs or fit calibration, so fine-tune it with --refit")
         return model, init_card.mean, init_card.std, init_card.name
     pretrained = {"offline": "offline", "hub": True, "none": False}[args.pretrained]
     backbone_kwargs = {"drop_path_rate": args.drop_path} if args.drop_path > 0 else {}
