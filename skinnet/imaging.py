@@ -16,10 +16,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000
 """Refuse larger images (decompression bombs); a 40 MP photo is larger than any dermatoscope's."""
-MAX_SIDE = 2048
+MAX_SIDE = 1024
 """Images are kept at most this many pixels on their long side (JPEGs are decoded at a reduced
-scale, others shrunk right after decoding): the model sees 192-224 px, a reviewer's screen
-about 1000, and a 40 MP image would hold 120 MB per request."""
+scale, others shrunk right after decoding): the model sees 192-224 px, a reviewer's image
+panel a few hundred, Derm7pt's images are 768 px, and a 40 MP image would hold 120 MB per
+copy, several copies per request."""
 DECODE_SLOTS = 2
 """Full-size decodes running at once, in the whole process: with MAX_PIXELS this bounds the
 memory that concurrent uploads can take (about 2 x 160 MB), whatever the number of requests."""
@@ -98,10 +99,16 @@ def load_rgb(source: str | Path | bytes | io.BytesIO, name: str = "image",
     """Open an image and return its clean 8-bit RGB pixels (see :func:`to_clean_rgb`), at most
     ``max_side`` on the long side (None: full size). At most DECODE_SLOTS run at once."""
     with _decode_slots:
-        image = to_clean_rgb(open_image(source, name, max_side))
+        image = open_image(source, name, max_side)
+        if max_side and max(image.size) > max_side and image.mode in SHRINKABLE_MODES:
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # before any copy is made
+        image = to_clean_rgb(image)
         if max_side and max(image.size) > max_side:
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
+
+
+SHRINKABLE_MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "YCbCr")
 
 
 def pixel_sha256(image: Image.Image) -> str:

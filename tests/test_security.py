@@ -334,3 +334,65 @@ def test_concurrent_saves_through_the_http_api_are_each_on_disk_once(server):
     notes = [r["note"] for r in rows if re.fullmatch(r"w\d-\d+", r["note"])]
     assert problems == [] and failures == []
     assert sorted(notes) == sorted(acknowledged) and len(acknowledged) == 40
+
+
+@pytest.mark.timeout(600)
+def test_six_40_megapixel_images_at_once_keep_the_app_small_and_answering(tmp_path):
+    """The memory attack: six tiny PNGs of 39.7 MP each, sent anonymously to several image events
+    at once. The app must stay under 2.5 GB (peak RSS) and answer a normal /predict meanwhile."""
+    import os
+    import subprocess
+    import sys
+
+    from gradio_client import Client, handle_file
+    from app_helpers import write_pair
+    from test_entry_point import wait_for
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "SKINNET_LOG_DIR": str(tmp_path / "log")}
+    env.pop("SKINNET_USERS", None)
+    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(tiny_checkpoint(tmp_path))],
+                               cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url + "/", process)
+        bombs = []
+        for i in range(6):
+            image = Image.new("RGB", (6300, 6300), (40 * i, 90, 200 - 30 * i))
+            image.paste((10, 10, 10), (100 * i, 100, 100 * i + 500, 600))
+            image.save(tmp_path / f"big{i}.png")
+            bombs.append(tmp_path / f"big{i}.png")
+        del image
+        assert max(p.stat().st_size for p in bombs) < 400_000
+        client = RawClient(url)
+        config = client.config()
+        targets = [(fns(config, "upload_clinical")[0], lambda f: [None, f]),
+                   (fns(config, "upload_dermoscopy")[0], lambda f: [None, f]),
+                   (fns(config, "predict")[0], lambda f: [None, f, f]),
+                   (fns(config, "explain")[0], lambda f: [None, f, f, "DIAG", "(predicted class)", "auto"])]
+        results, normal = [], {}
+
+        def attack(path, index, make):
+            attacker = RawClient(url)
+            results.append(attacker.call(index, make({"path": attacker.upload(path)})))
+
+        threads = [threading.Thread(target=attack, args=(path, index, make))
+                   for path in bombs for index, make in targets]
+        for t in threads:
+            t.start()
+        started = time.time()
+        pair = write_pair(tmp_path)
+        summary, _, _ = Client(url + "/", verbose=False).predict(handle_file(str(pair[0])), handle_file(str(pair[1])),
+                                                                  api_name="/predict")
+        normal["seconds"] = time.time() - started
+        for t in threads:
+            t.join(timeout=500)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        peak_gb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024 ** 2
+        print(f"peak RSS {peak_gb:.2f} GB; normal /predict answered in {normal['seconds']:.1f} s")
+        assert "Fused head" in summary
+        assert len(results) == 24 and peak_gb < 2.5
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
