@@ -55,6 +55,13 @@ def test_bad_checkpoint_and_users_file_give_clear_messages(tmp_path):
     result = subprocess.run([sys.executable, "app.py", "--checkpoint", str(tmp_path / "none.safetensors")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "cannot load the model" in result.stderr and "not found" in result.stderr
+    from app_helpers import tiny_checkpoint
+    truncated = tiny_checkpoint(tmp_path)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    result = subprocess.run([sys.executable, "app.py", "--checkpoint", str(truncated)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "cannot load the model" in result.stderr
+    assert "not a readable safetensors file" in result.stderr and "Traceback" not in result.stderr
     users = tmp_path / "users.txt"
     users.write_text("# reviewers\ndr_a:pw\nbroken-line\n")
     import app

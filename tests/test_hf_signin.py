@@ -110,11 +110,16 @@ def test_hf_signed_in_reviewer_saves_under_their_account(space, tmp_path):
 
 
 def test_hf_reviewers_need_a_space_with_oauth(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_")}
-    result = subprocess.run([sys.executable, "app.py", "--checkpoint", str(tiny_checkpoint(tmp_path)),
-                             "--hf-reviewers", "dr-hf"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_") and k != "SPACE_ID"}
+    checkpoint = str(tiny_checkpoint(tmp_path))
+    result = subprocess.run([sys.executable, "app.py", "--checkpoint", checkpoint, "--hf-reviewers", "dr-hf"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "hf_oauth: true" in result.stderr
+    # OAUTH_CLIENT_ID alone is not a Space: Gradio would sign every visitor in as the host's account
+    result = subprocess.run([sys.executable, "app.py", "--checkpoint", checkpoint, "--hf-reviewers", "dr-hf"],
+                            cwd=ROOT, env={**env, "OAUTH_CLIENT_ID": "x"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "missing here: SPACE_ID, OAUTH_CLIENT_SECRET, OPENID_PROVIDER_URL" in result.stderr
 
 
 def test_reviewer_identity_rules():
