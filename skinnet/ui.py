@@ -152,13 +152,17 @@ def class_choices(task: str):
     return gr.update(choices=[PREDICTED, *TASK_BY_NAME[task].classes], value=PREDICTED)
 
 
-def calibration_summary(calibration: dict) -> str:
+def calibration_summary(calibration: dict, source: dict | None = None) -> str:
     if not calibration:
         return "none (raw softmax)"
     diag = calibration.get("fused", next(iter(calibration.values()))).get("DIAG", {})
     biased = any(any(entry.get("bias") or []) for head in calibration.values() for entry in head.values())
     what = "a temperature and class biases per task and head" if biased else "temperatures"
-    return f"{what}, fitted on the validation split (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})"
+    where = "the validation split"
+    if source and source.get("fitted_on") == "out-of-fold":
+        where = (f"out-of-fold predictions of the same recipe ({source.get('folds')}-fold cross-fitting "
+                 f"on {source.get('n_cases')} train + valid cases)")
+    return f"{what}, fitted on {where} (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})"
 
 
 def storage_summary(card) -> str:
@@ -176,7 +180,7 @@ def model_markdown(predictor: Predictor) -> str:
              f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px; weights stored as "
              f"{storage_summary(card)}",
              f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
-             f"- Calibration: {calibration_summary(card.calibration)}"]
+             f"- Calibration: {calibration_summary(card.calibration, card.training.get('calibration_source'))}"]
     for split in ("valid", "test"):
         if split in card.metrics:
             m = card.metrics[split]
@@ -184,7 +188,7 @@ def model_markdown(predictor: Predictor) -> str:
             in_sample = ""
             if split == "valid" and card.trained_on_valid:
                 in_sample = " (in the training data: a refit)"
-            elif split == "valid" and card.calibration:
+            elif split == "valid" and card.calibration and not card.training.get("calibration_source"):
                 in_sample = " (the split the calibration was fitted on)"
             lines.append(f"- Derm7pt {split}{in_sample}, fused head: average {100 * m['avg']:.1f}% ({tasks})")
     data = card.training.get("data", {})

@@ -86,3 +86,79 @@ def test_crossval_skips_finished_folds_and_refuses_other_folds(cross_fitted):
     assert again["out_of_fold"]["avg"] == report["out_of_fold"]["avg"]
     with pytest.raises(SystemExit, match="3 folds"):
         crossval.main(["--data-root", str(release), "--out", str(out), "--folds", "4"])
+
+
+def test_distillation_term_equals_a_hand_computation():
+    import math
+    from skinnet.labels import TASKS
+    from training.distill import distillation_term, soft_targets
+
+    torch.manual_seed(0)
+    n_outputs = sum(t.num_classes for t in TASKS)
+    student, teacher_logits = torch.randn(2, n_outputs), torch.randn(2, n_outputs)
+    T = 2.0
+    teacher = soft_targets(teacher_logits, T)
+    expected, start = [], 0
+    for task in TASKS:  # KL(p || q) per case, by hand, then the masked mean over cases and tasks
+        end = start + task.num_classes
+        kls = []
+        for b in range(2):
+            p = [math.exp(v / T) for v in teacher_logits[b, start:end].tolist()]
+            q = [math.exp(v / T) for v in student[b, start:end].tolist()]
+            p, q = [v / sum(p) for v in p], [v / sum(q) for v in q]
+            kls.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+        expected.append(kls[0])  # the mask keeps case 0 only
+        start = end
+    got = distillation_term(student, teacher, T, torch.tensor([1.0, 0.0]))
+    assert float(got) == pytest.approx(T ** 2 * sum(expected) / len(expected), rel=1e-5)
+    assert float(distillation_term(teacher_logits, teacher, T, torch.ones(2))) == pytest.approx(0, abs=1e-5)
+
+
+def test_soft_targets_of_a_case_come_from_its_out_of_fold_prediction(cross_fitted):
+    from training.distill import soft_targets, teacher_probabilities
+
+    _, out, _ = cross_fitted
+    oof = torch.load(out / "oof.pt", weights_only=True)
+    ids = [oof["case_ids"][5], "upload:new", oof["case_ids"][0]]
+    probabilities, has_target = teacher_probabilities([out / "oof.pt", out / "oof.pt"], ids, 3.0)
+    assert has_target.tolist() == [True, False, True]
+    expected = soft_targets(oof["logits"]["fused"][[5, 0]], 3.0)
+    torch.testing.assert_close(probabilities["fused"][[0, 2]], expected)
+    assert probabilities["fused"][1].abs().sum() == 0
+
+
+def test_a_student_trains_on_the_teachers_out_of_fold_targets(cross_fitted, tmp_path):
+    from training import train
+
+    release, out, _ = cross_fitted
+    path = train.main(["--data-root", str(release), "--out", str(tmp_path), "--refit", "--mixup", "0.2",
+                       "--distill", str(out / "oof.pt"), "--distill-weight", "0.7", "--distill-temperature", "2",
+                       *FAST, "--name", "student"])
+    _, card = load_checkpoint(path)
+    assert card.training["distill"] == {"teachers": [out.name], "weight": 0.7, "temperature": 2.0,
+                                        "n_cases_with_targets": 30}
+    assert "distill" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_refit_calibrated_from_out_of_fold_logits_says_so(cross_fitted, tmp_path):
+    from skinnet.predict import Predictor
+    from skinnet.ui import model_markdown
+    from training import evaluate, train
+
+    release, out, _ = cross_fitted
+    refit = train.main(["--data-root", str(release), "--out", str(tmp_path / "refit"), "--refit", *FAST,
+                        "--tta", "--name", "cv"])
+    record = evaluate.main(["--checkpoint", str(refit), "--data-root", str(release), "--split", "test",
+                            "--calibrate-from", str(out / "oof.pt")])
+    _, card = load_checkpoint(refit)
+    assert set(card.calibration) == {"clinical", "dermoscopy", "fused"}
+    source = card.training["calibration_source"]
+    assert source["fitted_on"] == "out-of-fold" and source["n_cases"] == 30 and source["folds"] == 3
+    assert card.metrics["test"]["avg"] == record["avg"] and "ece_calibrated" in record["heads"]["fused"]
+    text = model_markdown(Predictor.from_checkpoint(refit))
+    assert "fitted on out-of-fold predictions of the same recipe (3-fold cross-fitting on 30" in text
+    other = train.main(["--data-root", str(release), "--out", str(tmp_path / "other"), "--refit", *FAST,
+                        "--tta", "--mixup", "0.3", "--name", "other"])
+    with pytest.raises(SystemExit, match="another recipe.*mixup"):
+        evaluate.main(["--checkpoint", str(other), "--data-root", str(release), "--calibrate-from",
+                       str(out / "oof.pt")])

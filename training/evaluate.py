@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from skinnet.calibration import calibrate, fit_head
-from skinnet.checkpoint import WEIGHT_FORMATS, ModelCard, load_checkpoint, save_checkpoint
+from skinnet.checkpoint import WEIGHT_FORMATS, ModelCard, file_sha256, load_checkpoint, read_card, save_checkpoint
 from skinnet.data import Derm7pt, SPLITS
 from skinnet.labels import TASK_BY_NAME, TASK_NAMES
 from skinnet.model import count_parameters
@@ -91,6 +91,40 @@ def fit_calibration(model, card: ModelCard, valid_cases, device: str,
     return calibration
 
 
+RECIPE_KEYS = ("epochs", "image_size", "batch_size", "lr", "backbone_lr_scale", "weight_decay", "label_smoothing",
+               "mixup", "task_weights", "ema", "swa_start", "tta")
+"""What must match between the cross-fitted fold models and a refit for their OOF logits to
+stand for the refit's (seeds may differ)."""
+
+
+def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, dict], dict]:
+    """Every head's calibration fitted on a cross-fitting run's out-of-fold logits, and the card
+    note that says so; refused when the fold models' recipe is not the card's.
+
+    Raises:
+        SystemExit: unreadable file, or another recipe.
+    """
+    path = Path(path)
+    try:
+        oof = torch.load(path, weights_only=True)
+        fold_card = read_card(next(path.parent.glob("fold0/*.safetensors")))
+    except (OSError, RuntimeError, StopIteration, ValueError) as err:
+        raise SystemExit(f"--calibrate-from {path}: not the oof.pt of a training.crossval folder ({err})") from None
+    differ = [k for k in RECIPE_KEYS if fold_card.training.get(k) != card.training.get(k)]
+    if fold_card.model != card.model or fold_card.loss_weights != card.loss_weights:
+        differ.append("model or loss weights")
+    if differ:
+        raise SystemExit(f"--calibrate-from {path}: the fold models were trained with another recipe "
+                         f"({', '.join(differ)} differ), so their out-of-fold logits do not stand for this model's")
+    labels, has_clinical = oof["labels"], oof["has_clinical"]
+    calibration = {head: fit_head(logits[scored_cases(head, has_clinical)], labels[scored_cases(head, has_clinical)])
+                   for head, logits in oof["logits"].items()}
+    n_folds = int(oof["fold"].max()) + 1
+    source = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds,
+              "run": path.parent.name, "oof_sha256": file_sha256(path)}
+    return calibration, source
+
+
 def save_confusion_figures(logits: torch.Tensor, labels: torch.Tensor, folder: Path, split: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -144,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="fit each head's calibration (per task: temperature, class biases) on the "
                         "valid split and store it in the card, with the card's valid and --split scores")
+    p.add_argument("--calibrate-from", default=None, metavar="OOF_PT",
+                   help="fit the calibration on the out-of-fold logits of the same recipe (the oof.pt of "
+                        "training.crossval; the way to calibrate a refit) and store it with the card's scores")
     p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
                    help="first re-save the checkpoint's weights in this format (int8: about half a "
                         "float16 file); implies --calibrate (except for a refit), so calibration and "
@@ -160,7 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     model, card = load_checkpoint(args.checkpoint, args.device)
     refit = card.trained_on_valid
-    if args.calibrate and refit:
+    if args.calibrate_from:
+        card.calibration, card.training["calibration_source"] = calibration_from_oof(args.calibrate_from, card)
+        save_checkpoint(model, card, args.checkpoint)
+        model, card = load_checkpoint(args.checkpoint, args.device)
+        args.calibrate = True  # the card's scores must be those of the new calibration
+    elif args.calibrate and refit:
         raise SystemExit(f"{args.checkpoint} was trained on the valid split (a refit): calibrating on "
                          "valid would fit its own training data, so it stays uncalibrated")
     if args.weights:
@@ -175,8 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.calibrate:
         valid = data.split("valid")[:args.limit_cases]
         valid_cache = ImageCache(valid, card.image_size, args.device)
-        if not refit:
+        if not refit and not args.calibrate_from:
             card.calibration = fit_calibration(model, card, valid, args.device, cache=valid_cache)
+            card.training.pop("calibration_source", None)
         card.metrics = {}  # scored before this calibration: stale
         if args.split != "valid" and tta is None and not args.limit_cases:
             card.metrics["valid"] = card_summary(evaluate_model(model, card, valid, split="valid",
@@ -188,8 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         if tta is None and not args.limit_cases:
             card.metrics[args.split] = card_summary(record)
         save_checkpoint(model, card, args.checkpoint)
-        log.info("%s stored in %s", "scores" if refit else "calibration (fitted on valid) and scores",
-                 args.checkpoint)
+        fitted = ("calibration (fitted on out-of-fold logits) and scores" if args.calibrate_from
+                  else "scores" if refit else "calibration (fitted on valid) and scores")
+        log.info("%s stored in %s", fitted, args.checkpoint)
     print(format_table(record))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from skinnet.loss import MultiModalLoss
 from skinnet.predict import FLIPS
 from skinnet.transforms import BatchAugment, ImageCache
 
+from .distill import Teacher, distillation_loss
 from .distributed import DistInfo
 
 
@@ -53,11 +54,12 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
                     optimizer: torch.optim.Optimizer, schedule: Callable[[int], None], *, epoch: int,
                     batch_size: int, seed: int, info: DistInfo, device: str, amp: bool,
                     step_offset: int, on_step: Callable[[dict], None] | None = None,
-                    mixup: float = 0.0) -> dict[str, float]:
+                    mixup: float = 0.0, teacher: Teacher | None = None) -> dict[str, float]:
     """Train over the cache once. Returns the mean loss and per-head terms.
 
     ``mixup`` > 0 blends every batch's pairs (:func:`mix_pairs`); the loss is the same blend of
-    the two cases' losses.
+    the two cases' losses. With a ``teacher`` the loss is ``(1 - w) * hard + w * distillation``
+    (:mod:`training.distill`), the soft targets blended like the images.
     """
     model.train()
     rng = np.random.default_rng([seed, epoch])
@@ -79,6 +81,15 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
             partner_loss, partner_parts = loss_fn(outputs, labels[partner], has_clinical[partner])
             loss = lam * loss + (1 - lam) * partner_loss
             parts = {k: lam * v + (1 - lam) * partner_parts[k] for k, v in parts.items()}
+        if teacher is not None:
+            targets = {h: p[index] for h, p in teacher.probabilities.items()}
+            has_target, photo = teacher.has_target[index], has_clinical
+            if mixup > 0:
+                targets = {h: lam * p + (1 - lam) * p[partner] for h, p in targets.items()}
+                has_target, photo = has_target & has_target[partner], has_clinical & has_clinical[partner]
+            soft = distillation_loss(outputs, targets, loss_fn.weights, teacher.temperature, has_target, photo)
+            loss = (1 - teacher.weight) * loss + teacher.weight * soft
+            parts["distill"] = float(soft.detach())
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {i}")
         optimizer.zero_grad(set_to_none=True)

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--label-smoothing", type=float, default=0.1)
     optim.add_argument("--mixup", type=float, default=0.0,
                        help="mixup of whole pairs with weight ~ Beta(a, a); 0 disables")
+    optim.add_argument("--distill", default=None,
+                       help="teacher soft targets: oof.pt file(s) of training.crossval, comma-separated "
+                            "(each case's target comes from the fold model that did not see it)")
+    optim.add_argument("--distill-weight", type=float, default=0.5,
+                       help="weight of the distillation term; the hard loss gets 1 - this")
+    optim.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature T")
     optim.add_argument("--epochs", type=int, default=40)
     optim.add_argument("--batch-size", type=int, default=32, help="pairs per step, over all processes")
     optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
@@ -99,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--cache-size must be at least --image-size")
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be positive")
+    if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
+        parser.error("--distill-weight must be in [0, 1] and --distill-temperature above 0")
     if (args.fold is None) != (args.folds_file is None):
         parser.error("--fold and --folds-file go together (training.crossval sets both)")
     if args.fold is not None and args.refit:

@@ -32,6 +32,7 @@ from skinnet.model import count_parameters, create_model
 from skinnet.transforms import BatchAugment, ImageCache
 
 from .data import base_cases, trained_splits, training_cases
+from .distill import Teacher, teacher_probabilities
 from .distributed import barrier, cleanup, device_for, init_distributed
 from .evaluate import card_summary, evaluate_model, fit_calibration
 from .loop import predict_cache, recompute_batchnorm, train_one_epoch
@@ -141,6 +142,12 @@ def main(argv: list[str] | None = None) -> Path | None:
     train_cache = ImageCache(train_cases, args.cache_size, device)
     valid_cache = ImageCache(valid_cases, args.image_size, device)
     augment = BatchAugment(args.image_size, mean, std).to(device)
+    teacher = None
+    if args.distill:
+        probabilities, has_target = teacher_probabilities(args.distill.split(","), train_cache.case_ids,
+                                                          args.distill_temperature)
+        teacher = Teacher(probabilities, has_target, args.distill_weight, args.distill_temperature).to(device)
+        log.info("distillation: soft targets for %d of %d training cases", int(has_target.sum()), len(has_target))
     loss_fn = MultiModalLoss(args.loss_weights, args.label_smoothing, args.task_weights)
     optimizer = make_optimizer(model, args)
     steps_per_epoch = max(1, len(train_cache) // args.batch_size)
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         train_stats = train_one_epoch(train_model, train_cache, augment, loss_fn, optimizer, schedule,
                                       epoch=epoch, batch_size=args.batch_size, seed=args.seed, info=info,
                                       device=device, amp=amp, step_offset=epoch * steps_per_epoch,
-                                      on_step=on_step, mixup=args.mixup)
+                                      on_step=on_step, mixup=args.mixup, teacher=teacher)
         if info.is_primary:
             scored = ema.module if ema is not None else model
             logits = predict_cache(scored, valid_cache, augment, device=device, amp=amp)
@@ -239,6 +246,9 @@ def main(argv: list[str] | None = None) -> Path | None:
         "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
         "task_weights": args.task_weights, "ema": args.ema, "swa_start": args.swa_start,
+        **({"distill": {"teachers": [Path(p).parent.name or str(p) for p in args.distill.split(",")],
+                        "weight": args.distill_weight, "temperature": args.distill_temperature,
+                        "n_cases_with_targets": int(teacher.has_target.sum())}} if teacher else {}),
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
         "data": {"dataset": "Derm7pt release_v0",
                  "split": "+".join(trained_splits(args.refit or cross_fit)),
