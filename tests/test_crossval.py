@@ -162,3 +162,24 @@ def test_a_refit_calibrated_from_out_of_fold_logits_says_so(cross_fitted, tmp_pa
     with pytest.raises(SystemExit, match="another recipe.*mixup"):
         evaluate.main(["--checkpoint", str(other), "--data-root", str(release), "--calibrate-from",
                        str(out / "oof.pt")])
+
+
+def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_path):
+    import sys
+    from training.folds import stratified_subset
+
+    cases = fake_cases([0] * 40 + [1] * 300 + [2] * 150 + [3] * 70 + [4] * 56)
+    half = stratified_subset(cases, 0.5, seed=0)
+    assert Counter(c.labels[0] for c in half) == {0: 20, 1: 150, 2: 75, 3: 35, 4: 28}
+    assert stratified_subset(cases, 1.0, seed=0) == cases
+    release, out, _ = cross_fitted
+    small = tmp_path / "half"
+    crossval.main(["--data-root", str(release), "--out", str(small), "--folds", "3", "--", *FAST,
+                   "--train-fraction", "0.5", "--name", "cv"])
+    _, card = load_checkpoint(small / "fold0" / "cv.safetensors")
+    assert card.training["data"]["train_fraction"] == 0.5 and card.training["data"]["n_train_cases"] < 20
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import learning_curve
+    points = learning_curve.main([str(small), str(out), "--figure", str(tmp_path / "lc.png"),
+                                  "--json", str(tmp_path / "lc.json")])
+    assert [p["fraction"] for p in points] == [0.5, 1.0] and (tmp_path / "lc.png").stat().st_size > 5000

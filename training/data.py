@@ -12,7 +12,7 @@ from skinnet.corrections import CorrectionsError, correction_case, current_label
 from skinnet.data import SPLITS, Case, Derm7pt, parse_labels
 from skinnet.imaging import hash_distance, load_rgb, perceptual_hashes, pixel_sha256
 
-from .folds import pool_cases, read_folds
+from .folds import pool_cases, read_folds, stratified_subset
 
 log = logging.getLogger("skinnet.train")
 
@@ -40,10 +40,10 @@ def base_cases(data: Derm7pt, args) -> tuple[list[Case], list[Case], list[Case]]
         pool = pool_cases(data)
         left_out = [c for c in pool if folds[c.case_id] == args.fold][:args.limit_cases]
         learnt = [c for c in pool if folds[c.case_id] != args.fold][:args.limit_cases]
-        return learnt, left_out, left_out + data.split("test")
+        return stratified_subset(learnt, args.train_fraction, args.seed), left_out, left_out + data.split("test")
     learnt = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
     held_out = [case for split in held_out_splits(args.refit) for case in data.split(split)]
-    return learnt, data.split("valid")[:args.limit_cases], held_out
+    return stratified_subset(learnt, args.train_fraction, args.seed), data.split("valid")[:args.limit_cases], held_out
 
 
 NEAR_DUPLICATE_BITS = 32

@@ -60,3 +60,19 @@ def read_folds(path: str | Path, data: Derm7pt | None = None) -> tuple[dict[str,
     if not all(0 <= f < n_folds for f in folds.values()):
         raise ValueError(f"{path}: fold numbers outside 0..{n_folds - 1}")
     return folds, n_folds
+
+
+def stratified_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
+    """A fixed fraction of the cases, the same fraction of each diagnosis (at least one of each),
+    in their original order: the training sets of a learning curve."""
+    import numpy as np
+
+    if not 0 < fraction <= 1:
+        raise ValueError("the fraction must be in (0, 1]")
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for diagnosis in sorted({c.labels[0] for c in cases}):
+        members = [i for i, c in enumerate(cases) if c.labels[0] == diagnosis]
+        chosen = rng.permutation(len(members))[:max(1, round(fraction * len(members)))]
+        keep.update(members[j] for j in chosen)
+    return [c for i, c in enumerate(cases) if i in keep]

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cross-fitting (set by training.crossval): train on train + valid less this "
                            "fold of --folds-file, keep the last epoch, predict the fold (out-of-fold)")
     data.add_argument("--folds-file", default=None, help="folds.json written by training.crossval")
+    data.add_argument("--train-fraction", type=float, default=1.0,
+                      help="learn from this fraction of the training cases (stratified by diagnosis, fixed by "
+                           "--seed): the points of a learning curve")
     data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
     data.add_argument("--cache-size", type=int, default=None,
                       help="side of the decoded image cache (default: image size * 8/7)")
@@ -105,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--cache-size must be at least --image-size")
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be positive")
+    if not 0 < args.train_fraction <= 1:
+        parser.error("--train-fraction must be in (0, 1]")
     if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
         parser.error("--distill-weight must be in [0, 1] and --distill-temperature above 0")
     if (args.fold is None) != (args.folds_file is None):

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "data": {"dataset": "Derm7pt release_v0",
                  "split": "+".join(trained_splits(args.refit or cross_fit)),
                  **({"less_fold": args.fold, "folds_sha256": file_sha256(args.folds_file)} if cross_fit else {}),
-                 "n_train_cases": len(train_cases),
+                 "n_train_cases": len(train_cases), "train_fraction": args.train_fraction,
                  **correction_stats},
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": info.world_size, "minutes": round((time.time() - started) / 60, 1),
