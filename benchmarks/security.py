@@ -150,7 +150,7 @@ def save_burst(url: str, workers: int, saves: int, work: Path, stop_after: float
                 note = f"w{w}-{i}"
                 saved = client.call(fn(config, "save_handler"),
                                     [None, case.data[-1], "unsure", None, note, *[NO_CHANGE] * 8], session)
-                if saved.success and saved.data[1].startswith("Saved"):
+                if saved.success and saved.data[0].startswith("Saved"):
                     with lock:
                         acknowledged.append(note)
             except Exception:  # the server went away (the kill -9 run): stop this worker

@@ -94,7 +94,7 @@ def claim_session(state: dict, who: str) -> dict:
     owner = state.get("owner")
     if owner is None:
         return {**state, "owner": who}
-    if not hmac.compare_digest(owner, who):
+    if owner != who:  # names are not secrets (and may be non-ASCII)
         raise gr.Error("This page belongs to another sign-in. Reload the page to start your own session.")
     return state
 
@@ -104,12 +104,16 @@ class LoginThrottle:
     """Gradio's ``auth=`` callable: checks passwords and locks a user name out after repeated
     failures (``max_failures`` in a row, then ``lockout_s`` doubling with every further lock),
     so that guessing a password at speed gets nowhere. A correct password during a lockout
-    is refused too."""
+    is refused too. Only configured names are counted (guessing for a name that does not exist
+    cannot succeed), so memory stays bounded and no flood of invented names can flush a real
+    name's count; a refused login looks the same either way. Failures are forgotten
+    ``forget_s`` after the last one."""
 
     users: dict[str, str]
     max_failures: int = 5
     lockout_s: float = 60.0
-    _failures: dict[str, int] = field(default_factory=dict)
+    forget_s: float = 900.0
+    _failures: dict[str, tuple[int, float]] = field(default_factory=dict)
     _locked_until: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,21 +121,19 @@ class LoginThrottle:
         now = time.monotonic()
         key = str(username)[:200]
         with self._lock:
-            if self._locked_until.get(key, 0.0) > now:
-                return False
             expected = self.users.get(key)
             # compare even for unknown names, so the time taken does not say which names exist
             ok = hmac.compare_digest(str(password).encode(), (expected or "\0" * 16).encode()) and expected is not None
+            if expected is None or self._locked_until.get(key, 0.0) > now:
+                return False
             if ok:
                 self._failures.pop(key, None)
                 return True
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            if failures >= self.max_failures:
-                locks = failures // self.max_failures
-                self._locked_until[key] = now + self.lockout_s * 2 ** (locks - 1)
-            if len(self._failures) > 10_000:  # names tried at random must not grow memory forever
-                self._failures.clear()
+            count, last = self._failures.get(key, (0, now))
+            count = (0 if now - last > self.forget_s else count) + 1
+            self._failures[key] = (count, now)
+            if count % self.max_failures == 0:
+                self._locked_until[key] = now + self.lockout_s * 2 ** (count // self.max_failures - 1)
             return False
 
     def locked(self, username: str) -> bool:

@@ -21,6 +21,10 @@ MAX_SIDE = 1024
 scale, others shrunk right after decoding): the model sees 192-224 px, a reviewer's image
 panel a few hundred, Derm7pt's images are 768 px, and a 40 MP image would hold 120 MB per
 copy, several copies per request."""
+SHRINKABLE_MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "YCbCr")
+"""Modes shrunk as soon as they are decoded; the others (16-bit, float, palette) are first
+converted at full size through wider arrays, so they get a lower pixel limit."""
+MAX_PIXELS_OTHER_MODES = 12_000_000
 DECODE_SLOTS = 2
 """Full-size decodes running at once, in the whole process: with MAX_PIXELS this bounds the
 memory that concurrent uploads can take (about 2 x 160 MB), whatever the number of requests."""
@@ -48,9 +52,10 @@ def open_image(source: str | Path | bytes | io.BytesIO, name: str = "image",
     try:
         image = Image.open(source)
         width, height = image.size
-        if width * height > MAX_PIXELS:
+        limit = MAX_PIXELS if image.mode in SHRINKABLE_MODES else MAX_PIXELS_OTHER_MODES
+        if width * height > limit:
             raise ImageError(f"{name}: too large ({width} x {height} pixels; at most "
-                             f"{MAX_PIXELS // 1_000_000} megapixels)")
+                             f"{limit // 1_000_000} megapixels for this kind of image)")
         if max_side and max(width, height) > max_side and image.format == "JPEG":
             scale = max_side / max(width, height)
             image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
@@ -107,8 +112,6 @@ def load_rgb(source: str | Path | bytes | io.BytesIO, name: str = "image",
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
 
-
-SHRINKABLE_MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "YCbCr")
 
 
 def pixel_sha256(image: Image.Image) -> str:

@@ -135,6 +135,8 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         raise gr.Error("Choose a verdict: agree, correct, unsure or skip.")
     if clinical is None and dermoscopy is None:
         raise gr.Error("The case has no image to review.")
+    if any(v is not None and not isinstance(v, str) for v in corrected.values()):
+        raise gr.Error("Corrections must be class names or 'no change'.")
     changed = {t: v for t, v in corrected.items() if v not in (None, "", NO_CHANGE)}
     if not isinstance(note, (str, type(None))):
         raise gr.Error("The note must be text.")

@@ -326,8 +326,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
                         "Derm7pt `meta/meta.csv` from the queue folder" + (f" (`{queue_root}`)." if queue_root else "."))
             with gr.Row():
-                queue_file = gr.Dropdown(list_queues(queue_root) if queue_root else [], value=None, scale=4,
-                                         label="Queue file", elem_id="queue-file")
+                queue_file = gr.Dropdown([], value=None, scale=4, label="Queue file", elem_id="queue-file")
                 open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
                 order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
             queue_status = gr.Markdown(elem_id="queue-status")
@@ -427,19 +426,24 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         def save_handler(state, token, verdict_value, confidence_value, note_value, diag, pn, streaks, pigmentation,
                          regression, dots, veil, vascular, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewer = reviewers.require(request, profile, "Saving")  # before anything is decoded
-            state, _ = session(state, request, profile)
+            state, owner = session(state, request, profile)
             if not state.get("event_id") or token != state["event_id"]:
                 raise gr.Error("The case changed before this save reached the server; nothing was saved. "
                                "Check the form for the case on screen and save again.")
             corrected = (diag, pn, streaks, pigmentation, regression, dots, veil, vascular)  # TASKS order
+            for key in ("clinical", "dermoscopy"):  # an upload case's copies stay while it is open
+                store.refresh(owner, state["case"].get(key))
             images = review.load_case_images(state)  # the server's own images of the open case
             state, message = review.save_review(state, predictor, log, reviewer, *images, verdict_value,
                                                 dict(zip([t.name for t in TASKS], corrected)),
                                                 confidence_value, note_value)
-            return state, message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer)
+            # the state is not an output: a step that finished meanwhile must not be undone by this one
+            return message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer)
 
-        def refresh_queues():
-            return gr.update(choices=list_queues(queue_root) if queue_root else [])
+        def refresh_queues(request: gr.Request, profile: gr.OAuthProfile | None):
+            """The queue files, for reviewers only (their names can say more than a visitor should see)."""
+            listed = list_queues(queue_root) if queue_root and reviewers.of(request, profile) else []
+            return gr.update(choices=listed)
 
         # -- wiring ---------------------------------------------------------------------------
         images = [state, clinical, dermoscopy]
@@ -448,30 +452,30 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         form = [verdict, *corrections, confidence, note, save_status, case_token]
         private = {"api_visibility": "private", "preprocess": False}
 
-        def analyse_chain(event):
-            return (event.then(predict, images, [summary, diagnosis, criteria], **private)
-                    .then(explain_, explain_inputs, explain_outputs, **private)
-                    .then(labels_, images, corrections, **private))
+        def analyse_chain(event):  # each step only after the one before succeeded
+            return (event.success(predict, images, [summary, diagnosis, criteria], **private)
+                    .success(explain_, explain_inputs, explain_outputs, **private)
+                    .success(labels_, images, corrections, **private))
 
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
-            component.upload(on_upload(name), [state, component], component, **private).then(
+            component.upload(on_upload(name), [state, component], component, **private).success(
                 case_from_upload, [state, clinical, dermoscopy], [state, header, verdict, save_status, case_token],
                 **private)
         task.change(class_choices, task, class_name, api_visibility="private")
-        analyse.click(predict, images, [summary, diagnosis, criteria], api_name="predict", preprocess=False).then(explain_, explain_inputs, explain_outputs, **private).then(
-            labels_, images, corrections, **private)
+        analyse.click(predict, images, [summary, diagnosis, criteria], api_name="predict", preprocess=False).success(
+            explain_, explain_inputs, explain_outputs, **private).success(labels_, images, corrections, **private)
         explain_button.click(explain_, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
         case_outputs = [state, clinical, dermoscopy, header, *form]
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
             analyse_chain(button.click(step(direction), state, state, **private)
-                          .then(show_case, state, case_outputs, **private))
+                          .success(show_case, state, case_outputs, **private))
         analyse_chain(open_button.click(open_queue, [state, queue_file], [state, queue_view, queue_status], **private)
-                      .then(step("next"), state, state, **private)
-                      .then(show_case, state, case_outputs, **private))
+                      .success(step("next"), state, state, **private)
+                      .success(show_case, state, case_outputs, **private))
         order_button.click(order_queue, state, [state, queue_view, queue_status], **private)
         export_button.click(export_labels, export_rule, export_file, **private)
         save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],
-                   [state, save_status, header, queue_view], concurrency_limit=4, **private)
+                   [save_status, header, queue_view], concurrency_limit=4, **private)
         app.load(refresh_queues, None, queue_file, **private)
     app.skinnet_sweeper = uploads.start_sweeper(images_in)
     return app
@@ -509,4 +513,4 @@ def launch(app: gr.Blocks, settings: AppSettings, **kwargs):
     auth = access.LoginThrottle(dict(settings.users)) if settings.users else None
     return app.launch(server_name=settings.host, server_port=settings.port, ssr_mode=False,
                       run_history=False, max_file_size=MAX_FILE_SIZE, css=CSS, head=SHORTCUTS_JS,
-                      show_error=True, auth=auth, app_kwargs={"middleware": [Middleware(NoSniff)]}, **kwargs)
+                      show_error=False, auth=auth, app_kwargs={"middleware": [Middleware(NoSniff)]}, **kwargs)

@@ -31,13 +31,16 @@ from .imaging import ImageError, load_rgb, pixel_sha256, png_bytes
 log = logging.getLogger(__name__)
 
 CLEAN_NAME = re.compile(r"([0-9a-f]{64})\.png")
-ORIGINAL_TTL_S = 60.0
+ORIGINAL_TTL_S = 120.0
 """Seconds an original upload (with its file name and metadata) may stay on disk, whether or
 not any event ever reads it."""
 CLEAN_TTL_S = 3600.0
 """Seconds a session keeps access to a de-identified copy after it last used it."""
 PER_SESSION = 64
 """De-identified copies one session may hold (the oldest are forgotten first)."""
+MAX_GRANTS = 4096
+"""De-identified copies all sessions together may hold (the longest unused go first), so that
+visitors inventing session hashes cannot fill the disk (a copy is at most 1024 px)."""
 NOT_YOURS = "{name}: that file is not an upload of this session; upload the image again."
 
 
@@ -69,20 +72,32 @@ class CleanStore:
         """Store an image for ``owner`` (session hash, identity); returns the file's path."""
         digest = pixel_sha256(image)
         target = self.folder / f"{digest}.png"
+        self.grant(owner, digest)  # before the file exists: a sweep in between must not delete it
         if not target.exists():
             temporary = target.with_name(f".{digest}.{threading.get_ident()}.tmp")
             temporary.write_bytes(png_bytes(image))
             os.replace(temporary, target)
-        self.grant(owner, digest)
         return str(target)
 
     def grant(self, owner: tuple[str, str], digest: str) -> None:
+        """Give (or refresh) ``owner``'s access to a copy."""
         with self._lock:
             held = self._grants.setdefault(owner, OrderedDict())
             held[digest] = time.monotonic()
             held.move_to_end(digest)
             while len(held) > PER_SESSION:
                 held.popitem(last=False)
+            total = sum(len(h) for h in self._grants.values())
+            if total > MAX_GRANTS:
+                oldest = sorted((used, o, d) for o, h in self._grants.items() for d, used in h.items())
+                for _, o, d in oldest[: total - MAX_GRANTS]:
+                    self._grants[o].pop(d, None)
+
+    def refresh(self, owner: tuple[str, str], path: str | None) -> None:
+        """Keep ``owner``'s access to a copy of the store it holds in its session state."""
+        match = CLEAN_NAME.fullmatch(os.path.basename(path or ""))
+        if match and Path(path).parent == self.folder:
+            self.grant(owner, match.group(1))
 
     def path_for(self, owner: tuple[str, str], value) -> Path | None:
         """The store's own file that a client value names, if ``owner`` was given it."""

@@ -72,3 +72,13 @@ def test_pixel_hash_ignores_container_and_metadata():
     b = load_rgb(encoded(image, "TIFF"))
     assert pixel_sha256(a) == pixel_sha256(b)
     assert pixel_sha256(a) != pixel_sha256(Image.new("RGB", (10, 10), (5, 6, 8)))
+
+
+def test_wide_modes_have_a_lower_pixel_limit():
+    """16-bit, float and palette images convert at full size through wider arrays first."""
+    from skinnet.imaging import MAX_PIXELS_OTHER_MODES
+    side = int((MAX_PIXELS_OTHER_MODES * 1.1) ** 0.5)
+    buffer = io.BytesIO()
+    Image.new("I;16", (side, side)).save(buffer, "PNG")
+    with pytest.raises(ImageError, match="at most 12 megapixels for this kind of image"):
+        load_rgb(buffer.getvalue(), "dermoscopy image")

@@ -23,7 +23,7 @@ from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
 from synthetic import lesion_image
 
-USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456"}
+USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789"}
 NOT_YOURS = "not an upload of this session"
 
 
@@ -165,7 +165,7 @@ def test_another_reviewer_cannot_act_on_a_session_by_its_hash(server):
     rows, _ = read_corrections(server["log"] / "corrections.csv")
     assert all(r["reviewer"] != "dr_b" for r in rows)
     saved = a.call(fns(config, "save_handler")[0], save_data(token), session_a)  # dr_a's own session still works
-    assert saved.success and "Saved: agree for case c0" in saved.data[1]
+    assert saved.success and "Saved: agree for case c0" in saved.data[0]
 
 
 def test_a_save_is_for_the_case_on_screen_with_the_servers_images(server):
@@ -179,7 +179,7 @@ def test_a_save_is_for_the_case_on_screen_with_the_servers_images(server):
     assert not late.success and "The case changed before this save reached the server" in late.error
     c1_token = client.call(fns(config, "show_case")[0], [None], session).data[-1]
     saved = client.call(fns(config, "save_handler")[0], save_data(c1_token, note="about c1"), session)
-    assert saved.success and "case c1" in saved.data[1]
+    assert saved.success and "case c1" in saved.data[0]
     rows, _ = read_corrections(server["log"] / "corrections.csv")
     row = [r for r in rows if r["note"] in ("about c0", "about c1")]
     assert [r["case_id"] for r in row] == ["c1"]
@@ -240,17 +240,23 @@ def test_a_derm7pt_meta_csv_in_the_queue_folder_cannot_point_outside_it(tmp_path
     frame.to_csv(meta, index=False)
     with pytest.raises(DatasetError, match="outside the queue folder"):
         read_queue(meta, root)
-    (root / "link").symlink_to(tmp_path)  # a link inside the root that leaves it
-    assert not [q for q in list_queues(root) if q.startswith("link/")]
+    outside_manifest = tmp_path / "elsewhere" / "manifest.csv"
+    outside_manifest.parent.mkdir()
+    outside_manifest.write_text("case_id,clinical,dermoscopy\nx,../outside.png,\n")
+    (root / "linked.csv").symlink_to(outside_manifest)  # a file link inside the root that leaves it
+    (root / "folder_link").symlink_to(outside_manifest.parent)
+    assert [q for q in list_queues(root) if "link" in q] == []
+    with pytest.raises(DatasetError, match="outside the queue folder"):
+        read_queue(root / "linked.csv", root)
 
 
 def test_repeated_wrong_passwords_lock_the_name_out(server):
     import httpx
 
     http = httpx.Client(base_url=server["url"])
-    codes = [http.post("/login", data={"username": "dr_b", "password": f"guess{i}"}).status_code for i in range(20)]
+    codes = [http.post("/login", data={"username": "dr_c", "password": f"guess{i}"}).status_code for i in range(20)]
     assert set(codes) == {400}
-    assert http.post("/login", data={"username": "dr_b", "password": USERS["dr_b"]}).status_code == 400  # locked
+    assert http.post("/login", data={"username": "dr_c", "password": USERS["dr_c"]}).status_code == 400  # locked
     assert http.post("/login", data={"username": "dr_a", "password": USERS["dr_a"]}).status_code == 200
 
 
@@ -262,6 +268,26 @@ def test_login_throttle_unlocks_after_the_lockout():
     assert throttle("dr_a", "right") is False and throttle.locked("dr_a")
     time.sleep(0.25)
     assert throttle("dr_a", "right") is True and throttle("nobody", "right") is False
+
+
+def test_junk_names_do_not_reset_a_targets_failure_count():
+    from skinnet.access import LoginThrottle
+
+    throttle = LoginThrottle({"dr_a": "right"}, max_failures=5)
+    for round_ in range(3):  # 2 guesses at the target, then a flood of invented names
+        assert not throttle("dr_a", f"guess{round_}a") and not throttle("dr_a", f"guess{round_}b")
+        for i in range(2000):
+            assert throttle(f"junk{round_}-{i}", "x") is False
+    assert throttle.locked("dr_a") and set(throttle._failures) == {"dr_a"}  # memory: real names only
+
+
+def test_identities_may_be_non_ascii():
+    from skinnet.access import claim_session
+
+    state = claim_session({}, "dr_müller")
+    assert claim_session(state, "dr_müller")["owner"] == "dr_müller"
+    with pytest.raises(Exception, match="belongs to another sign-in"):
+        claim_session(state, "dr_muller")
 
 
 def test_served_files_say_nosniff(server):
@@ -323,7 +349,7 @@ def test_concurrent_saves_through_the_http_api_are_each_on_disk_once(server):
             made = client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session)
             note = f"w{worker}-{i}"
             saved = client.call(fns(config, "save_handler")[0], save_data(made.data[-1], "unsure", note=note), session)
-            (acknowledged if saved.success and "Saved" in saved.data[1] else failures).append(note)
+            (acknowledged if saved.success and "Saved" in saved.data[0] else failures).append(note)
 
     threads = [threading.Thread(target=reviewer, args=(w,)) for w in range(4)]
     for t in threads:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skinnet.checkpoint import load_checkpoint
+from skinnet.checkpoint import load_checkpoint, save_checkpoint
 from skinnet.labels import TASK_NAMES
 from training import evaluate, train
 from training.distributed import DistInfo
@@ -97,10 +97,10 @@ def test_recalibrating_a_checkpoint_refreshes_its_card(trained, release, tmp_pat
     for suffix in (".safetensors", ".json"):
         shutil.copy(path.with_suffix(suffix), tmp_path / f"copy{suffix}")
     copy = tmp_path / "copy.safetensors"
-    card = json.loads(copy.with_suffix(".json").read_text())
-    card["calibration"] = {}
-    card["metrics"]["test"]["avg"] = -1.0  # stale numbers must not survive
-    copy.with_suffix(".json").write_text(json.dumps(card))
+    model, card = load_checkpoint(copy)
+    card.calibration = {}
+    card.metrics["test"]["avg"] = -1.0  # stale numbers must not survive
+    save_checkpoint(model, card, copy)  # (a card edited by hand would be refused: it disagrees with its weights)
     record = evaluate.main(["--checkpoint", str(copy), "--data-root", str(release), "--split", "test",
                             "--calibrate"])
     _, card = load_checkpoint(copy)
