@@ -112,28 +112,67 @@ def attention_maps(encoding: PairEncoding) -> dict[tuple[int, str], np.ndarray]:
     return maps
 
 
+ATTENTION_SCALE = 4.0
+"""Attention overlays run from 0 to this many times uniform attention (1/N of N key cells)."""
+DIMMED = 0.35
+
+
+def attention_focus(grid: np.ndarray) -> tuple[float, float, str]:
+    """(peak as a multiple of uniform attention, spread: entropy / log N, in words)."""
+    weights = np.asarray(grid, dtype=np.float64).ravel()
+    weights = weights / max(weights.sum(), 1e-12)
+    n = weights.size
+    peak = float(weights.max() * n)
+    spread = float(-(weights * np.log(np.clip(weights, 1e-12, None))).sum() / np.log(n)) if n > 1 else 1.0
+    words = ("spread evenly, no focus" if peak < 1.5 else "a mild focus" if peak < 3 else "a clear focus")
+    return peak, spread, words
+
+
 def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVERLAY_SIZE,
-            low: str = "low", high: str = "high") -> Image.Image:
-    """Heat map (any grid, values normalised to its own range) over the image, with a colour bar."""
+            low: str = "low", high: str = "high", scale: tuple[float, float] | None = None) -> Image.Image:
+    """Heat map (any grid) over the square the model saw, with a colour bar.
+
+    The whole image is drawn: the model sees its central square (short side resized, the long
+    side cut), so the cut-off parts are shown dimmed rather than the photo being squashed or
+    silently cropped. Values are normalised to their own range, or to ``scale`` (low, high) when
+    a fixed scale must keep a flat map looking flat.
+    """
     heat = np.asarray(heat, dtype=np.float32)
-    span = float(heat.max() - heat.min())
-    heat = (heat - heat.min()) / span if span > 1e-12 else np.zeros_like(heat)
+    lo, hi = (float(heat.min()), float(heat.max())) if scale is None else scale
+    heat = (heat - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(heat)
     heat = F.interpolate(torch.from_numpy(heat)[None, None], size=(size, size), mode="bilinear",
                          align_corners=False)[0, 0].clamp(0, 1).numpy()
     colours = colormaps[COLORMAP](heat)[..., :3]
-    base = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
-    blended = (0.55 * base + 0.45 * colours) * 255
-    bar_width, pad, caption_height = 18, 44, 22
-    canvas = Image.new("RGB", (size + bar_width + pad + 8, size + caption_height), "white")
-    canvas.paste(Image.fromarray(blended.astype(np.uint8)), (0, 0))
-    gradient = colormaps[COLORMAP](np.linspace(1, 0, size))[:, :3]
-    bar = (np.repeat(gradient[:, None, :], bar_width, axis=1) * 255).astype(np.uint8)
-    canvas.paste(Image.fromarray(bar), (size + 6, 0))
+    full = image.convert("RGB")
+    factor = size / min(full.size)
+    w, h = max(size, round(full.width * factor)), max(size, round(full.height * factor))
+    base = np.asarray(full.resize((w, h), Image.BICUBIC), dtype=np.float32) / 255
+    left, top = (w - size) // 2, (h - size) // 2
+    picture = DIMMED * base + (1 - DIMMED) * 0.5
+    picture[top:top + size, left:left + size] = 0.55 * base[top:top + size, left:left + size] + 0.45 * colours
+    bar_width, pad, caption_height = 18, 44, 36
+    canvas = Image.new("RGB", (w + bar_width + pad + 8, h + caption_height), "white")
+    canvas.paste(Image.fromarray((picture * 255).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, size + 5), caption, fill="black")
-    draw.text((size + bar_width + 10, 0), high, fill="black")
-    draw.text((size + bar_width + 10, size - 12), low, fill="black")
+    if (w, h) != (size, size):
+        draw.rectangle((left, top, left + size - 1, top + size - 1), outline="white", width=2)
+        caption += "\ndimmed: cut off, not seen by the model"
+    gradient = colormaps[COLORMAP](np.linspace(1, 0, h))[:, :3]
+    bar = (np.repeat(gradient[:, None, :], bar_width, axis=1) * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(bar), (w + 6, 0))
+    draw.multiline_text((4, h + 4), caption, fill="black", spacing=2)
+    draw.text((w + bar_width + 10, 0), high, fill="black")
+    draw.text((w + bar_width + 10, h - 12), low, fill="black")
     return canvas
+
+
+def attention_overlay(image: Image.Image, grid: np.ndarray, caption: str) -> Image.Image:
+    """Attention on a fixed scale, 0 to ATTENTION_SCALE x uniform, so that near-uniform attention
+    looks flat; the caption says how focused it is."""
+    peak, spread, words = attention_focus(grid)
+    ratio = np.asarray(grid, dtype=np.float32) * np.asarray(grid).size / max(float(np.sum(grid)), 1e-12)
+    return overlay(image, ratio, f"{caption}\n{words}: peak {peak:.1f}x uniform, spread {100 * spread:.0f}%",
+                   low="0", high=f"{ATTENTION_SCALE:g}x unif.", scale=(0.0, ATTENTION_SCALE))
 
 
 def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Image.Image | None,
@@ -155,7 +194,6 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
         class_name = predictor.predict(clinical, dermoscopy).heads[head].classes[task]
     target = LogitTarget(task, class_name)
     tensors = {m: predictor.to_tensor(images[m]) for m in given}
-    display = {m: predictor.display_image(images[m]) for m in given}
     result = Explanation({}, {}, f"{head} head, {task} = {class_name}")
     with predictor.lock:
         encoding = None
@@ -168,13 +206,13 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
             if explained_head is None:
                 continue
             heat = gradcam_map(predictor, tensors[modality], modality, explained_head, encoding, target)
-            result.gradcam[modality] = overlay(display[modality], heat,
+            result.gradcam[modality] = overlay(images[modality], heat,
                                                f"Grad-CAM {modality}: {task} {class_name} ({head})")
     if encoding is not None:
         for (stage, direction), grid in attention_maps(encoding).items():
             attended = direction.split("->")[1]
             gate = float(torch.tanh(predictor.model.cross_attention[str(stage)].gate))
             label = f"stage {stage}: {direction}"
-            result.attention[label] = overlay(display[attended], grid,
-                                              f"{direction} attention, stage {stage} (gate {gate:+.2f})")
+            result.attention[label] = attention_overlay(images[attended], grid,
+                                                        f"{direction}, stage {stage} (gate {gate:+.2f})")
     return result

@@ -1,0 +1,70 @@
+"""Honest maps: attention on a fixed scale, the cut-off parts of a photo shown as such, and the
+model-randomisation sanity check for Grad-CAM (Adebayo et al. 2018)."""
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from synthetic import lesion_image
+
+from skinnet.explain import attention_focus, attention_overlay, gradcam_map, overlay
+from skinnet.predict import Predictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
+
+
+def _square(canvas: Image.Image, size: int = 320) -> np.ndarray:
+    return np.asarray(canvas, dtype=np.float32)[:size, :size]
+
+
+def test_flat_attention_looks_flat_and_says_so():
+    image = Image.new("RGB", (320, 320), (200, 160, 140))
+    uniform = np.full((6, 6), 1 / 36)
+    peaked = np.full((6, 6), 0.2 / 35)
+    peaked[2, 3] = 0.8
+    assert attention_focus(uniform)[:2] == pytest.approx((1.0, 1.0))
+    assert attention_focus(uniform)[2] == "spread evenly, no focus" and attention_focus(peaked)[2] == "a clear focus"
+    assert attention_focus(peaked)[0] == pytest.approx(0.8 * 36)
+    # min-max scaling would stretch a 1% ripple on a uniform map to the full colour range; this does not
+    ripple = uniform * (1 + 0.01 * np.random.default_rng(0).standard_normal((6, 6)))
+    flat, sharp = _square(attention_overlay(image, ripple, "x")), _square(attention_overlay(image, peaked, "x"))
+    assert flat.std(axis=(0, 1)).max() < 3 and sharp.std(axis=(0, 1)).max() > 20
+    stretched = _square(overlay(image, ripple, "x"))
+    assert stretched.std(axis=(0, 1)).max() > 20
+
+
+def test_a_wide_photo_is_shown_whole_with_the_cut_off_sides_dimmed():
+    photo = Image.new("RGB", (600, 400), (230, 230, 230))
+    canvas = np.asarray(overlay(photo, np.zeros((4, 4)), "x"), dtype=np.float32)
+    assert canvas.shape[1] > 480 - 1  # 600 x 400 shown at 480 x 320, not squashed to 320 x 320
+    side, centre = canvas[:320, 10:70].mean((0, 1)), canvas[:320, 100:380].mean((0, 1))
+    assert side == pytest.approx([0.35 * 230 + 0.65 * 127.5] * 3, abs=2)  # dimmed grey, no heat colour
+    assert centre[2] > centre[0] + 40  # the seen square carries the (low: blue) heat colours
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped checkpoint")
+def test_gradcam_of_randomised_weights_differs_from_the_trained_model():
+    """Cascading randomisation from the top: if the map were a property of the image alone
+    (an edge detector), it would survive; a faithful map must change."""
+    predictor = Predictor.from_checkpoint(SHIPPED)
+    rng = np.random.default_rng(0)
+    image = predictor.to_tensor(lesion_image(rng, size=(300, 200), tint=2))
+    from skinnet.explain import LogitTarget
+
+    target = LogitTarget("DIAG", "MEL")
+    trained = gradcam_map(predictor, image, "dermoscopy", "dermoscopy", None, target)
+    randomised = Predictor(copy.deepcopy(predictor.model), predictor.card)
+    torch.manual_seed(0)
+    layers = [randomised.model.heads, randomised.model.encoder.neck, randomised.model.encoder.stages[-1]]
+    for layer in layers:
+        for module in layer.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    random_map = gradcam_map(randomised, image, "dermoscopy", "dermoscopy", None, target)
+    rank = lambda m: np.argsort(np.argsort(m.ravel()))  # noqa: E731
+    spearman = np.corrcoef(rank(trained), rank(random_map))[0, 1]
+    assert trained.std() > 0 and spearman < 0.5, spearman
