@@ -114,6 +114,12 @@ class CrossAttention(nn.Module):
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
 
+def summarise(h: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A stage output's channel means and standard deviations over space, (B, 2C)."""
+    dims = (1, 2) if channels_last else (2, 3)
+    return torch.cat([h.mean(dims), h.std(dims)], -1).float()
+
+
 def to_tokens(h: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """(B, C, H, W) or (B, H, W, C) feature map -> (B, H*W, C) tokens."""
     return h.flatten(1, 2) if channels_last else h.flatten(2).transpose(1, 2)
@@ -139,9 +145,13 @@ class PairEncoding:
         attention: stage -> direction (``clinical->dermoscopy`` = clinical queries over
             the dermoscopy grid) -> (B, Nq, Nk) weights; with the key grid's (H, W) in
             ``grids[stage]``. Empty unless asked.
+        summaries: modality -> per stage, (B, 2C) channel means and standard deviations of
+            the stage's output (what :mod:`skinnet.guards` compares with the training
+            images). Empty unless asked.
     """
 
     pooled: dict[str, torch.Tensor]
+    summaries: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     keys: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     attention: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     grids: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -200,13 +210,16 @@ class SingleSharedNet(nn.Module):
         return encoder.pool(encoder.neck(h))
 
     def encode_pair(self, clinical: torch.Tensor, dermoscopy: torch.Tensor,
-                    return_attention: bool = False, keep_keys: bool = False) -> PairEncoding:
+                    return_attention: bool = False, keep_keys: bool = False,
+                    summaries: bool = False) -> PairEncoding:
         """Run both images through the encoder(s), with cross-attention between them."""
         channels_last = self.encoder.channels_last
         h = {"clinical": clinical, "dermoscopy": dermoscopy}
-        encoding = PairEncoding(pooled={})
+        encoding = PairEncoding(pooled={}, summaries={m: [] for m in MODALITIES} if summaries else {})
         for index in range(len(self.encoder.stages)):
             h["clinical"], h["dermoscopy"] = self._run_stage(index, h["clinical"], h["dermoscopy"])
+            for m, stats in encoding.summaries.items():
+                stats.append(summarise(h[m], channels_last))
             if index not in self.attention_stages:
                 continue
             module = self.cross_attention[str(index)]
@@ -226,7 +239,8 @@ class SingleSharedNet(nn.Module):
         return encoding
 
     def encode_one(self, image: torch.Tensor, modality: str,
-                   partner_keys: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                   partner_keys: dict[int, torch.Tensor] | None = None,
+                   summaries: list | None = None) -> torch.Tensor:
         """Encode one modality; the pooled (B, num_features) features.
 
         Args:
@@ -234,12 +248,15 @@ class SingleSharedNet(nn.Module):
                 by :meth:`encode_pair`. With them the result equals this modality's branch
                 of the pair forward, but the encoder runs once, on this image only (what
                 Grad-CAM needs). Without them cross-attention is skipped (one image only).
+            summaries: if given, each stage's :func:`summarise` is appended to it.
         """
         encoder = self.encoder_for(modality)
         channels_last = encoder.channels_last
         h = image
         for index, stage in enumerate(encoder.stages):
             h = stage(h)
+            if summaries is not None:
+                summaries.append(summarise(h, channels_last))
             if partner_keys is not None and index in self.attention_stages:
                 tokens, _ = self.cross_attention[str(index)](to_tokens(h, channels_last),
                                                              partner_keys[index])

@@ -11,10 +11,11 @@ from PIL import Image
 
 from .calibration import calibrate
 from .checkpoint import ModelCard, file_sha256, load_checkpoint
+from .guards import Checks, Guards, guard_features, guards_path
 from .imaging import pixel_sha256
 from .labels import TASKS, seven_point_score, split_logits
 from .model import MODALITIES, SingleSharedNet
-from .transforms import eval_transform, resize_center_crop
+from .transforms import eval_transform
 
 FLIPS = ((), (3,), (2,), (2, 3))
 RECENT_PREDICTIONS = 16
@@ -48,6 +49,8 @@ class Prediction:
     heads: dict[str, HeadPrediction]
     modalities: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
+    checks: Checks | None = None
+    """What the guards say (None: the checkpoint has no guards file)."""
 
     @property
     def primary_head(self) -> str:
@@ -63,7 +66,7 @@ class Predictor:
     """
 
     def __init__(self, model: SingleSharedNet, card: ModelCard, checkpoint_sha256: str = "",
-                 device: str = "cpu"):
+                 device: str = "cpu", guards: Guards | None = None):
         self.model = model.to(device).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -71,41 +74,60 @@ class Predictor:
         self.device = device
         self.checkpoint_sha256 = checkpoint_sha256
         self.transform = eval_transform(card.image_size, card.mean, card.std)
+        self.guards = guards
         self.lock = threading.RLock()
         self._recent: OrderedDict[tuple, Prediction] = OrderedDict()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", guards: bool = True) -> "Predictor":
+        """Load a checkpoint, and its guards file if one lies beside it (``guards=False``: never).
+
+        Raises:
+            ValueError: unreadable checkpoint, or a guards file fitted on other weights.
+        """
         model, card = load_checkpoint(path, device)
-        return cls(model, card, file_sha256(Path(path).with_suffix(".safetensors")), device)
+        found = guards_path(Path(path).with_suffix(".safetensors"))
+        checks = Guards.load(found, model) if guards and found.is_file() else None
+        return cls(model, card, file_sha256(Path(path).with_suffix(".safetensors")), device, checks)
 
     @property
     def version(self) -> str:
         return f"{self.card.name}@{self.checkpoint_sha256[:12]}" if self.checkpoint_sha256 else self.card.name
 
-    def display_image(self, image: Image.Image) -> Image.Image:
-        """The square crop the model sees, at its input size (for overlays)."""
-        return resize_center_crop(image, self.card.image_size)
-
     def to_tensor(self, image: Image.Image | None) -> torch.Tensor | None:
         return None if image is None else self.transform(image)[None].to(self.device)
 
     @torch.inference_mode()
-    def logits(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
-               tta: bool | None = None) -> dict[str, torch.Tensor]:
-        """Raw (uncalibrated) logits per head, (NUM_OUTPUTS,), flip-averaged if the card says so."""
+    def forward(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
+                tta: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Raw (uncalibrated) logits per head, (NUM_OUTPUTS,), flip-averaged if the card says so,
+        and each given image's :func:`~skinnet.guards.guard_features` (unflipped view).
+
+        The flipped views go through the model as one batch: one forward pass, not four.
+        """
         if clinical is None and dermoscopy is None:
             raise ValueError("need a clinical image, a dermoscopy image, or both")
         tta = bool(self.card.training.get("tta", False)) if tta is None else tta
-        x_c, x_d = self.to_tensor(clinical), self.to_tensor(dermoscopy)
-        total: dict[str, torch.Tensor] = {}
+        flips = FLIPS if tta else FLIPS[:1]
+        views = {m: torch.cat([x.flip(dims) if dims else x for dims in flips])
+                 for m, x in zip(MODALITIES, (self.to_tensor(clinical), self.to_tensor(dermoscopy)))
+                 if x is not None}
         with self.lock:
-            for dims in (FLIPS if tta else FLIPS[:1]):
-                flip = (lambda x: None if x is None else (x.flip(dims) if dims else x))
-                for head, value in self.model(flip(x_c), flip(x_d)).items():
-                    total[head] = total.get(head, 0) + value[0].float()
-        n = len(FLIPS) if tta else 1
-        return {head: value / n for head, value in total.items()}
+            if len(views) == 2:
+                encoding = self.model.encode_pair(views["clinical"], views["dermoscopy"], summaries=True)
+                pooled, summaries = encoding.pooled, encoding.summaries
+            else:
+                (modality, x), = views.items()
+                summaries = {modality: []}
+                pooled = {modality: self.model.encode_one(x, modality, summaries=summaries[modality])}
+            out = self.model.classify(pooled)
+        logits = {head: value.float().mean(0) for head, value in out.items()}
+        return logits, {m: guard_features([s[:1] for s in summaries[m]], pooled[m][:1])[0] for m in pooled}
+
+    def logits(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
+               tta: bool | None = None) -> dict[str, torch.Tensor]:
+        """Raw (uncalibrated) logits per head, (NUM_OUTPUTS,), flip-averaged if the card says so."""
+        return self.forward(clinical, dermoscopy, tta)[0]
 
     def predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
         """Calibrated probabilities of every available head (clean RGB PIL images in).
@@ -132,7 +154,8 @@ class Predictor:
 
     def _predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
         heads = {}
-        for head, flat in self.logits(clinical, dermoscopy).items():
+        logits, features = self.forward(clinical, dermoscopy)
+        for head, flat in logits.items():
             calibrated = calibrate(flat, self.card.calibration.get(head))
             per_task = {}
             for task, logits in zip(TASKS, split_logits(calibrated).values()):
@@ -144,4 +167,7 @@ class Predictor:
         if len(modalities) == 1:
             notes.append(f"Only the {modalities[0]} image was given: this is the {modalities[0]} head's "
                          "prediction alone, without cross-attention or fusion.")
-        return Prediction(heads, modalities, notes)
+        prediction = Prediction(heads, modalities, notes)
+        if self.guards is not None:
+            prediction.checks = self.guards.check(features, heads[prediction.primary_head].probabilities["DIAG"])
+        return prediction

@@ -17,7 +17,9 @@ from PIL import Image
 from . import access, uploads
 from .explain import explain
 from .imaging import ImageError, load_rgb
-from .labels import CLASS_TITLES, SEVEN_POINT_THRESHOLD, TASK_BY_NAME, TASKS, seven_point_meaning
+from .guards import Checks
+from .labels import (CLASS_TITLES, SEVEN_POINT_CRITERIA, SEVEN_POINT_THRESHOLD, TASK_BY_NAME, TASKS,
+                     seven_point_meaning)
 from .model import HEADS
 from .predict import Prediction, Predictor
 
@@ -81,15 +83,28 @@ def diagnosis_table(prediction: Prediction) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["class", *HEADS])
 
 
+def _class_words(task_name: str, cls: str) -> str:
+    return f"{cls} {CLASS_TITLES.get(cls, cls)}"
+
+
+def seven_point_points(classes: dict[str, str]) -> dict[str, int]:
+    """Criterion (task name) -> the points it adds to the seven-point score, for those that add any."""
+    return {task: points for task, cls, points in SEVEN_POINT_CRITERIA if classes[task] == cls}
+
+
 def criteria_table(prediction: Prediction) -> pd.DataFrame:
+    """Per criterion, each head's top class in words and its probability; ``+2`` / ``+1`` marks
+    the criteria that add to that head's seven-point score."""
     rows = []
+    points = {head: seven_point_points(p.classes) for head, p in prediction.heads.items()}
     for task in TASKS[1:]:
         row = {"criterion": f"{task.name} {task.title.lower()}"}
         for head in HEADS:
             if head in prediction.heads:
                 probs = prediction.heads[head].probabilities[task.name]
                 top = max(probs, key=probs.get)
-                row[head] = f"{top} {_fmt(probs[top])}"
+                adds = points[head].get(task.name)
+                row[head] = f"{_class_words(task.name, top)} {_fmt(probs[top])}" + (f" (+{adds})" if adds else "")
             else:
                 row[head] = "-"
         rows.append(row)
@@ -100,27 +115,87 @@ def criteria_table(prediction: Prediction) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["criterion", *HEADS])
 
 
-def summary_markdown(prediction: Prediction, version: str) -> str:
+def bar(p: float, width: int = 20) -> str:
+    """A probability as a text bar (renders anywhere: Markdown, API clients, logs)."""
+    filled = round(max(0.0, min(1.0, p)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def check_lines(checks: Checks | None, shown: bool) -> list[str]:
+    """What the guards say, in plain sentences, most serious first."""
+    if checks is None:
+        return []
+    lines = []
+    for slot in checks.not_lesion:
+        lines.append(f"> ⚠️ **The {SLOT_WORDS[slot]} does not look like a skin lesion photo** (it is "
+                     f"{checks.distance[slot]:.1f}x farther from the model's training images than the limit). "
+                     "The model only knows clinical photos and dermoscopy images of skin lesions; its answer "
+                     "for anything else is meaningless." + ("" if shown else " The prediction is hidden."))
+    if checks.swapped:
+        lines.append("> ⚠️ **These images look swapped**: the clinical slot holds what looks like a dermoscopy "
+                     f"image (p = {checks.p_dermoscopy['clinical']:.2f}) and the dermoscopy slot a clinical photo "
+                     f"(p = {1 - checks.p_dermoscopy['dermoscopy']:.2f}). Use **Swap the images** if so.")
+    else:
+        for slot in checks.wrong_slot:
+            other = "clinical photo" if slot == "dermoscopy" else "dermoscopy image"
+            lines.append(f"> ⚠️ The {SLOT_WORDS[slot]} looks like a **{other}**: check that each image "
+                         "is in its slot.")
+    if checks.uncertain and (shown or not checks.not_lesion):
+        lines.append(f"> 🟠 **Uncertain: refer or get a second opinion.** The two most likely diagnoses are "
+                     f"{checks.margin:.2f} apart; on cases it had not seen, the model was right less than half "
+                     "the time when they were this close.")
+    return lines
+
+
+SLOT_WORDS = {"clinical": "clinical photo", "dermoscopy": "dermoscopy image"}
+
+
+def summary_markdown(prediction: Prediction, version: str, show_anyway: bool = False) -> str:
     head = prediction.primary_head
+    checks = prediction.checks
+    hidden = checks is not None and not checks.trustworthy and not show_anyway
+    lines = check_lines(checks, not hidden)
+    if hidden:
+        return "\n\n".join(["### No prediction shown", *lines,
+                              "If you are sure the image is a skin lesion photo, use **Show the prediction anyway**."])
     probs = prediction.heads[head].probabilities["DIAG"]
     top = max(probs, key=probs.get)
+    classes = prediction.heads[head].classes
     score = prediction.heads[head].seven_point
+    contributing = ", ".join(f"{CLASS_TITLES[classes[t]]} {TASK_BY_NAME[t].title.lower()} (+{n})"
+                             for t, n in seven_point_points(classes).items())
     used = " + ".join(prediction.modalities)
-    lines = [f"### {head.capitalize()} head: {top} ({CLASS_TITLES[top]}), p = {probs[top]:.2f}",
-             f"Seven-point checklist score: **{seven_point_meaning(score)}**",
+    bars = [f"`{top:<4} {bar(probs[top])} {probs[top]:.2f}` {CLASS_TITLES[top]} (most likely)"]
+    if top != "MEL":
+        bars.append(f"`MEL  {bar(probs['MEL'])} {probs['MEL']:.2f}` melanoma")
+    lines = [f"### {head.capitalize()} head: {top} ({CLASS_TITLES[top]}), p = {probs[top]:.2f}", *lines,
+             "<br>".join(bars),
+             f"Seven-point checklist score: **{seven_point_meaning(score)}**"
+             + (f" from {contributing}" if contributing else ""),
              f"Images used: **{used}** · model `{version}`"]
     lines += [f"> {note}" for note in prediction.notes]
     return "\n\n".join(lines)
 
 
-def predict_handler(predictor: Predictor, clinical, dermoscopy):
-    """``/predict``: (summary markdown, DIAG table, criteria table) for one or two images."""
+CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
+"""What a new pair does to the last pair's results: no 'show anyway', no summary, tables or maps."""
+
+
+def predict_handler(predictor: Predictor, clinical, dermoscopy, show_anyway: bool = False):
+    """``/predict``: (summary markdown, DIAG table, criteria table) for one or two images.
+
+    An image that does not look like a skin lesion photo gets the warning alone (empty tables)
+    unless ``show_anyway``.
+    """
     clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
     prediction = predictor.predict(clinical, dermoscopy)
     log.info("predicted a case with %s", "+".join(prediction.modalities))
-    return summary_markdown(prediction, predictor.version), diagnosis_table(prediction), criteria_table(prediction)
+    summary = summary_markdown(prediction, predictor.version, show_anyway is True)
+    if prediction.checks is not None and not prediction.checks.trustworthy and show_anyway is not True:
+        return summary, pd.DataFrame(columns=["class", *HEADS]), pd.DataFrame(columns=["criterion", *HEADS])
+    return summary, diagnosis_table(prediction), criteria_table(prediction)
 
 
 def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class_name: str, head: str):
@@ -287,6 +362,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
             summary = gr.Markdown(label="summary", elem_id="summary")
             with gr.Row():
+                anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm", scale=0,
+                                          elem_id="show-anyway")
+                swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0, elem_id="swap-images")
+            # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
+            show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
+            with gr.Row():
                 diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
                                          interactive=False, elem_id="diagnosis-table")
                 criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
@@ -372,7 +453,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             paths = [store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
             state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
             return (state, review.case_header(state, log, reviewers.of(request, profile)), None, "",
-                    state.get("event_id") or "")
+                    state.get("event_id") or "", *CLEARED_OUTPUTS)
 
         def show_case(state, request: gr.Request, profile: gr.OAuthProfile | None):
             state, owner = session(state, request, profile)
@@ -380,7 +461,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             reviewer = reviewers.of(request, profile)
             return (state, *(store.add(owner, im) if im is not None else None for im in images),
                     review.case_header(state, log, reviewer), None, *([NO_CHANGE] * len(TASKS)), None, "", "",
-                    state.get("event_id") or "")
+                    state.get("event_id") or "", False)
 
         def step(direction):
             def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -389,15 +470,46 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             handler.__name__ = "step_" + direction.replace(" ", "_")
             return handler
 
-        def predict(state, clinical_value, dermoscopy_value, request: gr.Request, profile: gr.OAuthProfile | None):
+        def predict(state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
+                    profile: gr.OAuthProfile | None):
             _, owner = session(state, request, profile)
-            return predict_handler(predictor, *open_images(owner, (clinical_value, dermoscopy_value), True))
+            return predict_handler(predictor, *open_images(owner, (clinical_value, dermoscopy_value), True),
+                                   anyway is True)
+
+        def guard_buttons(state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
+                          profile: gr.OAuthProfile | None):
+            """Show 'show anyway' for a hidden prediction and 'swap' for images in the wrong slots."""
+            _, owner = session(state, request, profile)
+            pair = open_images(owner, (clinical_value, dermoscopy_value), True)
+            checks = predictor.predict(*pair).checks if any(im is not None for im in pair) else None
+            if checks is None:
+                return gr.update(visible=False), gr.update(visible=False)
+            misplaced = checks.swapped or (sum(im is not None for im in pair) == 1 and bool(checks.wrong_slot))
+            return gr.update(visible=not checks.trustworthy and anyway is not True), gr.update(visible=misplaced)
+
+        def swap_images(state, clinical_value, dermoscopy_value, request: gr.Request,
+                        profile: gr.OAuthProfile | None):
+            state, owner = session(state, request, profile)
+            if (state.get("case") or {}).get("source", "upload") != "upload":
+                raise gr.Error("A queue case's images come from its queue file: correct the file if they are swapped.")
+            pair = open_images(owner, (clinical_value, dermoscopy_value), True)
+            return [store.add(owner, image) if image is not None else None for image in reversed(pair)]
 
         def explain_(state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                      request: gr.Request, profile: gr.OAuthProfile | None):
             _, owner = session(state, request, profile)
             return explain_handler(predictor, *open_images(owner, (clinical_value, dermoscopy_value), True),
                                    task_value, class_value, head_value)
+
+        def explain_after_predict(state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
+                                  anyway, request: gr.Request, profile: gr.OAuthProfile | None):
+            """The maps of an analysis: none while its prediction is hidden (the Explain button still works)."""
+            _, owner = session(state, request, profile)
+            pair = open_images(owner, (clinical_value, dermoscopy_value), True)
+            checks = predictor.predict(*pair).checks if any(im is not None for im in pair) else None
+            if checks is not None and not checks.trustworthy and anyway is not True:
+                return None, None, []
+            return explain_handler(predictor, *pair, task_value, class_value, head_value)
 
         def labels_(state, clinical_value, dermoscopy_value, request: gr.Request, profile: gr.OAuthProfile | None):
             _, owner = session(state, request, profile)
@@ -449,23 +561,30 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         images = [state, clinical, dermoscopy]
         explain_inputs = [state, clinical, dermoscopy, task, class_name, head]
         explain_outputs = [cam_clinical, cam_dermoscopy, attention]
+        predicted = [summary, diagnosis, criteria]
         form = [verdict, *corrections, confidence, note, save_status, case_token]
         private = {"api_visibility": "private", "preprocess": False}
+        uploaded = [state, header, verdict, save_status, case_token, show_anyway, *predicted, *explain_outputs,
+                    anyway_button, swap_button]
 
-        def analyse_chain(event):  # each step only after the one before succeeded
-            return (event.success(predict, images, [summary, diagnosis, criteria], **private)
-                    .success(explain_, explain_inputs, explain_outputs, **private)
+        def after_predict(event):  # each step only after the one before succeeded
+            return (event.success(guard_buttons, [*images, show_anyway], [anyway_button, swap_button], **private)
+                    .success(explain_after_predict, [*explain_inputs, show_anyway], explain_outputs, **private)
                     .success(labels_, images, corrections, **private))
+
+        def analyse_chain(event):
+            return after_predict(event.success(predict, [*images, show_anyway], predicted, **private))
 
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
             component.upload(on_upload(name), [state, component], component, **private).success(
-                case_from_upload, [state, clinical, dermoscopy], [state, header, verdict, save_status, case_token],
-                **private)
+                case_from_upload, [state, clinical, dermoscopy], uploaded, **private)
         task.change(class_choices, task, class_name, api_visibility="private")
-        analyse.click(predict, images, [summary, diagnosis, criteria], api_name="predict", preprocess=False).success(
-            explain_, explain_inputs, explain_outputs, **private).success(labels_, images, corrections, **private)
+        after_predict(analyse.click(predict, [*images, show_anyway], predicted, api_name="predict", preprocess=False))
+        analyse_chain(anyway_button.click(lambda: True, None, show_anyway, api_visibility="private"))
+        analyse_chain(swap_button.click(swap_images, images, [clinical, dermoscopy], **private)
+                      .success(case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
         explain_button.click(explain_, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
-        case_outputs = [state, clinical, dermoscopy, header, *form]
+        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway]
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
             analyse_chain(button.click(step(direction), state, state, **private)
                           .success(show_case, state, case_outputs, **private))

@@ -55,3 +55,20 @@ def free_port() -> int:
 def png_is_not_blank(data: bytes, min_std: float = 10.0) -> bool:
     pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)
     return float(pixels.std()) > min_std
+
+
+def guarded_checkpoint(folder: Path) -> Path:
+    """:func:`tiny_checkpoint` with guards fitted beside it on a synthetic release whose two
+    modalities look different (see ``synthetic.restyle_release``)."""
+    from synthetic import make_release, restyle_release
+
+    from skinnet.data import Derm7pt
+    from skinnet.guards import guards_path
+    from skinnet.predict import Predictor
+    from training import fit_guards
+
+    release = restyle_release(make_release(folder / "derm7pt", n_cases=28, seed=3))
+    checkpoint = tiny_checkpoint(folder)
+    cases = [c for s in ("train", "valid") for c in Derm7pt(release).split(s)]
+    fit_guards.fit(Predictor.from_checkpoint(checkpoint), cases, None, components=16).save(guards_path(checkpoint))
+    return checkpoint

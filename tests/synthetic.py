@@ -85,3 +85,38 @@ def other_lesion_image(rng: np.random.Generator, size=(72, 56)) -> Image.Image:
     mask = ((((xx - w * 0.3) / (w * 0.22)) ** 2 + ((yy - h * 0.7) / (h * 0.15)) ** 2) < 1)[..., None]
     pixels = np.where(mask, np.array([70, 40, 30.0]), skin) + rng.normal(0, 8, (h, w, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def dermoscopy_like_image(rng: np.random.Generator, size=(72, 72)) -> Image.Image:
+    """A close-up: a large pigmented blob filling the field, inside a dark circular vignette."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(xx - w / 2, yy - h / 2) / (min(w, h) / 2)
+    skin = np.array([210, 150, 130.0]) + rng.normal(0, 6, 3)
+    blob = ((r < 0.55 + rng.normal(0, 0.05)))[..., None]
+    pixels = np.where(blob, np.array([110, 60, 45.0]) + rng.normal(0, 10, 3), skin)
+    pixels = pixels * np.clip(1.25 - r, 0, 1)[..., None] + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def clinical_like_image(rng: np.random.Generator, size=(84, 56)) -> Image.Image:
+    """A wider view: a small lesion on an evenly lit skin area, with cloth along one edge."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    skin = np.array([225, 185, 160.0]) + rng.normal(0, 8, 3)
+    cx, cy = w * rng.uniform(0.35, 0.65), h * rng.uniform(0.35, 0.65)
+    blob = (np.hypot(xx - cx, yy - cy) < min(w, h) / 9)[..., None]
+    pixels = np.where(blob, np.array([100, 60, 40.0]), skin)
+    pixels = np.where((yy > h * 0.85)[..., None], np.array([40, 70, 140.0]), pixels)
+    return Image.fromarray(np.clip(pixels + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def restyle_release(root: Path, seed: int = 1) -> Path:
+    """Redraw a :func:`make_release` folder's images so that the two modalities look different
+    (:func:`clinical_like_image`, :func:`dermoscopy_like_image`); labels and layout unchanged."""
+    rng = np.random.default_rng(seed)
+    for path in sorted((Path(root) / "images").rglob("*")):
+        if path.is_file():
+            draw = dermoscopy_like_image if path.name.endswith("d.jpg") else clinical_like_image
+            draw(rng).save(path, quality=90)
+    return Path(root)

@@ -240,3 +240,22 @@ def test_recent_predictions_are_remembered_by_pixels(predictor, pair):
     predictor.forget()
     again = predictor.predict(clinical, derm)
     assert again is not first and again.heads["fused"].probabilities == first.heads["fused"].probabilities
+
+
+@pytest.mark.parametrize("images", ["both", "clinical", "dermoscopy"])
+def test_batched_flips_equal_one_forward_per_flip(predictor, pair, images):
+    """The four test-time flips run as one batch; the result is the mean of four single passes."""
+    from skinnet.predict import FLIPS
+    clinical = Image.open(pair[0]).convert("RGB") if images in ("both", "clinical") else None
+    derm = Image.open(pair[1]).convert("RGB") if images in ("both", "dermoscopy") else None
+    x_c, x_d = predictor.to_tensor(clinical), predictor.to_tensor(derm)
+    expected: dict = {}
+    with torch.inference_mode():
+        for dims in FLIPS:
+            flip = (lambda x: None if x is None else (x.flip(dims) if dims else x))
+            for head, value in predictor.model(flip(x_c), flip(x_d)).items():
+                expected[head] = expected.get(head, 0) + value[0] / len(FLIPS)
+    got = predictor.logits(clinical, derm, tta=True)
+    assert set(got) == set(expected)
+    for head in got:
+        assert torch.allclose(got[head], expected[head], atol=1e-5), head

@@ -70,3 +70,73 @@ def test_one_image_says_which_head(browser, app_url, tmp_path):
     page.get_by_text("Dermoscopy head:").wait_for(timeout=60_000)
     assert "Only the dermoscopy image was given" in page.locator("#summary").inner_text()
     page.close()
+
+
+@pytest.fixture(scope="module")
+def guarded_url(tmp_path_factory):
+    from app_helpers import guarded_checkpoint
+
+    predictor = Predictor.from_checkpoint(guarded_checkpoint(tmp_path_factory.mktemp("guarded")))
+    settings = AppSettings(checkpoint=predictor.card.name, port=free_port(), log_dir=tmp_path_factory.mktemp("log"))
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{settings.port}/"
+    app.close()
+
+
+def _upload(page, slot: str, path) -> None:
+    page.locator(f"#{slot}-input input[type=file]").set_input_files(str(path))
+    page.wait_for_function(f"document.querySelectorAll('#{slot}-input img').length >= 1")
+
+
+def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_clears_it(
+        browser, guarded_url, tmp_path):
+    import numpy as np
+    from non_lesion import generated_images
+    from synthetic import clinical_like_image, dermoscopy_like_image
+
+    rng = np.random.default_rng(21)
+    document, clinical, derm = tmp_path / "page.png", tmp_path / "clinical.png", tmp_path / "derm.png"
+    dict(generated_images())["document-1"].save(document)
+    clinical_like_image(rng).save(clinical)
+    dermoscopy_like_image(rng).save(derm)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(guarded_url)
+    _upload(page, "clinical", document)
+    _upload(page, "dermoscopy", derm)
+    page.locator("#analyse").click()
+    page.get_by_text("No prediction shown").wait_for(timeout=60_000)
+    assert "clinical photo does not look like a skin lesion" in page.locator("#summary").inner_text()
+    assert "BCC" not in page.locator("#diagnosis-table").inner_text()
+    page.screenshot(path=str(tmp_path / "not_a_lesion.png"))
+    page.locator("#show-anyway").click()
+    page.get_by_text("Fused head:").wait_for(timeout=60_000)
+    assert "does not look like a skin lesion" in page.locator("#summary").inner_text()
+    page.locator("#gradcam-dermoscopy img").wait_for(timeout=60_000)
+    # new images: the last pair's prediction and maps go before anything is analysed
+    _upload(page, "clinical", clinical)
+    page.wait_for_function("!document.querySelector('#summary').innerText.includes('Fused head')", timeout=30_000)
+    assert page.locator("#gradcam-dermoscopy img").count() == 0
+    assert not page.locator("#show-anyway").is_visible()
+    page.close()
+
+
+def test_swapped_images_are_called_swapped_and_one_click_swaps_them(browser, guarded_url, tmp_path):
+    import numpy as np
+    from synthetic import clinical_like_image, dermoscopy_like_image
+
+    rng = np.random.default_rng(22)
+    clinical, derm = tmp_path / "clinical.png", tmp_path / "derm.png"
+    clinical_like_image(rng).save(clinical)
+    dermoscopy_like_image(rng).save(derm)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(guarded_url)
+    _upload(page, "clinical", derm)
+    _upload(page, "dermoscopy", clinical)
+    page.locator("#analyse").click()
+    page.get_by_text("These images look swapped").wait_for(timeout=60_000)
+    page.locator("#swap-images").click()
+    page.wait_for_function("document.querySelector('#summary').innerText.includes('Fused head') && "
+                           "!document.querySelector('#summary').innerText.includes('swapped')", timeout=60_000)
+    assert not page.locator("#swap-images").is_visible()
+    page.close()

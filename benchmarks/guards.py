@@ -1,0 +1,188 @@
+"""What the app's guards catch: pictures that are not lesions, swapped images, uncertain cases.
+
+    python benchmarks/guards.py --data-root ../shared/derm7pt [--checkpoint CKPT] [--oof runs/cv_lite2/oof.pt]
+
+Runs the app's own prediction path (``Predictor.predict``: TTA, calibration, guards) on
+- the 53 pictures of ``benchmarks/non_lesion.py``, each in both slots, in the clinical slot
+  beside a real dermoscopy image, and in the dermoscopy slot beside a real clinical photo;
+- all 395 Derm7pt test pairs as given and swapped (the test split is scored here once per
+  shipped guards file; nothing here chooses a threshold);
+and draws the risk-coverage curve of DIAG (accuracy of the cases kept against the fraction
+kept, ordered by the top-2 margin the 'uncertain' badge uses) with melanoma sensitivity, from
+out-of-fold predictions (``--oof``) and from the test pairs. Writes a table, JSON and a PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from app import DEFAULT_CHECKPOINT  # noqa: E402
+from non_lesion import non_lesion_images  # noqa: E402
+from skinnet.data import Derm7pt  # noqa: E402
+from skinnet.imaging import load_rgb  # noqa: E402
+from skinnet.labels import TASK_BY_NAME  # noqa: E402
+from skinnet.predict import Predictor  # noqa: E402
+
+MEL = TASK_BY_NAME["DIAG"].classes.index("MEL")
+DIAG_CLASSES = TASK_BY_NAME["DIAG"].classes
+
+
+def risk_coverage(margins: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor,
+                  coverages=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5)) -> list[dict]:
+    """Keep the most confident fraction of cases; their DIAG accuracy and melanoma sensitivity."""
+    order = margins.argsort(descending=True)
+    rows = []
+    for coverage in coverages:
+        kept = order[:max(1, round(coverage * len(order)))]
+        melanoma = truth[kept] == MEL
+        rows.append({"coverage": coverage, "n_kept": len(kept),
+                     "accuracy": float((predicted[kept] == truth[kept]).float().mean()),
+                     "melanoma_sensitivity": float((predicted[kept][melanoma] == MEL).float().mean())
+                     if melanoma.any() else None,
+                     "margin_at_least": float(margins[kept].min())})
+    return rows
+
+
+def oof_curve(oof_path: Path, predictor: Predictor) -> tuple[list[dict], int]:
+    from training.fit_guards import oof_margins
+    from skinnet.calibration import calibrate
+    from skinnet.labels import split_logits
+
+    oof = torch.load(oof_path, weights_only=True)
+    margins, _ = oof_margins(oof_path, predictor)
+    probs = torch.softmax(split_logits(calibrate(oof["logits"]["fused"], predictor.card.calibration.get("fused")))
+                          ["DIAG"], -1)
+    return risk_coverage(margins, probs.argmax(-1), oof["labels"][:, 0]), len(margins)
+
+
+def draw(curves: dict[str, list[dict]], margin: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in curves.items():
+        cov = [r["coverage"] for r in rows]
+        axes[0].plot(cov, [100 * r["accuracy"] for r in rows], "o-", label=name)
+        axes[1].plot(cov, [100 * (r["melanoma_sensitivity"] or 0) for r in rows], "o-", label=name)
+    for ax, title in zip(axes, ("DIAG accuracy of the cases kept (%)", "melanoma sensitivity among kept (%)")):
+        ax.set_xlabel("fraction of cases kept (the rest referred as uncertain)")
+        ax.set_title(title)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Risk-coverage, fused head, ordered by top-2 DIAG margin (badge below {margin:.2f})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--oof", default=None, help="oof.pt of the shipped recipe's cross-fitting (risk-coverage)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "guards.json"))
+    p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "risk_coverage.png"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    if predictor.guards is None:
+        raise SystemExit(f"{args.checkpoint} has no guards file: python -m training.fit_guards first")
+    started = time.time()
+    test = [c for c in Derm7pt(args.data_root).split("test")]
+    paired = [c for c in test if not c.clinic_is_derm]
+
+    def checks(clinical, dermoscopy):
+        return predictor.predict(clinical, dermoscopy).checks
+
+    pictures = non_lesion_images()
+    flagged = {"both slots": 0, "clinical slot, real dermoscopy beside it": 0,
+               "dermoscopy slot, real clinical photo beside it": 0}
+    missed = []
+    for i, (name, picture) in enumerate(pictures):
+        partner = paired[i % len(paired)]
+        both = checks(picture, picture)
+        in_clinical = checks(picture, load_rgb(partner.dermoscopy_path))
+        in_derm = checks(load_rgb(partner.clinical_path), picture)
+        flagged["both slots"] += bool(both.not_lesion)
+        flagged["clinical slot, real dermoscopy beside it"] += "clinical" in in_clinical.not_lesion
+        flagged["dermoscopy slot, real clinical photo beside it"] += "dermoscopy" in in_derm.not_lesion
+        if "clinical" not in in_clinical.not_lesion:
+            missed.append(name)
+
+    lesion_flagged, swapped_right, swap_false_alarm, wrong_slot_alarm = 0, 0, 0, 0
+    margins, predicted, truth = [], [], []
+    for case in test:
+        clinical = None if case.clinic_is_derm else load_rgb(case.clinical_path)
+        derm = load_rgb(case.dermoscopy_path)
+        prediction = predictor.predict(clinical, derm)
+        lesion_flagged += bool(prediction.checks.not_lesion)
+        diag = prediction.heads[prediction.primary_head].probabilities["DIAG"]
+        margins.append(prediction.checks.margin)
+        predicted.append(DIAG_CLASSES.index(max(diag, key=diag.get)))
+        truth.append(case.labels[0])
+        if clinical is not None:
+            swap_false_alarm += prediction.checks.swapped
+            wrong_slot_alarm += bool(prediction.checks.wrong_slot)
+            swapped_right += checks(derm, clinical).swapped
+        predictor.forget()
+    margins_t, predicted_t, truth_t = torch.tensor(margins), torch.tensor(predicted), torch.tensor(truth)
+    uncertain = margins_t < predictor.guards.uncertain_margin
+    curves = {"test (395)": risk_coverage(margins_t, predicted_t, truth_t)}
+    record = {
+        "checkpoint": predictor.version, "guards": predictor.guards.notes,
+        "non_lesion": {"n": len(pictures), **{k: v / len(pictures) for k, v in flagged.items()},
+                       "missed_in_clinical_slot": missed},
+        "derm7pt_test": {
+            "n": len(test), "lesion_check_flagged": lesion_flagged / len(test),
+            "n_pairs": len(paired), "swapped_pairs_detected": swapped_right / len(paired),
+            "unswapped_called_swapped": swap_false_alarm / len(paired),
+            "unswapped_with_a_wrong_slot_warning": wrong_slot_alarm / len(paired),
+            "uncertain": float(uncertain.float().mean()),
+            "accuracy_certain": float((predicted_t == truth_t)[~uncertain].float().mean()),
+            "accuracy_uncertain": float((predicted_t == truth_t)[uncertain].float().mean()) if uncertain.any() else None,
+            "melanomas_flagged_uncertain": float(uncertain[truth_t == MEL].float().mean()),
+        },
+        "seconds": time.time() - started,
+    }
+    if args.oof:
+        curves["out-of-fold (616)"], _ = oof_curve(Path(args.oof), predictor)
+    record["risk_coverage"] = curves
+    draw(curves, predictor.guards.uncertain_margin, Path(args.figure))
+
+    print(f"{predictor.version}: guards")
+    print(f"{'check':<58}{'result':>10}")
+    for key, value in flagged.items():
+        print(f"{'non-lesion pictures flagged, ' + key:<58}{100 * value / len(pictures):9.1f}%")
+    t = record["derm7pt_test"]
+    for label, key in (("Derm7pt test pairs flagged as not a lesion", "lesion_check_flagged"),
+                       ("Derm7pt test pairs swapped: detected", "swapped_pairs_detected"),
+                       ("Derm7pt test pairs as given: called swapped", "unswapped_called_swapped"),
+                       ("Derm7pt test pairs as given: a wrong-slot warning", "unswapped_with_a_wrong_slot_warning"),
+                       ("Derm7pt test cases called uncertain", "uncertain"),
+                       ("DIAG accuracy, certain cases", "accuracy_certain"),
+                       ("DIAG accuracy, uncertain cases", "accuracy_uncertain"),
+                       ("test melanomas called uncertain", "melanomas_flagged_uncertain")):
+        print(f"{label:<58}{100 * (t[key] or 0):9.1f}%")
+    for name, rows in curves.items():
+        print(f"risk-coverage, {name}: " + "  ".join(
+            f"{r['coverage']:.0%} kept: acc {100 * r['accuracy']:.1f} MEL sens "
+            f"{100 * (r['melanoma_sensitivity'] or 0):.0f}" for r in rows))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(record, indent=2))
+    return record
+
+
+if __name__ == "__main__":
+    main()

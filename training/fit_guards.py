@@ -1,0 +1,188 @@
+"""Fit a checkpoint's guards (:mod:`skinnet.guards`) on the Derm7pt images it was trained on.
+
+    python -m training.fit_guards --checkpoint checkpoints/skinnet_lite2.safetensors \\
+        --data-root ../shared/derm7pt --oof runs/cv_lite2/oof.pt
+
+- Lesion check: a Gaussian per modality over the features of that modality's training images
+  (in their own slot, in the other slot, and alone). Threshold: ``--ood-factor`` times the
+  99th percentile of the distances of images whose case was left out of the Gaussians' fit
+  (5 folds by case); no test image and no non-lesion image chooses it.
+- Modality: logistic regression on the same images (label: the image's true modality).
+- Uncertain: the top-2 DIAG margin below which out-of-fold predictions of the same recipe
+  (``--oof``, calibrated with the card's calibration) were right less than half the time.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from skinnet.calibration import calibrate
+from skinnet.data import Case, Derm7pt
+from skinnet.guards import (Guards, fit_gaussian, fit_modality, guard_features, guards_path,
+                            uncertain_margin_from, weights_fingerprint)
+from skinnet.imaging import load_rgb
+from skinnet.labels import split_logits
+from skinnet.model import MODALITIES
+from skinnet.predict import Predictor
+
+from .data import trained_splits
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def pair_features(predictor: Predictor, clinical: list, dermoscopy: list) -> dict[str, torch.Tensor]:
+    """:func:`guard_features` of a batch of pairs, one slot each, as the app computes them (unflipped)."""
+    model = predictor.model
+    given = {m: torch.cat([predictor.to_tensor(im) for im in images])
+             for m, images in zip(MODALITIES, (clinical, dermoscopy)) if images}
+    if len(given) == 2:
+        encoding = model.encode_pair(given["clinical"], given["dermoscopy"], summaries=True)
+        return {m: guard_features(encoding.summaries[m], encoding.pooled[m]) for m in MODALITIES}
+    (m, x), = given.items()
+    summaries: list = []
+    pooled = model.encode_one(x, m, summaries=summaries)
+    return {m: guard_features(summaries, pooled)}
+
+
+def lesion_features(predictor: Predictor, cases: list[Case], batch: int = 16
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Features of every image of ``cases``, grouped by the image's true modality: modality ->
+    (features (N, D), index of each row's case in ``cases`` (N,)).
+
+    Each image is seen in its own slot of its pair, in the other slot (the pair swapped) and
+    alone, the three ways the app may meet it. Cases without a clinical photo give dermoscopy
+    features only.
+    """
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
+    rows: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
+    for start in range(0, len(cases), batch):
+        index = torch.arange(start, min(start + batch, len(cases)))
+        derm = [load_rgb(cases[i].dermoscopy_path) for i in index]
+        out["dermoscopy"].append(pair_features(predictor, [], derm)["dermoscopy"])
+        rows["dermoscopy"].append(index)
+        index = torch.tensor([int(i) for i in index if not cases[i].clinic_is_derm], dtype=torch.long)
+        if len(index) == 0:
+            continue
+        clin = [load_rgb(cases[i].clinical_path) for i in index]
+        derm = [load_rgb(cases[i].dermoscopy_path) for i in index]
+        normal, swapped = pair_features(predictor, clin, derm), pair_features(predictor, derm, clin)
+        out["clinical"] += [normal["clinical"], swapped["dermoscopy"], pair_features(predictor, clin, [])["clinical"]]
+        rows["clinical"] += [index] * 3
+        out["dermoscopy"] += [normal["dermoscopy"], swapped["clinical"]]
+        rows["dermoscopy"] += [index] * 2
+    return {m: (torch.cat(out[m]), torch.cat(rows[m])) for m in MODALITIES}
+
+
+def fit_gaussians(features: dict[str, torch.Tensor], components: int) -> dict[str, tuple]:
+    return {m: fit_gaussian(f, min(components, len(f) - 1)) for m, f in features.items()}
+
+
+def unseen_distances(features: dict[str, tuple[torch.Tensor, torch.Tensor]], components: int,
+                     folds: int = 5) -> torch.Tensor:
+    """Each case's images' distances under Gaussians fitted without that case (cross-fitted by
+    case): how far lesions the Gaussians have not seen lie, which chooses the threshold."""
+    out = []
+    for fold in range(folds):
+        fitted = fit_gaussians({m: f[rows % folds != fold] for m, (f, rows) in features.items()}, components)
+        probe = _guards_from(fitted, torch.zeros(1), 0.0, "")
+        out += [probe.distance(f[rows % folds == fold]) for f, rows in features.values()]
+    return torch.cat(out)
+
+
+def _guards_from(gaussians: dict[str, tuple], weight: torch.Tensor, bias: float, fingerprint: str) -> Guards:
+    return Guards(means={m: g[0] for m, g in gaussians.items()}, basis={m: g[1] for m, g in gaussians.items()},
+                  scale={m: g[2] for m, g in gaussians.items()}, residual_scale={m: g[3] for m, g in gaussians.items()},
+                  ood_threshold=1.0, modality_weight=weight, modality_bias=bias, uncertain_margin=0.0,
+                  fingerprint=fingerprint)
+
+
+def oof_margins(oof_path: str | Path, predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-2 DIAG margin, correct) of the fused head's out-of-fold predictions, calibrated as
+    the app calibrates."""
+    oof = torch.load(oof_path, weights_only=True)
+    logits = calibrate(oof["logits"]["fused"], predictor.card.calibration.get("fused"))
+    probs = torch.softmax(split_logits(logits)["DIAG"], -1)
+    top2 = probs.topk(2, -1).values
+    return top2[:, 0] - top2[:, 1], probs.argmax(-1) == oof["labels"][:, 0]
+
+
+def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *, components: int = 32,
+        ood_factor: float = 1.0) -> Guards:
+    """Guards of ``predictor``'s model from the images of ``cases`` (without ``oof_path`` no
+    case is ever called uncertain)."""
+    features = lesion_features(predictor, cases)
+    weight, bias = fit_modality(torch.cat([features["clinical"][0], features["dermoscopy"][0]]),
+                                torch.cat([torch.zeros(len(features["clinical"][0])),
+                                           torch.ones(len(features["dermoscopy"][0]))]))
+    guards = _guards_from(fit_gaussians({m: f for m, (f, _) in features.items()}, components), weight, bias,
+                          weights_fingerprint(predictor.model))
+    guards.ood_threshold = ood_factor * float(unseen_distances(features, components).quantile(0.99))
+    guards.notes = {
+        "fitted_on": f"{len(cases)} cases",
+        "lesion_check": f"Gaussian per modality, Ledoit-Wolf, top {guards.basis['clinical'].shape[1]} components "
+                        "and one variance for the rest; "
+                        f"threshold = {ood_factor} x the 99th percentile of the distances of "
+                        "images whose case was left out of the fit (5 folds by case) "
+                        f"({guards.ood_threshold:.3f})",
+        "modality": "logistic regression (C=0.1, standardised features) on the training images in both slots "
+                    "and alone",
+        "uncertain": "not fitted (no out-of-fold predictions given): no case is called uncertain",
+    }
+    return guards if oof_path is None else fit_uncertain(guards, predictor, oof_path)
+
+
+def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path) -> Guards:
+    """Choose the 'uncertain' margin on out-of-fold predictions (calibrated with the card's
+    calibration, so refit this after recalibrating)."""
+    margins, correct = oof_margins(oof_path, predictor)
+    guards.uncertain_margin = uncertain_margin_from(margins, correct)
+    flagged = margins < guards.uncertain_margin
+    guards.notes["uncertain"] = (
+        f"top-2 DIAG margin < {guards.uncertain_margin:.3f}: out-of-fold ({Path(oof_path).parent.name}, calibrated), "
+        f"cases below it were right {100 * float(correct[flagged].float().mean()) if flagged.any() else 0:.0f}% "
+        f"of the time ({int(flagged.sum())} of {len(margins)} cases, {100 * float(flagged.float().mean()):.0f}%)")
+    return guards
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(prog="python -m training.fit_guards", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--oof", default=None, help="oof.pt of training.crossval with the checkpoint's recipe "
+                   "(chooses the 'uncertain' margin; without it no case is called uncertain)")
+    p.add_argument("--components", type=int, default=32)
+    p.add_argument("--ood-factor", type=float, default=1.0)
+    p.add_argument("--uncertain-only", action="store_true",
+                   help="keep the existing guards file's checks; choose only the 'uncertain' margin again "
+                        "(after recalibrating the checkpoint)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="default: beside the checkpoint")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = Predictor.from_checkpoint(args.checkpoint, guards=args.uncertain_only)
+    if args.uncertain_only:
+        if predictor.guards is None or not args.oof:
+            raise SystemExit("--uncertain-only needs an existing guards file beside the checkpoint and --oof")
+        out = fit_uncertain(predictor.guards, predictor, args.oof).save(args.out or guards_path(args.checkpoint))
+        print(f"uncertain: {predictor.guards.notes['uncertain']}\nwrote {out}")
+        return out
+    data = Derm7pt(args.data_root)
+    splits = trained_splits(predictor.card.trained_on_valid)
+    cases = [c for s in splits for c in data.split(s)]
+    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor)
+    guards.notes["fitted_on"] = f"Derm7pt {' + '.join(splits)} ({len(cases)} cases), the checkpoint's training data"
+    out = guards.save(args.out or guards_path(args.checkpoint))
+    for key, text in guards.notes.items():
+        print(f"{key}: {text}")
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
