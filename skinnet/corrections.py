@@ -344,6 +344,15 @@ def _parse_line(line: str) -> list[str] | None:
     return parsed[0] if parsed else []
 
 
+def latest_reviews(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Each reviewer's latest labelled review of each case, in file (time) order."""
+    latest: dict[tuple[str, str], dict] = {}
+    for row in rows:  # file order is time order (append-only)
+        if row["verdict"] in LABELLED_VERDICTS:
+            latest[(row["case_id"], row["reviewer"])] = row
+    return sorted(latest.values(), key=lambda r: r["line"])
+
+
 def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str, dict[str, str]]:
     """One labelled row per case: the latest labelled review, or per task the majority.
 
@@ -353,12 +362,8 @@ def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str
     """
     if rule not in ("latest", "majority"):
         raise ValueError(f"rule must be 'latest' or 'majority', got {rule!r}")
-    latest_per_reviewer: dict[tuple[str, str], dict] = {}
-    for row in rows:  # file order is time order (append-only)
-        if row["verdict"] in LABELLED_VERDICTS:
-            latest_per_reviewer[(row["case_id"], row["reviewer"])] = row
     by_case: dict[str, list[dict]] = {}
-    for row in sorted(latest_per_reviewer.values(), key=lambda r: r["line"]):
+    for row in latest_reviews(rows):
         by_case.setdefault(row["case_id"], []).append(row)
     result = {}
     for case_id, reviews in by_case.items():

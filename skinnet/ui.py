@@ -419,6 +419,13 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                                           elem_id="export-labels", scale=1)
                 export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
                                       elem_id="export-file")
+            with gr.Accordion("Agreement (reviewers)", open=False):
+                gr.Markdown("Cohen's kappa per task of each reviewer with the model's prediction and with each "
+                            "other reviewer, over the cases both labelled (latest labelled review each; 1 = "
+                            "perfect, 0 = chance). Intervals, Fleiss' kappa and confusion matrices: "
+                            "`python -m skinnet.agreement corrections.csv --out DIR`.")
+                agreement_button = gr.Button("Show agreement", size="sm", interactive=saving, elem_id="agreement")
+                agreement_view = gr.Dataframe(interactive=False, elem_id="agreement-table")
         with gr.Tab("Model"):
             gr.Markdown(model_markdown(predictor))
 
@@ -552,6 +559,19 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             # the state is not an output: a step that finished meanwhile must not be undone by this one
             return message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer)
 
+        def agreement_view_(request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewers.require(request, profile, "Seeing reviewers' agreement")
+            from .agreement import agreement_report, kappa_table
+            from .corrections import read_corrections
+
+            if not log.path.is_file():
+                raise gr.Error("No reviews are saved yet.")
+            rows, _ = read_corrections(log.path)
+            table = kappa_table(agreement_report(rows, intervals=False))
+            if not table:
+                raise gr.Error("No labelled reviews are saved yet.")
+            return pd.DataFrame(table, columns=["raters", "cases", *(t.name for t in TASKS)])
+
         def refresh_queues(request: gr.Request, profile: gr.OAuthProfile | None):
             """The queue files, for reviewers only (their names can say more than a visitor should see)."""
             listed = list_queues(queue_root) if queue_root and reviewers.of(request, profile) else []
@@ -593,6 +613,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                       .success(show_case, state, case_outputs, **private))
         order_button.click(order_queue, state, [state, queue_view, queue_status], **private)
         export_button.click(export_labels, export_rule, export_file, **private)
+        agreement_button.click(agreement_view_, None, agreement_view, **private)
         save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],
                    [save_status, header, queue_view], concurrency_limit=4, **private)
         app.load(refresh_queues, None, queue_file, **private)

@@ -149,3 +149,31 @@ def test_uploaded_case_saved_without_metadata_or_name(session, tmp_path):
     assert b"PatientCam" not in stored and b"Jane" not in stored and b"GPS" not in stored
     leftovers = [p for p in settings.log_dir.rglob("*") if "jane" in p.name.lower()]
     assert leftovers == []
+
+
+def test_agreement_view_shows_two_reviewers_and_the_model(session, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from skinnet.corrections import CorrectionsLog, Review, new_event_id
+
+    settings, _ = session
+    log = CorrectionsLog(settings.log_dir)  # a second reviewer's saves, as another app process would log them
+    for i, (a, b) in enumerate([("NEV", "NEV"), ("MEL", "NEV"), ("SK", "SK"), ("BCC", "BCC")]):
+        predicted = {"DIAG": "NEV", "PN": "ABS", "STR": "ABS", "PIG": "ABS", "RS": "ABS", "DaG": "ABS",
+                     "BWV": "ABS", "VS": "ABS"}
+        for reviewer, diag in (("dr_a", a), ("dr_b", b)):
+            log.append(Review(event_id=new_event_id(), reviewer=reviewer, case_id=f"agree{i}", source="manifest",
+                              verdict="correct", predicted=predicted, corrected={"DIAG": diag}))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        log_in(page, settings)
+        page.get_by_role("tab", name="Queue").click()
+        page.get_by_text("Agreement (reviewers)").click()
+        page.locator("#agreement").click()
+        table = page.locator("#agreement-table")
+        expect(table).to_contain_text("dr_a vs dr_b", timeout=60_000)
+        expect(table).to_contain_text("dr_b vs model")
+        text = table.inner_text()
+        assert "DIAG" in text and "0.67" in text  # dr_a vs dr_b on DIAG: 3 of 4 agree, kappa 2/3 (scikit-learn)
+        browser.close()
