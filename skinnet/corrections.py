@@ -33,6 +33,9 @@ from .labels import LABEL_COLUMNS, TASKS
 
 VERDICTS = ("agree", "correct", "unsure", "skip")
 LABELLED_VERDICTS = ("agree", "correct")
+RETRACT = "retract"
+"""The verdict of a row that withdraws one of the same reviewer's earlier rows (its event id in
+``note``): the log stays append-only, and every reader drops both (:func:`read_corrections`)."""
 """Verdicts whose row carries labels that training may use."""
 NO_CHANGE = "no change"
 BASE_COLUMNS = ("event_id", "logged_at", "reviewer", "case_id", "source", "clinic", "clinic_sha256",
@@ -121,8 +124,10 @@ class Review:
             raise CorrectionsError("a review needs a case id")
         if self.source not in SOURCES:
             raise CorrectionsError(f"source must be one of {SOURCES}, got {self.source!r}")
-        if self.verdict not in VERDICTS:
+        if self.verdict not in VERDICTS + (RETRACT,):
             raise CorrectionsError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.verdict == RETRACT and not EVENT_ID.fullmatch(self.note):
+            raise CorrectionsError("a retraction names the event id it withdraws")
         if self.confidence is not None and (isinstance(self.confidence, bool) or self.confidence not in range(1, 6)):
             raise CorrectionsError(f"confidence must be a whole number from 1 to 5, got {self.confidence!r}")
         if not isinstance(self.note, str) or len(self.note) > MAX_NOTE:
@@ -265,6 +270,19 @@ class CorrectionsLog:
         rows, _ = read_corrections(self.path)
         return {r["case_id"]: r["verdict"] for r in rows if r["reviewer"] == reviewer}
 
+    def latest_review(self, reviewer: str, case_id: str) -> dict[str, str] | None:
+        """This reviewer's latest standing (not retracted) row for the case, if any."""
+        if not self.path.is_file():
+            return None
+        rows, _ = read_corrections(self.path)
+        mine = [r for r in rows if r["reviewer"] == reviewer and r["case_id"] == case_id]
+        return mine[-1] if mine else None
+
+    def same_content(self, review: Review, row: dict[str, str]) -> bool:
+        """Whether saving ``review`` would repeat ``row`` (verdict, labels, confidence, note)."""
+        new = {k: restore(v) for k, v in self._row(review, {}).items()}
+        return all(new[c] == row[c] for c in ("verdict", "confidence", "note", *LABEL_COLUMNS))
+
 
 def _csv_line(values) -> str:
     buffer = io.StringIO()
@@ -289,6 +307,9 @@ class Problem:
 
 def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
     """Rows (dicts of restored values, with ``line``) and the problems of the bad ones.
+
+    Retracted rows and the retractions themselves are left out: every reader sees the
+    reviews that stand.
 
     A bad row (wrong number of cells, a row cut short by a crash, an unknown verdict or
     label) is left out and reported with its line number; good rows are never lost.
@@ -323,7 +344,7 @@ def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Probl
             continue
         row = {k: restore(v) for k, v in zip(header, cells)}
         row["line"] = number
-        if row["verdict"] not in VERDICTS:
+        if row["verdict"] not in VERDICTS + (RETRACT,):
             problems.append(Problem(number, f"unknown verdict {row['verdict']!r}"))
             continue
         if row["verdict"] in LABELLED_VERDICTS:
@@ -333,7 +354,8 @@ def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Probl
                 problems.append(Problem(number, str(err).split(": ", 1)[1]))
                 continue
         rows.append(row)
-    return rows, problems
+    withdrawn = {(r["reviewer"], r["note"]) for r in rows if r["verdict"] == RETRACT}
+    return [r for r in rows if r["verdict"] != RETRACT and (r["reviewer"], r["event_id"]) not in withdrawn], problems
 
 
 def _parse_line(line: str) -> list[str] | None:

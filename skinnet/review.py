@@ -6,6 +6,8 @@ once) and when it was opened (time spent is measured, never typed).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import asdict
@@ -15,7 +17,7 @@ import gradio as gr
 import pandas as pd
 from PIL.Image import Image
 
-from .corrections import (NO_CHANGE, VERDICTS, CorrectionsError, CorrectionsLog, Review, export_meta_csv,
+from .corrections import (NO_CHANGE, RETRACT, VERDICTS, CorrectionsError, CorrectionsLog, Review, export_meta_csv,
                           new_event_id, read_corrections)
 from .data import DatasetError
 from .imaging import ImageError, load_rgb, pixel_sha256
@@ -119,10 +121,31 @@ def start_upload_case(state: dict, clinical: str | None, dermoscopy: str | None)
     return _open_case({**state, "index": None}, case)
 
 
+def content_event_id(*parts) -> str:
+    """An event id fixed by what is saved: the same save sent twice (a double click, a retried
+    request) gets the same id and is logged once; a changed review gets a new one."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def form_values(row: dict | None) -> tuple:
+    """(verdict, corrections per task, confidence, note) that show a saved row in the form;
+    the blank form without one."""
+    if row is None:
+        return (None, *([NO_CHANGE] * len(TASKS)), None, "")
+    corrected = []
+    for task in TASKS:
+        label, predicted = row.get(task.column, ""), row.get(f"model_{task.column}", "")
+        changed = label and label != predicted
+        corrected.append(task.classes[task.class_index(label)] if changed else NO_CHANGE)
+    confidence = int(row["confidence"]) if row.get("confidence") else None
+    return (row["verdict"], *corrected, confidence, row.get("note", ""))
+
+
 def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
                 clinical: Image | None, dermoscopy: Image | None, verdict: str | None,
                 corrected: dict[str, str], confidence: int | None, note: str) -> tuple[dict, str]:
-    """Append the open case's review to the log; saving the same opened case twice logs once.
+    """Append the open case's review to the log. Saving what is already your latest review of
+    the case logs nothing; a changed review appends a row that supersedes the earlier one.
 
     Returns:
         The state and a status message.
@@ -154,12 +177,45 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         seconds_spent=time.time() - (state.get("opened_at") or time.time()),
         confidence=confidence if confidence not in (None, "") else None, note=note or "")
     try:
+        review.validate()
+        previous = log.latest_review(reviewer, review.case_id)
+        if previous is not None and log.same_content(review, previous):
+            return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
+        review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
+                                           verdict, review.corrected, review.confidence, review.note)
         logged = log.append(review, clinical, dermoscopy)
     except CorrectionsError as err:
         raise gr.Error(str(err)) from None
     if not logged:
-        return state, f"Already saved (event {state['event_id'][:8]}): logged once."
-    return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s)."
+        return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
+    replaced = " (replaces your earlier review of this case)" if previous is not None else ""
+    return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s){replaced}."
+
+
+def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tuple[str, dict | None]:
+    """Withdraw your latest review of the open case with an appended retraction row (the log
+    stays append-only; readers drop both). Returns (message, the review that now stands)."""
+    if reviewer is None:
+        raise gr.Error("Undo needs a signed-in reviewer.")
+    case = state.get("case")
+    if case is None:
+        raise gr.Error("No case is open.")
+    latest = log.latest_review(reviewer, case["case_id"])
+    if latest is None:
+        raise gr.Error(f"Nothing to undo: you have no saved review of case {case['case_id']}.")
+    predicted = {t.name: t.classes[t.class_index(latest[f"model_{t.column}"])] for t in TASKS}
+    retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
+                        case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
+                        corrected={}, model_version=latest["model_version"],
+                        checkpoint_sha256=latest["checkpoint_sha256"], note=latest["event_id"])
+    try:
+        log.append(retraction, images={"clinic": (latest["clinic"], latest["clinic_sha256"]),
+                                       "derm": (latest["derm"], latest["derm_sha256"])})
+    except CorrectionsError as err:
+        raise gr.Error(str(err)) from None
+    standing = log.latest_review(reviewer, case["case_id"])
+    back = f"your earlier review ({standing['verdict']}) stands again" if standing else "the case is unreviewed by you"
+    return f"Undone: your {latest['verdict']} review of case {case['case_id']} is withdrawn; {back}.", standing
 
 
 def export_labels(log: CorrectionsLog, rule: str) -> str:

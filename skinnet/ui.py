@@ -400,8 +400,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                     note = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)", lines=1, max_length=MAX_NOTE)
                 # the event id of the case on screen: a save names the case the reviewer saw
                 case_token = gr.Textbox(visible=False, elem_id="case-token")
-                save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
-                                 elem_id="save-review")
+                with gr.Row():
+                    save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
+                                     elem_id="save-review", scale=3)
+                    undo = gr.Button("Undo my last save of this case", interactive=saving, elem_id="undo-save",
+                                     scale=1)
                 save_status = gr.Markdown(elem_id="save-status")
         with gr.Tab("Queue"):
             gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
@@ -450,7 +453,9 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                     image = images_in.open(owner, value, name, originals=True)
                 except ImageError as err:
                     raise gr.Error(str(err)) from None
-                return store.add(owner, image) if image is not None else None
+                # the last pair's results go in the same response as the new image (no later step
+                # can wipe an analysis the user started meanwhile)
+                return (store.add(owner, image) if image is not None else None, *CLEARED_OUTPUTS)
             handler.__name__ = f"upload_{name.split()[0]}"
             return handler
 
@@ -460,15 +465,18 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             paths = [store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
             state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
             return (state, review.case_header(state, log, reviewers.of(request, profile)), None, "",
-                    state.get("event_id") or "", *CLEARED_OUTPUTS)
+                    state.get("event_id") or "")
 
         def show_case(state, request: gr.Request, profile: gr.OAuthProfile | None):
             state, owner = session(state, request, profile)
             images = review.load_case_images(state)
             reviewer = reviewers.of(request, profile)
+            saved = log.latest_review(reviewer, state["case"]["case_id"]) if reviewer and state.get("case") else None
+            status = (f"Showing your saved review ({saved['verdict']}, {saved['logged_at']}): change it and save to "
+                      "replace it." if saved else "")
             return (state, *(store.add(owner, im) if im is not None else None for im in images),
-                    review.case_header(state, log, reviewer), None, *([NO_CHANGE] * len(TASKS)), None, "", "",
-                    state.get("event_id") or "", False)
+                    review.case_header(state, log, reviewer), *review.form_values(saved), status, False,
+                    state.get("event_id") or "")
 
         def step(direction):
             def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -572,6 +580,13 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                 raise gr.Error("No labelled reviews are saved yet.")
             return pd.DataFrame(table, columns=["raters", "cases", *(t.name for t in TASKS)])
 
+        def undo_handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewer = reviewers.require(request, profile, "Undo")
+            state, _ = session(state, request, profile)
+            message, standing = review.undo_last_save(state, log, reviewer)
+            return (message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer),
+                    *review.form_values(standing))
+
         def refresh_queues(request: gr.Request, profile: gr.OAuthProfile | None):
             """The queue files, for reviewers only (their names can say more than a visitor should see)."""
             listed = list_queues(queue_root) if queue_root and reviewers.of(request, profile) else []
@@ -582,10 +597,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         explain_inputs = [state, clinical, dermoscopy, task, class_name, head]
         explain_outputs = [cam_clinical, cam_dermoscopy, attention]
         predicted = [summary, diagnosis, criteria]
-        form = [verdict, *corrections, confidence, note, save_status, case_token]
+        form = [verdict, *corrections, confidence, note, save_status]
         private = {"api_visibility": "private", "preprocess": False}
-        uploaded = [state, header, verdict, save_status, case_token, show_anyway, *predicted, *explain_outputs,
-                    anyway_button, swap_button]
+        # the case token comes last in every output list that opens a case (API callers read data[-1])
+        uploaded = [state, header, verdict, save_status, case_token]
+        cleared = [show_anyway, *predicted, *explain_outputs, anyway_button, swap_button]
 
         def after_predict(event):  # each step only after the one before succeeded
             return (event.success(guard_buttons, [*images, show_anyway], [anyway_button, swap_button], **private)
@@ -596,7 +612,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             return after_predict(event.success(predict, [*images, show_anyway], predicted, **private))
 
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
-            component.upload(on_upload(name), [state, component], component, **private).success(
+            component.upload(on_upload(name), [state, component], [component, *cleared], **private).success(
                 case_from_upload, [state, clinical, dermoscopy], uploaded, **private)
         task.change(class_choices, task, class_name, api_visibility="private")
         after_predict(analyse.click(predict, [*images, show_anyway], predicted, api_name="predict", preprocess=False))
@@ -604,7 +620,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         analyse_chain(swap_button.click(swap_images, images, [clinical, dermoscopy], **private)
                       .success(case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
         explain_button.click(explain_, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
-        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway]
+        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, case_token]
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
             analyse_chain(button.click(step(direction), state, state, **private)
                           .success(show_case, state, case_outputs, **private))
@@ -616,6 +632,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         agreement_button.click(agreement_view_, None, agreement_view, **private)
         save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],
                    [save_status, header, queue_view], concurrency_limit=4, **private)
+        undo.click(undo_handler, state, [save_status, header, queue_view, verdict, *corrections, confidence, note],
+                   **private)
+        for field_ in (verdict, *corrections, confidence, note):  # typed or picked by the user, not loaded
+            field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,
+                         api_visibility="private", queue=False)
         app.load(refresh_queues, None, queue_file, **private)
     app.skinnet_sweeper = uploads.start_sweeper(images_in)
     return app

@@ -117,7 +117,8 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     _upload(page, "clinical", clinical)
     page.wait_for_function("!document.querySelector('#summary').innerText.includes('Fused head')", timeout=30_000)
     assert page.locator("#gradcam-dermoscopy img").count() == 0
-    assert not page.locator("#show-anyway").is_visible()
+    from playwright.sync_api import expect
+    expect(page.locator("#show-anyway")).to_be_hidden(timeout=30_000)
     page.close()
 
 
@@ -138,5 +139,6 @@ def test_swapped_images_are_called_swapped_and_one_click_swaps_them(browser, gua
     page.locator("#swap-images").click()
     page.wait_for_function("document.querySelector('#summary').innerText.includes('Fused head') && "
                            "!document.querySelector('#summary').innerText.includes('swapped')", timeout=60_000)
-    assert not page.locator("#swap-images").is_visible()
+    from playwright.sync_api import expect
+    expect(page.locator("#swap-images")).to_be_hidden(timeout=30_000)
     page.close()

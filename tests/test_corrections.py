@@ -295,3 +295,28 @@ def test_a_foreign_file_is_refused_not_appended_to(tmp_path):
     with pytest.raises(CorrectionsError, match="not a skinnet corrections file"):
         log.append(review())
     assert log.path.read_text() == "name,salary\nbob,1\n"
+
+
+def test_a_retraction_withdraws_one_row_of_its_own_reviewer(tmp_path):
+    from skinnet.corrections import RETRACT
+
+    log = CorrectionsLog(tmp_path)
+    first, second = review("agree", case_id="5"), review("correct", case_id="5", DIAG="MEL")
+    other = review("agree", reviewer="dr_b", case_id="5")
+    for r in (first, second, other):
+        assert log.append(r)
+    assert log.latest_review("dr_a", "5")["event_id"] == second.event_id
+    withdraw = Review(event_id=new_event_id(), reviewer="dr_a", case_id="5", source="derm7pt", verdict=RETRACT,
+                      predicted=dict(PREDICTED), corrected={}, note=second.event_id)
+    assert log.append(withdraw)
+    rows, problems = read_corrections(log.path)
+    assert problems == [] and [r["event_id"] for r in rows] == [first.event_id, other.event_id]
+    assert log.latest_review("dr_a", "5")["verdict"] == "agree"
+    assert current_labels(rows)["5"]["reviewer"] == "dr_b"  # the latest standing review
+    # another reviewer cannot withdraw dr_b's row
+    assert log.append(Review(event_id=new_event_id(), reviewer="dr_a", case_id="5", source="derm7pt",
+                             verdict=RETRACT, predicted=dict(PREDICTED), corrected={}, note=other.event_id))
+    assert [r["event_id"] for r in read_corrections(log.path)[0]] == [first.event_id, other.event_id]
+    with pytest.raises(CorrectionsError, match="names the event id"):
+        log.append(Review(event_id=new_event_id(), reviewer="dr_a", case_id="5", source="derm7pt",
+                          verdict=RETRACT, predicted=dict(PREDICTED), corrected={}, note="not an id"))

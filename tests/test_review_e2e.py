@@ -177,3 +177,59 @@ def test_agreement_view_shows_two_reviewers_and_the_model(session, tmp_path):
         text = table.inner_text()
         assert "DIAG" in text and "0.67" in text  # dr_a vs dr_b on DIAG: 3 of 4 agree, kappa 2/3 (scikit-learn)
         browser.close()
+
+
+def open_third_case(page) -> None:
+    """Open the queue and step to its third case, c2, with 'next' (whatever was reviewed before)."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Queue").click()
+    choose(page, "queue-file", "queue/manifest.csv")
+    page.locator("#open-queue").click()
+    page.get_by_role("tab", name="Review").click()
+    expect(page.locator("#case-header")).to_contain_text("case c0", timeout=60_000)
+    for case in ("c1", "c2"):
+        page.locator("#next-case").click()
+        expect(page.locator("#case-header")).to_contain_text(f"case {case}", timeout=60_000)
+
+
+def test_edit_after_saving_supersedes_undo_withdraws_and_reopening_shows_your_review(session):
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, _ = session
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 2000})
+        log_in(page, settings)
+        open_third_case(page)
+        expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
+        status = page.locator("#save-status")
+
+        page.locator("#verdict input[value=correct]").check()
+        choose(page, "correct-DIAG", "SK")
+        expect(status).to_contain_text("Unsaved changes", timeout=30_000)
+        page.locator("#save-review").click()
+        expect(status).to_contain_text("Saved: correct for case c2", timeout=60_000)
+        choose(page, "correct-DIAG", "MEL")  # change of mind after saving
+        expect(status).to_contain_text("Unsaved changes", timeout=30_000)
+        page.locator("#save-review").click()
+        expect(status).to_contain_text("replaces your earlier review", timeout=60_000)
+        page.locator("#save-review").click()  # nothing changed: logged once
+        expect(status).to_contain_text("Already saved", timeout=60_000)
+
+        page.locator("#undo-save").click()
+        expect(status).to_contain_text("Undone: your correct review of case c2 is withdrawn", timeout=60_000)
+        expect(page.locator("#correct-DIAG input")).to_have_value("SK", timeout=30_000)
+
+        page.reload()  # a new page (still signed in): the saved review comes back into the form
+        open_third_case(page)
+        expect(status).to_contain_text("Showing your saved review (correct", timeout=60_000)
+        expect(page.locator("#correct-DIAG input")).to_have_value("SK")
+        expect(page.locator("#verdict input[value=correct]")).to_be_checked()
+        browser.close()
+
+    rows, problems = read_corrections(settings.log_dir / "corrections.csv")
+    mine = [r for r in rows if r["case_id"] == "c2"]
+    assert problems == [] and [r["diagnosis"] for r in mine] == ["seborrheic keratosis"]
+    raw = (settings.log_dir / "corrections.csv").read_text()
+    assert raw.count(",c2,") == 3  # SK, MEL, and the retraction of MEL: appended, never edited

@@ -123,7 +123,7 @@ def test_errors_do_not_say_whether_a_path_exists(server):
     client = RawClient(server["url"], "dr_b", USERS["dr_b"])
     config = client.config()
     upload, predict = fns(config, "upload_clinical")[0], fns(config, "predict")[0]
-    for index, data in ((upload, lambda p: [None, {"path": p}]), (predict, lambda p: [None, {"path": p}, None])):
+    for index, data in ((upload, lambda p: [None, {"path": p}]), (predict, lambda p: [None, {"path": p}, None, False])):
         errors = {client.call(index, data(path)).error
                   for path in ("/etc/shadow", "/nonexistent/x.png", "/tmp", "/etc/hostname", str(server["secret"]))}
         assert errors == {f"clinical image: that file is {NOT_YOURS}; upload the image again."}
