@@ -44,10 +44,10 @@ USER, PASSWORD = "bench", "bench-password-1"
 class App:
     """``python app.py`` in its own process, with its own log folder."""
 
-    def __init__(self, checkpoint: Path, log_dir: Path, users: bool = True):
+    def __init__(self, checkpoint: Path, log_dir: Path, users: bool = True, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "SKINNET_LOG_DIR": str(log_dir)}
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "SKINNET_LOG_DIR": str(log_dir), **(env or {})}
         env.pop("SKINNET_USERS", None)
         if users:
             env["SKINNET_USERS"] = f"{USER}:{PASSWORD}"
@@ -86,7 +86,7 @@ def predict_seconds(url: str, pair: list[Path]) -> float:
     client = RawClient(url)
     config = client.config()
     started = time.perf_counter()
-    result = client.call(fn(config, "predict"), [None, {"path": client.upload(pair[0])}, {"path": client.upload(pair[1])}])
+    result = client.call(fn(config, "predict"), [None, {"path": client.upload(pair[0])}, {"path": client.upload(pair[1])}, False])
     assert result.success, result.error
     return time.perf_counter() - started
 
@@ -109,7 +109,7 @@ def memory_attack(checkpoint: Path, work: Path) -> dict:
         del image
         config = RawClient(app.url).config()
         events = [(fn(config, "upload_clinical"), lambda f: [None, f]), (fn(config, "upload_dermoscopy"), lambda f: [None, f]),
-                  (fn(config, "predict"), lambda f: [None, f, f]),
+                  (fn(config, "predict"), lambda f: [None, f, f, False]),
                   (fn(config, "explain"), lambda f: [None, f, f, "DIAG", "(predicted class)", "auto"])]
         outcomes = []
 

@@ -97,21 +97,29 @@ class Predictor:
     def to_tensor(self, image: Image.Image | None) -> torch.Tensor | None:
         return None if image is None else self.transform(image)[None].to(self.device)
 
-    @torch.inference_mode()
     def forward(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
                 tta: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Raw (uncalibrated) logits per head, (NUM_OUTPUTS,), flip-averaged if the card says so,
-        and each given image's :func:`~skinnet.guards.guard_features` (unflipped view).
-
-        The flipped views go through the model as one batch: one forward pass, not four.
-        """
+        and each given image's :func:`~skinnet.guards.guard_features` (unflipped view)."""
         if clinical is None and dermoscopy is None:
             raise ValueError("need a clinical image, a dermoscopy image, or both")
+        logits, features = self.forward_tensors(self.to_tensor(clinical), self.to_tensor(dermoscopy), tta)
+        return {h: v[0] for h, v in logits.items()}, {m: v[0] for m, v in features.items()}
+
+    @torch.inference_mode()
+    def forward_tensors(self, clinical: torch.Tensor | None, dermoscopy: torch.Tensor | None,
+                        tta: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """:meth:`forward` for (B, 3, S, S) batches of preprocessed images: (B, NUM_OUTPUTS)
+        logits per head and (B, D) guard features per given modality.
+
+        The flipped views of the whole batch go through the model as one batch: one forward
+        pass, not four.
+        """
         tta = bool(self.card.training.get("tta", False)) if tta is None else tta
         flips = FLIPS if tta else FLIPS[:1]
-        views = {m: torch.cat([x.flip(dims) if dims else x for dims in flips])
-                 for m, x in zip(MODALITIES, (self.to_tensor(clinical), self.to_tensor(dermoscopy)))
-                 if x is not None}
+        given = {m: x for m, x in zip(MODALITIES, (clinical, dermoscopy)) if x is not None}
+        n = next(iter(given.values())).shape[0]
+        views = {m: torch.cat([x.flip(dims) if dims else x for dims in flips]) for m, x in given.items()}
         with self.lock:
             if len(views) == 2:
                 encoding = self.model.encode_pair(views["clinical"], views["dermoscopy"], summaries=True)
@@ -121,8 +129,8 @@ class Predictor:
                 summaries = {modality: []}
                 pooled = {modality: self.model.encode_one(x, modality, summaries=summaries[modality])}
             out = self.model.classify(pooled)
-        logits = {head: value.float().mean(0) for head, value in out.items()}
-        return logits, {m: guard_features([s[:1] for s in summaries[m]], pooled[m][:1])[0] for m in pooled}
+        logits = {head: value.float().view(len(flips), n, -1).mean(0) for head, value in out.items()}
+        return logits, {m: guard_features([s[:n] for s in summaries[m]], pooled[m][:n]) for m in pooled}
 
     def logits(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
                tta: bool | None = None) -> dict[str, torch.Tensor]:
@@ -152,17 +160,40 @@ class Predictor:
         with self.lock:
             self._recent.clear()
 
+    def predict_batch(self, pairs: list[tuple[Image.Image | None, Image.Image | None]],
+                      batch_size: int = 8) -> list[Prediction]:
+        """Predictions of many cases, several per forward pass (queue scoring). The model lock
+        is held for one batch at a time, so other requests are served in between."""
+        results: list[Prediction | None] = [None] * len(pairs)
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i, (clinical, dermoscopy) in enumerate(pairs):
+            if clinical is None and dermoscopy is None:
+                raise ValueError(f"case {i}: need a clinical image, a dermoscopy image, or both")
+            groups.setdefault((clinical is not None, dermoscopy is not None), []).append(i)
+        for (has_clinical, has_dermoscopy), indexes in groups.items():
+            for start in range(0, len(indexes), batch_size):
+                chunk = indexes[start:start + batch_size]
+                stack = (lambda k: torch.cat([self.to_tensor(pairs[i][k]) for i in chunk]))
+                logits, features = self.forward_tensors(stack(0) if has_clinical else None,
+                                                        stack(1) if has_dermoscopy else None)
+                for row, i in enumerate(chunk):
+                    results[i] = self._prediction({h: v[row] for h, v in logits.items()},
+                                                  {m: v[row] for m, v in features.items()})
+        return results
+
     def _predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
+        return self._prediction(*self.forward(clinical, dermoscopy))
+
+    def _prediction(self, logits: dict[str, torch.Tensor], features: dict[str, torch.Tensor]) -> Prediction:
         heads = {}
-        logits, features = self.forward(clinical, dermoscopy)
         for head, flat in logits.items():
             calibrated = calibrate(flat, self.card.calibration.get(head))
             per_task = {}
-            for task, logits in zip(TASKS, split_logits(calibrated).values()):
-                probs = torch.softmax(logits, -1).tolist()
+            for task, task_logits in zip(TASKS, split_logits(calibrated).values()):
+                probs = torch.softmax(task_logits, -1).tolist()
                 per_task[task.name] = dict(zip(task.classes, probs))
             heads[head] = HeadPrediction(per_task)
-        modalities = tuple(m for m, im in zip(MODALITIES, (clinical, dermoscopy)) if im is not None)
+        modalities = tuple(m for m in MODALITIES if m in features)
         notes = []
         if len(modalities) == 1:
             notes.append(f"Only the {modalities[0]} image was given: this is the {modalities[0]} head's "

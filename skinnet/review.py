@@ -10,6 +10,7 @@ import hashlib
 import json
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -67,26 +68,68 @@ def open_queue_handler(state: dict, path: str, root: Path | None, log: Correctio
         queue = open_queue(path.strip(), root)
     except DatasetError as err:
         raise gr.Error(str(err)) from None
-    state = {**new_state(), "owner": state.get("owner"), "queue": [asdict(c) for c in queue]}
+    digest = hashlib.sha256(Path(path.strip()).read_bytes()).hexdigest()
+    state = {**new_state(), "owner": state.get("owner"), "queue": [asdict(c) for c in queue], "queue_sha256": digest}
     return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases."
+
+
+SCORE_BATCH = 32
+"""Cases scored per step of "least sure first" (one model call of a few pairs each, then the
+model is free for other requests)."""
+
+
+def queue_scores(state: dict, predictor: Predictor, cache: Path, progress=None) -> dict[str, float]:
+    """Uncertainty of every case of the open queue, from the disk cache when this queue file and
+    checkpoint were scored before (by anyone), else scored in batches and cached."""
+    key = f"{state.get('queue_sha256', 'unknown')[:20]}-{predictor.checkpoint_sha256[:20] or predictor.card.name}"
+    path = cache / f"{key}.json"
+    try:
+        scores = json.loads(path.read_text())
+        if all(c["case_id"] in scores for c in state["queue"]):
+            return scores
+    except (OSError, ValueError):
+        pass
+    scores, queue = {}, state["queue"]
+    for start in range(0, len(queue), SCORE_BATCH):
+        if progress is not None:
+            progress((start, len(queue)), desc="scoring cases (shared by every reviewer once done)")
+        chunk = queue[start:start + SCORE_BATCH]
+        pairs = [tuple(load_rgb(c[k]) if c[k] else None for k in ("clinical", "dermoscopy")) for c in chunk]
+        for case, prediction in zip(chunk, predictor.predict_batch(pairs)):
+            scores[case["case_id"]] = uncertainty(prediction)
+    cache.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_text(json.dumps(scores))
+    temporary.replace(path)
+    return scores
 
 
 def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
                          progress=None):
-    """Sort the queue so that the cases the model is least sure of come first."""
+    """Sort the queue so that the cases the model is least sure of come first, and open the
+    first of them you have not reviewed (``n`` then follows this order)."""
     if not state["queue"]:
         raise gr.Error("Open a queue first.")
-    scores = {}
-    for i, case in enumerate(state["queue"]):
-        if progress is not None:
-            progress((i, len(state["queue"])), desc="scoring cases")
-        images = [load_rgb(p) if p else None for p in (case["clinical"], case["dermoscopy"])]
-        scores[case["case_id"]] = uncertainty(predictor.predict(*images))
+    try:
+        scores = queue_scores(state, predictor, log.folder / "queue_scores", progress)
+    except ImageError as err:
+        raise gr.Error(str(err)) from None
     queue = sorted(state["queue"], key=lambda c: -scores[c["case_id"]])
-    current = state["case"]["case_id"] if state.get("case") else None
-    index = next((i for i, c in enumerate(queue) if c["case_id"] == current), state["index"])
-    state = {**state, "queue": queue, "uncertainty": scores, "index": index}
-    return state, queue_table(state, log, reviewer), "Ordered by model uncertainty (least sure first)."
+    done = log.reviewed_cases(reviewer) if reviewer else {}
+    first = next((i for i, c in enumerate(queue) if c["case_id"] not in done), 0)
+    state = _open_case({**state, "queue": queue, "uncertainty": scores, "index": first}, dict(queue[first]))
+    return (state, queue_table(state, log, reviewer),
+            f"Ordered by model uncertainty (least sure first); opened case {queue[first]['case_id']}, "
+            "the least sure one you have not reviewed.")
+
+
+def open_row(state: dict, row: int) -> dict:
+    """Open the queue's case at a table row (a click on the queue table)."""
+    if not state["queue"]:
+        raise gr.Error("Open a queue first.")
+    if not isinstance(row, int) or not 0 <= row < len(state["queue"]):
+        raise gr.Error("No such row in the queue.")
+    return _open_case({**state, "index": row}, dict(state["queue"][row]))
 
 
 def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> dict:

@@ -348,89 +348,90 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             if settings.hf_reviewers:
                 gr.LoginButton(scale=0, elem_id="hf-login")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
-        with gr.Tab("Review"):
-            with gr.Row():
-                header = gr.Markdown(review.case_header(review.new_state(), log, None), elem_id="case-header")
-                prev_case = gr.Button("< prev", size="sm", elem_id="prev-case", scale=0)
-                next_case = gr.Button("next >", size="sm", elem_id="next-case", scale=0)
-                next_unreviewed = gr.Button("next unreviewed >", size="sm", elem_id="next-unreviewed", scale=0)
-            with gr.Row():
-                clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
-                                    sources=["upload", "clipboard"], height=300, elem_id="clinical-input")
-                dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
-                                      sources=["upload", "clipboard"], height=300, elem_id="dermoscopy-input")
-            analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
-            summary = gr.Markdown(label="summary", elem_id="summary")
-            with gr.Row():
-                anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm", scale=0,
-                                          elem_id="show-anyway")
-                swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0, elem_id="swap-images")
-            # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
-            show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
-            with gr.Row():
-                diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
-                                         interactive=False, elem_id="diagnosis-table")
-                criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
-                                        interactive=False, elem_id="criteria-table", scale=3)
-            with gr.Row():
-                task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
-                class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
-                                         label="Class")
-                head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
-                explain_button = gr.Button("Explain", elem_id="explain")
-            with gr.Row():
-                cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
-                                        interactive=False, elem_id="gradcam-clinical")
-                cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
-                                          interactive=False, elem_id="gradcam-dermoscopy")
-            attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
-                                   format="png", columns=4, object_fit="contain", height="auto",
-                                   elem_id="attention")
-            with gr.Group(elem_id="review-form"):
-                gr.Markdown("### Your review\n" + review_help(reviewers))
-                verdict = gr.Radio(list(VERDICTS), value=None, label="Verdict", elem_id="verdict")
-                corrections = []
-                for row_tasks in (TASKS[:4], TASKS[4:]):
+        with gr.Tabs() as tabs:
+            with gr.Tab("Review", id="review"):
+                with gr.Row():
+                    header = gr.Markdown(review.case_header(review.new_state(), log, None), elem_id="case-header")
+                    prev_case = gr.Button("< prev", size="sm", elem_id="prev-case", scale=0)
+                    next_case = gr.Button("next >", size="sm", elem_id="next-case", scale=0)
+                    next_unreviewed = gr.Button("next unreviewed >", size="sm", elem_id="next-unreviewed", scale=0)
+                with gr.Row():
+                    clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
+                                        sources=["upload", "clipboard"], height=300, elem_id="clinical-input")
+                    dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
+                                          sources=["upload", "clipboard"], height=300, elem_id="dermoscopy-input")
+                analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                summary = gr.Markdown(label="summary", elem_id="summary")
+                with gr.Row():
+                    anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm", scale=0,
+                                              elem_id="show-anyway")
+                    swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0, elem_id="swap-images")
+                # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
+                show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
+                with gr.Row():
+                    diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
+                                             interactive=False, elem_id="diagnosis-table")
+                    criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
+                                            interactive=False, elem_id="criteria-table", scale=3)
+                with gr.Row():
+                    task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
+                    class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
+                                             label="Class")
+                    head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
+                    explain_button = gr.Button("Explain", elem_id="explain")
+                with gr.Row():
+                    cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
+                                            interactive=False, elem_id="gradcam-clinical")
+                    cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
+                                              interactive=False, elem_id="gradcam-dermoscopy")
+                attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
+                                       format="png", columns=4, object_fit="contain", height="auto",
+                                       elem_id="attention")
+                with gr.Group(elem_id="review-form"):
+                    gr.Markdown("### Your review\n" + review_help(reviewers))
+                    verdict = gr.Radio(list(VERDICTS), value=None, label="Verdict", elem_id="verdict")
+                    corrections = []
+                    for row_tasks in (TASKS[:4], TASKS[4:]):
+                        with gr.Row():
+                            for t in row_tasks:
+                                corrections.append(gr.Dropdown([NO_CHANGE, *t.classes], value=NO_CHANGE,
+                                                               label=_task_label(t), elem_id=f"correct-{t.name}"))
                     with gr.Row():
-                        for t in row_tasks:
-                            corrections.append(gr.Dropdown([NO_CHANGE, *t.classes], value=NO_CHANGE,
-                                                           label=_task_label(t), elem_id=f"correct-{t.name}"))
+                        confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)")
+                        note = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)", lines=1, max_length=MAX_NOTE)
+                    # the event id of the case on screen: a save names the case the reviewer saw
+                    case_token = gr.Textbox(visible=False, elem_id="case-token")
+                    with gr.Row():
+                        save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
+                                         elem_id="save-review", scale=3)
+                        undo = gr.Button("Undo my last save of this case", interactive=saving, elem_id="undo-save",
+                                         scale=1)
+                    save_status = gr.Markdown(elem_id="save-status")
+            with gr.Tab("Queue", id="queue"):
+                gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
+                            "Derm7pt `meta/meta.csv` from the queue folder" + (f" (`{queue_root}`)." if queue_root else "."))
                 with gr.Row():
-                    confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)")
-                    note = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)", lines=1, max_length=MAX_NOTE)
-                # the event id of the case on screen: a save names the case the reviewer saw
-                case_token = gr.Textbox(visible=False, elem_id="case-token")
+                    queue_file = gr.Dropdown([], value=None, scale=4, label="Queue file", elem_id="queue-file")
+                    open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
+                    order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
+                queue_status = gr.Markdown(elem_id="queue-status")
+                queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
                 with gr.Row():
-                    save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
-                                     elem_id="save-review", scale=3)
-                    undo = gr.Button("Undo my last save of this case", interactive=saving, elem_id="undo-save",
-                                     scale=1)
-                save_status = gr.Markdown(elem_id="save-status")
-        with gr.Tab("Queue"):
-            gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
-                        "Derm7pt `meta/meta.csv` from the queue folder" + (f" (`{queue_root}`)." if queue_root else "."))
-            with gr.Row():
-                queue_file = gr.Dropdown([], value=None, scale=4, label="Queue file", elem_id="queue-file")
-                open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
-                order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
-            queue_status = gr.Markdown(elem_id="queue-status")
-            queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
-            with gr.Row():
-                export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
-                                       label="When reviewers disagree on a case (admins)")
-                export_button = gr.Button("Export current labels (meta.csv)", interactive=bool(settings.admins),
-                                          elem_id="export-labels", scale=1)
-                export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
-                                      elem_id="export-file")
-            with gr.Accordion("Agreement (reviewers)", open=False):
-                gr.Markdown("Cohen's kappa per task of each reviewer with the model's prediction and with each "
-                            "other reviewer, over the cases both labelled (latest labelled review each; 1 = "
-                            "perfect, 0 = chance). Intervals, Fleiss' kappa and confusion matrices: "
-                            "`python -m skinnet.agreement corrections.csv --out DIR`.")
-                agreement_button = gr.Button("Show agreement", size="sm", interactive=saving, elem_id="agreement")
-                agreement_view = gr.Dataframe(interactive=False, elem_id="agreement-table")
-        with gr.Tab("Model"):
-            gr.Markdown(model_markdown(predictor))
+                    export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
+                                           label="When reviewers disagree on a case (admins)")
+                    export_button = gr.Button("Export current labels (meta.csv)", interactive=bool(settings.admins),
+                                              elem_id="export-labels", scale=1)
+                    export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
+                                          elem_id="export-file")
+                with gr.Accordion("Agreement (reviewers)", open=False):
+                    gr.Markdown("Cohen's kappa per task of each reviewer with the model's prediction and with each "
+                                "other reviewer, over the cases both labelled (latest labelled review each; 1 = "
+                                "perfect, 0 = chance). Intervals, Fleiss' kappa and confusion matrices: "
+                                "`python -m skinnet.agreement corrections.csv --out DIR`.")
+                    agreement_button = gr.Button("Show agreement", size="sm", interactive=saving, elem_id="agreement")
+                    agreement_view = gr.Dataframe(interactive=False, elem_id="agreement-table")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(model_markdown(predictor))
 
         # -- handlers bound to this app -------------------------------------------------------
         # Gradio fills ``request`` and ``profile`` (the Hugging Face sign-in, if any) by annotation.
@@ -544,6 +545,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             state, _ = session(state, request, profile)
             return review.order_by_uncertainty(state, predictor, log, reviewer, progress)
 
+        def open_queue_row(state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewers.require(request, profile, "Opening a case")
+            state, _ = session(state, request, profile)
+            row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+            return review.open_row(state, row)
+
         def export_labels(rule, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewers.require_admin(request, profile, "Exporting everyone's labels")
             if rule not in ("latest", "majority"):
@@ -627,7 +634,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         analyse_chain(open_button.click(open_queue, [state, queue_file], [state, queue_view, queue_status], **private)
                       .success(step("next"), state, state, **private)
                       .success(show_case, state, case_outputs, **private))
-        order_button.click(order_queue, state, [state, queue_view, queue_status], **private)
+        analyse_chain(order_button.click(order_queue, state, [state, queue_view, queue_status], **private)
+                      .success(show_case, state, case_outputs, **private))
+        analyse_chain(queue_view.select(open_queue_row, state, state, **private)
+                      .success(show_case, state, case_outputs, **private)
+                      .success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private"))
         export_button.click(export_labels, export_rule, export_file, **private)
         agreement_button.click(agreement_view_, None, agreement_view, **private)
         save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],

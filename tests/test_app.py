@@ -259,3 +259,20 @@ def test_batched_flips_equal_one_forward_per_flip(predictor, pair, images):
     assert set(got) == set(expected)
     for head in got:
         assert torch.allclose(got[head], expected[head], atol=1e-5), head
+
+
+def test_batched_predictions_equal_one_at_a_time(predictor, tmp_path):
+    """Queue scoring runs several cases per forward pass; each result equals the single-case path."""
+    from app_helpers import write_pair
+
+    pairs = [tuple(Image.open(p).convert("RGB") for p in write_pair(tmp_path, seed)) for seed in range(5)]
+    cases = [pairs[0], pairs[1], (None, pairs[2][1]), pairs[3], (pairs[4][0], None)]
+    batched = predictor.predict_batch(cases, batch_size=2)
+    for (clinical, derm), got in zip(cases, batched):
+        predictor.forget()
+        single = predictor.predict(clinical, derm)
+        assert got.modalities == single.modalities and set(got.heads) == set(single.heads)
+        for head in single.heads:
+            for task, probs in single.heads[head].probabilities.items():
+                assert list(got.heads[head].probabilities[task].values()) == pytest.approx(list(probs.values()),
+                                                                                         abs=1e-5)

@@ -1,6 +1,8 @@
 """A review session in a real headless Chromium: log in, open a queue, agree, correct, save;
 then train on the resulting corrections CSV."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,14 +16,14 @@ from synthetic import lesion_image
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
 
 
-def write_queue(folder):
-    rng = np.random.default_rng(11)
+def write_queue(folder, n=3, seed=11, prefix="c"):
+    rng = np.random.default_rng(seed)
     (folder / "img").mkdir(parents=True)
     rows = []
-    for i in range(3):
+    for i in range(n):
         lesion_image(rng, (80, 64), tint=i).save(folder / "img" / f"c{i}_clin.jpg")
         lesion_image(rng, (72, 72), tint=i + 1).save(folder / "img" / f"c{i}_derm.png")
-        rows.append({"case_id": f"c{i}", "clinical": f"img/c{i}_clin.jpg", "dermoscopy": f"img/c{i}_derm.png"})
+        rows.append({"case_id": f"{prefix}{i}", "clinical": f"img/c{i}_clin.jpg", "dermoscopy": f"img/c{i}_derm.png"})
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     return folder / "manifest.csv"
 
@@ -233,3 +235,42 @@ def test_edit_after_saving_supersedes_undo_withdraws_and_reopening_shows_your_re
     assert problems == [] and [r["diagnosis"] for r in mine] == ["seborrheic keratosis"]
     raw = (settings.log_dir / "corrections.csv").read_text()
     assert raw.count(",c2,") == 3  # SK, MEL, and the retraction of MEL: appended, never edited
+
+
+def test_least_sure_first_opens_the_least_sure_case_n_follows_and_rows_open_cases(session):
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, manifest = session
+    write_queue(manifest.parent.parent / "queue_b", n=5, seed=5, prefix="b")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 2000})
+        log_in(page, settings)
+        page.get_by_role("tab", name="Queue").click()
+        page.reload()  # the queue list is read at page load
+        page.get_by_role("tab", name="Queue").click()
+        choose(page, "queue-file", "queue_b/manifest.csv")
+        page.locator("#open-queue").click()
+        expect(page.locator("#queue-status")).to_contain_text("Opened 5 cases", timeout=60_000)
+        page.locator("#order-queue").click()
+        expect(page.locator("#queue-status")).to_contain_text("Ordered by model uncertainty", timeout=60_000)
+        table = page.locator("#queue-table")
+        expect(table).to_contain_text("0.", timeout=30_000)  # uncertainty column filled
+        rows = re.findall(r"(\d+)\n(b\d)\nmanifest\n(?:[a-z]+\n)?([0-9.]+)", table.inner_text())
+        order, scores = [case for _, case, _ in rows], [float(score) for _, _, score in rows]
+        assert sorted(order) == [f"b{i}" for i in range(5)] and scores == sorted(scores, reverse=True)
+        page.get_by_role("tab", name="Review").click()
+        expect(page.locator("#case-header")).to_contain_text(f"case {order[0]}", timeout=60_000)
+        expect(page.locator("#case-header")).to_contain_text("1 of 5")
+        expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)
+        page.locator("#verdict input[value=skip]").check()
+        page.locator("#save-review").click()
+        expect(page.locator("#save-status")).to_contain_text(f"Saved: skip for case {order[0]}", timeout=60_000)
+        page.locator("#next-unreviewed").click()
+        expect(page.locator("#case-header")).to_contain_text(f"case {order[1]}", timeout=60_000)
+        page.get_by_role("tab", name="Queue").click()
+        table.get_by_text(order[3], exact=True).click()  # a click on a row opens that case
+        expect(page.locator("#case-header")).to_contain_text(f"case {order[3]}", timeout=60_000)
+        expect(page.locator("#case-header")).to_be_visible()  # back on the Review tab
+        browser.close()
+    assert len(list((settings.log_dir / "queue_scores").glob("*.json"))) == 1  # scored once, kept for everyone
