@@ -25,14 +25,19 @@ from .predict import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
-DISCLAIMER = ("**Research tool, not a diagnosis.** Predictions come from a model trained on the "
-              "Derm7pt dataset (research use only); they are not a medical device's output and must "
-              "not guide the care of a patient.")
+DISCLAIMER = ("**Research tool, not a diagnosis.** A model trained on Derm7pt (research use only), not a "
+              "medical device: it must not guide the care of a patient.")
 PREDICTED = "(predicted class)"
 AUTO_HEAD = "auto"
 MAX_FILE_SIZE = "20mb"
 CSS = """
-.disclaimer {border-left: 4px solid #d97706; padding: 6px 10px; background: #fffbeb;}
+.disclaimer {border-left: 4px solid #d97706; padding: 2px 10px; background: #fffbeb; font-size: 0.9em;}
+.form-help {font-size: 0.85em;}
+#corrections .block {padding: 2px 8px !important;}
+#corrections .wrap-inner {padding-top: 0 !important; padding-bottom: 0 !important;}
+#corrections .secondary-wrap {min-height: 30px !important; height: 30px !important;}
+#verdict, #confidence {padding-top: 4px !important; padding-bottom: 4px !important;}
+#confidence label {padding: 2px 8px !important;}
 """
 
 
@@ -344,7 +349,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         images_in = uploads.SessionImages(store, lambda: app.upload_file_set)
         state = gr.State(review.new_state())
         with gr.Row():
-            gr.Markdown("# skinnet · multi-modal skin lesion review")
+            gr.Markdown("### skinnet · multi-modal skin lesion review")
             if settings.hf_reviewers:
                 gr.LoginButton(scale=0, elem_id="hf-login")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
@@ -355,58 +360,67 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                     prev_case = gr.Button("< prev", size="sm", elem_id="prev-case", scale=0)
                     next_case = gr.Button("next >", size="sm", elem_id="next-case", scale=0)
                     next_unreviewed = gr.Button("next unreviewed >", size="sm", elem_id="next-unreviewed", scale=0)
-                with gr.Row():
-                    clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
-                                        sources=["upload", "clipboard"], height=300, elem_id="clinical-input")
-                    dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
-                                          sources=["upload", "clipboard"], height=300, elem_id="dermoscopy-input")
-                analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                summary = gr.Markdown(label="summary", elem_id="summary")
-                with gr.Row():
-                    anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm", scale=0,
-                                              elem_id="show-anyway")
-                    swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0, elem_id="swap-images")
-                # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
-                show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
+                with gr.Row(equal_height=False):
+                    # left: the case and what the model says; right: the review form, on the same screen
+                    with gr.Column(scale=3, min_width=520):
+                        with gr.Row():
+                            clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
+                                                sources=["upload", "clipboard"], height=250, elem_id="clinical-input")
+                            dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
+                                                  sources=["upload", "clipboard"], height=250,
+                                                  elem_id="dermoscopy-input")
+                        analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                        with gr.Row():
+                            anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm",
+                                                      scale=0, elem_id="show-anyway")
+                            swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0,
+                                                    elem_id="swap-images")
+                        summary = gr.Markdown(label="summary", elem_id="summary")
+                        # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
+                        show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
+                    with gr.Column(scale=2, min_width=380, elem_id="review-form"):
+                        verdict = gr.Radio(list(VERDICTS), value=None, label="Your review: verdict", elem_id="verdict")
+                        corrections = []
+                        with gr.Group(elem_id="corrections"):
+                            for pair_of_tasks in (TASKS[0:2], TASKS[2:4], TASKS[4:6], TASKS[6:8]):
+                                with gr.Row():
+                                    for t in pair_of_tasks:
+                                        corrections.append(gr.Dropdown(
+                                            [NO_CHANGE, *t.classes], value=NO_CHANGE, label=_task_label(t),
+                                            elem_id=f"correct-{t.name}", min_width=160))
+                        with gr.Row():
+                            confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)",
+                                                  min_width=290, scale=3, elem_id="confidence")
+                            note = gr.Textbox(label=f"Note (max {MAX_NOTE} chars)", lines=1,
+                                              max_length=MAX_NOTE, min_width=120, scale=2)
+                        # the event id of the case on screen: a save names the case the reviewer saw
+                        case_token = gr.Textbox(visible=False, elem_id="case-token")
+                        with gr.Row():
+                            save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
+                                             elem_id="save-review", scale=2)
+                            undo = gr.Button("Undo last save", interactive=saving, elem_id="undo-save", scale=1)
+                        save_status = gr.Markdown(elem_id="save-status")
+                        gr.Markdown(review_help(reviewers), elem_classes=["form-help"])
                 with gr.Row():
                     diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
                                              interactive=False, elem_id="diagnosis-table")
                     criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
                                             interactive=False, elem_id="criteria-table", scale=3)
-                with gr.Row():
-                    task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
-                    class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
-                                             label="Class")
-                    head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
-                    explain_button = gr.Button("Explain", elem_id="explain")
-                with gr.Row():
-                    cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
-                                            interactive=False, elem_id="gradcam-clinical")
-                    cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
-                                              interactive=False, elem_id="gradcam-dermoscopy")
-                attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
-                                       format="png", columns=4, object_fit="contain", height="auto",
-                                       elem_id="attention")
-                with gr.Group(elem_id="review-form"):
-                    gr.Markdown("### Your review\n" + review_help(reviewers))
-                    verdict = gr.Radio(list(VERDICTS), value=None, label="Verdict", elem_id="verdict")
-                    corrections = []
-                    for row_tasks in (TASKS[:4], TASKS[4:]):
-                        with gr.Row():
-                            for t in row_tasks:
-                                corrections.append(gr.Dropdown([NO_CHANGE, *t.classes], value=NO_CHANGE,
-                                                               label=_task_label(t), elem_id=f"correct-{t.name}"))
+                with gr.Accordion("Where the model looked: Grad-CAM and cross-attention", open=True):
                     with gr.Row():
-                        confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)")
-                        note = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)", lines=1, max_length=MAX_NOTE)
-                    # the event id of the case on screen: a save names the case the reviewer saw
-                    case_token = gr.Textbox(visible=False, elem_id="case-token")
+                        task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
+                        class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
+                                                 label="Class")
+                        head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
+                        explain_button = gr.Button("Explain", elem_id="explain")
                     with gr.Row():
-                        save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
-                                         elem_id="save-review", scale=3)
-                        undo = gr.Button("Undo my last save of this case", interactive=saving, elem_id="undo-save",
-                                         scale=1)
-                    save_status = gr.Markdown(elem_id="save-status")
+                        cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
+                                                interactive=False, elem_id="gradcam-clinical")
+                        cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
+                                                  interactive=False, elem_id="gradcam-dermoscopy")
+                    attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
+                                           format="png", columns=4, object_fit="contain", height="auto",
+                                           elem_id="attention")
             with gr.Tab("Queue", id="queue"):
                 gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
                             "Derm7pt `meta/meta.csv` from the queue folder" + (f" (`{queue_root}`)." if queue_root else "."))

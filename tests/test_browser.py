@@ -142,3 +142,21 @@ def test_swapped_images_are_called_swapped_and_one_click_swaps_them(browser, gua
     from playwright.sync_api import expect
     expect(page.locator("#swap-images")).to_be_hidden(timeout=30_000)
     page.close()
+
+
+def test_images_prediction_and_the_whole_review_form_fit_one_1366x768_screen(browser, app_url, tmp_path):
+    clinical, derm = write_pair(tmp_path, seed=5)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(app_url)
+    _upload(page, "clinical", clinical)
+    _upload(page, "dermoscopy", derm)
+    page.locator("#analyse").click()
+    page.get_by_text("Fused head:").wait_for(timeout=60_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(tmp_path / "one_screen.png"))
+    for selector in ("#clinical-input", "#dermoscopy-input", "#summary h3", "#verdict", "#correct-DIAG",
+                     "#correct-VS", "#confidence", "#save-review"):
+        box = page.locator(selector).first.bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= 768, (selector, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 1366, (selector, box)
+    page.close()
