@@ -33,6 +33,7 @@ MAX_FILE_SIZE = "20mb"
 CSS = """
 .disclaimer {border-left: 4px solid #d97706; padding: 2px 10px; background: #fffbeb; font-size: 0.9em;}
 .form-help {font-size: 0.85em;}
+.signed-in {text-align: right; font-size: 0.9em;}
 #corrections .block {padding: 2px 8px !important;}
 #corrections .wrap-inner {padding-top: 0 !important; padding-bottom: 0 !important;}
 #corrections .secondary-wrap {min-height: 30px !important; height: 30px !important;}
@@ -350,6 +351,9 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         state = gr.State(review.new_state())
         with gr.Row():
             gr.Markdown("### skinnet · multi-modal skin lesion review")
+            signed_in = gr.Markdown(elem_id="signed-in", elem_classes=["signed-in"])
+            if settings.users:
+                gr.Button("Log out", link="/logout", size="sm", scale=0, elem_id="log-out")
             if settings.hf_reviewers:
                 gr.LoginButton(scale=0, elem_id="hf-login")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
@@ -608,6 +612,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             return (message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer),
                     *review.form_values(standing))
 
+        def who_is_signed_in(request: gr.Request, profile: gr.OAuthProfile | None):
+            reviewer = reviewers.of(request, profile)
+            if reviewer:
+                return f"Signed in as **{reviewer}**"
+            return "Public demo: predictions only" if not saving else "Not signed in: saving is off"
+
         def refresh_queues(request: gr.Request, profile: gr.OAuthProfile | None):
             """The queue files, for reviewers only (their names can say more than a visitor should see)."""
             listed = list_queues(queue_root) if queue_root and reviewers.of(request, profile) else []
@@ -663,6 +673,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,
                          api_visibility="private", queue=False)
         app.load(refresh_queues, None, queue_file, **private)
+        app.load(who_is_signed_in, None, signed_in, **private)
     app.skinnet_sweeper = uploads.start_sweeper(images_in)
     return app
 

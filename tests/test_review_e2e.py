@@ -274,3 +274,17 @@ def test_least_sure_first_opens_the_least_sure_case_n_follows_and_rows_open_case
         expect(page.locator("#case-header")).to_be_visible()  # back on the Review tab
         browser.close()
     assert len(list((settings.log_dir / "queue_scores").glob("*.json"))) == 1  # scored once, kept for everyone
+
+
+def test_the_page_says_who_is_signed_in_and_logs_out(session):
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, _ = session
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        log_in(page, settings)
+        expect(page.locator("#signed-in")).to_contain_text("Signed in as dr_a", timeout=60_000)
+        page.locator("#log-out").click()
+        expect(page.get_by_label("username")).to_be_visible(timeout=30_000)
+        browser.close()
