@@ -88,8 +88,10 @@ def main(argv=None) -> dict:
         done.set()
         thread.join()
         assert ordered.success, ordered.error
+        second = secrets.token_hex(6)  # another reviewer's session: the same queue, ordered from the cache
+        assert reviewer.call(fn_by_name(config, "open_queue"), [None, "derm7pt/meta/meta.csv"], second).success
         started = time.perf_counter()
-        again = reviewer.call(fn_by_name(config, "order_queue"), [None], secrets.token_hex(6))
+        again = reviewer.call(fn_by_name(config, "order_queue"), [None], second)
         cached_order = time.perf_counter() - started
         n_cases = int(opened.data[-1].split()[1])
     finally:

@@ -161,9 +161,13 @@ class Predictor:
             self._recent.clear()
 
     def predict_batch(self, pairs: list[tuple[Image.Image | None, Image.Image | None]],
-                      batch_size: int = 8) -> list[Prediction]:
+                      batch_size: int = 8, tta: bool | None = None) -> list[Prediction]:
         """Predictions of many cases, several per forward pass (queue scoring). The model lock
-        is held for one batch at a time, so other requests are served in between."""
+        is held for one batch at a time, so other requests are served in between.
+
+        Args:
+            tta: None: as the card says; False: one view (a quarter of the work, for ranking).
+        """
         results: list[Prediction | None] = [None] * len(pairs)
         groups: dict[tuple[bool, bool], list[int]] = {}
         for i, (clinical, dermoscopy) in enumerate(pairs):
@@ -175,7 +179,7 @@ class Predictor:
                 chunk = indexes[start:start + batch_size]
                 stack = (lambda k: torch.cat([self.to_tensor(pairs[i][k]) for i in chunk]))
                 logits, features = self.forward_tensors(stack(0) if has_clinical else None,
-                                                        stack(1) if has_dermoscopy else None)
+                                                        stack(1) if has_dermoscopy else None, tta)
                 for row, i in enumerate(chunk):
                     results[i] = self._prediction({h: v[row] for h, v in logits.items()},
                                                   {m: v[row] for m, v in features.items()})
