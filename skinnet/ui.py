@@ -133,8 +133,8 @@ def check_lines(checks: Checks | None, shown: bool) -> list[str]:
         return []
     lines = []
     for slot in checks.not_lesion:
-        lines.append(f"> ⚠️ **The {SLOT_WORDS[slot]} does not look like a skin lesion photo** (it is "
-                     f"{checks.distance[slot]:.1f}x farther from the model's training images than the limit). "
+        lines.append(f"> ⚠️ **The {SLOT_WORDS[slot]} does not look like a skin lesion photo** (its distance "
+                     f"to the images the model was trained on is {checks.distance[slot]:.2f} x the limit). "
                      "The model only knows clinical photos and dermoscopy images of skin lesions; its answer "
                      "for anything else is meaningless." + ("" if shown else " The prediction is hidden."))
     if checks.swapped:
@@ -306,12 +306,15 @@ def _task_label(task, predicted: str | None = None) -> str:
     return f"{task.name}: model says {predicted}" if predicted else f"{task.name} ({task.title})"
 
 
-def form_labels(predictor: Predictor, clinical, dermoscopy):
-    """The correction dropdowns' labels show the model's prediction for each task."""
+def form_labels(predictor: Predictor, clinical, dermoscopy, show_anyway: bool = False):
+    """The correction dropdowns' labels show the model's prediction for each task (not while
+    the lesion check hides the prediction)."""
     clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         return [gr.update(label=_task_label(t)) for t in TASKS]
     prediction = predictor.predict(clinical, dermoscopy)
+    if prediction.checks is not None and not prediction.checks.trustworthy and show_anyway is not True:
+        return [gr.update(label=_task_label(t)) for t in TASKS]
     classes = prediction.heads[prediction.primary_head].classes
     return [gr.update(label=_task_label(t, classes[t.name])) for t in TASKS]
 
@@ -545,9 +548,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                 return None, None, []
             return explain_handler(predictor, *pair, task_value, class_value, head_value)
 
-        def labels_(state, clinical_value, dermoscopy_value, request: gr.Request, profile: gr.OAuthProfile | None):
+        def labels_(state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
+                    profile: gr.OAuthProfile | None):
             _, owner = session(state, request, profile)
-            return form_labels(predictor, *open_images(owner, (clinical_value, dermoscopy_value), False))
+            return form_labels(predictor, *open_images(owner, (clinical_value, dermoscopy_value), False), anyway)
 
         def open_queue(state, chosen, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewer = reviewers.require(request, profile, "Opening a queue")
@@ -637,7 +641,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         def after_predict(event):  # each step only after the one before succeeded
             return (event.success(guard_buttons, [*images, show_anyway], [anyway_button, swap_button], **private)
                     .success(explain_after_predict, [*explain_inputs, show_anyway], explain_outputs, **private)
-                    .success(labels_, images, corrections, **private))
+                    .success(labels_, [*images, show_anyway], corrections, **private))
 
         def analyse_chain(event):
             return after_predict(event.success(predict, [*images, show_anyway], predicted, **private))

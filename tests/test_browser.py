@@ -92,6 +92,7 @@ def _upload(page, slot: str, path) -> None:
 def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_clears_it(
         browser, guarded_url, tmp_path):
     import numpy as np
+    from playwright.sync_api import expect
     from non_lesion import generated_images
     from synthetic import clinical_like_image, dermoscopy_like_image
 
@@ -109,15 +110,17 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     assert "clinical photo does not look like a skin lesion" in page.locator("#summary").inner_text()
     assert "BCC" not in page.locator("#diagnosis-table").inner_text()
     page.screenshot(path=str(tmp_path / "not_a_lesion.png"))
+    page.wait_for_timeout(2000)  # the chain's last step (form labels) has run
+    assert "model says" not in page.locator("#correct-DIAG").inner_text()  # no prediction through the form
     page.locator("#show-anyway").click()
     page.get_by_text("Fused head:").wait_for(timeout=60_000)
+    expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=30_000)
     assert "does not look like a skin lesion" in page.locator("#summary").inner_text()
     page.locator("#gradcam-dermoscopy img").wait_for(timeout=60_000)
     # new images: the last pair's prediction and maps go before anything is analysed
     _upload(page, "clinical", clinical)
     page.wait_for_function("!document.querySelector('#summary').innerText.includes('Fused head')", timeout=30_000)
     assert page.locator("#gradcam-dermoscopy img").count() == 0
-    from playwright.sync_api import expect
     expect(page.locator("#show-anyway")).to_be_hidden(timeout=30_000)
     page.close()
 
