@@ -328,8 +328,8 @@ def test_two_sessions_with_the_same_image_keep_their_clean_copies(server):
         clean[session] = result.data[0]
     for _ in range(3):
         for session in sessions:  # the labels event takes de-identified copies only
-            assert client.call(predict_fn, [None, None, clean[session]], session).success
-    stranger = client.call(predict_fn, [None, None, clean[sessions[0]]], secrets.token_hex(6))
+            assert client.call(predict_fn, [None, None, clean[session], False], session).success
+    stranger = client.call(predict_fn, [None, None, clean[sessions[0]], False], secrets.token_hex(6))
     assert not stranger.success and NOT_YOURS in stranger.error
 
 
