@@ -367,12 +367,12 @@ def _parse_line(line: str) -> list[str] | None:
 
 
 def latest_reviews(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Each reviewer's latest labelled review of each case, in file (time) order."""
+    """Each reviewer's latest review of each case when it carries labels, in file (time) order
+    (a later 'unsure' or 'skip' withdraws that reviewer's earlier labels)."""
     latest: dict[tuple[str, str], dict] = {}
     for row in rows:  # file order is time order (append-only)
-        if row["verdict"] in LABELLED_VERDICTS:
-            latest[(row["case_id"], row["reviewer"])] = row
-    return sorted(latest.values(), key=lambda r: r["line"])
+        latest[(row["case_id"], row["reviewer"])] = row
+    return sorted((r for r in latest.values() if r["verdict"] in LABELLED_VERDICTS), key=lambda r: r["line"])
 
 
 def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str, dict[str, str]]:

@@ -146,6 +146,14 @@ def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVER
     full = image.convert("RGB")
     factor = size / min(full.size)
     w, h = max(size, round(full.width * factor)), max(size, round(full.height * factor))
+    if w > 2 * size:  # a very long photo: keep at most half a square of context on each side
+        keep = full.width * 2 * size / w
+        full = full.crop((round((full.width - keep) / 2), 0, round((full.width + keep) / 2), full.height))
+        w = 2 * size
+    if h > 2 * size:
+        keep = full.height * 2 * size / h
+        full = full.crop((0, round((full.height - keep) / 2), full.width, round((full.height + keep) / 2)))
+        h = 2 * size
     base = np.asarray(full.resize((w, h), Image.BICUBIC), dtype=np.float32) / 255
     left, top = (w - size) // 2, (h - size) // 2
     picture = DIMMED * base + (1 - DIMMED) * 0.5

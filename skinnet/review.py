@@ -226,8 +226,10 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         previous = log.latest_review(reviewer, review.case_id)
         if previous is not None and log.same_content(review, previous):
             return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
+        # the log's size enters the id: after an undo the same answer is a new save, not a repeat
         review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
-                                           verdict, review.corrected, review.confidence, review.note)
+                                           len(log.event_ids()), verdict, review.corrected, review.confidence,
+                                           review.note)
         logged = log.append(review, clinical, dermoscopy)
     except CorrectionsError as err:
         raise gr.Error(str(err)) from None

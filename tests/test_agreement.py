@@ -48,8 +48,8 @@ def test_cli_on_a_synthetic_log_matches_scikit_learn(tmp_path, release):
         _save(log, "dr_a", case, predicted, {**a, "DIAG": diag[(diag.index(a["DIAG"]) + 1) % 5]})  # superseded
         _save(log, "dr_a", case, predicted, a)
         _save(log, "dr_b", case, predicted, b)
+        _save(log, "dr_c", case, predicted, predicted, verdict="unsure")  # carries no label; superseded
         _save(log, "dr_c", case, predicted, c)
-        _save(log, "dr_c", case, predicted, predicted, verdict="unsure")  # carries no label
         truth[case] = (predicted, a, b, c)
     out = tmp_path / "agreement"
     report = agreement.main([str(log.path), "--reference", str(release / "meta" / "meta.csv"), "--out", str(out)])

@@ -320,3 +320,11 @@ def test_a_retraction_withdraws_one_row_of_its_own_reviewer(tmp_path):
     with pytest.raises(CorrectionsError, match="names the event id"):
         log.append(Review(event_id=new_event_id(), reviewer="dr_a", case_id="5", source="derm7pt",
                           verdict=RETRACT, predicted=dict(PREDICTED), corrected={}, note="not an id"))
+
+
+def test_a_later_unsure_withdraws_the_reviewers_labels(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    assert log.append(review("correct", case_id="9", DIAG="MEL"))
+    assert log.append(review("unsure", case_id="9"))
+    rows, _ = read_corrections(log.path)
+    assert "9" not in current_labels(rows)

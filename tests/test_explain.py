@@ -68,3 +68,9 @@ def test_gradcam_of_randomised_weights_differs_from_the_trained_model():
     rank = lambda m: np.argsort(np.argsort(m.ravel()))  # noqa: E731
     spearman = np.corrcoef(rank(trained), rank(random_map))[0, 1]
     assert trained.std() > 0 and spearman < 0.5, spearman
+
+
+def test_a_very_long_image_gives_a_bounded_overlay():
+    """A 1024 x 1 picture must not become a 327,680-pixel-wide canvas (memory)."""
+    canvas = overlay(Image.new("RGB", (1024, 1), (200, 100, 50)), np.zeros((4, 4)), "x")
+    assert canvas.width <= 2 * 320 + 100 and canvas.height <= 2 * 320 + 60
