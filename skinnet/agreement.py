@@ -165,6 +165,18 @@ def kappa_table(report: dict) -> list[dict[str, str]]:
     return list(rows.values())
 
 
+def plot_confusion(ax, matrix: np.ndarray, classes, rows: str, columns: str, title: str) -> None:
+    """One confusion matrix on a matplotlib axis, counts written in the cells."""
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_ylabel(rows)
+    ax.set_xlabel(columns)
+    ax.set_title(title)
+
+
 def draw_confusions(report: dict, folder: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -178,16 +190,8 @@ def draw_confusions(report: dict, folder: Path) -> list[Path]:
         fig, axes = plt.subplots(2, 4, figsize=(16, 8))
         for ax, c in zip(axes.flat, items):
             classes = next(t.classes for t in TASKS if t.name == c["task"])
-            matrix = np.array(c["confusion"])
-            ax.imshow(matrix, cmap="Blues")
-            for (i, j), value in np.ndenumerate(matrix):
-                ax.text(j, i, str(value), ha="center", va="center",
-                        color="white" if value > matrix.max() / 2 else "black")
-            ax.set_xticks(range(len(classes)), classes)
-            ax.set_yticks(range(len(classes)), classes)
-            ax.set_ylabel(first)
-            ax.set_xlabel(second)
-            ax.set_title(f"{c['task']}: kappa {c['kappa']:.2f}, {c['n_cases']} cases")
+            plot_confusion(ax, np.array(c["confusion"]), classes, first, second,
+                           f"{c['task']}: kappa {c['kappa']:.2f}, {c['n_cases']} cases")
         fig.suptitle(f"{first} (rows) vs {second} (columns)")
         fig.tight_layout()
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{first}_vs_{second}")

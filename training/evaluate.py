@@ -11,9 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from skinnet.agreement import plot_confusion
 from skinnet.calibration import calibrate, fit_head
 from skinnet.checkpoint import WEIGHT_FORMATS, ModelCard, file_sha256, load_checkpoint, read_card, save_checkpoint
 from skinnet.data import Derm7pt, SPLITS
@@ -133,17 +133,8 @@ def save_confusion_figures(logits: torch.Tensor, labels: torch.Tensor, folder: P
     folder.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 4, figsize=(16, 8))
     for ax, task in zip(axes.flat, TASK_NAMES):
-        matrix = confusion_matrix(logits, labels, task)
-        classes = TASK_BY_NAME[task].classes
-        ax.imshow(matrix, cmap="Blues")
-        for (i, j), value in np.ndenumerate(matrix):
-            ax.text(j, i, str(value), ha="center", va="center",
-                    color="white" if value > matrix.max() / 2 else "black")
-        ax.set_xticks(range(len(classes)), classes)
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(task)
+        plot_confusion(ax, confusion_matrix(logits, labels, task), TASK_BY_NAME[task].classes, "true",
+                       "predicted", task)
     fig.suptitle(f"Confusion matrices, fused head, {split} split")
     fig.tight_layout()
     path = folder / f"confusion_{split}.png"
