@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
             missed.append(name)
 
     lesion_flagged, swapped_right, swap_false_alarm, wrong_slot_alarm = 0, 0, 0, 0
-    margins, predicted, truth = [], [], []
+    margins, predicted, truth, flagged_uncertain = [], [], [], []
     for case in test:
         clinical = None if case.clinic_is_derm else load_rgb(case.clinical_path)
         derm = load_rgb(case.dermoscopy_path)
@@ -130,6 +130,7 @@ def main(argv=None) -> dict:
         lesion_flagged += bool(prediction.checks.not_lesion)
         diag = prediction.heads[prediction.primary_head].probabilities["DIAG"]
         margins.append(prediction.checks.margin)
+        flagged_uncertain.append(prediction.checks.uncertain)
         predicted.append(DIAG_CLASSES.index(max(diag, key=diag.get)))
         truth.append(case.labels[0])
         if clinical is not None:
@@ -138,7 +139,7 @@ def main(argv=None) -> dict:
             swapped_right += checks(derm, clinical).swapped
         predictor.forget()
     margins_t, predicted_t, truth_t = torch.tensor(margins), torch.tensor(predicted), torch.tensor(truth)
-    uncertain = margins_t < predictor.guards.uncertain_margin
+    uncertain = torch.tensor(flagged_uncertain)
     curves = {"test (395)": risk_coverage(margins_t, predicted_t, truth_t)}
     record = {
         "checkpoint": predictor.version, "guards": predictor.guards.notes,
@@ -159,7 +160,7 @@ def main(argv=None) -> dict:
     if args.oof:
         curves["out-of-fold (616)"], _ = oof_curve(Path(args.oof), predictor)
     record["risk_coverage"] = curves
-    draw(curves, predictor.guards.uncertain_margin, Path(args.figure))
+    draw(curves, predictor.guards.uncertain_margin["fused"], Path(args.figure))
 
     print(f"{predictor.version}: guards")
     print(f"{'check':<58}{'result':>10}")

@@ -7,7 +7,8 @@ Per task (DIAG and the seven criteria, compared as classes, so "melanoma (in sit
 prediction at the time of the review, of each pair of reviewers, and of each reviewer with
 the reference labels; Fleiss' kappa when three or more reviewers labelled the same cases.
 Each reviewer's latest labelled review of a case counts (``agree``/``correct``; ``unsure``
-and ``skip`` carry no label). 95% intervals: percentile bootstrap over cases (1000 draws,
+and ``skip`` carry no label), and per task only the tasks a reviewer confirmed or changed
+(one left at "no change" under ``correct`` was not reviewed). 95% intervals: percentile bootstrap over cases (1000 draws,
 fixed seed). Writes ``agreement.json``, ``agreement.md`` and one confusion-matrix PNG per
 compared pair.
 """
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .corrections import latest_reviews, read_corrections
+from .corrections import latest_reviews, read_corrections, task_labels
 from .labels import TASKS
 
 BOOTSTRAP_DRAWS = 1000
-MODEL = "model"
-REFERENCE = "reference"
+MODEL = "(model)"
+REFERENCE = "(reference)"
+"""Display names of the two non-human raters (kept apart from reviewers' identities in the code)."""
 
 
 def cohen_kappa(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
@@ -90,54 +92,63 @@ def compare(task_index: int, first: str, second: str, a: np.ndarray, b: np.ndarr
         confusion=confusion.tolist())
 
 
+Rating = tuple  # class index per task in TASKS order; None where the rater did not label the task
+
+
 def ratings(rows: list[dict[str, str]], reference: dict[str, tuple[int, ...]] | None = None
-            ) -> dict[str, dict[str, tuple[int, ...]]]:
-    """Rater -> case id -> class index per task: each reviewer's latest labelled review, the
-    model's prediction stored with the earliest of them, and the reference labels if given."""
-    out: dict[str, dict[str, tuple[int, ...]]] = {}
+            ) -> tuple[dict[str, dict[str, Rating]], dict[str, dict[str, Rating]], dict[str, Rating]]:
+    """(reviewer -> case -> their labels, reviewer -> case -> the model's prediction they were
+    shown, case -> reference labels of the reviewed cases). Each reviewer's latest labelled
+    review counts; a task they did not review is None."""
+    reviewers: dict[str, dict[str, Rating]] = {}
+    shown: dict[str, dict[str, Rating]] = {}
     for row in latest_reviews(rows):
-        out.setdefault(row["reviewer"], {})[row["case_id"]] = tuple(
-            t.class_index(row[t.column]) for t in TASKS)
-        out.setdefault(MODEL, {}).setdefault(row["case_id"], tuple(
-            t.class_index(row[f"model_{t.column}"]) for t in TASKS))
-    if reference:
-        reviewed = {case for rater, cases in out.items() if rater != MODEL for case in cases}
-        out[REFERENCE] = {case: labels for case, labels in reference.items() if case in reviewed}
-    return out
+        labels = task_labels(row)
+        reviewers.setdefault(row["reviewer"], {})[row["case_id"]] = tuple(
+            t.classes.index(labels[t.name]) if t.name in labels else None for t in TASKS)
+        shown.setdefault(row["reviewer"], {})[row["case_id"]] = tuple(
+            t.classes.index(row[f"model_{t.name}"]) for t in TASKS)
+    reviewed = {case for cases in reviewers.values() for case in cases}
+    return reviewers, shown, {case: labels for case, labels in (reference or {}).items() if case in reviewed}
 
 
 def agreement_report(rows: list[dict[str, str]], reference: dict[str, tuple[int, ...]] | None = None,
                      intervals: bool = True) -> dict:
     """Every comparison (see the module docstring) as plain data (``intervals=False``: no
-    bootstrap, for a quick view)."""
-    rated = ratings(rows, reference)
-    reviewers = sorted(r for r in rated if r not in (MODEL, REFERENCE))
-    pairs = [(r, MODEL) for r in reviewers] + list(itertools.combinations(reviewers, 2))
-    if REFERENCE in rated:
-        pairs += [(r, REFERENCE) for r in reviewers] + [(MODEL, REFERENCE)]
+    bootstrap, for a quick view). A reviewer is compared with the prediction the model showed
+    *that reviewer*; the model against the reference uses the prediction stored with each
+    case's first review. Per task, only cases both raters labelled count."""
+    rated, shown, truth = ratings(rows, reference)
+    names = sorted(rated)
+    first_shown: dict[str, Rating] = {}
+    for row in latest_reviews(rows):
+        first_shown.setdefault(row["case_id"], shown[row["reviewer"]][row["case_id"]])
+    pairs = [(r, MODEL, rated[r], shown[r]) for r in names]
+    pairs += [(a, b, rated[a], rated[b]) for a, b in itertools.combinations(names, 2)]
+    if truth:
+        pairs += [(r, REFERENCE, rated[r], truth) for r in names] + [(MODEL, REFERENCE, first_shown, truth)]
     comparisons = []
-    for first, second in pairs:
-        cases = sorted(set(rated[first]) & set(rated[second]))
-        if not cases:
-            continue
+    for first, second, left, right in pairs:
+        cases = sorted(set(left) & set(right))
         for t in range(len(TASKS)):
-            a = np.array([rated[first][c][t] for c in cases])
-            b = np.array([rated[second][c][t] for c in cases])
-            comparisons.append(compare(t, first, second, a, b, intervals))
+            both = [c for c in cases if left[c][t] is not None and right[c][t] is not None]
+            if both:
+                comparisons.append(compare(t, first, second, np.array([left[c][t] for c in both]),
+                                           np.array([right[c][t] for c in both]), intervals))
     fleiss = {}
-    if len(reviewers) >= 3:
-        shared = sorted(set.intersection(*(set(rated[r]) for r in reviewers)))
+    if len(names) >= 3:
         for t, task in enumerate(TASKS):
+            shared = sorted(set.intersection(*({c for c, v in rated[r].items() if v[t] is not None} for r in names)))
             if shared:
                 counts = np.zeros((len(shared), task.num_classes))
                 for i, case in enumerate(shared):
-                    for r in reviewers:
+                    for r in names:
                         counts[i, rated[r][case][t]] += 1
-                fleiss[task.name] = {"n_cases": len(shared), "n_reviewers": len(reviewers),
+                fleiss[task.name] = {"n_cases": len(shared), "n_reviewers": len(names),
                                      "kappa": fleiss_kappa(counts),
                                      "kappa_interval": bootstrap_interval(lambda i: fleiss_kappa(counts[i]),
                                                                           len(shared)) if intervals else None}
-    return {"reviewers": reviewers, "cases": {r: len(c) for r, c in rated.items()},
+    return {"reviewers": names, "cases": {r: len(c) for r, c in rated.items()},
             "comparisons": [c.__dict__ for c in comparisons], "fleiss": fleiss}
 
 
@@ -162,6 +173,7 @@ def kappa_table(report: dict) -> list[dict[str, str]]:
         row = rows.setdefault((c["first"], c["second"]), {"raters": f"{c['first']} vs {c['second']}",
                                                           "cases": str(c["n_cases"])})
         row[c["task"]] = f"{c['kappa']:.2f}"
+        row["cases"] = str(max(int(row["cases"]), c["n_cases"]))  # tasks differ where some were not reviewed
     return list(rows.values())
 
 
@@ -194,7 +206,8 @@ def draw_confusions(report: dict, folder: Path) -> list[Path]:
                            f"{c['task']}: kappa {c['kappa']:.2f}, {c['n_cases']} cases")
         fig.suptitle(f"{first} (rows) vs {second} (columns)")
         fig.tight_layout()
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{first}_vs_{second}")
+        name = f"{first}_vs_{second}".replace("(", "").replace(")", "")
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
         path = folder / f"confusion_{safe}.png"
         fig.savefig(path, dpi=70)
         plt.close(fig)

@@ -1,10 +1,16 @@
 """The reviewers' corrections log: an append-only CSV that training reads like meta.csv.
 
 One row per saved review, never edited in place; a later row for the same case and
-reviewer supersedes an earlier one. Label columns use meta.csv's names and raw vocabulary
-(``diagnosis = "melanoma"``, ``streaks = "irregular"`` ...), so the Derm7pt reader's
-:func:`~skinnet.data.parse_labels` reads them. Images are stored beside the log,
-de-identified (pixels only, PNG, named by their SHA-256).
+reviewer supersedes an earlier one. Per task a row stores exactly what the reviewer said:
+the task-level class (``DIAG = NEV``), its status (``confirmed`` the model's class,
+``changed`` it, or ``not reviewed``: a task left at "no change" under verdict ``correct``),
+and a fine Derm7pt value (``diagnosis = dermal nevus``) only when the reviewer picked one.
+Nothing is filled in for the reviewer. Images are stored beside the log, de-identified
+(pixels only, PNG, named by their SHA-256).
+
+Logs written before the per-task status existed (``LEGACY_COLUMNS``: a raw value per task,
+invented from the class when the reviewer left it alone) are read as such and upgraded in
+place, with a backup, on the next append.
 
 Safety: every append happens under a file lock, as one ``write`` of whole lines to a file
 opened for appending, then ``fsync``; a row cut short by a crash is terminated before the
@@ -16,6 +22,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import logging
 import os
 import re
 import uuid
@@ -27,9 +34,9 @@ from pathlib import Path
 from filelock import FileLock
 from PIL import Image
 
-from .data import Case, DatasetError, parse_labels
+from .data import Case
 from .imaging import pixel_sha256, png_bytes
-from .labels import LABEL_COLUMNS, TASKS
+from .labels import LABEL_COLUMNS, TASK_NAMES, TASKS
 
 VERDICTS = ("agree", "correct", "unsure", "skip")
 LABELLED_VERDICTS = ("agree", "correct")
@@ -38,11 +45,19 @@ RETRACT = "retract"
 ``note``): the log stays append-only, and every reader drops both (:func:`read_corrections`)."""
 """Verdicts whose row carries labels that training may use."""
 NO_CHANGE = "no change"
+CONFIRMED, CHANGED, NOT_REVIEWED = "confirmed", "changed", "not reviewed"
+STATUSES = (CONFIRMED, CHANGED, NOT_REVIEWED)
 BASE_COLUMNS = ("event_id", "logged_at", "reviewer", "case_id", "source", "clinic", "clinic_sha256",
                 "derm", "derm_sha256", "model_version", "checkpoint_sha256", "verdict", "seconds_spent",
                 "confidence", "note")
-PREDICTION_COLUMNS = tuple(f"model_{c}" for c in LABEL_COLUMNS)
-COLUMNS = BASE_COLUMNS + PREDICTION_COLUMNS + LABEL_COLUMNS
+MODEL_COLUMNS = tuple(f"model_{name}" for name in TASK_NAMES)
+"""The model's task-level class shown to the reviewer (``model_DIAG = NEV``)."""
+STATUS_COLUMNS = tuple(f"status_{name}" for name in TASK_NAMES)
+FINE_COLUMNS = LABEL_COLUMNS
+"""meta.csv's raw columns (``diagnosis``...): a fine value only where the reviewer gave one."""
+COLUMNS = BASE_COLUMNS + MODEL_COLUMNS + TASK_NAMES + STATUS_COLUMNS + FINE_COLUMNS
+LEGACY_COLUMNS = BASE_COLUMNS + tuple(f"model_{c}" for c in LABEL_COLUMNS) + LABEL_COLUMNS
+"""The first version's header: ``model_<column>`` and ``<column>`` in meta.csv's raw vocabulary."""
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 IMAGE_DIR = "images"
 SOURCES = ("derm7pt", "manifest", "upload")
@@ -81,7 +96,8 @@ class Review:
 
     Attributes:
         predicted: task name -> the model's class name (shown in the form).
-        corrected: task name -> the reviewer's class name, or ``"no change"``.
+        corrected: task name -> the reviewer's class name, a fine Derm7pt value of the task
+            (``"dermal nevus"``), or ``"no change"``.
     """
 
     event_id: str
@@ -97,14 +113,26 @@ class Review:
     confidence: int | None = None
     note: str = ""
 
-    def labels(self) -> dict[str, str]:
-        """The reviewer's class per task ('' for verdicts that carry no labels)."""
+    def answers(self) -> dict[str, tuple[str, str, str]]:
+        """Per task (class, status, fine value) as stored; all empty for verdicts without labels.
+
+        ``agree`` confirms every task; under ``correct`` a task left at "no change" is
+        ``not reviewed`` (no class is stored for it), one set to the model's class is
+        ``confirmed`` and any other ``changed``.
+        """
         if self.verdict not in LABELLED_VERDICTS:
-            return {t.name: "" for t in TASKS}
+            return {t.name: ("", "", "") for t in TASKS}
         if self.verdict == "agree":
-            return dict(self.predicted)
-        return {t.name: self.predicted[t.name] if self.corrected.get(t.name, NO_CHANGE) == NO_CHANGE
-                else self.corrected[t.name] for t in TASKS}
+            return {t.name: (self.predicted[t.name], CONFIRMED, "") for t in TASKS}
+        answers = {}
+        for task in TASKS:
+            value = self.corrected.get(task.name, NO_CHANGE)
+            if value == NO_CHANGE:
+                answers[task.name] = ("", NOT_REVIEWED, "")
+                continue
+            coarse, fine = split_answer(task, value)
+            answers[task.name] = (coarse, CONFIRMED if coarse == self.predicted[task.name] else CHANGED, fine)
+        return answers
 
     def validate(self) -> None:
         """Every field checked on the server, whatever the browser was told to allow.
@@ -135,11 +163,32 @@ class Review:
         if not isinstance(self.seconds_spent, (int, float)) or not 0 <= self.seconds_spent < 1e7:
             raise CorrectionsError("time spent is out of range")
         for task in TASKS:
-            for source, value in (("prediction", self.predicted.get(task.name)),
-                                  ("correction", self.corrected.get(task.name, NO_CHANGE))):
-                allowed = task.classes + ((NO_CHANGE,) if source == "correction" else ())
-                if value not in allowed:
-                    raise CorrectionsError(f"{task.name} {source} {value!r} is not one of {list(allowed)}")
+            predicted = self.predicted.get(task.name)
+            if predicted not in task.classes:
+                raise CorrectionsError(f"{task.name} prediction {predicted!r} is not one of {list(task.classes)}")
+            value = self.corrected.get(task.name, NO_CHANGE)
+            if value != NO_CHANGE and not (isinstance(value, str) and is_answer(task, value)):
+                raise CorrectionsError(f"{task.name} correction {value!r} is not one of "
+                                       f"{[NO_CHANGE, *task.classes]} or a Derm7pt value of the task")
+
+
+def is_answer(task, value: str) -> bool:
+    """A class name of the task, or one of its fine Derm7pt values (exact, lower case)."""
+    return value in task.classes or any(value in values for values in task.raw_values)
+
+
+def split_answer(task, value: str) -> tuple[str, str]:
+    """(class, fine value or '') of an answer :func:`is_answer` accepts."""
+    if value in task.classes:
+        return value, ""
+    return task.classes[task.class_index(value)], value
+
+
+def fine_choices(task) -> list[tuple[str, str]]:
+    """(label, value) of the fine Derm7pt values a reviewer may pick, for classes that group
+    several (``NEV · dermal nevus``); none for one-value classes (the class says it all)."""
+    return [(f"{cls} · {value}", value) for cls, values in zip(task.classes, task.raw_values)
+            if len(values) > 1 for value in values]
 
 
 class CorrectionsLog:
@@ -233,14 +282,45 @@ class CorrectionsLog:
         if first is None:  # only blank lines: the header is still to come
             return newline + _csv_line(COLUMNS), set()
         header = _parse_line(lines[first]) or []
+        if _is_legacy(header):
+            self._upgrade_legacy(raw)
+            return self._scan()
         if any(c not in header for c in COLUMNS):
             raise CorrectionsError(f"{self.path} is not a skinnet corrections file (its first line is not "
                                    "the corrections header); nothing was saved")
         ids = {line.split(",", 1)[0].strip('"') for line in lines[first + 1:] if line}
         return newline, ids
 
+    def _upgrade_legacy(self, raw: bytes) -> None:
+        """Rewrite a first-version log in the current columns (under the lock): the original is
+        kept byte for byte as ``corrections.legacy-<time>.csv``, good rows are converted with
+        :func:`from_legacy`, and the new file replaces the old one in one rename."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        backup = self.folder / f"corrections.legacy-{stamp}.csv"
+        _write_durably(backup, raw)
+        lines = raw.decode("utf-8-sig", errors="replace").split("\n")
+        first = next(i for i, line in enumerate(lines) if line.strip())
+        header = _parse_line(lines[first]) or []
+        out, dropped = [_csv_line(COLUMNS)], 0
+        for line in lines[first + 1:]:
+            cells = _parse_line(line)
+            if not line.strip() or cells is None or len(cells) != len(header):
+                dropped += bool(line.strip())
+                continue
+            try:  # every row, retractions and the rows they withdraw included
+                row = from_legacy({k: restore(v) for k, v in zip(header, cells)})
+            except (ValueError, KeyError):
+                dropped += 1
+                continue
+            out.append(_csv_line([neutralise(row[c]) for c in COLUMNS]))
+        temporary = self.path.with_name(f".corrections.upgrade.{uuid.uuid4().hex[:8]}.tmp")
+        _write_durably(temporary, "".join(out).encode("utf-8"))
+        os.replace(temporary, self.path)
+        if dropped:
+            logging.getLogger(__name__).warning("upgraded %s: %d bad rows stay only in %s", self.path, dropped, backup)
+
     def _row(self, review: Review, stored: dict[str, tuple[str, str]]) -> dict[str, str]:
-        labels = review.labels()
+        answers = review.answers()
         row = {
             "event_id": review.event_id,
             "logged_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -253,9 +333,8 @@ class CorrectionsLog:
             "note": review.note,
         }
         for task in TASKS:
-            row[f"model_{task.column}"] = task.raw_value(task.classes.index(review.predicted[task.name]))
-            label = labels[task.name]
-            row[task.column] = task.raw_value(task.classes.index(label)) if label else ""
+            row[f"model_{task.name}"] = review.predicted[task.name]
+            row[task.name], row[f"status_{task.name}"], row[task.column] = answers[task.name]
         return {k: neutralise(v) for k, v in row.items()}
 
     def event_ids(self) -> set[str]:
@@ -281,7 +360,15 @@ class CorrectionsLog:
     def same_content(self, review: Review, row: dict[str, str]) -> bool:
         """Whether saving ``review`` would repeat ``row`` (verdict, labels, confidence, note)."""
         new = {k: restore(v) for k, v in self._row(review, {}).items()}
-        return all(new[c] == row[c] for c in ("verdict", "confidence", "note", *LABEL_COLUMNS))
+        return all(new[c] == row[c] for c in ("verdict", "confidence", "note", *TASK_NAMES, *STATUS_COLUMNS,
+                                              *FINE_COLUMNS))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _csv_line(values) -> str:
@@ -306,13 +393,15 @@ class Problem:
 
 
 def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
-    """Rows (dicts of restored values, with ``line``) and the problems of the bad ones.
+    """Rows (dicts of restored values in the current columns, with ``line``) and the problems
+    of the bad ones. A first-version log is read as if it had been upgraded (:func:`from_legacy`).
 
     Retracted rows and the retractions themselves are left out: every reader sees the
     reviews that stand.
 
     A bad row (wrong number of cells, a row cut short by a crash, an unknown verdict or
-    label) is left out and reported with its line number; good rows are never lost.
+    label, a status that contradicts its class) is left out and reported with its line
+    number; good rows are never lost.
 
     Raises:
         CorrectionsError: the file is missing or its header is not a corrections header.
@@ -328,8 +417,9 @@ def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Probl
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
         return [], []
-    header = _parse_line(lines[first])
-    missing = [c for c in COLUMNS if c not in (header or [])]
+    header = _parse_line(lines[first]) or []
+    legacy = _is_legacy(header)
+    missing = [] if legacy else [c for c in COLUMNS if c not in header]
     if missing:
         raise CorrectionsError(f"{path} line {first + 1}: not a skinnet corrections header (missing {missing[:4]})")
     rows, problems = [], []
@@ -343,19 +433,73 @@ def read_corrections(path: str | Path) -> tuple[list[dict[str, str]], list[Probl
             problems.append(Problem(number, f"expected {len(header)} cells, found {found}"))
             continue
         row = {k: restore(v) for k, v in zip(header, cells)}
-        row["line"] = number
         if row["verdict"] not in VERDICTS + (RETRACT,):
             problems.append(Problem(number, f"unknown verdict {row['verdict']!r}"))
             continue
-        if row["verdict"] in LABELLED_VERDICTS:
-            try:
-                parse_labels(row, f"line {number}")
-            except DatasetError as err:
-                problems.append(Problem(number, str(err).split(": ", 1)[1]))
-                continue
+        try:
+            row = from_legacy(row) if legacy else row
+            check_row(row)
+        except ValueError as err:
+            problems.append(Problem(number, str(err)))
+            continue
+        row["line"] = number
         rows.append(row)
     withdrawn = {(r["reviewer"], r["note"]) for r in rows if r["verdict"] == RETRACT}
     return [r for r in rows if r["verdict"] != RETRACT and (r["reviewer"], r["event_id"]) not in withdrawn], problems
+
+
+def _is_legacy(header: list[str]) -> bool:
+    return all(c in header for c in LEGACY_COLUMNS) and not all(c in header for c in COLUMNS)
+
+
+def from_legacy(row: dict[str, str]) -> dict[str, str]:
+    """A first-version row in the current columns. Its raw values were written for every task,
+    a task the reviewer left alone included, so the class is kept (status ``confirmed`` when
+    it is the model's, else ``changed``) and the raw value is dropped: it was the class's first
+    raw value, not something the reviewer picked.
+
+    Raises:
+        ValueError: a value belongs to no class of its task.
+    """
+    new = {c: row.get(c, "") for c in BASE_COLUMNS}
+    for task in TASKS:
+        model = task.classes[task.class_index(row[f"model_{task.column}"])]
+        new[f"model_{task.name}"] = model
+        label = row[task.column] if row["verdict"] in LABELLED_VERDICTS else ""
+        cls = task.classes[task.class_index(label)] if label else ""
+        new[task.name], new[task.column] = cls, ""
+        new[f"status_{task.name}"] = (CONFIRMED if cls == model else CHANGED) if cls else ""
+    return new
+
+
+def check_row(row: dict[str, str]) -> None:
+    """A row's per-task cells agree with each other and with the schema.
+
+    Raises:
+        ValueError: the first task whose cells do not.
+    """
+    for task in TASKS:
+        model = row[f"model_{task.name}"]
+        if model not in task.classes:
+            raise ValueError(f"{task.name}: model class {model!r} is not one of {list(task.classes)}")
+        if row["verdict"] not in LABELLED_VERDICTS:
+            continue
+        cls, status, fine = row[task.name], row[f"status_{task.name}"], row[task.column]
+        if status == NOT_REVIEWED and row["verdict"] == "correct" and not cls and not fine:
+            continue
+        if cls not in task.classes:
+            raise ValueError(f"{task.name}: class {cls!r} is not one of {list(task.classes)}")
+        if status != (CONFIRMED if cls == model else CHANGED):
+            raise ValueError(f"{task.name}: status {status!r} does not fit class {cls} (model {model})")
+        if fine and fine not in task.raw_values[task.classes.index(cls)]:
+            raise ValueError(f"{task.name}: {fine!r} is not a Derm7pt value of class {cls}")
+
+
+def task_labels(row: dict[str, str]) -> dict[str, str]:
+    """Task -> class for the tasks this row's reviewer labelled (confirmed or changed)."""
+    if row["verdict"] not in LABELLED_VERDICTS:
+        return {}
+    return {t.name: row[t.name] for t in TASKS if row[f"status_{t.name}"] in (CONFIRMED, CHANGED)}
 
 
 def _parse_line(line: str) -> list[str] | None:
@@ -375,13 +519,32 @@ def latest_reviews(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return sorted((r for r in latest.values() if r["verdict"] in LABELLED_VERDICTS), key=lambda r: r["line"])
 
 
-def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str, dict[str, str]]:
-    """One labelled row per case: the latest labelled review, or per task the majority.
+@dataclass
+class CaseLabels:
+    """What the reviewers' latest reviews of one case say, task by task.
 
-    ``latest``: each reviewer's latest labelled review counts, and the latest of those wins.
-    ``majority``: per task, the most common label over each reviewer's latest review (ties
-    go to the latest).
+    Attributes:
+        labels: task -> class, only for tasks someone labelled and the rule could decide.
+        fine: task -> a fine Derm7pt value a reviewer gave for that class ('' if none).
+        disagreement: tasks the reviewers labelled differently.
+        ties: tasks the ``majority`` rule could not decide (left unlabelled, not guessed).
+        latest: the latest of the reviews (source, images, verdict, line).
     """
+
+    case_id: str
+    labels: dict[str, str]
+    fine: dict[str, str]
+    reviewers: list[str]
+    disagreement: list[str]
+    ties: list[str]
+    latest: dict[str, str]
+
+
+def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str, CaseLabels]:
+    """Per case, per task: the class of the latest review that labelled the task (``latest``),
+    or the most common class over the reviewers who labelled it (``majority``; a tie is flagged
+    and the task left unlabelled). Tasks nobody labelled stay out (training keeps the
+    reference label there)."""
     if rule not in ("latest", "majority"):
         raise ValueError(f"rule must be 'latest' or 'majority', got {rule!r}")
     by_case: dict[str, list[dict]] = {}
@@ -389,48 +552,78 @@ def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str
         by_case.setdefault(row["case_id"], []).append(row)
     result = {}
     for case_id, reviews in by_case.items():
-        chosen = dict(reviews[-1])
-        if rule == "majority":
-            for column in LABEL_COLUMNS:
-                votes = Counter(r[column] for r in reviews)
-                best = max(votes.values())
-                chosen[column] = next(r[column] for r in reversed(reviews) if votes[r[column]] == best)
-        result[case_id] = chosen
+        labels, fine, disagreement, ties = {}, {}, [], []
+        for task in TASKS:
+            votes = [(r, task_labels(r)[task.name]) for r in reviews if task.name in task_labels(r)]
+            if not votes:
+                continue
+            counts = Counter(cls for _, cls in votes)
+            if len(counts) > 1:
+                disagreement.append(task.name)
+            if rule == "latest":
+                chosen = votes[-1][1]
+            else:
+                best = max(counts.values())
+                winners = [cls for cls, n in counts.items() if n == best]
+                if len(winners) > 1:
+                    ties.append(task.name)
+                    continue
+                chosen = winners[0]
+            labels[task.name] = chosen
+            fine[task.name] = next((r[task.column] for r, cls in reversed(votes) if cls == chosen and r[task.column]), "")
+        result[case_id] = CaseLabels(case_id, labels, fine, sorted({r["reviewer"] for r in reviews}),
+                                     disagreement, ties, reviews[-1])
     return result
 
 
+EXPORT_COLUMNS = ("case_num", "source", "clinic", "derm", *TASK_NAMES, *LABEL_COLUMNS, "verdict", "n_reviewers",
+                  "reviewers", "disagreement", "ties")
+
+
 def export_meta_csv(rows: list[dict[str, str]], target: str | Path, rule: str = "latest") -> Path:
-    """The current labels as a Derm7pt-style meta.csv (case_num, labels, clinic, derm)."""
-    labels = current_labels(rows, rule)
-    columns = ["case_num", *LABEL_COLUMNS, "clinic", "derm", "source", "reviewers"]
+    """The current labels, one row per case: the class of every task someone labelled (blank
+    where nobody did, or a tie), meta.csv's raw columns only where a reviewer gave a fine value,
+    the latest verdict, how many reviewers, and which tasks they disagree on or tie."""
     target = Path(target)
     with open(target, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
-        for case_id, row in labels.items():
-            reviewers = sorted({r["reviewer"] for r in rows if r["case_id"] == case_id})
+        writer.writerow(EXPORT_COLUMNS)
+        for case_id, entry in current_labels(rows, rule).items():
+            row = entry.latest
             writer.writerow([neutralise(v) for v in
-                             [case_id, *(row[c] for c in LABEL_COLUMNS), row["clinic"], row["derm"],
-                              row["source"], ";".join(reviewers)]])
+                             [case_id, row["source"], row["clinic"], row["derm"],
+                              *(entry.labels.get(t, "") for t in TASK_NAMES),
+                              *(entry.fine.get(t.name, "") for t in TASKS), row["verdict"], len(entry.reviewers),
+                              ";".join(entry.reviewers), ";".join(entry.disagreement), ";".join(entry.ties)]])
     return target
 
 
-def correction_case(row: dict[str, str], folder: Path) -> Case:
-    """A training case from a labelled row of an uploaded (non-Derm7pt) case.
+NO_LABEL = -1
+"""A task's label index where no reviewer labelled it (the loss skips it)."""
+
+
+def correction_case(entry: CaseLabels, folder: Path) -> Case:
+    """A training case from the current labels of an uploaded (non-Derm7pt) case; tasks no
+    reviewer labelled are :data:`NO_LABEL`.
 
     Raises:
-        CorrectionsError: no stored dermoscopy image, or a stored image is missing.
+        CorrectionsError: no stored dermoscopy image, a stored image is missing, or no task
+            has a label.
     """
+    row = entry.latest
     if not row["derm"]:
-        raise CorrectionsError(f"line {row['line']}: case {row['case_id']} has no dermoscopy image; "
+        raise CorrectionsError(f"line {row['line']}: case {entry.case_id} has no dermoscopy image; "
                                "training needs one")
+    if not entry.labels:
+        raise CorrectionsError(f"line {row['line']}: case {entry.case_id} has no labelled task")
     derm = folder / row["derm"]
     clinical = folder / row["clinic"] if row["clinic"] else derm
     for image in {derm, clinical}:
         if not image.is_file():
             raise CorrectionsError(f"line {row['line']}: stored image {image} is missing")
-    return Case(case_id=row["case_id"], clinical_path=clinical, dermoscopy_path=derm,
-                labels=parse_labels(row, f"line {row['line']}"), clinic_is_derm=not row["clinic"])
+    labels = tuple(t.classes.index(entry.labels[t.name]) if t.name in entry.labels else NO_LABEL for t in TASKS)
+    return Case(case_id=entry.case_id, clinical_path=clinical, dermoscopy_path=derm, labels=labels,
+                clinic_is_derm=not row["clinic"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -439,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m skinnet.corrections", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="current labels as a Derm7pt-style meta.csv")
+    export = sub.add_parser("export", help="current labels, one row per case (see export_meta_csv)")
     export.add_argument("log")
     export.add_argument("out")
     export.add_argument("--rule", default="latest", choices=["latest", "majority"])

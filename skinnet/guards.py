@@ -76,6 +76,8 @@ class Checks:
         swapped: the clinical slot holds a dermoscopy image and the dermoscopy slot a clinical one.
         uncertain: the two most probable diagnoses are too close to call.
         margin: the primary head's top-2 diagnosis margin.
+        margin_limit: that head's "uncertain" margin.
+        accuracy_below: how often that head was right, out of fold, on cases below the limit.
     """
 
     not_lesion: tuple[str, ...] = ()
@@ -85,6 +87,8 @@ class Checks:
     wrong_slot: tuple[str, ...] = ()
     uncertain: bool = False
     margin: float = 1.0
+    margin_limit: float = 0.0
+    accuracy_below: float | None = None
 
     @property
     def trustworthy(self) -> bool:
@@ -104,7 +108,9 @@ class Guards:
         ood_threshold: distance (Mahalanobis, root mean square over the D dimensions) above
             which an image is "not a skin lesion photo".
         modality_weight, modality_bias: logistic regression, P(dermoscopy) = sigmoid(x @ w + b).
-        uncertain_margin: top-2 diagnosis margin below which a case is "uncertain".
+        uncertain_margin: head -> top-2 diagnosis margin below which its answer is "uncertain"
+            (each head on its own out-of-fold predictions: a one-image head is less sure).
+        uncertain_accuracy: head -> out-of-fold accuracy of the cases below that margin.
         fingerprint: :func:`weights_fingerprint` of the model the guards were fitted on.
         notes: how each number was chosen (shown in the Model tab and the docs).
     """
@@ -116,9 +122,10 @@ class Guards:
     ood_threshold: float
     modality_weight: torch.Tensor
     modality_bias: float
-    uncertain_margin: float
+    uncertain_margin: dict[str, float]
     fingerprint: str
     notes: dict = field(default_factory=dict)
+    uncertain_accuracy: dict[str, float] = field(default_factory=dict)
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) features -> (...,) distance to the nearest modality's training images."""
@@ -134,12 +141,13 @@ class Guards:
     def p_dermoscopy(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(features.float() @ self.modality_weight + self.modality_bias)
 
-    def check(self, features: dict[str, torch.Tensor], diagnosis: dict[str, float]) -> Checks:
+    def check(self, features: dict[str, torch.Tensor], diagnosis: dict[str, float], head: str = "fused") -> Checks:
         """Checks of one case.
 
         Args:
             features: slot (clinical, dermoscopy) -> (D,) pooled features of the image given there.
             diagnosis: the primary head's DIAG probabilities (class -> p).
+            head: which head that is (each has its own "uncertain" margin).
         """
         distance = {m: float(self.distance(f)) / self.ood_threshold for m, f in features.items()}
         p_derm = {m: float(self.p_dermoscopy(f)) for m, f in features.items()}
@@ -149,8 +157,10 @@ class Guards:
         swapped = len(features) == 2 and set(wrong_slot) == set(MODALITIES)
         top2 = sorted(diagnosis.values(), reverse=True)[:2]
         margin = top2[0] - (top2[1] if len(top2) > 1 else 0.0)
+        limit = self.uncertain_margin.get(head, self.uncertain_margin.get("fused", 0.0))
         return Checks(not_lesion=not_lesion, distance=distance, p_dermoscopy=p_derm, swapped=swapped,
-                      wrong_slot=wrong_slot, uncertain=margin < self.uncertain_margin, margin=margin)
+                      wrong_slot=wrong_slot, uncertain=margin < limit, margin=margin, margin_limit=limit,
+                      accuracy_below=self.uncertain_accuracy.get(head))
 
     # -- storage --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -161,7 +171,8 @@ class Guards:
             tensors[f"scale.{m}"] = self.scale[m].float().contiguous()
         settings = {"ood_threshold": self.ood_threshold, "residual_scale": self.residual_scale,
                     "modality_bias": self.modality_bias,
-                    "uncertain_margin": self.uncertain_margin, "fingerprint": self.fingerprint,
+                    "uncertain_margin": self.uncertain_margin, "uncertain_accuracy": self.uncertain_accuracy,
+                    "fingerprint": self.fingerprint,
                     "notes": self.notes}
         path = Path(path)
         save_file(tensors, str(path), metadata={SETTINGS_KEY: json.dumps(settings)})
@@ -185,7 +196,8 @@ class Guards:
                          ood_threshold=float(settings["ood_threshold"]),
                          modality_weight=tensors["modality_weight"],
                          modality_bias=float(settings["modality_bias"]),
-                         uncertain_margin=float(settings["uncertain_margin"]),
+                         uncertain_margin=_per_head(settings["uncertain_margin"]),
+                         uncertain_accuracy=_per_head(settings.get("uncertain_accuracy", {})),
                          fingerprint=str(settings["fingerprint"]), notes=settings.get("notes", {}))
         except Exception as err:  # safetensors, JSON and missing keys all mean "not a guards file"
             raise ValueError(f"{path} is not a readable guards file ({type(err).__name__})") from None
@@ -193,6 +205,11 @@ class Guards:
             raise ValueError(f"{path} was fitted on other weights than the loaded checkpoint; "
                              "refit it with python -m training.fit_guards")
         return guards
+
+
+def _per_head(value) -> dict[str, float]:
+    """A per-head setting; a single number (guards of the first version) is the fused head's."""
+    return {"fused": float(value)} if isinstance(value, (int, float)) else {k: float(v) for k, v in value.items()}
 
 
 def fit_gaussian(features: torch.Tensor, components: int

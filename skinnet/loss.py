@@ -22,18 +22,22 @@ def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.T
 
     Args:
         logits: (B, NUM_OUTPUTS).
-        labels: (B, 8) class indexes in TASKS order.
+        labels: (B, 8) class indexes in TASKS order; a negative index (a task no reviewer
+            labelled on a corrected upload) leaves that sample out of that task's term.
         mask: (B,) bool, samples that count for this head (all when None).
         task_weights: task name -> weight of its term (missing: 1); the mean is weighted.
     """
     per_task = []
     for t, (name, task_logits) in enumerate(split_logits(logits).items()):
-        loss = F.cross_entropy(task_logits.float(), labels[:, t], reduction="none",
+        task_labels = labels[:, t]
+        labelled = task_labels >= 0
+        loss = F.cross_entropy(task_logits.float(), task_labels.clamp(min=0), reduction="none",
                                label_smoothing=label_smoothing)
-        if mask is not None:
-            loss = (loss * mask).sum() / mask.sum().clamp(min=1)
-        else:
+        if mask is None and bool(labelled.all()):
             loss = loss.mean()
+        else:
+            weight = labelled.float() * (mask.float() if mask is not None else 1.0)
+            loss = (loss * weight).sum() / weight.sum().clamp(min=1)
         per_task.append(loss)
     if not task_weights:
         return torch.stack(per_task).mean()

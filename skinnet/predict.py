@@ -204,5 +204,6 @@ class Predictor:
                          "prediction alone, without cross-attention or fusion.")
         prediction = Prediction(heads, modalities, notes)
         if self.guards is not None:
-            prediction.checks = self.guards.check(features, heads[prediction.primary_head].probabilities["DIAG"])
+            prediction.checks = self.guards.check(features, heads[prediction.primary_head].probabilities["DIAG"],
+                                                  prediction.primary_head)
         return prediction

@@ -18,7 +18,8 @@ import gradio as gr
 import pandas as pd
 from PIL.Image import Image
 
-from .corrections import (NO_CHANGE, RETRACT, VERDICTS, CorrectionsError, CorrectionsLog, Review, export_meta_csv,
+from .corrections import (CHANGED, CONFIRMED, NO_CHANGE, RETRACT, VERDICTS, CorrectionsError, CorrectionsLog, Review,
+                          export_meta_csv,
                           new_event_id, read_corrections)
 from .data import DatasetError
 from .imaging import ImageError, load_rgb, pixel_sha256
@@ -125,13 +126,15 @@ def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog,
             "the least sure one you have not reviewed.")
 
 
-def open_row(state: dict, row: int) -> dict:
-    """Open the queue's case at a table row (a click on the queue table)."""
+def open_case_id(state: dict, case_id) -> dict:
+    """Open the queue's case with this id (a click on a row of the queue table)."""
     if not state["queue"]:
         raise gr.Error("Open a queue first.")
-    if not isinstance(row, int) or not 0 <= row < len(state["queue"]):
-        raise gr.Error("No such row in the queue.")
-    return _open_case({**state, "index": row}, dict(state["queue"][row]))
+    index = next((i for i, c in enumerate(state["queue"]) if isinstance(case_id, str) and c["case_id"] == case_id),
+                 None)
+    if index is None:
+        raise gr.Error("No such case in the open queue.")
+    return _open_case({**state, "index": index}, dict(state["queue"][index]))
 
 
 def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> dict:
@@ -174,14 +177,14 @@ def content_event_id(*parts) -> str:
 
 def form_values(row: dict | None) -> tuple:
     """(verdict, corrections per task, confidence, note) that show a saved row in the form;
-    the blank form without one."""
+    the blank form without one. A task shows what the reviewer picked (a fine value if they
+    gave one) and "no change" where they did not review it, whatever the model says now."""
     if row is None:
         return (None, *([NO_CHANGE] * len(TASKS)), None, "")
     corrected = []
     for task in TASKS:
-        label, predicted = row.get(task.column, ""), row.get(f"model_{task.column}", "")
-        changed = label and label != predicted
-        corrected.append(task.classes[task.class_index(label)] if changed else NO_CHANGE)
+        reviewed = row["verdict"] == "correct" and row.get(f"status_{task.name}") in (CONFIRMED, CHANGED)
+        corrected.append((row.get(task.column) or row[task.name]) if reviewed else NO_CHANGE)
     confidence = int(row["confidence"]) if row.get("confidence") else None
     return (row["verdict"], *corrected, confidence, row.get("note", ""))
 
@@ -250,7 +253,7 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
         raise gr.Error(f"Nothing to undo: you have no saved review of case {case['case_id']}.")
-    predicted = {t.name: t.classes[t.class_index(latest[f"model_{t.column}"])] for t in TASKS}
+    predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
     retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
                         case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
                         corrected={}, model_version=latest["model_version"],

@@ -147,9 +147,11 @@ def check_lines(checks: Checks | None, shown: bool) -> list[str]:
             lines.append(f"> ⚠️ The {SLOT_WORDS[slot]} looks like a **{other}**: check that each image "
                          "is in its slot.")
     if checks.uncertain and (shown or not checks.not_lesion):
+        right = (f"it was right on {100 * checks.accuracy_below:.0f}% of them" if checks.accuracy_below is not None
+                 else "it was right less than half the time")
         lines.append(f"> 🟠 **Uncertain: refer or get a second opinion.** The two most likely diagnoses are "
-                     f"{checks.margin:.2f} apart; on cases it had not seen, the model was right less than half "
-                     "the time when they were this close.")
+                     f"{checks.margin:.2f} apart. On cases it had not seen whose two most likely diagnoses were "
+                     f"less than {checks.margin_limit:.2f} apart, {right}.")
     return lines
 
 
@@ -302,7 +304,9 @@ SHORTCUTS_HELP = ("Keys: **a** agree · **c** correct · **u** unsure · **s** s
                   "**n** next unreviewed · **← →** previous / next case")
 
 
-def _task_label(task, predicted: str | None = None) -> str:
+def _task_label(task, predicted: str | None = None, hidden: bool = False) -> str:
+    if hidden:
+        return f"{task.name} ({task.title}): prediction hidden"
     return f"{task.name}: model says {predicted}" if predicted else f"{task.name} ({task.title})"
 
 
@@ -314,7 +318,7 @@ def form_labels(predictor: Predictor, clinical, dermoscopy, show_anyway: bool = 
         return [gr.update(label=_task_label(t)) for t in TASKS]
     prediction = predictor.predict(clinical, dermoscopy)
     if prediction.checks is not None and not prediction.checks.trustworthy and show_anyway is not True:
-        return [gr.update(label=_task_label(t)) for t in TASKS]
+        return [gr.update(label=_task_label(t, hidden=True)) for t in TASKS]
     classes = prediction.heads[prediction.primary_head].classes
     return [gr.update(label=_task_label(t, classes[t.name])) for t in TASKS]
 
@@ -338,7 +342,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
     path the client chose), binds the session to its first identity, and checks who may act.
     """
     from . import review
-    from .corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog
+    from .corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog, fine_choices
     from .review_queue import list_queues
 
     settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
@@ -393,7 +397,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                                 with gr.Row():
                                     for t in pair_of_tasks:
                                         corrections.append(gr.Dropdown(
-                                            [NO_CHANGE, *t.classes], value=NO_CHANGE, label=_task_label(t),
+                                            [NO_CHANGE, *t.classes, *fine_choices(t)], value=NO_CHANGE,
+                                            label=_task_label(t),
                                             elem_id=f"correct-{t.name}", min_width=160))
                         with gr.Row():
                             confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)",
@@ -486,16 +491,24 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             state, owner = session(state, request, profile)
             paths = [store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
             state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
-            return (state, review.case_header(state, log, reviewers.of(request, profile)), None, "",
+            reviewer = reviewers.of(request, profile)
+            # the form shows this pair's saved review (its id is its pixels' hash), or a blank form
+            saved, status = saved_review(reviewer, state)
+            return (state, review.case_header(state, log, reviewer), *review.form_values(saved), status,
                     state.get("event_id") or "")
+
+        def saved_review(reviewer, state):
+            """(your latest review of the open case or None, the line that says it is shown)."""
+            saved = log.latest_review(reviewer, state["case"]["case_id"]) if reviewer and state.get("case") else None
+            status = (f"Showing your saved review ({saved['verdict']}, {saved['logged_at']}): change it and save to "
+                      "replace it." if saved else "")
+            return saved, status
 
         def show_case(state, request: gr.Request, profile: gr.OAuthProfile | None):
             state, owner = session(state, request, profile)
             images = review.load_case_images(state)
             reviewer = reviewers.of(request, profile)
-            saved = log.latest_review(reviewer, state["case"]["case_id"]) if reviewer and state.get("case") else None
-            status = (f"Showing your saved review ({saved['verdict']}, {saved['logged_at']}): change it and save to "
-                      "replace it." if saved else "")
+            saved, status = saved_review(reviewer, state)
             return (state, *(store.add(owner, im) if im is not None else None for im in images),
                     review.case_header(state, log, reviewer), *review.form_values(saved), status, False,
                     state.get("event_id") or "")
@@ -568,10 +581,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             return review.order_by_uncertainty(state, predictor, log, reviewer, progress)
 
         def open_queue_row(state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
+            """The case of the clicked row, found by its case id (the table may be sorted on screen)."""
             reviewers.require(request, profile, "Opening a case")
             state, _ = session(state, request, profile)
-            row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-            return review.open_row(state, row)
+            row = event.row_value if isinstance(event.row_value, (list, tuple)) else []
+            case_id = row[review.QUEUE_COLUMNS.index("case")] if len(row) == len(review.QUEUE_COLUMNS) else None
+            return review.open_case_id(state, case_id)
 
         def export_labels(rule, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewers.require_admin(request, profile, "Exporting everyone's labels")
@@ -609,9 +624,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                 raise gr.Error("No labelled reviews are saved yet.")
             return pd.DataFrame(table, columns=["raters", "cases", *(t.name for t in TASKS)])
 
-        def undo_handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
+        def undo_handler(state, token, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewer = reviewers.require(request, profile, "Undo")
             state, _ = session(state, request, profile)
+            if not state.get("event_id") or token != state["event_id"]:
+                raise gr.Error("The case changed before this undo reached the server; nothing was undone. "
+                               "Check the case on screen and undo again.")
             message, standing = review.undo_last_save(state, log, reviewer)
             return (message, review.case_header(state, log, reviewer), review.queue_table(state, log, reviewer),
                     *review.form_values(standing))
@@ -635,7 +653,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         form = [verdict, *corrections, confidence, note, save_status]
         private = {"api_visibility": "private", "preprocess": False}
         # the case token comes last in every output list that opens a case (API callers read data[-1])
-        uploaded = [state, header, verdict, save_status, case_token]
+        uploaded = [state, header, *form, case_token]
         cleared = [show_anyway, *predicted, *explain_outputs, anyway_button, swap_button]
 
         def after_predict(event):  # each step only after the one before succeeded
@@ -671,7 +689,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         agreement_button.click(agreement_view_, None, agreement_view, **private)
         save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],
                    [save_status, header, queue_view], concurrency_limit=4, **private)
-        undo.click(undo_handler, state, [save_status, header, queue_view, verdict, *corrections, confidence, note],
+        undo.click(undo_handler, [state, case_token], [save_status, header, queue_view, verdict, *corrections, confidence, note],
                    **private)
         for field_ in (verdict, *corrections, confidence, note):  # typed or picked by the user, not loaded
             field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,

@@ -29,9 +29,9 @@ def test_fleiss_kappa_of_the_published_example():
 
 
 def _save(log, reviewer, case_id, predicted, labels, verdict="correct"):
-    corrected = {t: labels[t] for t in labels if labels[t] != predicted[t]}
+    """A review that picked ``labels`` task by task (tasks missing from it: not reviewed)."""
     log.append(Review(event_id=new_event_id(), reviewer=reviewer, case_id=case_id, source="derm7pt",
-                      verdict=verdict, predicted=predicted, corrected=corrected))
+                      verdict=verdict, predicted=predicted, corrected=dict(labels)))
 
 
 def test_cli_on_a_synthetic_log_matches_scikit_learn(tmp_path, release):
@@ -40,17 +40,20 @@ def test_cli_on_a_synthetic_log_matches_scikit_learn(tmp_path, release):
     diag = TASK_BY_NAME["DIAG"].classes
     truth = {}
     cases = [str(i + 1) for i in range(20)]  # the synthetic release's case_num values
-    for case in cases:
-        predicted = {t.name: t.classes[int(rng.integers(t.num_classes))] for t in TASKS}
-        a = {**predicted, "DIAG": diag[int(rng.integers(5))]}
-        b = {**predicted, "DIAG": a["DIAG"] if rng.random() < 0.7 else diag[int(rng.integers(5))]}
-        c = {**predicted, "DIAG": b["DIAG"] if rng.random() < 0.5 else diag[int(rng.integers(5))]}
-        _save(log, "dr_a", case, predicted, {**a, "DIAG": diag[(diag.index(a["DIAG"]) + 1) % 5]})  # superseded
-        _save(log, "dr_a", case, predicted, a)
-        _save(log, "dr_b", case, predicted, b)
-        _save(log, "dr_c", case, predicted, predicted, verdict="unsure")  # carries no label; superseded
-        _save(log, "dr_c", case, predicted, c)
-        truth[case] = (predicted, a, b, c)
+    for n, case in enumerate(cases):
+        shown_a = {t.name: t.classes[int(rng.integers(t.num_classes))] for t in TASKS}
+        shown_b = {**shown_a, "DIAG": diag[int(rng.integers(5))]}  # dr_b reviewed after a checkpoint change
+        a = {**shown_a, "DIAG": diag[int(rng.integers(5))]}
+        b = {**shown_a, "DIAG": a["DIAG"] if rng.random() < 0.7 else diag[int(rng.integers(5))]}
+        if n % 2:
+            del b["PN"]  # dr_b left PN at "no change" here: not reviewed, so not compared
+        c = {**shown_a, "DIAG": b["DIAG"] if rng.random() < 0.5 else diag[int(rng.integers(5))]}
+        _save(log, "dr_a", case, shown_a, {**a, "DIAG": diag[(diag.index(a["DIAG"]) + 1) % 5]})  # superseded
+        _save(log, "dr_a", case, shown_a, a)
+        _save(log, "dr_b", case, shown_b, b)
+        _save(log, "dr_c", case, shown_a, {}, verdict="unsure")  # carries no label; superseded
+        _save(log, "dr_c", case, shown_a, c)
+        truth[case] = (shown_a, a, b, c, shown_b)
     out = tmp_path / "agreement"
     report = agreement.main([str(log.path), "--reference", str(release / "meta" / "meta.csv"), "--out", str(out)])
 
@@ -60,16 +63,19 @@ def test_cli_on_a_synthetic_log_matches_scikit_learn(tmp_path, release):
     index = {name: i for i, name in enumerate(diag)}
     a_diag = [index[truth[c][1]["DIAG"]] for c in cases]
     b_diag = [index[truth[c][2]["DIAG"]] for c in cases]
-    model_diag = [index[truth[c][0]["DIAG"]] for c in cases]
+    shown_a_diag = [index[truth[c][0]["DIAG"]] for c in cases]
+    shown_b_diag = [index[truth[c][4]["DIAG"]] for c in cases]
     assert find("DIAG", "dr_a", "dr_b")["kappa"] == pytest.approx(cohen_kappa_score(a_diag, b_diag))
-    assert find("DIAG", "dr_a", "model")["kappa"] == pytest.approx(cohen_kappa_score(a_diag, model_diag))
+    # each reviewer against the prediction the model showed that reviewer
+    assert find("DIAG", "dr_a", "(model)")["kappa"] == pytest.approx(cohen_kappa_score(a_diag, shown_a_diag))
+    assert find("DIAG", "dr_b", "(model)")["kappa"] == pytest.approx(cohen_kappa_score(b_diag, shown_b_diag))
     assert find("DIAG", "dr_a", "dr_b")["agreement"] == pytest.approx(np.mean(np.array(a_diag) == b_diag))
     low, high = find("DIAG", "dr_a", "dr_b")["kappa_interval"]
     assert low <= find("DIAG", "dr_a", "dr_b")["kappa"] <= high
-    assert find("PN", "dr_a", "dr_b")["kappa"] == 1.0  # nobody changed PN
+    assert find("PN", "dr_a", "dr_b")["kappa"] == 1.0 and find("PN", "dr_a", "dr_b")["n_cases"] == 10
     reference = agreement.read_reference(release / "meta" / "meta.csv")
     ref_diag = [reference[c][0] for c in cases]
-    assert find("DIAG", "dr_a", "reference")["kappa"] == pytest.approx(cohen_kappa_score(a_diag, ref_diag))
+    assert find("DIAG", "dr_a", "(reference)")["kappa"] == pytest.approx(cohen_kappa_score(a_diag, ref_diag))
     assert report["fleiss"]["DIAG"]["n_reviewers"] == 3 and report["fleiss"]["DIAG"]["n_cases"] == 20
     assert json.loads((out / "agreement.json").read_text())["reviewers"] == ["dr_a", "dr_b", "dr_c"]
     assert "dr_a vs dr_b" in (out / "agreement.md").read_text()

@@ -110,8 +110,9 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     assert "clinical photo does not look like a skin lesion" in page.locator("#summary").inner_text()
     assert "BCC" not in page.locator("#diagnosis-table").inner_text()
     page.screenshot(path=str(tmp_path / "not_a_lesion.png"))
-    page.wait_for_timeout(2000)  # the chain's last step (form labels) has run
-    assert "model says" not in page.locator("#correct-DIAG").inner_text()  # no prediction through the form
+    # the chain's last step (the form's labels) says so, and gives no prediction away
+    expect(page.locator("#correct-DIAG")).to_contain_text("prediction hidden", timeout=60_000)
+    assert "model says" not in page.locator("#review-form").inner_text()
     page.locator("#show-anyway").click()
     page.get_by_text("Fused head:").wait_for(timeout=60_000)
     expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=30_000)

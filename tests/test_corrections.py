@@ -12,11 +12,10 @@ import pytest
 from PIL import Image
 
 from app_helpers import jpeg_with_gps
-from skinnet.corrections import (COLUMNS, CorrectionsError, CorrectionsLog, NO_CHANGE, Review, current_labels,
-                                 export_meta_csv, new_event_id, read_corrections)
-from skinnet.data import parse_labels
+from skinnet.corrections import (BASE_COLUMNS, COLUMNS, CorrectionsError, CorrectionsLog, NO_CHANGE, Review,
+                                 current_labels, export_meta_csv, new_event_id, read_corrections, task_labels)
 from skinnet.imaging import load_rgb
-from skinnet.labels import TASK_NAMES
+from skinnet.labels import TASK_NAMES, TASKS
 
 PREDICTED = {"DIAG": "NEV", "PN": "TYP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "REG",
              "BWV": "ABS", "VS": "ABS"}
@@ -30,20 +29,55 @@ def review(verdict="agree", reviewer="dr_a", case_id="17", event_id=None, **corr
                   note="looks typical")
 
 
-def test_rows_use_meta_csv_columns_and_raw_vocabulary(tmp_path):
+def test_rows_store_what_the_reviewer_said_task_by_task(tmp_path):
     log = CorrectionsLog(tmp_path)
     assert log.append(review("agree", case_id="1"))
-    assert log.append(review("correct", case_id="2", DIAG="MEL", PN="ATP"))
+    assert log.append(review("correct", case_id="2", DIAG="MEL", PN="TYP", VS="dotted"))
     assert log.append(review("skip", case_id="3"))
     frame = pd.read_csv(log.path, dtype=str, keep_default_na=False)
     assert list(frame.columns) == list(COLUMNS)
-    assert frame["diagnosis"].tolist() == ["clark nevus", "melanoma", ""]
-    assert frame["pigment_network"].tolist() == ["typical", "atypical", ""]
-    assert frame["model_diagnosis"].tolist() == ["clark nevus"] * 3
-    assert frame["verdict"].tolist() == ["agree", "correct", "skip"]
-    assert parse_labels(frame.iloc[1], "row")[:2] == (2, 2)  # the Derm7pt reader's own parser
+    assert frame["model_DIAG"].tolist() == ["NEV"] * 3
+    # agree confirms every task; under correct a task left at "no change" is not reviewed
+    assert frame["DIAG"].tolist() == ["NEV", "MEL", ""]
+    assert frame["status_DIAG"].tolist() == ["confirmed", "changed", ""]
+    assert frame["status_PN"].tolist() == ["confirmed", "confirmed", ""]  # picked the model's class
+    assert frame["STR"].tolist() == ["ABS", "", ""] and frame["status_STR"].tolist()[1] == "not reviewed"
+    assert frame["VS"].tolist() == ["ABS", "IR", ""]
+    # a fine Derm7pt value only where the reviewer picked one: nothing invented from a class
+    assert frame["diagnosis"].tolist() == ["", "", ""]
+    assert frame["vascular_structures"].tolist() == ["", "dotted", ""]
     rows, problems = read_corrections(log.path)
     assert len(rows) == 3 and problems == []
+    assert task_labels(rows[1]) == {"DIAG": "MEL", "PN": "TYP", "VS": "IR"}
+
+
+def test_a_first_version_log_is_read_and_upgraded_with_a_backup(tmp_path):
+    """Logs written before per-task status: raw values were invented for every task, so the
+    class stays (confirmed or changed) and the invented raw value goes; the original is kept."""
+    header = [*BASE_COLUMNS, *(f"model_{t.column}" for t in TASKS), *(t.column for t in TASKS)]
+    model = ["clark nevus", "typical", "absent", "diffuse regular", "absent", "regular", "absent", "absent"]
+    base = {"logged_at": "2026-01-01T00:00:00+00:00", "reviewer": "dr_a", "source": "derm7pt", "clinic": "",
+            "clinic_sha256": "", "derm": "", "derm_sha256": "", "model_version": "v1", "checkpoint_sha256": "",
+            "seconds_spent": "3.0", "confidence": "", "note": ""}
+    first = {**base, "event_id": "a" * 32, "case_id": "7", "verdict": "correct"}
+    second = {**base, "event_id": "b" * 32, "case_id": "8", "verdict": "agree"}
+    lines = [",".join(header)]
+    for row, labels in ((first, ["melanoma", *model[1:]]), (second, model)):
+        lines.append(",".join([*(row[c] for c in BASE_COLUMNS), *model, *labels]))
+    lines.append("cut,short")
+    original = "\n".join(lines) + "\n"
+    log = CorrectionsLog(tmp_path)
+    log.path.write_text(original)
+    rows, problems = read_corrections(log.path)
+    assert [r["DIAG"] for r in rows] == ["MEL", "NEV"] and [r["status_DIAG"] for r in rows] == ["changed", "confirmed"]
+    assert rows[0]["status_PN"] == "confirmed" and rows[0]["diagnosis"] == "" and len(problems) == 1
+    assert log.append(review("agree", case_id="9"))
+    backup = next(tmp_path.glob("corrections.legacy-*.csv"))
+    assert backup.read_text() == original  # byte for byte
+    upgraded, problems = read_corrections(log.path)
+    assert [r["case_id"] for r in upgraded] == ["7", "8", "9"] and problems == []
+    assert list(pd.read_csv(log.path, dtype=str).columns) == list(COLUMNS)
+    assert not log.append(review("agree", case_id="7", event_id="a" * 32))  # old event ids still count
 
 
 def test_same_event_logs_once(tmp_path):
@@ -109,18 +143,42 @@ def test_bad_rows_reported_with_line_numbers(tmp_path):
 def test_latest_and_majority_rules_and_export(tmp_path):
     log = CorrectionsLog(tmp_path)
     log.append(review("correct", "dr_a", "9", DIAG="MEL"))
-    log.append(review("correct", "dr_b", "9", DIAG="MEL"))
+    log.append(review("correct", "dr_b", "9", DIAG="MEL", PN="ATP"))
     log.append(review("correct", "dr_c", "9", DIAG="SK"))
     log.append(review("correct", "dr_a", "8", DIAG="BCC"))
     log.append(review("correct", "dr_a", "8", DIAG="SK"))  # supersedes dr_a's earlier review
     log.append(review("skip", "dr_b", "8"))                 # carries no labels
+    log.append(review("correct", "dr_a", "6", DIAG="dermal nevus"))
+    log.append(review("correct", "dr_b", "6", DIAG="MEL"))  # one against one: a tie
     rows, _ = read_corrections(log.path)
     latest = current_labels(rows, "latest")
-    assert latest["9"]["diagnosis"] == "seborrheic keratosis" and latest["8"]["diagnosis"] == "seborrheic keratosis"
-    assert current_labels(rows, "majority")["9"]["diagnosis"] == "melanoma"
-    meta = pd.read_csv(export_meta_csv(rows, tmp_path / "meta.csv", "majority"), dtype=str)
-    assert set(meta["case_num"]) == {"8", "9"}
-    assert meta.set_index("case_num").loc["9", "reviewers"] == "dr_a;dr_b;dr_c"
+    assert latest["9"].labels == {"DIAG": "SK", "PN": "ATP"}  # tasks nobody reviewed stay out
+    assert latest["8"].labels == {"DIAG": "SK"} and latest["9"].disagreement == ["DIAG"]
+    majority = current_labels(rows, "majority")
+    assert majority["9"].labels["DIAG"] == "MEL" and majority["9"].ties == []
+    assert "DIAG" not in majority["6"].labels and majority["6"].ties == ["DIAG"]  # flagged, not resolved
+    assert latest["6"].labels["DIAG"] == "MEL"
+    meta = pd.read_csv(export_meta_csv(rows, tmp_path / "meta.csv", "majority"), dtype=str,
+                       keep_default_na=False).set_index("case_num")
+    assert set(meta.index) == {"6", "8", "9"}
+    assert meta.loc["9", "reviewers"] == "dr_a;dr_b;dr_c" and meta.loc["9", "n_reviewers"] == "3"
+    assert meta.loc["9", "DIAG"] == "MEL" and meta.loc["9", "diagnosis"] == "" and meta.loc["9", "STR"] == ""
+    assert meta.loc["9", "disagreement"] == "DIAG" and meta.loc["6", "ties"] == "DIAG" and meta.loc["6", "DIAG"] == ""
+    fine = pd.read_csv(export_meta_csv(rows, tmp_path / "l.csv", "latest"), dtype=str, keep_default_na=False)
+    assert fine.set_index("case_num").loc["6", "diagnosis"] == ""  # dr_b's MEL wins; dr_a's fine value is not MEL's
+    log.append(review("correct", "dr_c", "6", DIAG="dermal nevus"))
+    rows, _ = read_corrections(log.path)
+    entry = current_labels(rows, "majority")["6"]
+    assert entry.labels["DIAG"] == "NEV" and entry.fine["DIAG"] == "dermal nevus"
+
+
+def test_a_status_that_contradicts_its_class_is_a_bad_row(tmp_path):
+    log = CorrectionsLog(tmp_path)
+    log.append(review("correct", case_id="1", DIAG="MEL"))
+    text = log.path.read_text().replace(",changed,", ",confirmed,", 1)
+    log.path.write_text(text)
+    rows, problems = read_corrections(log.path)
+    assert rows == [] and "status 'confirmed' does not fit class MEL" in problems[0].message
 
 
 WRITER = """
@@ -186,7 +244,7 @@ def test_command_line_export_and_check(tmp_path):
     result = subprocess.run([sys.executable, "-m", "skinnet.corrections", "export", str(log.path), str(out)],
                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0 and "1 cases written" in result.stdout
-    assert pd.read_csv(out, dtype=str).loc[0, "diagnosis"] == "basal cell carcinoma"
+    assert pd.read_csv(out, dtype=str).loc[0, "DIAG"] == "BCC"
     with open(log.path, "a") as handle:
         handle.write("oops\n")
     result = subprocess.run([sys.executable, "-m", "skinnet.corrections", "check", str(log.path)],
@@ -312,7 +370,7 @@ def test_a_retraction_withdraws_one_row_of_its_own_reviewer(tmp_path):
     rows, problems = read_corrections(log.path)
     assert problems == [] and [r["event_id"] for r in rows] == [first.event_id, other.event_id]
     assert log.latest_review("dr_a", "5")["verdict"] == "agree"
-    assert current_labels(rows)["5"]["reviewer"] == "dr_b"  # the latest standing review
+    assert current_labels(rows)["5"].latest["reviewer"] == "dr_b"  # the latest standing review
     # another reviewer cannot withdraw dr_b's row
     assert log.append(Review(event_id=new_event_id(), reviewer="dr_a", case_id="5", source="derm7pt",
                              verdict=RETRACT, predicted=dict(PREDICTED), corrected={}, note=other.event_id))

@@ -84,12 +84,21 @@ def test_uncertain_badge_and_melanoma_bar(guarded):
     features = {m: torch.zeros_like(guarded.guards.means[m]) for m in ("clinical", "dermoscopy")}
     close = {"BCC": 0.40, "NEV": 0.35, "MEL": 0.15, "MISC": 0.05, "SK": 0.05}
     clear = {"BCC": 0.05, "NEV": 0.80, "MEL": 0.10, "MISC": 0.03, "SK": 0.02}
-    guards = replace(guarded.guards, uncertain_margin=0.10)
+    guards = replace(guarded.guards, uncertain_margin={"fused": 0.10, "dermoscopy": 0.30},
+                     uncertain_accuracy={"fused": 0.41, "dermoscopy": 0.45})
     assert guards.check(features, close).uncertain and guards.check(features, close).margin == pytest.approx(0.05)
     assert not guards.check(features, clear).uncertain
-    uncertain = replace(prediction, checks=replace(prediction.checks, uncertain=True, margin=0.05))
+    # each head has its own limit: the dermoscopy head alone is less sure at the same margin
+    middling = {"BCC": 0.05, "NEV": 0.55, "MEL": 0.30, "MISC": 0.05, "SK": 0.05}
+    assert not guards.check(features, middling).uncertain
+    assert guards.check(features, middling, "dermoscopy").uncertain
+    closeness = guards.check(features, close)
+    uncertain = replace(prediction, checks=replace(prediction.checks, uncertain=closeness.uncertain,
+                                                   margin=closeness.margin, margin_limit=closeness.margin_limit,
+                                                   accuracy_below=closeness.accuracy_below))
     text = summary_markdown(uncertain, "v")
     assert "Uncertain: refer or get a second opinion" in text and "0.05 apart" in text
+    assert "less than 0.10 apart, it was right on 41% of them" in text
     sure = replace(prediction, checks=replace(prediction.checks, uncertain=False))
     assert "Uncertain" not in summary_markdown(sure, "v")
     probs = prediction.heads["fused"].probabilities["DIAG"]

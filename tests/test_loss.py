@@ -61,3 +61,23 @@ def test_task_weights_weight_the_mean_over_tasks():
             parse_task_weights(bad)
     with pytest.raises(ValueError, match="unknown tasks"):
         MultiModalLoss(task_weights={"XX": 1.0})
+
+
+def test_a_task_without_a_label_is_left_out_of_its_term():
+    """A corrected upload's tasks no reviewer labelled carry NO_LABEL: the task's mean runs over
+    the samples that have a label, as if the others were not in the batch."""
+    import torch.nn.functional as F
+
+    from skinnet.corrections import NO_LABEL
+    from skinnet.labels import TASKS, split_logits
+    from skinnet.loss import task_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, sum(t.num_classes for t in TASKS))
+    labels = torch.tensor([[t.num_classes - 1 for t in TASKS], [0] * 8, [1] * 8])
+    labels[1, 2:] = NO_LABEL  # sample 1: only DIAG and PN reviewed
+    by_hand = []
+    for i, task_logits in enumerate(split_logits(logits).values()):
+        rows = [b for b in range(3) if labels[b, i] >= 0]
+        by_hand.append(F.cross_entropy(task_logits[rows], labels[rows, i]))
+    assert task_cross_entropy(logits, labels) == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-6)

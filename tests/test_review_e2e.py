@@ -97,11 +97,11 @@ def test_review_session_end_to_end(session, release, tmp_path):
     assert problems == []
     assert [(r["case_id"], r["verdict"], r["reviewer"]) for r in rows] == [("c0", "agree", "dr_a"), ("c1", "correct", "dr_a")]
     agree, correct = rows
-    assert all(agree[c] == agree[f"model_{c}"] for c in ("diagnosis", "streaks", "vascular_structures"))
-    assert correct["diagnosis"] == "seborrheic keratosis" and correct["blue_whitish_veil"] == "absent"
-    unchanged = [c for c in ("pigment_network", "streaks", "pigmentation", "regression_structures",
-                             "dots_and_globules", "vascular_structures")]
-    assert all(correct[c] == correct[f"model_{c}"] for c in unchanged)
+    assert all(agree[t] == agree[f"model_{t}"] and agree[f"status_{t}"] == "confirmed" for t in ("DIAG", "STR", "VS"))
+    assert correct["DIAG"] == "SK" and correct["BWV"] == "ABS" and correct["diagnosis"] == ""
+    # tasks left at "no change" under "correct" are stored as not reviewed, not as the model's answer
+    assert all(correct[t] == "" and correct[f"status_{t}"] == "not reviewed" for t in ("PN", "STR", "PIG", "RS",
+                                                                                         "DaG", "VS"))
     assert float(correct["seconds_spent"]) > 0 and correct["model_version"].startswith("tiny@")
     for row in rows:
         assert (settings.log_dir / row["derm"]).is_file() and row["derm"].endswith(f"{row['derm_sha256']}.png")
@@ -132,16 +132,33 @@ def test_uploaded_case_saved_without_metadata_or_name(session, tmp_path):
         page.locator("#analyse").click()
         expect(page.locator("#summary")).to_contain_text("Dermoscopy head", timeout=60_000)
         page.locator("#verdict input[value=unsure]").check()
+        page.locator("#confidence input[value='2']").check()
+        page.get_by_label("Note (max 2000 chars)").fill("first upload")
         page.locator("#save-review").click()
         expect(page.locator("#save-status")).to_contain_text("Saved: unsure", timeout=60_000)
         assert "jane_doe" not in page.content()
+        # another pair is another case: nothing of the last review stays in the form
+        other = tmp_path / "other.png"
+        lesion_image(np.random.default_rng(3), (70, 70), tint=4).save(other)
+        page.locator("#dermoscopy-input").get_by_role("button", name="Remove Image").click()
+        page.locator("#dermoscopy-input input[type=file]").set_input_files(str(other))
+        expect(page.locator("#save-status")).to_have_text("", timeout=60_000)
+        expect(page.locator("#verdict input[value=unsure]")).not_to_be_checked()
+        expect(page.locator("#confidence input[value='2']")).not_to_be_checked()
+        expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("")
+        # the first pair again: its saved review comes back
+        page.locator("#dermoscopy-input").get_by_role("button", name="Remove Image").click()
+        page.locator("#dermoscopy-input input[type=file]").set_input_files(str(revealing))
+        expect(page.locator("#save-status")).to_contain_text("Showing your saved review (unsure", timeout=60_000)
+        expect(page.locator("#confidence input[value='2']")).to_be_checked()
+        expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("first upload")
         page.get_by_role("tab", name="Queue").click()
         with page.expect_download() as download:
             page.locator("#export-labels").click()
             page.locator("#export-file a").first.click(timeout=60_000)
         exported = download.value.path().read_text()
         browser.close()
-    assert "case_num,diagnosis" in exported
+    assert exported.startswith("case_num,source,clinic,derm,DIAG,")
     log_text = (settings.log_dir / "corrections.csv").read_text()
     assert "jane_doe" not in log_text and "shoulder" not in log_text
     rows, _ = read_corrections(settings.log_dir / "corrections.csv")
@@ -175,7 +192,7 @@ def test_agreement_view_shows_two_reviewers_and_the_model(session, tmp_path):
         page.locator("#agreement").click()
         table = page.locator("#agreement-table")
         expect(table).to_contain_text("dr_a vs dr_b", timeout=60_000)
-        expect(table).to_contain_text("dr_b vs model")
+        expect(table).to_contain_text("dr_b vs (model)")
         text = table.inner_text()
         assert "DIAG" in text and "0.67" in text  # dr_a vs dr_b on DIAG: 3 of 4 agree, kappa 2/3 (scikit-learn)
         browser.close()
@@ -222,19 +239,27 @@ def test_edit_after_saving_supersedes_undo_withdraws_and_reopening_shows_your_re
         page.locator("#undo-save").click()
         expect(status).to_contain_text("Undone: your correct review of case c2 is withdrawn", timeout=60_000)
         expect(page.locator("#correct-DIAG input")).to_have_value("SK", timeout=30_000)
+        rows, _ = read_corrections(settings.log_dir / "corrections.csv")
+        assert [r["DIAG"] for r in rows if r["case_id"] == "c2"] == ["SK"]  # on disk, not only on screen
+
+        choose(page, "correct-DIAG", "NEV · dermal nevus")  # after an undo, a new answer is a new save
+        page.locator("#save-review").click()
+        expect(status).to_contain_text("replaces your earlier review", timeout=60_000)
 
         page.reload()  # a new page (still signed in): the saved review comes back into the form
         open_third_case(page)
         expect(status).to_contain_text("Showing your saved review (correct", timeout=60_000)
-        expect(page.locator("#correct-DIAG input")).to_have_value("SK")
+        expect(page.locator("#correct-DIAG input")).to_have_value("NEV · dermal nevus")
+        expect(page.locator("#correct-PN input")).to_have_value("no change")  # not reviewed stays not reviewed
         expect(page.locator("#verdict input[value=correct]")).to_be_checked()
         browser.close()
 
     rows, problems = read_corrections(settings.log_dir / "corrections.csv")
     mine = [r for r in rows if r["case_id"] == "c2"]
-    assert problems == [] and [r["diagnosis"] for r in mine] == ["seborrheic keratosis"]
+    assert problems == [] and [(r["DIAG"], r["diagnosis"]) for r in mine] == [("SK", ""), ("NEV", "dermal nevus")]
+    assert mine[-1]["status_PN"] == "not reviewed" and mine[-1]["PN"] == ""
     raw = (settings.log_dir / "corrections.csv").read_text()
-    assert raw.count(",c2,") == 3  # SK, MEL, and the retraction of MEL: appended, never edited
+    assert raw.count(",c2,") == 4  # SK, MEL, the retraction of MEL, dermal nevus: appended, never edited
 
 
 def test_least_sure_first_opens_the_least_sure_case_n_follows_and_rows_open_cases(session):

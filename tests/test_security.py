@@ -188,6 +188,51 @@ def test_a_save_is_for_the_case_on_screen_with_the_servers_images(server):
     assert row[0]["clinic_sha256"] == pixel_sha256(load_rgb(folder / "c1_clin.png"))
 
 
+def test_an_undo_is_for_the_case_on_screen(server):
+    """Undo sent for c0 after the server opened c1 withdraws nothing; undo of your own review of
+    the case on screen works; another sign-in cannot undo through your session."""
+    client = RawClient(server["url"], "dr_c", USERS["dr_c"])  # no other test saves as dr_c
+    config = client.config()
+    session = secrets.token_hex(6)
+    undo = fns(config, "undo_handler")[0]
+    c0_token = open_first_case(client, config, session).data[-1]
+    assert client.call(fns(config, "save_handler")[0], save_data(c0_token, note="undo race c0"), session).success
+    assert client.call(fns(config, "step_next")[0], [None], session).success  # the server moves to c1
+    late = client.call(undo, [None, c0_token], session)
+    assert not late.success and "The case changed before this undo reached the server" in late.error
+    other = RawClient(server["url"], "dr_b", USERS["dr_b"]).call(undo, [None, c0_token], session)
+    assert not other.success and "belongs to another sign-in" in other.error
+    for forged in ("", "0" * 32, None, ["x"], "a" * 100_000):
+        assert not client.call(undo, [None, forged], session).success
+    rows, _ = read_corrections(server["log"] / "corrections.csv")
+    assert [r["case_id"] for r in rows if r["note"] == "undo race c0"] == ["c0"]  # still standing
+    c1_token = client.call(fns(config, "show_case")[0], [None], session).data[-1]
+    nothing = client.call(undo, [None, c1_token], session)
+    assert not nothing.success and "Nothing to undo" in nothing.error
+
+
+def test_a_queue_row_click_opens_the_case_it_names_and_nothing_else(server):
+    """The row's values come from the browser: the case id is looked up in this session's own
+    queue (so a sorted table opens the right case) and anything else is refused."""
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    session = secrets.token_hex(6)
+    assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session).success
+    select, show = fns(config, "open_queue_row")[0], fns(config, "show_case")[0]
+    clicked = client.call(select, [None], session, {"index": [0, 1], "value": "c2",
+                                                    "row_value": [3, "c2", "manifest", "", ""]})
+    assert clicked.success, clicked.error
+    shown = client.call(show, [None], session)
+    assert "case c2" in shown.data[3]  # the header names the clicked row's case, whatever its position
+    for row in ([1, "../../secret.png", "manifest", "", ""], [1, str(server["secret"]), "", "", ""], "c0",
+                None, [1, ["c0"], "", "", ""], [1, "c0"]):
+        refused = client.call(select, [None], session, {"index": [0, 1], "value": "c0", "row_value": row})
+        assert not refused.success and "No such case in the open queue" in (refused.error or ""), row
+    for event in (None, {"index": [0, 1]}, "c0"):  # not even a select event: Gradio refuses it first
+        assert not client.call(select, [None], session, event).success
+    assert "case c2" in client.call(show, [None], session).data[3]  # still the clicked case
+
+
 @pytest.mark.parametrize("field, value, message", [
     (4, "n" * 200_000, "longer than 2000 characters"), (3, 2.7, "whole number from 1 to 5"),
     (2, "approve", "Choose a verdict")])

@@ -281,7 +281,7 @@ def test_train_on_corrections(release, tmp_path):
     rng = np.random.default_rng(5)
     log.append(reviewed("upload:new", "upload", DIAG="BCC"), clinical=other_lesion_image(rng),
                dermoscopy=other_lesion_image(rng))
-    log.append(reviewed("upload:leak", "upload"), dermoscopy=load_rgb(test_case.dermoscopy_path))
+    log.append(reviewed("upload:leak", "upload", DIAG="MEL"), dermoscopy=load_rgb(test_case.dermoscopy_path))
     with open(log.path, "a") as handle:
         handle.write("broken,row\n")
     out = tmp_path / "out"
@@ -296,6 +296,15 @@ def test_train_on_corrections(release, tmp_path):
     with pytest.raises(SystemExit, match="1 bad rows, refused"):
         train.main(["--data-root", str(release), "--out", str(tmp_path / "strict"), "--epochs", "1",
                     "--corrections", str(log.path), "--strict-corrections", *FAST])
+    # what training learns: the reviewed task changes, a task not reviewed keeps the reference
+    # label (Derm7pt) or has none (an upload: the loss skips it)
+    from skinnet.corrections import NO_LABEL
+    from training.data import training_cases
+    args = train.parse_args(["--data-root", str(release), "--out", str(out), "--corrections", str(log.path)])
+    cases = {c.case_id: c for c in training_cases(data, args)[0]}
+    reference = next(c for c in data.split("train") if c.case_id == train_id).labels
+    assert cases[train_id].labels == (2, *reference[1:])  # MEL, and the 7 criteria as Derm7pt has them
+    assert cases["upload:new"].labels == (0, *[NO_LABEL] * 7)
 
 
 def test_refit_learns_valid_corrections_but_never_test(release, tmp_path):

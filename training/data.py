@@ -9,7 +9,8 @@ import numpy as np
 
 from skinnet.checkpoint import file_sha256
 from skinnet.corrections import CorrectionsError, correction_case, current_labels, read_corrections
-from skinnet.data import SPLITS, Case, Derm7pt, parse_labels
+from skinnet.data import SPLITS, Case, Derm7pt
+from skinnet.labels import TASKS
 from skinnet.imaging import hash_distance, load_rgb, perceptual_hashes, pixel_sha256
 
 from .folds import pool_cases, read_folds, stratified_subset
@@ -108,8 +109,13 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     position = {c.case_id: i for i, c in enumerate(cases)}
     held_out_images = None  # hashed only if an upload needs it
     counts = {"corrected_derm7pt": 0, "new_cases": 0, "skipped_held_out": 0, "skipped_other": 0}
-    for case_id, row in current_labels(rows, args.corrections_rule).items():
+    for case_id, entry in current_labels(rows, args.corrections_rule).items():
+        row = entry.latest
         where = f"{path} line {row['line']} (case {case_id})"
+        if not entry.labels:  # every labelled task tied, or none labelled
+            log.warning("%s: no task has a decided label; skipped", where)
+            counts["skipped_other"] += 1
+            continue
         if row["source"] == "derm7pt":
             if case_id in held_out_ids:
                 log.warning("%s: a held-out %s-split case is never trained on; skipped", where,
@@ -120,7 +126,10 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
                 log.warning("%s: no such Derm7pt case; skipped", where)
                 counts["skipped_other"] += 1
                 continue
-            corrected = dataclasses.replace(known[case_id], labels=parse_labels(row, where))
+            # a task no reviewer labelled keeps the reference label
+            labels = tuple(t.classes.index(entry.labels[t.name]) if t.name in entry.labels else reference
+                           for t, reference in zip(TASKS, known[case_id].labels))
+            corrected = dataclasses.replace(known[case_id], labels=labels)
             if case_id in position:
                 cases[position[case_id]] = corrected
             else:
@@ -135,7 +144,7 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
             counts["skipped_held_out"] += 1
             continue
         try:
-            cases.append(correction_case(row, path.parent))
+            cases.append(correction_case(entry, path.parent))
         except CorrectionsError as err:
             log.warning("%s: %s; skipped", path, err)
             counts["skipped_other"] += 1

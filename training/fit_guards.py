@@ -25,7 +25,7 @@ from skinnet.guards import (Guards, fit_gaussian, fit_modality, guard_features, 
                             uncertain_margin_from, weights_fingerprint)
 from skinnet.imaging import load_rgb
 from skinnet.labels import split_logits
-from skinnet.model import MODALITIES
+from skinnet.model import HEADS, MODALITIES
 from skinnet.predict import Predictor
 
 from .data import trained_splits
@@ -96,18 +96,19 @@ def unseen_distances(features: dict[str, tuple[torch.Tensor, torch.Tensor]], com
 def _guards_from(gaussians: dict[str, tuple], weight: torch.Tensor, bias: float, fingerprint: str) -> Guards:
     return Guards(means={m: g[0] for m, g in gaussians.items()}, basis={m: g[1] for m, g in gaussians.items()},
                   scale={m: g[2] for m, g in gaussians.items()}, residual_scale={m: g[3] for m, g in gaussians.items()},
-                  ood_threshold=1.0, modality_weight=weight, modality_bias=bias, uncertain_margin=0.0,
+                  ood_threshold=1.0, modality_weight=weight, modality_bias=bias, uncertain_margin={},
                   fingerprint=fingerprint)
 
 
-def oof_margins(oof_path: str | Path, predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-2 DIAG margin, correct) of the fused head's out-of-fold predictions, calibrated as
-    the app calibrates."""
+def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-2 DIAG margin, correct) of one head's out-of-fold predictions, calibrated as the
+    app calibrates (the clinical head only on cases that have a clinical photo)."""
     oof = torch.load(oof_path, weights_only=True)
-    logits = calibrate(oof["logits"]["fused"], predictor.card.calibration.get("fused"))
+    keep = oof["has_clinical"] if head == "clinical" else torch.ones(len(oof["labels"]), dtype=torch.bool)
+    logits = calibrate(oof["logits"][head][keep], predictor.card.calibration.get(head))
     probs = torch.softmax(split_logits(logits)["DIAG"], -1)
     top2 = probs.topk(2, -1).values
-    return top2[:, 0] - top2[:, 1], probs.argmax(-1) == oof["labels"][:, 0]
+    return top2[:, 0] - top2[:, 1], probs.argmax(-1) == oof["labels"][keep][:, 0]
 
 
 def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *, components: int = 32,
@@ -138,13 +139,17 @@ def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *,
 def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path) -> Guards:
     """Choose the 'uncertain' margin on out-of-fold predictions (calibrated with the card's
     calibration, so refit this after recalibrating)."""
-    margins, correct = oof_margins(oof_path, predictor)
-    guards.uncertain_margin = uncertain_margin_from(margins, correct)
-    flagged = margins < guards.uncertain_margin
-    guards.notes["uncertain"] = (
-        f"top-2 DIAG margin < {guards.uncertain_margin:.3f}: out-of-fold ({Path(oof_path).parent.name}, calibrated), "
-        f"cases below it were right {100 * float(correct[flagged].float().mean()) if flagged.any() else 0:.0f}% "
-        f"of the time ({int(flagged.sum())} of {len(margins)} cases, {100 * float(flagged.float().mean()):.0f}%)")
+    guards.uncertain_margin, guards.uncertain_accuracy, notes = {}, {}, []
+    for head in HEADS:
+        margins, correct = oof_margins(oof_path, predictor, head)
+        limit = uncertain_margin_from(margins, correct)
+        flagged = margins < limit
+        guards.uncertain_margin[head] = limit
+        guards.uncertain_accuracy[head] = float(correct[flagged].float().mean()) if flagged.any() else 0.0
+        notes.append(f"{head} head < {limit:.3f} (right {100 * guards.uncertain_accuracy[head]:.0f}% below it, "
+                     f"{int(flagged.sum())} of {len(margins)} cases)")
+    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({Path(oof_path).parent.name}, calibrated): "
+                                 + "; ".join(notes))
     return guards
 
 

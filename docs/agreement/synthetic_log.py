@@ -28,10 +28,11 @@ def main() -> None:
         for reviewer, p in keep.items():
             labels = {t.name: predicted[t.name] if rng.random() < p else t.classes[int(rng.integers(t.num_classes))]
                       for t in TASKS}
-            corrected = {k: v for k, v in labels.items() if v != predicted[k]}
+            changed = any(v != predicted[k] for k, v in labels.items())
+            # a reviewer who changes something states every task (so each is confirmed or changed)
             log.append(Review(event_id=new_event_id(), reviewer=reviewer, case_id=f"case{case:03d}",
-                              source="manifest", verdict="correct" if corrected else "agree",
-                              predicted=predicted, corrected=corrected))
+                              source="manifest", verdict="correct" if changed else "agree",
+                              predicted=predicted, corrected=labels if changed else {}))
     out = Path(__file__).parent / "example"
     shutil.rmtree(out, ignore_errors=True)
     agreement.main([str(log.path), "--out", str(out)])
