@@ -5,8 +5,10 @@
 Measures, per case: a bare forward pass (tensors ready, no preprocessing), prediction as the
 app does it (decode-free PIL in, calibrated probabilities out, TTA if the card says so), and
 the full explanation the app shows (prediction + Grad-CAM of both images + all attention
-overlays). Prints a table and writes JSON; ratios are from the same run (the machine is
-shared and noisy, so absolute CPU times are indicative only).
+overlays). Then throughput: the app launched here, ``/predict`` called through gradio_client
+by 1, 10 and 30 concurrent clients (each call its own pair, uploads included), with the
+micro-batcher on and, for comparison, off. Prints tables and writes JSON; ratios are from the
+same run (the machine is shared and noisy, so absolute CPU times are indicative only).
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def main(argv=None) -> dict:
     p.add_argument("--cases", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latency.json"))
+    p.add_argument("--clients", default="1,10,30", help="concurrent /predict clients ('' skips throughput)")
+    p.add_argument("--calls", type=int, default=60, help="calls per throughput measurement (all clients)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -89,10 +93,131 @@ def main(argv=None) -> dict:
                                    "predict_and_explain": full}[key]) / statistics.median(bare)
         print(f"{name:<32}{record[key]['median_ms']:10.0f}{record[key]['p90_ms']:10.0f}{ratio:11.1f}")
     print(f"peak RSS {peak_mb:.0f} MB")
+    record["forward_ms_per_pair_by_batch"] = batch_costs(predictor)
+    print("forward ms per pair by pairs per batch: " + "; ".join(
+        f"{'flips' if k == 'tta' else 'one view'}: " + ", ".join(f"{b}: {v:.0f}" for b, v in costs.items())
+        for k, costs in record["forward_ms_per_pair_by_batch"].items()))
+    if args.clients:
+        paired = [c for c in Derm7pt(args.data_root).split("test") if not c.clinic_is_derm][:args.calls]
+        record["throughput"] = throughput(predictor, paired, [int(n) for n in args.clients.split(",")], args.calls)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(record, indent=2))
     return record
 
 
+def batch_costs(predictor: Predictor, sizes=(1, 2, 4, 8)) -> dict:
+    """Milliseconds per pair of one forward pass of 1, 2, 4, 8 pairs (with the card's four flips
+    and with one view): whether batching visitors' requests can pay on this machine."""
+    costs = {}
+    for name, tta in (("tta", True), ("one_view", False)):
+        costs[name] = {}
+        for size in sizes:
+            x = torch.randn(size, 3, predictor.card.image_size, predictor.card.image_size)
+            predictor.forward_tensors(x, x, tta)
+            costs[name][size] = 1000 * min(timed(lambda: predictor.forward_tensors(x, x, tta)) for _ in range(3)) / size
+    return costs
+
+
+def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> dict:
+    """Calls per second of ``/predict`` through the launched app, for each number of
+    concurrent clients, with the micro-batcher on and off (one run, same pairs)."""
+    import socket
+    import subprocess
+    import tempfile
+
+    from skinnet.ui import AppSettings, build_app, launch
+
+    folder = Path(tempfile.mkdtemp(prefix="skinnet-throughput-"))
+    # each call its own pair (``cases`` holds at least ``calls``), so no call is answered from the
+    # recent-predictions memory
+    for i, case in enumerate(cases):
+        c, d = folder / f"{i:03d}_c.png", folder / f"{i:03d}_d.png"
+        load_rgb(case.clinical_path).save(c)
+        load_rgb(case.dermoscopy_path).save(d)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = AppSettings(checkpoint=Path(predictor.card.name), port=port, log_dir=folder / "log")
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    from skinnet.predict import MicroBatcher
+
+    default = predictor.batcher  # what build_app chose for this device
+    batcher = default or MicroBatcher(predictor, 8)
+    url = f"http://127.0.0.1:{port}/"
+    results = {}
+    try:
+        for batching in (True, False):
+            predictor.batcher = batcher if batching else None
+            for n in clients:
+                predictor.forget()
+                batcher.batches = []
+                per_client = max(1, calls // n)
+                # the clients run in their own process: their work must not share the server's GIL
+                done = subprocess.run([sys.executable, __file__, "--client-run", url, str(n), str(per_client),
+                                       str(folder)], capture_output=True, text=True, timeout=1800)
+                if done.returncode != 0:
+                    raise RuntimeError(done.stderr[-2000:])
+                run = json.loads(done.stdout.strip().splitlines()[-1])
+                key = f"{'batched' if batching else 'unbatched'}_{n}"
+                results[key] = {"clients": n, **run, "mean_batch": (statistics.mean(batcher.batches)
+                                                                   if batching and batcher.batches else 1.0)}
+    finally:
+        predictor.batcher = default
+        app.close()
+    results["app_default"] = "batched" if default else "unbatched"
+    one = results.get(f"{results['app_default']}_1", {}).get("calls_per_s")
+    print(f"\n{'/predict through the app':<28}{'calls/s':>9}{'x 1 client':>11}{'median s':>10}{'p90 s':>8}"
+          f"{'errors':>8}{'batch':>7}")
+    for key, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        ratio = r["calls_per_s"] / one if one else float("nan")
+        r["ratio_to_one_client"] = ratio
+        print(f"{key.replace('_', ', ') + ' clients':<28}{r['calls_per_s']:9.2f}{ratio:11.2f}{r['median_s']:10.2f}"
+              f"{r['p90_s']:8.2f}{r['errors']:8d}{r['mean_batch']:7.1f}")
+    return results
+
+
+def client_run(url: str, n: int, per_client: int, folder: Path) -> dict:
+    """``n`` gradio_client clients in threads of this process, each making ``per_client``
+    sequential ``/predict`` calls on its own pairs; prints one JSON line."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    files = sorted(zip(sorted(folder.glob("*_c.png")), sorted(folder.glob("*_d.png"))))
+    connected = [Client(url, verbose=False) for _ in range(n)]
+    latencies, errors, start = [], [], threading.Barrier(n + 1)
+
+    def run(k, client):
+        start.wait()
+        for i in range(per_client):
+            c, d = files[(k * per_client + i) % len(files)]
+            began = time.perf_counter()
+            try:
+                client.predict(handle_file(str(c)), handle_file(str(d)), api_name="/predict")
+                latencies.append(time.perf_counter() - began)
+            except Exception as err:  # noqa: BLE001 (counted, reported)
+                errors.append(type(err).__name__)
+
+    threads = [threading.Thread(target=run, args=(k, cl)) for k, cl in enumerate(connected)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    result = {"calls": n * per_client, "ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)),
+              "calls_per_s": len(latencies) / wall, "median_s": statistics.median(latencies) if latencies else None,
+              "p90_s": percentile(latencies, 0.9) if latencies else None}
+    print(json.dumps(result))
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--client-run":
+        client_run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
+    else:
+        main()

@@ -346,6 +346,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
     from .review_queue import list_queues
 
     settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
+    if predictor.batcher is None and predictor.device != "cpu":
+        # visitors' predictions that arrive together share a forward pass; not on a CPU, where a
+        # batch of flipped pairs costs more per pair than one pair (benchmarks/latency.py)
+        predictor.batch_concurrent_calls(PREDICT_CONCURRENCY)
     log = CorrectionsLog(settings.log_dir)
     reviewers = access.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers,
                                  admins=settings.admins)
@@ -668,7 +672,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             component.upload(on_upload(name), [state, component], [component, *cleared], **private).success(
                 case_from_upload, [state, clinical, dermoscopy], uploaded, **private)
         task.change(class_choices, task, class_name, api_visibility="private")
-        after_predict(analyse.click(predict, [*images, show_anyway], predicted, api_name="predict", preprocess=False))
+        after_predict(analyse.click(predict, [*images, show_anyway], predicted, api_name="predict", preprocess=False,
+                                    concurrency_limit=PREDICT_CONCURRENCY))
         analyse_chain(anyway_button.click(lambda: True, None, show_anyway, api_visibility="private"))
         analyse_chain(swap_button.click(swap_images, images, [clinical, dermoscopy], **private)
                       .success(case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
@@ -720,6 +725,8 @@ class NoSniff:
         return await self.app(scope, receive, with_header)
 
 
+PREDICT_CONCURRENCY = 8
+"""``/predict`` calls handled at once; their model work is batched (:class:`~skinnet.predict.MicroBatcher`)."""
 QUEUE_SIZE = 64
 """Requests waiting in Gradio's queue; past it a visitor is told the app is busy."""
 

@@ -276,3 +276,39 @@ def test_batched_predictions_equal_one_at_a_time(predictor, tmp_path):
             for task, probs in single.heads[head].probabilities.items():
                 assert list(got.heads[head].probabilities[task].values()) == pytest.approx(list(probs.values()),
                                                                                          abs=1e-5)
+
+
+def test_concurrent_calls_are_batched_and_equal_one_at_a_time(tmp_path):
+    """Eight threads ask at once: the micro-batcher runs them in fewer forward passes than
+    calls, and every thread gets its own case's prediction (equal to the unbatched one)."""
+    import threading
+
+    from app_helpers import write_pair
+
+    checkpoint = tiny_checkpoint(tmp_path)
+    plain = Predictor.from_checkpoint(checkpoint)
+    batched = Predictor.from_checkpoint(checkpoint).batch_concurrent_calls(max_batch=8, wait_s=0.2)
+    pairs = [tuple(Image.open(p).convert("RGB") for p in write_pair(tmp_path, seed))
+             for seed in range(8)]
+    pairs[5] = (None, pairs[5][1])  # one image only: its own group inside the batch
+    results, start = [None] * len(pairs), threading.Barrier(len(pairs))
+
+    def ask(i):
+        start.wait()
+        results[i] = batched.predict(*pairs[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(batched.batcher.batches) == len(pairs) and len(batched.batcher.batches) < len(pairs)
+    for (clinical, derm), got in zip(pairs, results):
+        single = plain.predict(clinical, derm)
+        assert got.modalities == single.modalities
+        for head in single.heads:
+            for task, probs in single.heads[head].probabilities.items():
+                assert list(got.heads[head].probabilities[task].values()) == pytest.approx(list(probs.values()),
+                                                                                         abs=1e-5)
+    with pytest.raises(ValueError, match="need a clinical image"):
+        batched.predict(None, None)
