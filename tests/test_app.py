@@ -312,3 +312,36 @@ def test_concurrent_calls_are_batched_and_equal_one_at_a_time(tmp_path):
                                                                                          abs=1e-5)
     with pytest.raises(ValueError, match="need a clinical image"):
         batched.predict(None, None)
+
+
+def test_ten_concurrent_gradio_clients_each_get_their_own_answer(client, predictor, tmp_path):
+    """Ten clients call /predict at once (each its own pair): no error, and each answer is the
+    one its own pair gets alone."""
+    import threading
+
+    from app_helpers import write_pair
+
+    url = client.src
+    pairs = [write_pair(tmp_path, seed) for seed in range(10)]
+    answers, errors, start = [None] * 10, [], threading.Barrier(10)
+
+    def call(i):
+        own = Client(url, verbose=False)
+        start.wait()
+        try:
+            answers[i] = own.predict(handle_file(str(pairs[i][0])), handle_file(str(pairs[i][1])),
+                                     api_name="/predict")[1]["data"]
+        except Exception as err:  # noqa: BLE001 (collected and asserted below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for (clinical, derm), got in zip(pairs, answers):
+        predictor.forget()  # computed again, not remembered from the concurrent call
+        alone = client.predict(handle_file(str(clinical)), handle_file(str(derm)), api_name="/predict")[1]["data"]
+        assert got == alone
+    assert len({str(a) for a in answers}) > 1  # different pairs, different answers
