@@ -6,6 +6,7 @@ This module imports gradio; ``import skinnet`` does not.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,11 @@ CSS = """
 #corrections .secondary-wrap {min-height: 30px !important; height: 30px !important;}
 #verdict, #confidence {padding-top: 4px !important; padding-bottom: 4px !important;}
 #confidence label {padding: 2px 8px !important;}
+.task-cursor {box-shadow: inset 0 0 0 3px #2563eb !important; border-radius: 6px;}
+#shortcut-help {position: fixed; right: 16px; bottom: 16px; z-index: 1000; background: white; color: #111;
+  border: 1px solid #999; border-radius: 8px; padding: 10px 14px; box-shadow: 0 4px 16px rgba(0,0,0,.2);
+  font-size: 0.9em;}
+#shortcut-help td {padding: 1px 8px;}
 """
 
 
@@ -283,25 +289,73 @@ def model_markdown(predictor: Predictor) -> str:
 
 
 # -- layout -----------------------------------------------------------------------------------
+SHORTCUTS = (("a / c / u / s", "verdict: agree, correct, unsure, skip"),
+             ("t / Shift+t", "next / previous task of the form (outlined)"),
+             ("0-9", "the outlined task's value: 0 no change, 1 its first class, 2 the second ..."),
+             ("Enter, Ctrl+Enter", "save the review (Ctrl+Enter also from the note)"),
+             ("n", "next case you have not reviewed"), ("← →", "previous / next case of the queue"),
+             ("?", "show or hide this list"))
+"""Every keyboard shortcut, for the help the ``?`` key opens and the line under the form."""
 SHORTCUTS_JS = """
 <script>
-document.addEventListener('keydown', (event) => {
-  const target = event.target;
-  const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
-  const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); event.preventDefault(); } };
-  if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { click('#save-review'); return; }
-  if (typing || event.altKey || event.ctrlKey || event.metaKey) return;
-  const verdicts = {a: 'agree', c: 'correct', u: 'unsure', s: 'skip'};
-  if (verdicts[event.key]) click(`#verdict input[value="${verdicts[event.key]}"]`);
-  else if (event.key === 'Enter') click('#save-review');
-  else if (event.key === 'n') click('#next-unreviewed');
-  else if (event.key === 'ArrowRight') click('#next-case');
-  else if (event.key === 'ArrowLeft') click('#prev-case');
-});
+(() => {
+  const TASKS = %s;
+  const HELP = %s;
+  let cursor = -1;
+  const outline = () => TASKS.forEach((t, i) => {
+    const el = document.querySelector(`#correct-${t}`);
+    if (el) el.classList.toggle('task-cursor', i === cursor);
+  });
+  const press = (el) => ['mousedown', 'mouseup', 'click'].forEach(
+    (type) => el.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true})));
+  const pick = (n) => {
+    if (cursor < 0) return;
+    const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
+    if (!input) return;
+    input.focus(); press(input);
+    setTimeout(() => {
+      const options = document.querySelectorAll('[role="option"]');
+      if (options[n]) {
+        press(options[n]);
+        if (n > 0) { const correct = document.querySelector('#verdict input[value="correct"]'); if (correct && !correct.checked) correct.click(); }
+      }
+      input.blur();
+    }, 80);
+  };
+  const toggleHelp = () => {
+    let panel = document.querySelector('#shortcut-help');
+    if (panel) { panel.remove(); return; }
+    panel = document.createElement('div');
+    panel.id = 'shortcut-help';
+    panel.setAttribute('role', 'dialog');
+    panel.innerHTML = '<b>Keyboard</b> (not while typing in a field)<table>' +
+      HELP.map(([k, v]) => `<tr><td><kbd>${k}</kbd></td><td>${v}</td></tr>`).join('') + '</table>';
+    document.body.appendChild(panel);
+  };
+  document.addEventListener('keydown', (event) => {
+    const target = event.target;
+    const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
+    const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); event.preventDefault(); } };
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { click('#save-review'); return; }
+    if (typing || event.altKey || event.ctrlKey || event.metaKey) return;
+    const verdicts = {a: 'agree', c: 'correct', u: 'unsure', s: 'skip'};
+    if (verdicts[event.key]) click(`#verdict input[value="${verdicts[event.key]}"]`);
+    else if (event.key === 'Enter') click('#save-review');
+    else if (event.key === 'n') click('#next-unreviewed');
+    else if (event.key === 'ArrowRight') click('#next-case');
+    else if (event.key === 'ArrowLeft') click('#prev-case');
+    else if (event.key === 't' || event.key === 'T') {
+      cursor = event.key === 't' ? (cursor + 1) %% TASKS.length : (cursor - 1 + TASKS.length) %% TASKS.length;
+      outline(); event.preventDefault();
+    } else if (/^[0-9]$/.test(event.key)) { pick(Number(event.key)); event.preventDefault(); }
+    else if (event.key === '?') { toggleHelp(); event.preventDefault(); }
+    else if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
+  });
+})();
 </script>
-"""
-SHORTCUTS_HELP = ("Keys: **a** agree · **c** correct · **u** unsure · **s** skip · **Enter** save · "
-                  "**n** next unreviewed · **← →** previous / next case")
+""" % (json.dumps([t.name for t in TASKS]), json.dumps(SHORTCUTS))
+SHORTCUTS_HELP = ("Keys: **a** agree · **c** correct · **u** unsure · **s** skip · **t** next task, **0-9** its "
+                  "value · **Enter** save · **n** next unreviewed · **← →** cases · **?** all keys")
 
 
 def _task_label(task, predicted: str | None = None, hidden: bool = False) -> str:
@@ -384,7 +438,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                             dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
                                                   sources=["upload", "clipboard"], height=250,
                                                   elem_id="dermoscopy-input")
-                        analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                        with gr.Row():
+                            analyse = gr.Button("Analyse", variant="primary", elem_id="analyse", scale=4)
+                            # closes the open case: two empty slots for a pair of the reviewer's own
+                            own_button = gr.Button("My own pair", elem_id="own-images", scale=1, min_width=110)
                         with gr.Row():
                             anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm",
                                                       scale=0, elem_id="show-anyway")
@@ -513,9 +570,21 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             images = review.load_case_images(state)
             reviewer = reviewers.of(request, profile)
             saved, status = saved_review(reviewer, state)
-            return (state, *(store.add(owner, im) if im is not None else None for im in images),
-                    review.case_header(state, log, reviewer), *review.form_values(saved), status, False,
-                    state.get("event_id") or "")
+            # a queue case's images come from its queue file: read-only (one stray click on the
+            # image's x must not turn the case into another one)
+            editable = (state.get("case") or {}).get("source", "upload") == "upload"
+            shown = [gr.update(value=store.add(owner, im) if im is not None else None, interactive=editable)
+                     for im in images]
+            return (state, *shown, review.case_header(state, log, reviewer), *review.form_values(saved), status,
+                    False, state.get("event_id") or "")
+
+        def own_images(state, request: gr.Request, profile: gr.OAuthProfile | None):
+            """Close the open case and give back two empty image slots for the reviewer's own pair."""
+            state, _ = session(state, request, profile)
+            state = review.start_upload_case(state, None, None)
+            blank = gr.update(value=None, interactive=True)
+            return (state, blank, blank, review.case_header(state, log, reviewers.of(request, profile)),
+                    *review.form_values(None), "", False, "")
 
         def step(direction):
             def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -690,6 +759,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         analyse_chain(queue_view.select(open_queue_row, state, state, **private)
                       .success(show_case, state, case_outputs, **private)
                       .success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private"))
+        own_button.click(own_images, state, case_outputs, **private).success(
+            lambda: CLEARED_OUTPUTS, None, cleared, api_visibility="private")
         export_button.click(export_labels, export_rule, export_file, **private)
         agreement_button.click(agreement_view_, None, agreement_view, **private)
         save.click(save_handler, [state, case_token, verdict, confidence, note, *corrections],

@@ -313,3 +313,52 @@ def test_the_page_says_who_is_signed_in_and_logs_out(session):
         page.locator("#log-out").click()
         expect(page.get_by_label("username")).to_be_visible(timeout=30_000)
         browser.close()
+
+
+def test_queue_images_are_read_only_keys_fill_the_form_and_question_mark_lists_them(session, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, _ = session
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        log_in(page, settings)
+        page.get_by_role("tab", name="Queue").click()
+        choose(page, "queue-file", "queue/manifest.csv")
+        page.locator("#open-queue").click()
+        page.get_by_role("tab", name="Review").click()
+        expect(page.locator("#case-header")).to_contain_text("case c0", timeout=60_000)
+        expect(page.locator("#clinical-input img")).to_be_visible(timeout=60_000)
+        # a queue case's images cannot be removed or replaced from the page
+        for slot in ("#clinical-input", "#dermoscopy-input"):
+            expect(page.locator(slot).get_by_role("button", name="Remove Image")).to_have_count(0)
+            expect(page.locator(f"{slot} input[type=file]")).to_have_count(0)
+        expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
+
+        page.locator("#case-header").click()
+        page.keyboard.press("t")
+        page.keyboard.press("t")  # the second task, PN, is outlined
+        expect(page.locator("#correct-PN")).to_have_class(re.compile("task-cursor"))
+        page.keyboard.press("2")  # its second class
+        expect(page.locator("#correct-PN input")).to_have_value("TYP", timeout=10_000)
+        expect(page.locator("#verdict input[value=correct]")).to_be_checked()
+        page.keyboard.press("Shift+T")
+        page.keyboard.press("3")  # DIAG's third class
+        expect(page.locator("#correct-DIAG input")).to_have_value("MEL", timeout=10_000)
+        page.keyboard.press("0")
+        expect(page.locator("#correct-DIAG input")).to_have_value("no change", timeout=10_000)
+        page.get_by_label("Note (max 2000 chars)").fill("typed 2 and t here")  # keys inside a field are text
+        expect(page.locator("#correct-PN input")).to_have_value("TYP")
+
+        page.locator("#case-header").click()
+        page.keyboard.press("?")
+        expect(page.locator("#shortcut-help")).to_contain_text("next / previous task")
+        page.screenshot(path=str(tmp_path / "keys_help.png"))
+        page.keyboard.press("?")
+        expect(page.locator("#shortcut-help")).to_have_count(0)
+
+        page.locator("#own-images").click()  # back to a pair of one's own: empty, uploadable slots
+        expect(page.locator("#case-header")).to_contain_text("No case open", timeout=60_000)
+        expect(page.locator("#clinical-input input[type=file]")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#summary")).not_to_contain_text("Fused head")
+        browser.close()
