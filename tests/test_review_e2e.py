@@ -61,12 +61,8 @@ def test_review_session_end_to_end(session, release, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         log_in(page, settings)
 
-        page.get_by_role("tab", name="Queue").click()
-        choose(page, "queue-file", "queue/manifest.csv")  # listed from the queue folder, never typed
-        page.locator("#open-queue").click()
-        expect(page.locator("#queue-status")).to_contain_text("Opened 3 cases", timeout=60_000)
-        page.get_by_role("tab", name="Review").click()
-        expect(page.locator("#case-header")).to_contain_text("case c0", timeout=60_000)
+        open_queue_at_first_case(page)
+        expect(page.locator("#queue-status")).to_contain_text("Opened 3 cases")
         expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)
         expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
 
@@ -198,8 +194,8 @@ def test_agreement_view_shows_two_reviewers_and_the_model(session, tmp_path):
         browser.close()
 
 
-def open_third_case(page) -> None:
-    """Open the queue and step to its third case, c2, with 'next' (whatever was reviewed before)."""
+def open_queue_at_first_case(page) -> None:
+    """Pick the queue file from the list (never typed), open it, and land on its first case."""
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Queue").click()
@@ -207,6 +203,13 @@ def open_third_case(page) -> None:
     page.locator("#open-queue").click()
     page.get_by_role("tab", name="Review").click()
     expect(page.locator("#case-header")).to_contain_text("case c0", timeout=60_000)
+
+
+def open_third_case(page) -> None:
+    """Open the queue and step to its third case, c2, with 'next' (whatever was reviewed before)."""
+    from playwright.sync_api import expect
+
+    open_queue_at_first_case(page)
     for case in ("c1", "c2"):
         page.locator("#next-case").click()
         expect(page.locator("#case-header")).to_contain_text(f"case {case}", timeout=60_000)
@@ -323,11 +326,7 @@ def test_queue_images_are_read_only_keys_fill_the_form_and_question_mark_lists_t
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         log_in(page, settings)
-        page.get_by_role("tab", name="Queue").click()
-        choose(page, "queue-file", "queue/manifest.csv")
-        page.locator("#open-queue").click()
-        page.get_by_role("tab", name="Review").click()
-        expect(page.locator("#case-header")).to_contain_text("case c0", timeout=60_000)
+        open_queue_at_first_case(page)
         expect(page.locator("#clinical-input img")).to_be_visible(timeout=60_000)
         # a queue case's images cannot be removed or replaced from the page
         for slot in ("#clinical-input", "#dermoscopy-input"):
