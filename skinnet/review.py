@@ -25,14 +25,50 @@ from .data import DatasetError
 from .imaging import ImageError, load_rgb, pixel_sha256
 from .labels import TASKS
 from .predict import Predictor
-from .review_queue import open_queue, uncertainty
+from .review_queue import list_queues, open_queue, uncertainty
 
 QUEUE_COLUMNS = ["#", "case", "source", "your review", "uncertainty"]
 
 
 def new_state() -> dict:
-    return {"queue": [], "index": None, "case": None, "event_id": None, "opened_at": None,
-            "uncertainty": {}}
+    """``all``: the queue file's cases (in the chosen order); ``queue``: those the filters keep,
+    the ones the reviewer walks through."""
+    return {"all": [], "queue": [], "index": None, "case": None, "event_id": None, "opened_at": None,
+            "uncertainty": {}, "predicted": {}, "filters": dict(NO_FILTERS), "queue_file": None}
+
+
+NO_FILTERS = {"split": "all", "status": "all", "predicted": "any"}
+SPLIT_CHOICES = ("all", "train", "valid", "test")
+STATUS_CHOICES = ("all", "unreviewed", "reviewed")
+PREDICTED_CHOICES = ("any", *TASKS[0].classes)
+
+
+def apply_filters(state: dict, log: CorrectionsLog, reviewer: str | None, filters: dict | None = None) -> dict:
+    """The queue view: the cases of ``all`` that pass the filters, in order; the open case keeps
+    its place if it is still in view."""
+    filters = {**state["filters"], **(filters or {})}
+    if (filters["split"] not in SPLIT_CHOICES or filters["status"] not in STATUS_CHOICES
+            or filters["predicted"] not in PREDICTED_CHOICES):
+        raise gr.Error("Unknown filter value.")
+    if filters["predicted"] != "any" and not state["predicted"]:
+        raise gr.Error("The predicted diagnosis comes from scoring the queue: press 'Least sure first' first.")
+    done = log.reviewed_cases(reviewer) if reviewer else {}
+    view = [c for c in state["all"]
+            if filters["split"] in ("all", c.get("split"))
+            and (filters["status"] == "all" or (c["case_id"] in done) == (filters["status"] == "reviewed"))
+            and filters["predicted"] in ("any", state["predicted"].get(c["case_id"]))]
+    current = (state.get("case") or {}).get("case_id")
+    index = next((i for i, c in enumerate(view) if c["case_id"] == current), None)
+    return {**state, "filters": filters, "queue": view, "index": index}
+
+
+def view_status(state: dict) -> str:
+    f = state["filters"]
+    kept = [f"{f['split']} split" if f["split"] != "all" else "",
+            f"{f['status']} by you" if f["status"] != "all" else "",
+            f"predicted {f['predicted']}" if f["predicted"] != "any" else ""]
+    kept = ", ".join(k for k in kept if k)
+    return f"Showing {len(state['queue'])} of {len(state['all'])} cases" + (f" ({kept})." if kept else ".")
 
 
 def _open_case(state: dict, case: dict) -> dict:
@@ -61,8 +97,10 @@ def case_header(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
     return " · ".join(parts)
 
 
-def open_queue_handler(state: dict, path: str, root: Path | None, log: CorrectionsLog, reviewer: str | None):
-    """Open a manifest CSV or a Derm7pt meta.csv as this session's queue."""
+def open_queue_handler(state: dict, path: str, root: Path | None, log: CorrectionsLog, reviewer: str | None,
+                       name: str | None = None):
+    """Open a manifest CSV or a Derm7pt meta.csv as this session's queue. A Derm7pt queue shows
+    its test split first: the cases the shipped model never trained on."""
     if not path or not path.strip():
         raise gr.Error("Type the path of a manifest CSV (case_id, clinical, dermoscopy) or a Derm7pt meta.csv.")
     try:
@@ -70,8 +108,63 @@ def open_queue_handler(state: dict, path: str, root: Path | None, log: Correctio
     except DatasetError as err:
         raise gr.Error(str(err)) from None
     digest = hashlib.sha256(Path(path.strip()).read_bytes()).hexdigest()
-    state = {**new_state(), "owner": state.get("owner"), "queue": [asdict(c) for c in queue], "queue_sha256": digest}
-    return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases."
+    cases = [asdict(c) for c in queue]
+    split = "test" if any(c["split"] == "test" for c in cases) else "all"
+    state = {**new_state(), "owner": state.get("owner"), "all": cases, "queue_sha256": digest, "queue_file": name,
+             "filters": {**NO_FILTERS, "split": split}}
+    state = apply_filters(state, log, reviewer)
+    return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases. {view_status(state)}"
+
+
+SESSIONS = "reviewer_sessions"
+
+
+def remember(state: dict, folder: Path, reviewer: str | None) -> None:
+    """Keep this reviewer's queue, order, filters and open case on the server (a page reload or
+    another browser picks them up with :func:`restore`)."""
+    if not reviewer or not state.get("queue_file"):
+        return
+    case = state.get("case") or {}
+    record = {"queue_file": state["queue_file"], "queue_sha256": state.get("queue_sha256"),
+              "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
+              "case_id": case.get("case_id") if case.get("source") != "upload" else None,
+              "uncertainty": state["uncertainty"], "predicted": state["predicted"]}
+    path = folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_text(json.dumps(record))
+    temporary.replace(path)
+
+
+def restore(state: dict, folder: Path, root: Path | None, log: CorrectionsLog, reviewer: str | None) -> dict | None:
+    """This reviewer's remembered queue, reopened from its file (still in the queue folder and
+    unchanged, else nothing), in the remembered order with the same filters and open case."""
+    if not reviewer or root is None:
+        return None
+    path = folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
+    try:
+        record = json.loads(path.read_text())
+        name = record["queue_file"]
+        if name not in list_queues(root):
+            return None
+        opened, _, _ = open_queue_handler(state, str(root / name), root, log, reviewer, name)
+    except (OSError, ValueError, KeyError, TypeError, gr.Error):
+        return None
+    if opened["queue_sha256"] != record.get("queue_sha256"):
+        return None  # the file changed: its old order and position mean nothing now
+    rank = {case_id: i for i, case_id in enumerate(record.get("order", []))}
+    opened["all"] = sorted(opened["all"], key=lambda c: rank.get(c["case_id"], len(rank)))
+    opened["uncertainty"] = {k: float(v) for k, v in record.get("uncertainty", {}).items()}
+    opened["predicted"] = {k: str(v) for k, v in record.get("predicted", {}).items()}
+    try:
+        opened = apply_filters(opened, log, reviewer, record.get("filters"))
+    except gr.Error:
+        pass
+    at = next((c for c in opened["all"] if c["case_id"] == record.get("case_id")), None)
+    if at is None:
+        return opened
+    opened = _open_case(opened, dict(at))
+    return apply_filters(opened, log, reviewer)
 
 
 SCORE_BATCH = 32
@@ -80,17 +173,18 @@ model is free for other requests)."""
 
 
 def queue_scores(state: dict, predictor: Predictor, cache: Path, progress=None) -> dict[str, float]:
-    """Uncertainty of every case of the open queue, from the disk cache when this queue file and
-    checkpoint were scored before (by anyone), else scored in batches and cached."""
-    key = f"{state.get('queue_sha256', 'unknown')[:20]}-{predictor.checkpoint_sha256[:20] or predictor.card.name}-1view"
+    """Case id -> (uncertainty, predicted diagnosis) for every case of the queue view, from the
+    disk cache where this queue file and checkpoint scored it before (by anyone); the rest are
+    scored in batches and added to the cache."""
+    key = f"{state.get('queue_sha256', 'unknown')[:20]}-{predictor.checkpoint_sha256[:20] or predictor.card.name}-1view-v2"
     path = cache / f"{key}.json"
     try:
         scores = json.loads(path.read_text())
-        if all(c["case_id"] in scores for c in state["queue"]):
-            return scores
     except (OSError, ValueError):
-        pass
-    scores, queue = {}, state["queue"]
+        scores = {}
+    queue = [c for c in state["queue"] if c["case_id"] not in scores]  # cases already scored are kept
+    if not queue:
+        return scores
     for start in range(0, len(queue), SCORE_BATCH):
         if progress is not None:
             progress((start, len(queue)), desc="scoring cases (shared by every reviewer once done)")
@@ -99,7 +193,8 @@ def queue_scores(state: dict, predictor: Predictor, cache: Path, progress=None) 
         # one view, not the card's flips: a ranking needs a quarter of the work (out of fold on
         # Derm7pt the flips move the shipped recipe's average by 0.06 points)
         for case, prediction in zip(chunk, predictor.predict_batch(pairs, tta=False)):
-            scores[case["case_id"]] = uncertainty(prediction)
+            diagnosis = prediction.heads[prediction.primary_head].classes["DIAG"]
+            scores[case["case_id"]] = [uncertainty(prediction), diagnosis]
     cache.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
     temporary.write_text(json.dumps(scores))
@@ -117,10 +212,15 @@ def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog,
         scores = queue_scores(state, predictor, log.folder / "queue_scores", progress)
     except ImageError as err:
         raise gr.Error(str(err)) from None
-    queue = sorted(state["queue"], key=lambda c: -scores[c["case_id"]])
+    uncertainty_of = {case: float(value[0]) for case, value in scores.items()}
+    state = {**state, "uncertainty": uncertainty_of, "predicted": {case: value[1] for case, value in scores.items()},
+             # the whole file in this order (unscored cases, outside the view, last) and the view again
+             "all": sorted(state["all"], key=lambda c: -uncertainty_of.get(c["case_id"], -1.0))}
+    state = apply_filters(state, log, reviewer)
+    queue = state["queue"]
     done = log.reviewed_cases(reviewer) if reviewer else {}
     first = next((i for i, c in enumerate(queue) if c["case_id"] not in done), 0)
-    state = _open_case({**state, "queue": queue, "uncertainty": scores, "index": first}, dict(queue[first]))
+    state = _open_case({**state, "index": first}, dict(queue[first]))
     return (state, queue_table(state, log, reviewer),
             f"Ordered by model uncertainty (least sure first); opened case {queue[first]['case_id']}, "
             "the least sure one you have not reviewed.")

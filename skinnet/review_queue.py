@@ -25,6 +25,8 @@ class QueueCase:
     dermoscopy: str | None
     source: str
     """``derm7pt`` (case id = meta.csv case_num), ``manifest`` or ``upload``."""
+    split: str = ""
+    """The case's official Derm7pt split (train, valid, test); '' for a manifest."""
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -64,8 +66,9 @@ def open_queue(path: str | Path, root: str | Path | None = None, split: str | No
             if outside:
                 raise DatasetError(f"{path}: the images of {len(outside)} cases (e.g. case {outside[0]}) are "
                                    f"outside the queue folder {root}")
+        split_of = data.split_of()
         return [QueueCase(c.case_id, None if c.clinic_is_derm else str(c.clinical_path),
-                          str(c.dermoscopy_path), "derm7pt") for c in cases]
+                          str(c.dermoscopy_path), "derm7pt", split_of.get(c.case_id, "")) for c in cases]
     missing = [c for c in MANIFEST_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"{path}: a manifest needs the columns {list(MANIFEST_COLUMNS)} "

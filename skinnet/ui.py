@@ -501,6 +501,14 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                     queue_file = gr.Dropdown([], value=None, scale=4, label="Queue file", elem_id="queue-file")
                     open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
                     order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving, scale=1)
+                with gr.Row():
+                    split_filter = gr.Radio(list(review.SPLIT_CHOICES), value="all", label="Derm7pt split",
+                                            elem_id="filter-split", scale=2)
+                    status_filter = gr.Radio(list(review.STATUS_CHOICES), value="all", label="Your reviews",
+                                             elem_id="filter-status", scale=2)
+                    predicted_filter = gr.Dropdown(list(review.PREDICTED_CHOICES), value="any",
+                                                   label="Predicted diagnosis (after 'Least sure first')",
+                                                   elem_id="filter-predicted", scale=1)
                 queue_status = gr.Markdown(elem_id="queue-status")
                 queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
                 with gr.Row():
@@ -589,7 +597,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         def step(direction):
             def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
                 state, _ = session(state, request, profile)
-                return review.move(state, direction, log, reviewers.of(request, profile))
+                reviewer = reviewers.of(request, profile)
+                state = review.move(state, direction, log, reviewer)
+                review.remember(state, log.folder, reviewer)
+                return state
             handler.__name__ = "step_" + direction.replace(" ", "_")
             return handler
 
@@ -646,12 +657,42 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
                 raise gr.Error("No queue folder is configured (--queue-root).")
             if not isinstance(chosen, str) or chosen not in list_queues(queue_root):
                 raise gr.Error("Choose a queue file from the list.")
-            return review.open_queue_handler(state, str(queue_root / chosen), queue_root, log, reviewer)
+            state, table, status = review.open_queue_handler(state, str(queue_root / chosen), queue_root, log,
+                                                             reviewer, chosen)
+            return state, table, status, *filter_values(state)
+
+        def filter_values(state):
+            return state["filters"]["split"], state["filters"]["status"], state["filters"]["predicted"]
+
+        def filter_queue(state, split_value, status_value, predicted_value, request: gr.Request,
+                         profile: gr.OAuthProfile | None):
+            reviewer = reviewers.require(request, profile, "Filtering a queue")
+            state, _ = session(state, request, profile)
+            if not state["all"]:
+                raise gr.Error("Open a queue first.")
+            state = review.apply_filters(state, log, reviewer, {"split": split_value, "status": status_value,
+                                                                "predicted": predicted_value})
+            review.remember(state, log.folder, reviewer)
+            return (state, review.queue_table(state, log, reviewer), review.view_status(state),
+                    review.case_header(state, log, reviewer))
+
+        def restore_queue(state, request: gr.Request, profile: gr.OAuthProfile | None):
+            """On page load: the signed-in reviewer's queue, order, filters and case, as they left them."""
+            reviewer = reviewers.of(request, profile)
+            state, _ = session(state, request, profile)
+            restored = review.restore(state, log.folder, queue_root, log, reviewer)
+            if restored is None:
+                return (state, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+            status = f"Back where you left off: {restored['queue_file']}. {review.view_status(restored)}"
+            return (restored, review.queue_table(restored, log, reviewer), status, *filter_values(restored),
+                    restored.get("event_id") or "restored")
 
         def order_queue(state, request: gr.Request, profile: gr.OAuthProfile | None, progress=gr.Progress()):
             reviewer = reviewers.require(request, profile, "Ordering a queue")
             state, _ = session(state, request, profile)
-            return review.order_by_uncertainty(state, predictor, log, reviewer, progress)
+            state, table, status = review.order_by_uncertainty(state, predictor, log, reviewer, progress)
+            review.remember(state, log.folder, reviewer)
+            return state, table, status, *filter_values(state)
 
         def open_queue_row(state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
             """The case of the clicked row, found by its case id (the table may be sorted on screen)."""
@@ -659,7 +700,9 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
             state, _ = session(state, request, profile)
             row = event.row_value if isinstance(event.row_value, (list, tuple)) else []
             case_id = row[review.QUEUE_COLUMNS.index("case")] if len(row) == len(review.QUEUE_COLUMNS) else None
-            return review.open_case_id(state, case_id)
+            state = review.open_case_id(state, case_id)
+            review.remember(state, log.folder, reviewers.of(request, profile))
+            return state
 
         def export_labels(rule, request: gr.Request, profile: gr.OAuthProfile | None):
             reviewers.require_admin(request, profile, "Exporting everyone's labels")
@@ -751,11 +794,19 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None) -> gr.B
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
             analyse_chain(button.click(step(direction), state, state, **private)
                           .success(show_case, state, case_outputs, **private))
-        analyse_chain(open_button.click(open_queue, [state, queue_file], [state, queue_view, queue_status], **private)
+        filters = [split_filter, status_filter, predicted_filter]
+        analyse_chain(open_button.click(open_queue, [state, queue_file], [state, queue_view, queue_status, *filters],
+                                        **private)
                       .success(step("next"), state, state, **private)
                       .success(show_case, state, case_outputs, **private))
-        analyse_chain(order_button.click(order_queue, state, [state, queue_view, queue_status], **private)
+        analyse_chain(order_button.click(order_queue, state, [state, queue_view, queue_status, *filters], **private)
                       .success(show_case, state, case_outputs, **private))
+        for filter_ in filters:  # a user's pick (not the values a queue opening sets)
+            filter_.input(filter_queue, [state, *filters], [state, queue_view, queue_status, header], **private)
+        # a reload finds the reviewer's queue where they left it (the marker changes only then)
+        restored = gr.Textbox(visible=False, elem_id="restored-marker")
+        app.load(restore_queue, state, [state, queue_view, queue_status, *filters, restored], **private)
+        analyse_chain(restored.change(show_case, state, case_outputs, **private))
         analyse_chain(queue_view.select(open_queue_row, state, state, **private)
                       .success(show_case, state, case_outputs, **private)
                       .success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private"))

@@ -345,3 +345,53 @@ def test_ten_concurrent_gradio_clients_each_get_their_own_answer(client, predict
         alone = client.predict(handle_file(str(clinical)), handle_file(str(derm)), api_name="/predict")[1]["data"]
         assert got == alone
     assert len({str(a) for a in answers}) > 1  # different pairs, different answers
+
+
+def test_queue_filters_and_a_reviewers_place_survive_a_new_page(release, predictor, tmp_path):
+    """A Derm7pt queue opens on its test split; filters by your reviews and by predicted
+    diagnosis; order, filters and open case come back for the same reviewer only, and not
+    after the queue file changed."""
+    import gradio as gr
+
+    from skinnet import review
+    from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
+    from skinnet.data import Derm7pt
+
+    import shutil
+
+    root = tmp_path / "queues"
+    shutil.copytree(release, root / "release")  # a copy: this test edits the queue file at the end
+    name = "release/meta/meta.csv"
+    log = CorrectionsLog(tmp_path / "log")
+    state, _, status = review.open_queue_handler(review.new_state(), str(root / name), root, log, "dr_a", name)
+    test_ids = [c.case_id for c in Derm7pt(root / "release").split("test")]
+    assert [c["case_id"] for c in state["queue"]] == test_ids and len(state["all"]) == 24
+    assert f"Showing {len(test_ids)} of 24 cases (test split)" in status
+    predicted = {t: "ABS" for t in ("PN", "STR", "PIG", "RS", "DaG", "BWV", "VS")} | {"DIAG": "NEV"}
+    log.append(Review(new_event_id(), "dr_a", test_ids[0], "derm7pt", "skip", predicted,
+                      {t: NO_CHANGE for t in predicted}))
+    unreviewed = review.apply_filters(state, log, "dr_a", {"status": "unreviewed"})
+    assert [c["case_id"] for c in unreviewed["queue"]] == test_ids[1:]
+    assert [c["case_id"] for c in review.apply_filters(state, log, "dr_b", {"status": "unreviewed"})["queue"]] == test_ids
+    with pytest.raises(gr.Error, match="press 'Least sure first' first"):
+        review.apply_filters(state, log, "dr_a", {"predicted": "MEL"})
+    with pytest.raises(gr.Error, match="Unknown filter"):
+        review.apply_filters(state, log, "dr_a", {"split": "../../etc"})
+
+    state, _, _ = review.order_by_uncertainty(state, predictor, log, "dr_a")
+    order = [c["case_id"] for c in state["queue"]]
+    scores = [state["uncertainty"][c] for c in order]
+    assert sorted(order) == sorted(test_ids) and scores == sorted(scores, reverse=True)
+    some_class = state["predicted"][order[0]]
+    only = review.apply_filters(state, log, "dr_a", {"predicted": some_class})
+    assert only["queue"] and all(state["predicted"][c["case_id"]] == some_class for c in only["queue"])
+    state = review.move(only, "next", log, "dr_a") if len(only["queue"]) > 1 else only
+    review.remember(state, log.folder, "dr_a")
+
+    back = review.restore(review.new_state(), log.folder, root, log, "dr_a")
+    assert [c["case_id"] for c in back["queue"]] == [c["case_id"] for c in state["queue"]]
+    assert back["filters"] == state["filters"] and back["case"]["case_id"] == state["case"]["case_id"]
+    assert review.restore(review.new_state(), log.folder, root, log, "dr_b") is None  # per reviewer
+    meta = root / name
+    meta.write_text(meta.read_text() + "\n")  # the file changed: its old order means nothing now
+    assert review.restore(review.new_state(), log.folder, root, log, "dr_a") is None

@@ -300,6 +300,17 @@ def test_least_sure_first_opens_the_least_sure_case_n_follows_and_rows_open_case
         table.get_by_text(order[3], exact=True).click()  # a click on a row opens that case
         expect(page.locator("#case-header")).to_contain_text(f"case {order[3]}", timeout=60_000)
         expect(page.locator("#case-header")).to_be_visible()  # back on the Review tab
+
+        page.reload()  # the server kept this reviewer's queue, order and case
+        expect(page.locator("#case-header")).to_contain_text(f"case {order[3]}", timeout=60_000)
+        expect(page.locator("#case-header")).to_contain_text("4 of 5")
+        expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)
+        page.get_by_role("tab", name="Queue").click()
+        expect(page.locator("#queue-status")).to_contain_text("Back where you left off: queue_b/manifest.csv")
+        page.locator("#filter-status").get_by_text("unreviewed", exact=True).click()
+        expect(page.locator("#queue-status")).to_contain_text("Showing 4 of 5 cases (unreviewed by you)",
+                                                            timeout=60_000)
+        assert order[0] not in table.inner_text()  # the case skipped above is reviewed
         browser.close()
     assert len(list((settings.log_dir / "queue_scores").glob("*.json"))) == 1  # scored once, kept for everyone
 
