@@ -553,8 +553,9 @@ def current_labels(rows: list[dict[str, str]], rule: str = "latest") -> dict[str
     result = {}
     for case_id, reviews in by_case.items():
         labels, fine, disagreement, ties = {}, {}, [], []
+        said = [(r, task_labels(r)) for r in reviews]
         for task in TASKS:
-            votes = [(r, task_labels(r)[task.name]) for r in reviews if task.name in task_labels(r)]
+            votes = [(r, labelled[task.name]) for r, labelled in said if task.name in labelled]
             if not votes:
                 continue
             counts = Counter(cls for _, cls in votes)

@@ -119,6 +119,10 @@ def open_queue_handler(state: dict, path: str, root: Path | None, log: Correctio
 SESSIONS = "reviewer_sessions"
 
 
+def _session_file(folder: Path, reviewer: str) -> Path:
+    return folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
+
+
 def remember(state: dict, folder: Path, reviewer: str | None) -> None:
     """Keep this reviewer's queue, order, filters and open case on the server (a page reload or
     another browser picks them up with :func:`restore`)."""
@@ -129,7 +133,7 @@ def remember(state: dict, folder: Path, reviewer: str | None) -> None:
               "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
               "case_id": case.get("case_id") if case.get("source") != "upload" else None,
               "uncertainty": state["uncertainty"], "predicted": state["predicted"]}
-    path = folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
+    path = _session_file(folder, reviewer)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
     temporary.write_text(json.dumps(record))
@@ -141,9 +145,8 @@ def restore(state: dict, folder: Path, root: Path | None, log: CorrectionsLog, r
     unchanged, else nothing), in the remembered order with the same filters and open case."""
     if not reviewer or root is None:
         return None
-    path = folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(_session_file(folder, reviewer).read_text())
         name = record["queue_file"]
         if name not in list_queues(root):
             return None
@@ -156,15 +159,13 @@ def restore(state: dict, folder: Path, root: Path | None, log: CorrectionsLog, r
     opened["all"] = sorted(opened["all"], key=lambda c: rank.get(c["case_id"], len(rank)))
     opened["uncertainty"] = {k: float(v) for k, v in record.get("uncertainty", {}).items()}
     opened["predicted"] = {k: str(v) for k, v in record.get("predicted", {}).items()}
-    try:
-        opened = apply_filters(opened, log, reviewer, record.get("filters"))
-    except gr.Error:
-        pass
     at = next((c for c in opened["all"] if c["case_id"] == record.get("case_id")), None)
-    if at is None:
-        return opened
-    opened = _open_case(opened, dict(at))
-    return apply_filters(opened, log, reviewer)
+    if at is not None:
+        opened = _open_case(opened, dict(at))
+    try:
+        return apply_filters(opened, log, reviewer, record.get("filters"))
+    except gr.Error:  # filters that no longer apply (e.g. predicted, without scores): the defaults
+        return apply_filters(opened, log, reviewer)
 
 
 SCORE_BATCH = 32

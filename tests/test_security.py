@@ -233,6 +233,37 @@ def test_a_queue_row_click_opens_the_case_it_names_and_nothing_else(server):
     assert "case c2" in client.call(show, [None], session).data[3]  # still the clicked case
 
 
+def test_queue_filters_own_images_and_restore_take_no_hostile_input(server):
+    """The events added for filters, "My own pair" and the page-load restore, called by raw HTTP:
+    filter values outside their lists are refused, another sign-in cannot use them on your
+    session, "My own pair" closes the case (a late save for it is refused), and a restore only
+    ever returns the caller's own queue."""
+    a = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    config = a.config()
+    session = secrets.token_hex(6)
+    token = open_first_case(a, config, session).data[-1]
+    filter_fn = fns(config, "filter_queue")[0]
+    for values in (["../../etc", "all", "any"], ["all", ["reviewed"], "any"], ["all", "all", "x" * 100_000],
+                   [None, None, None], ["all", "all", {"path": str(server["secret"])}]):
+        refused = a.call(filter_fn, [None, *values], session)
+        assert not refused.success, values
+    kept = a.call(filter_fn, [None, "all", "unreviewed", "any"], session)
+    assert kept.success and "unreviewed by you" in kept.data[2]
+    hijack = RawClient(server["url"], "dr_b", USERS["dr_b"]).call(filter_fn, [None, "all", "all", "any"], session)
+    assert not hijack.success and "belongs to another sign-in" in hijack.error
+
+    restore_fn = fns(config, "restore_queue")[0]
+    mine = a.call(restore_fn, [None], secrets.token_hex(6))  # a new page of dr_a
+    assert mine.success and "Back where you left off: clinic/manifest.csv" in mine.data[2]
+    other = RawClient(server["url"], "dr_c", USERS["dr_c"]).call(restore_fn, [None], secrets.token_hex(6))
+    assert other.success and "unreviewed by you" not in str(other.data)  # dr_a's filter stays dr_a's
+
+    closed = a.call(fns(config, "own_images")[0], [None], session)
+    assert closed.success and closed.data[-1] == "" and "No case open" in closed.data[3]
+    late = a.call(fns(config, "save_handler")[0], save_data(token), session)
+    assert not late.success and "The case changed before this save reached the server" in late.error
+
+
 @pytest.mark.parametrize("field, value, message", [
     (4, "n" * 200_000, "longer than 2000 characters"), (3, 2.7, "whole number from 1 to 5"),
     (2, "approve", "Choose a verdict")])
