@@ -15,6 +15,8 @@ Flags override environment variables, which override the defaults:
                                        (manifests, Derm7pt meta.csv); nothing outside it opens
     --admins      SKINNET_ADMINS       reviewers who may also export everyone's labels
                                        ("dr_a,hf:alice"); none: export from the command line only
+    --examples    SKINNET_EXAMPLES     a folder of example pairs to show (NAME_clinical.png,
+                                       NAME_dermoscopy.png); none: no examples
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder that queue files and their images must lie in (links are resolved)")
     p.add_argument("--admins", default=env.get("SKINNET_ADMINS"),
                    help="comma-separated reviewer identities (user, hf:user) who may export everyone's labels")
+    p.add_argument("--examples", default=env.get("SKINNET_EXAMPLES"),
+                   help="folder of example pairs (NAME_clinical.EXT, NAME_dermoscopy.EXT) shown to every visitor")
     p.add_argument("--device", default=env.get("SKINNET_DEVICE", "cpu"))
     return p.parse_args(argv)
 
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from skinnet.predict import Predictor
     from skinnet.ui import AppSettings, build_app, launch
+    from skinnet.ui.examples import read_examples
 
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
@@ -105,8 +110,13 @@ def main(argv: list[str] | None = None) -> None:
                            log_dir=Path(args.log_dir), users=read_users(args.users),
                            hf_reviewers=read_hf_reviewers(args.hf_reviewers),
                            queue_root=Path(args.queue_root) if args.queue_root else None,
-                           admins=read_names(args.admins))
-    launch(build_app(predictor, settings), settings)
+                           admins=read_names(args.admins),
+                           examples=Path(args.examples) if args.examples else None)
+    try:
+        examples = read_examples(settings.examples)
+    except ValueError as err:
+        raise SystemExit(f"skinnet: {err}") from None
+    launch(build_app(predictor, settings, examples), settings)
 
 
 if __name__ == "__main__":

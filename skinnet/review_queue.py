@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import CaseInsensitivePaths, DatasetError, Derm7pt
+from .labels import TASKS
 
 MANIFEST_COLUMNS = ("case_id", "clinical", "dermoscopy")
 
@@ -27,6 +28,9 @@ class QueueCase:
     """``derm7pt`` (case id = meta.csv case_num), ``manifest`` or ``upload``."""
     split: str = ""
     """The case's official Derm7pt split (train, valid, test); '' for a manifest."""
+    reference: tuple[str, ...] = ()
+    """Derm7pt's labels of the case (a class per task, in TASKS order); () for a manifest. Kept
+    on the server: shown only to a reviewer who asked for them, after saving (teaching)."""
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -68,7 +72,8 @@ def open_queue(path: str | Path, root: str | Path | None = None, split: str | No
                                    f"outside the queue folder {root}")
         split_of = data.split_of()
         return [QueueCase(c.case_id, None if c.clinic_is_derm else str(c.clinical_path),
-                          str(c.dermoscopy_path), "derm7pt", split_of.get(c.case_id, "")) for c in cases]
+                          str(c.dermoscopy_path), "derm7pt", split_of.get(c.case_id, ""),
+                          tuple(t.classes[i] for t, i in zip(TASKS, c.labels))) for c in cases]
     missing = [c for c in MANIFEST_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"{path}: a manifest needs the columns {list(MANIFEST_COLUMNS)} "

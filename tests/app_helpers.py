@@ -46,6 +46,19 @@ def jpeg_with_gps(path: Path) -> Path:
     return path
 
 
+def write_examples(folder: Path) -> Path:
+    """An examples folder as a Space owner would fill it: one full pair (the clinical photo a
+    JPEG with GPS EXIF), one dermoscopy image alone, a file that is not an image, a stray file."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(12)
+    jpeg_with_gps(folder / "first_pair_clinical.jpg")
+    lesion_image(rng, (80, 80), tint=2).save(folder / "first_pair_dermoscopy.png")
+    lesion_image(rng, (90, 90), tint=3).save(folder / "second_dermoscopy.PNG")
+    (folder / "broken_clinical.png").write_bytes(b"not a png")
+    (folder / "README.txt").write_text("examples")
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

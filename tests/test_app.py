@@ -10,12 +10,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_helpers import free_port, jpeg_with_gps, tiny_checkpoint, write_pair
+from app_helpers import free_port, jpeg_with_gps, tiny_checkpoint, write_examples, write_pair
 from skinnet.explain import LogitTarget, OneModalityModel, explain, gradcam_map
 from skinnet.imaging import ImageError
 from skinnet.predict import Predictor
 from skinnet.checkpoint import load_checkpoint, save_checkpoint
-from skinnet.ui import AppSettings, build_app, explain_handler, launch, model_markdown, predict_handler
+from skinnet.ui import AppSettings, build_app, launch
+from skinnet.ui.handlers import explain_handler, predict_handler
+from skinnet.ui.views import model_markdown
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def test_bad_inputs_give_clear_errors(predictor, tmp_path, pair):
 
 
 def test_only_gradio_originals_and_granted_clean_copies_are_opened(tmp_path, monkeypatch):
-    from skinnet import uploads
+    from skinnet.ui import uploads
     original = jpeg_with_gps(tmp_path / "john_smith.jpg")
     uploaded = {str(original)}
     images = uploads.SessionImages(uploads.CleanStore(tmp_path / "clean"), lambda: uploaded)
@@ -210,8 +212,8 @@ def test_api_explain_returns_png_overlays(client, pair):
 
 
 def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
-    import skinnet.uploads
-    monkeypatch.setattr(skinnet.uploads, "ORIGINAL_TTL_S", 0.0)
+    import skinnet.ui.uploads
+    monkeypatch.setattr(skinnet.ui.uploads, "ORIGINAL_TTL_S", 0.0)
     revealing = jpeg_with_gps(tmp_path / "jane_doe_1970-01-01_back.jpg")
     uploaded_copy = shutil.copy(revealing, tmp_path / "copy.jpg")
     cam_clinical, _, _ = client.predict(handle_file(uploaded_copy), None, "DIAG", "(predicted class)", "auto",
@@ -353,7 +355,7 @@ def test_queue_filters_and_a_reviewers_place_survive_a_new_page(release, predict
     after the queue file changed."""
     import gradio as gr
 
-    from skinnet import review
+    from skinnet.ui import review
     from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
     from skinnet.data import Derm7pt
 
@@ -395,3 +397,21 @@ def test_queue_filters_and_a_reviewers_place_survive_a_new_page(release, predict
     meta = root / name
     meta.write_text(meta.read_text() + "\n")  # the file changed: its old order means nothing now
     assert review.restore(review.new_state(), log.folder, root, log, "dr_a") is None
+
+
+def test_examples_are_read_as_clean_pairs_and_a_bad_file_is_left_out(tmp_path, caplog):
+    from skinnet.ui.examples import read_examples
+
+    examples = read_examples(write_examples(tmp_path / "examples"))
+    assert [(e.name, e.clinical is not None, e.dermoscopy is not None) for e in examples] == [
+        ("first pair", True, True), ("second", False, True)]
+    assert "left out example broken" in caplog.text
+    first = examples[0]
+    assert first.clinical.mode == "RGB" and not first.clinical.info.get("exif") and not first.clinical.getexif()
+    sheet = first.thumbnail()
+    assert sheet.width > sheet.height and max(examples[1].thumbnail().size) <= 160
+    assert read_examples(None) == []
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(ValueError, match="examples folder"):
+            read_examples(folder)

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from app_helpers import free_port, png_is_not_blank, tiny_checkpoint, write_pair
+from app_helpers import free_port, png_is_not_blank, tiny_checkpoint, write_examples, write_pair
 from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
 
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not shutil.os.p
 def app_url(tmp_path_factory):
     predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")))
     settings = AppSettings(checkpoint=predictor.card.name, port=free_port(),
-                           log_dir=tmp_path_factory.mktemp("log"))
+                           log_dir=tmp_path_factory.mktemp("log"),
+                           examples=write_examples(tmp_path_factory.mktemp("owner") / "examples"))
     app = build_app(predictor, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{settings.port}/"
@@ -111,6 +112,7 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     assert "BCC" not in page.locator("#diagnosis-table").inner_text()
     page.screenshot(path=str(tmp_path / "not_a_lesion.png"))
     # the chain's last step (the form's labels) says so, and gives no prediction away
+    page.get_by_text("Review form (off in this public demo)").click()  # the demo keeps it folded
     expect(page.locator("#correct-DIAG")).to_contain_text("prediction hidden", timeout=60_000)
     assert "model says" not in page.locator("#review-form").inner_text()
     page.locator("#show-anyway").click()
@@ -148,19 +150,58 @@ def test_swapped_images_are_called_swapped_and_one_click_swaps_them(browser, gua
     page.close()
 
 
-def test_images_prediction_and_the_whole_review_form_fit_one_1366x768_screen(browser, app_url, tmp_path):
-    clinical, derm = write_pair(tmp_path, seed=5)
+def test_a_demo_visitor_sees_examples_first_and_the_review_parts_folded_away_saying_why(browser, app_url, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(app_url)
+    gallery = page.locator("#examples")
+    expect(gallery).to_be_visible(timeout=30_000)
+    expect(gallery.locator("img")).to_have_count(2)  # the full pair and the dermoscopy image alone
+    expect(page.get_by_text("Review form (off in this public demo)")).to_be_visible()
+    expect(page.locator("#verdict")).to_be_hidden()
+    expect(page.locator("#prev-case")).to_be_hidden()
+    expect(page.locator("#own-images")).to_be_hidden()
+    gallery.locator("img").first.click()
+    page.get_by_text("Fused head:").wait_for(timeout=60_000)
+    srcs = page.eval_on_selector_all("#clinical-input img, #dermoscopy-input img", "els => els.map(e => e.src)")
+    assert len(srcs) == 2 and not any("first_pair" in s or "examples" in s for s in srcs)
+    box = page.locator("#summary h3").bounding_box()
+    assert box and box["y"] + box["height"] <= 768  # the answer is on the first screen
+    page.screenshot(path=str(tmp_path / "demo_example.png"))
+    page.get_by_text("Review form (off in this public demo)").click()
+    expect(page.get_by_text("nobody can sign in here")).to_be_visible()
+    page.get_by_role("tab", name="Queue").click()
+    expect(page.locator("#queue-demo-note")).to_contain_text("Review queues are for signed-in reviewers")
+    expect(page.locator("#open-queue")).to_be_hidden()
+    page.close()
+
+
+def test_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, app_url, tmp_path):
+    clinical, derm = write_pair(tmp_path, seed=6)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(app_url)
     _upload(page, "clinical", clinical)
     _upload(page, "dermoscopy", derm)
-    page.locator("#analyse").click()
-    page.get_by_text("Fused head:").wait_for(timeout=60_000)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(tmp_path / "one_screen.png"))
-    for selector in ("#clinical-input", "#dermoscopy-input", "#summary h3", "#verdict", "#correct-DIAG",
-                     "#correct-VS", "#confidence", "#save-review"):
-        box = page.locator(selector).first.bounding_box()
-        assert box and box["y"] >= 0 and box["y"] + box["height"] <= 768, (selector, box)
-        assert box["x"] >= 0 and box["x"] + box["width"] <= 1366, (selector, box)
+    image = page.locator("#dermoscopy-input img")
+    page.wait_for_function("(() => { const im = document.querySelector('#dermoscopy-input img');"
+                           " return im.complete && im.getBoundingClientRect().width > 20; })()")
+    box = image.bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)
+    for _ in range(3):
+        page.mouse.wheel(0, -120)
+    page.wait_for_function("Number(document.querySelector('#dermoscopy-input img').dataset.zoom) > 1.9")
+    zoomed = image.evaluate("el => el.style.transform")
+    assert "scale(1.95" in zoomed  # 1.25 ** 3
+    assert image.evaluate("el => getComputedStyle(el.parentElement).overflow") == "hidden"  # stays in its frame
+    page.mouse.down()
+    page.mouse.move(centre[0] + 30, centre[1] + 20, steps=4)
+    page.mouse.up()
+    panned = image.evaluate("el => el.style.transform")
+    assert panned != zoomed and "scale(1.95" in panned
+    assert page.locator("#clinical-input img").evaluate("el => el.style.transform") == ""  # the other is untouched
+    page.mouse.dblclick(*centre)
+    page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.00'")
+    assert image.evaluate("el => el.style.transform") == ""
     page.close()

@@ -142,7 +142,7 @@ def test_a_student_trains_on_the_teachers_out_of_fold_targets(cross_fitted, tmp_
 
 def test_a_refit_calibrated_from_out_of_fold_logits_says_so(cross_fitted, tmp_path):
     from skinnet.predict import Predictor
-    from skinnet.ui import model_markdown
+    from skinnet.ui.views import model_markdown
     from training import evaluate, train
 
     release, out, _ = cross_fitted

@@ -72,3 +72,29 @@ def test_bad_checkpoint_and_users_file_give_clear_messages(tmp_path):
     assert app.read_users("dr_a:one,dr_b:two") == {"dr_a": "one", "dr_b": "two"}  # a Space secret
     with pytest.raises(SystemExit, match="users file .* not found"):
         app.read_users(str(tmp_path / "missing.txt"))
+
+
+def test_examples_flag_and_environment(tmp_path):
+    """``--examples DIR`` (or SKINNET_EXAMPLES): a folder without a readable pair stops the app
+    with a message naming it; a good folder serves the examples' gallery."""
+    checkpoint = tiny_checkpoint(tmp_path)
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "app.py", "--checkpoint", str(checkpoint), "--examples",
+                             str(tmp_path / "empty")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "holds no readable NAME_clinical.png" in result.stderr
+    assert "Traceback" not in result.stderr
+    from app_helpers import write_examples
+    examples = write_examples(tmp_path / "examples")
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "SKINNET_LOG_DIR": str(tmp_path / "log"),
+           "SKINNET_EXAMPLES": str(examples)}
+    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(checkpoint)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+            config = response.read().decode()
+        assert '"examples"' in config and "first pair" in config and "broken" not in config
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -77,7 +77,7 @@ def test_uncertain_badge_and_melanoma_bar(guarded):
     """Close top-2 diagnoses give the badge; P(melanoma) is always on screen with its own bar."""
     from dataclasses import replace
 
-    from skinnet.ui import summary_markdown
+    from skinnet.ui.views import summary_markdown
 
     rng = np.random.default_rng(13)
     prediction = guarded.predict(clinical_like_image(rng), dermoscopy_like_image(rng))

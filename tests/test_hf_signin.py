@@ -125,7 +125,7 @@ def test_hf_reviewers_need_a_space_with_oauth(tmp_path):
 def test_reviewer_identity_rules():
     import gradio as gr
 
-    from skinnet.access import Reviewers
+    from skinnet.ui.access import Reviewers
 
     class Request:  # what Gradio passes: the password login's name, or None
         def __init__(self, username=None):

@@ -63,6 +63,17 @@ def log_in(page, settings):
     page.get_by_role("button", name="Login").click()
 
 
+def start_own_pair(page, settings) -> None:
+    """Empty upload slots, as a reviewer gets them with 'My own pair' (after the page load has
+    restored the queue case an earlier test left dr_a in, if any)."""
+    from playwright.sync_api import expect
+
+    if (settings.log_dir / "reviewer_sessions").is_dir():
+        expect(page.locator("#case-header")).to_contain_text("case c", timeout=60_000)  # restored on load
+        page.locator("#own-images").click()
+        expect(page.locator("#case-header")).to_contain_text("No case open", timeout=60_000)
+
+
 def choose(page, dropdown_id, option):
     page.locator(f"#{dropdown_id} input").click()
     page.get_by_role("option", name=option, exact=True).click()
@@ -132,10 +143,7 @@ def test_uploaded_case_saved_without_metadata_or_name(session, tmp_path):
     settings, _ = session
     revealing = jpeg_with_gps(tmp_path / "jane_doe_1970-01-01_left_shoulder.jpg")
     with signed_in_page(settings, 1400, 2200) as page:
-        if (settings.log_dir / "reviewer_sessions").is_dir():  # an earlier test left dr_a in a queue case
-            expect(page.locator("#case-header")).to_contain_text("case c", timeout=60_000)  # restored on load
-            page.locator("#own-images").click()  # what a reviewer does to review a pair of their own
-            expect(page.locator("#case-header")).to_contain_text("No case open", timeout=60_000)
+        start_own_pair(page, settings)
         page.locator("#dermoscopy-input input[type=file]").set_input_files(str(revealing))
         expect(page.locator("#case-header")).to_contain_text("case upload:", timeout=60_000)
         page.locator("#analyse").click()
@@ -364,3 +372,24 @@ def test_queue_images_are_read_only_keys_fill_the_form_and_question_mark_lists_t
         expect(page.locator("#case-header")).to_contain_text("No case open", timeout=60_000)
         expect(page.locator("#clinical-input input[type=file]")).to_have_count(1, timeout=30_000)
         expect(page.locator("#summary")).not_to_contain_text("Fused head")
+
+
+def test_images_prediction_and_the_whole_review_form_fit_one_1366x768_screen(session, tmp_path):
+    from app_helpers import write_pair
+
+    settings, _ = session
+    clinical, derm = write_pair(tmp_path, seed=5)
+    with signed_in_page(settings, 1366, 768) as page:
+        start_own_pair(page, settings)
+        for slot, path in (("clinical", clinical), ("dermoscopy", derm)):
+            page.locator(f"#{slot}-input input[type=file]").set_input_files(str(path))
+            page.wait_for_function(f"document.querySelectorAll('#{slot}-input img').length >= 1")
+        page.locator("#analyse").click()
+        page.get_by_text("Fused head:").wait_for(timeout=60_000)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(tmp_path / "one_screen.png"))
+        for selector in ("#clinical-input", "#dermoscopy-input", "#summary h3", "#verdict", "#correct-DIAG",
+                         "#correct-VS", "#confidence", "#save-review"):
+            box = page.locator(selector).first.bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 768, (selector, box)
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 1366, (selector, box)

@@ -3,6 +3,7 @@
 Each test performs one attack of issue 12 the way it was found: a ``POST /gradio_api/queue/join``
 by ``fn_index`` with a hand-made body and session hash, then the results read back.
 """
+import json
 import re
 import secrets
 import threading
@@ -14,14 +15,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from app_helpers import free_port, tiny_checkpoint
+from app_helpers import free_port, tiny_checkpoint, write_examples
 from raw_http import RawClient, Result, noise_png, resembles
 from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections
 from skinnet.imaging import load_rgb, pixel_sha256
 from skinnet.labels import TASK_NAMES
 from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
-from synthetic import lesion_image
+from synthetic import lesion_image, make_release
 
 USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789"}
 NOT_YOURS = "not an upload of this session"
@@ -44,6 +45,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("secured")
     queues = root / "queues"
     write_manifest(queues / "clinic")
+    release = make_release(queues / "derm7pt", n_cases=8, seed=2)
+    examples = write_examples(root / "examples")
     secret = noise_png(root / "secret.png")  # a server file no visitor may see
     log = CorrectionsLog(root / "log")
     stored = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
@@ -54,11 +57,11 @@ def server(tmp_path_factory):
     assert others.is_file()
     predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
     settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
-                           users=USERS, queue_root=queues, admins=frozenset({"dr_a"}))
+                           users=USERS, queue_root=queues, admins=frozenset({"dr_a"}), examples=examples)
     app = build_app(predictor, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
     yield {"url": f"http://127.0.0.1:{settings.port}", "secret": secret, "stored": others, "root": root,
-           "log": settings.log_dir}
+           "log": settings.log_dir, "release": release, "examples": examples}
     app.close()
 
 
@@ -146,8 +149,9 @@ def open_first_case(client: RawClient, config: dict, session: str) -> Result:
 
 
 def save_data(token: str, verdict: str = "agree", **fields) -> list:
-    """The save event's inputs: state, case token, verdict, confidence, note, 8 corrections."""
-    return [None, token, verdict, fields.get("confidence"), fields.get("note", ""), *[NO_CHANGE] * 8]
+    """The save event's inputs: state, case token, reveal, verdict, confidence, note, 8 corrections."""
+    return [None, token, fields.get("reveal", False), verdict, fields.get("confidence"), fields.get("note", ""),
+            *fields.get("corrections", [NO_CHANGE] * 8)]
 
 
 def test_another_reviewer_cannot_act_on_a_session_by_its_hash(server):
@@ -159,12 +163,12 @@ def test_another_reviewer_cannot_act_on_a_session_by_its_hash(server):
     token = shown.data[-1]
     assert re.fullmatch(r"[0-9a-f]{32}", token)
     for index, data in ((fns(config, "show_case")[0], [None]), (fns(config, "step_next")[0], [None]),
-                        (fns(config, "save_handler")[0], save_data(token))):
+                        (fns(config, "save")[0], save_data(token))):
         hijack = b.call(index, data, session_a)
         assert not hijack.success and "belongs to another sign-in" in hijack.error
     rows, _ = read_corrections(server["log"] / "corrections.csv")
     assert all(r["reviewer"] != "dr_b" for r in rows)
-    saved = a.call(fns(config, "save_handler")[0], save_data(token), session_a)  # dr_a's own session still works
+    saved = a.call(fns(config, "save")[0], save_data(token), session_a)  # dr_a's own session still works
     assert saved.success and "Saved: agree for case c0" in saved.data[0]
 
 
@@ -175,10 +179,10 @@ def test_a_save_is_for_the_case_on_screen_with_the_servers_images(server):
     session = secrets.token_hex(6)
     c0_token = open_first_case(client, config, session).data[-1]
     assert client.call(fns(config, "step_next")[0], [None], session).success  # the server moves to c1
-    late = client.call(fns(config, "save_handler")[0], save_data(c0_token, note="about c0"), session)
+    late = client.call(fns(config, "save")[0], save_data(c0_token, note="about c0"), session)
     assert not late.success and "The case changed before this save reached the server" in late.error
     c1_token = client.call(fns(config, "show_case")[0], [None], session).data[-1]
-    saved = client.call(fns(config, "save_handler")[0], save_data(c1_token, note="about c1"), session)
+    saved = client.call(fns(config, "save")[0], save_data(c1_token, note="about c1"), session)
     assert saved.success and "case c1" in saved.data[0]
     rows, _ = read_corrections(server["log"] / "corrections.csv")
     row = [r for r in rows if r["note"] in ("about c0", "about c1")]
@@ -194,9 +198,9 @@ def test_an_undo_is_for_the_case_on_screen(server):
     client = RawClient(server["url"], "dr_c", USERS["dr_c"])  # no other test saves as dr_c
     config = client.config()
     session = secrets.token_hex(6)
-    undo = fns(config, "undo_handler")[0]
+    undo = fns(config, "undo")[0]
     c0_token = open_first_case(client, config, session).data[-1]
-    assert client.call(fns(config, "save_handler")[0], save_data(c0_token, note="undo race c0"), session).success
+    assert client.call(fns(config, "save")[0], save_data(c0_token, note="undo race c0"), session).success
     assert client.call(fns(config, "step_next")[0], [None], session).success  # the server moves to c1
     late = client.call(undo, [None, c0_token], session)
     assert not late.success and "The case changed before this undo reached the server" in late.error
@@ -260,13 +264,13 @@ def test_queue_filters_own_images_and_restore_take_no_hostile_input(server):
 
     closed = a.call(fns(config, "own_images")[0], [None], session)
     assert closed.success and closed.data[-1] == "" and "No case open" in closed.data[3]
-    late = a.call(fns(config, "save_handler")[0], save_data(token), session)
+    late = a.call(fns(config, "save")[0], save_data(token), session)
     assert not late.success and "The case changed before this save reached the server" in late.error
 
 
 @pytest.mark.parametrize("field, value, message", [
-    (4, "n" * 200_000, "longer than 2000 characters"), (3, 2.7, "whole number from 1 to 5"),
-    (2, "approve", "Choose a verdict")])
+    (5, "n" * 200_000, "longer than 2000 characters"), (4, 2.7, "whole number from 1 to 5"),
+    (3, "approve", "Choose a verdict")])
 def test_oversized_and_malformed_fields_are_refused_on_the_server(server, field, value, message):
     client = RawClient(server["url"], "dr_a", USERS["dr_a"])
     config = client.config()
@@ -275,7 +279,7 @@ def test_oversized_and_malformed_fields_are_refused_on_the_server(server, field,
     data = save_data(token)
     data[field] = value
     before = (server["log"] / "corrections.csv").read_bytes()
-    result = client.call(fns(config, "save_handler")[0], data, session)
+    result = client.call(fns(config, "save")[0], data, session)
     assert not result.success and message in result.error
     assert (server["log"] / "corrections.csv").read_bytes() == before
 
@@ -337,7 +341,7 @@ def test_repeated_wrong_passwords_lock_the_name_out(server):
 
 
 def test_login_throttle_unlocks_after_the_lockout():
-    from skinnet.access import LoginThrottle
+    from skinnet.ui.access import LoginThrottle
 
     throttle = LoginThrottle({"dr_a": "right"}, max_failures=3, lockout_s=0.2)
     assert [throttle("dr_a", "wrong") for _ in range(3)] == [False] * 3
@@ -347,7 +351,7 @@ def test_login_throttle_unlocks_after_the_lockout():
 
 
 def test_junk_names_do_not_reset_a_targets_failure_count():
-    from skinnet.access import LoginThrottle
+    from skinnet.ui.access import LoginThrottle
 
     throttle = LoginThrottle({"dr_a": "right"}, max_failures=5)
     for round_ in range(3):  # 2 guesses at the target, then a flood of invented names
@@ -358,7 +362,7 @@ def test_junk_names_do_not_reset_a_targets_failure_count():
 
 
 def test_identities_may_be_non_ascii():
-    from skinnet.access import claim_session
+    from skinnet.ui.access import claim_session
 
     state = claim_session({}, "dr_müller")
     assert claim_session(state, "dr_müller")["owner"] == "dr_müller"
@@ -375,9 +379,9 @@ def test_served_files_say_nosniff(server):
 
 
 def test_an_upload_with_no_event_after_it_is_swept(server, monkeypatch):
-    import skinnet.uploads
+    import skinnet.ui.uploads
 
-    monkeypatch.setattr(skinnet.uploads, "ORIGINAL_TTL_S", 1.0)
+    monkeypatch.setattr(skinnet.ui.uploads, "ORIGINAL_TTL_S", 1.0)
     client = RawClient(server["url"], "dr_a", USERS["dr_a"])
     revealing = server["root"] / "john_doe_dob_1970.png"
     lesion_image(np.random.default_rng(8), (40, 40)).save(revealing)
@@ -395,7 +399,7 @@ def test_two_sessions_with_the_same_image_keep_their_clean_copies(server):
     client = RawClient(server["url"], "dr_a", USERS["dr_a"])
     config = client.config()
     image = server["root"] / "queues" / "clinic" / "img" / "c2_derm.png"
-    upload_fn, predict_fn = fns(config, "upload_dermoscopy")[0], fns(config, "labels_")[0]
+    upload_fn, predict_fn = fns(config, "upload_dermoscopy")[0], fns(config, "form_labels")[0]
     sessions = [secrets.token_hex(6) for _ in range(2)]
     clean = {}
     for session in sessions:
@@ -424,7 +428,7 @@ def test_concurrent_saves_through_the_http_api_are_each_on_disk_once(server):
             clean = client.call(fns(config, "upload_dermoscopy")[0], [None, {"path": client.upload(path)}], session)
             made = client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session)
             note = f"w{worker}-{i}"
-            saved = client.call(fns(config, "save_handler")[0], save_data(made.data[-1], "unsure", note=note), session)
+            saved = client.call(fns(config, "save")[0], save_data(made.data[-1], "unsure", note=note), session)
             (acknowledged if saved.success and "Saved" in saved.data[0] else failures).append(note)
 
     threads = [threading.Thread(target=reviewer, args=(w,)) for w in range(4)]
@@ -498,3 +502,76 @@ def test_six_40_megapixel_images_at_once_keep_the_app_small_and_answering(tmp_pa
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def case_shown(client: RawClient, config: dict, session: str) -> tuple[str, str]:
+    """(case id from the header, case token) of the case the server has open for this session."""
+    shown = client.call(fns(config, "show_case")[0], [None], session)
+    assert shown.success, shown.error
+    return re.search(r"\*\*case (\S+)\*\*", shown.data[3]).group(1), shown.data[-1]
+
+
+def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_takes_no_changes(server):
+    """Teaching mode: the Derm7pt labels of a case are in the server's state of a Derm7pt queue,
+    never sent before the reviewer saved an agree/correct review; after the reveal a changed
+    review of that case is refused (it would no longer be the reviewer's own reading)."""
+    from skinnet.data import Derm7pt
+    from skinnet.labels import TASKS
+
+    client = RawClient(server["url"], "dr_c", USERS["dr_c"])
+    config = client.config()
+    session = secrets.token_hex(6)
+    assert client.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session).success
+    assert client.call(fns(config, "step_next")[0], [None], session).success
+    case_id, token = case_shown(client, config, session)
+    case = next(c for c in Derm7pt(server["release"]).cases() if c.case_id == case_id)
+    reference = [t.classes[i] for t, i in zip(TASKS, case.labels)]
+    save = fns(config, "save")[0]
+
+    refused = client.call(save, save_data(token, "approve", reveal=True), session)
+    assert not refused.success and "reference" not in refused.error
+    skipped = client.call(save, save_data(token, "skip", reveal=True), session)
+    assert skipped.success and "after you save an 'agree' or 'correct' review" in skipped.data[0]
+    assert "| DIAG |" not in skipped.data[0]
+    agreed = client.call(save, save_data(token, "agree", reveal=True), session)
+    assert agreed.success and "Derm7pt reference labels" in agreed.data[0]
+    for task, truth in zip(TASKS, reference):
+        assert f"| {task.name} | {truth} |" in agreed.data[0]
+    revealed = (server["log"] / "reference_revealed.csv").read_text()
+    assert revealed.startswith(f"dr_c,{case_id},")
+
+    before = (server["log"] / "corrections.csv").read_bytes()
+    other = next(c for c in TASKS[0].classes if c != reference[0])
+    changed = client.call(save, save_data(token, "correct", corrections=[other] + [NO_CHANGE] * 7), session)
+    assert not changed.success and "seen the Derm7pt reference labels" in changed.error
+    assert client.call(save, save_data(token, "agree"), session).data[0].startswith("Already saved")
+    assert (server["log"] / "corrections.csv").read_bytes() == before
+    # another reviewer who did not ask sees nothing of it
+    other_reviewer = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    session_b = secrets.token_hex(6)
+    assert other_reviewer.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session_b).success
+    assert other_reviewer.call(fns(config, "step_next")[0], [None], session_b).success
+    _, token_b = case_shown(other_reviewer, config, session_b)
+    plain = other_reviewer.call(save, save_data(token_b, "agree"), session_b)
+    assert plain.success and "reference" not in plain.data[0]
+
+
+@pytest.mark.parametrize("event_data", [{"index": 99}, {"index": -1}, {"index": "0"}, {"index": [0, 0]},
+                                        {"index": True}, {"value": "x"}, None])
+def test_example_clicks_with_hostile_indexes_open_nothing(server, event_data):
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    result = client.call(fns(config, "open_example")[0], [None], event_data=event_data)
+    assert not result.success
+    assert "Traceback" not in str(result.raw) and str(server["examples"]) not in str(result.raw)
+
+
+def test_an_example_click_gives_clean_copies_without_names(server):
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    result = client.call(fns(config, "open_example")[0], [None], event_data={"index": 0, "value": None})
+    assert result.success, result.error
+    files = client.files_in(result.data[:2])
+    assert len(files) == 2 and all(f.startswith(b"\x89PNG") and b"GPS" not in f and b"exif" not in f.lower()
+                                   for f in files)
+    assert "first_pair" not in json.dumps(result.data[:2])  # the owner's file names stay on the server

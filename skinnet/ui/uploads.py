@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from PIL import Image
 
-from .imaging import ImageError, load_rgb, pixel_sha256, png_bytes
+from ..imaging import ImageError, load_rgb, pixel_sha256, png_bytes
 
 log = logging.getLogger(__name__)
 

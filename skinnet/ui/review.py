@@ -6,9 +6,11 @@ once) and when it was opened (time spent is measured, never typed).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -18,14 +20,13 @@ import gradio as gr
 import pandas as pd
 from PIL.Image import Image
 
-from .corrections import (CHANGED, CONFIRMED, NO_CHANGE, RETRACT, VERDICTS, CorrectionsError, CorrectionsLog, Review,
-                          export_meta_csv,
-                          new_event_id, read_corrections)
-from .data import DatasetError
-from .imaging import ImageError, load_rgb, pixel_sha256
-from .labels import TASKS
-from .predict import Predictor
-from .review_queue import list_queues, open_queue, uncertainty
+from ..corrections import (CHANGED, CONFIRMED, LABELLED_VERDICTS, NO_CHANGE, RETRACT, VERDICTS, CorrectionsError,
+                          CorrectionsLog, Review, export_meta_csv, new_event_id, read_corrections, task_labels)
+from ..data import DatasetError
+from ..imaging import ImageError, load_rgb, pixel_sha256
+from ..labels import TASKS
+from ..predict import Predictor
+from ..review_queue import list_queues, open_queue, uncertainty
 
 QUEUE_COLUMNS = ["#", "case", "source", "your review", "uncertainty"]
 
@@ -330,6 +331,9 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         previous = log.latest_review(reviewer, review.case_id)
         if previous is not None and log.same_content(review, previous):
             return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
+        if review.case_id in revealed_cases(log.folder, reviewer):
+            raise gr.Error(f"You have seen the Derm7pt reference labels of case {review.case_id}: a new review of it "
+                           "would no longer be your own reading, so it is not saved.")
         # the log's size enters the id: after an undo the same answer is a new save, not a repeat
         review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
                                            len(log.event_ids()), verdict, review.corrected, review.confidence,
@@ -389,3 +393,42 @@ def load_case_images(state: dict) -> tuple:
     except ImageError as err:
         raise gr.Error(str(err)) from None
 
+
+
+REVEALED_FILE = "reference_revealed.csv"
+"""Who saw the Derm7pt reference labels of which case, when (append-only, in the log folder)."""
+_revealed_lock = threading.Lock()
+
+
+def revealed_cases(folder: Path, reviewer: str | None) -> set[str]:
+    """The cases whose reference labels this reviewer has seen."""
+    path = Path(folder) / REVEALED_FILE
+    if not reviewer or not path.is_file():
+        return set()
+    with _revealed_lock, path.open(newline="") as f:
+        return {row[1] for row in csv.reader(f) if len(row) == 3 and row[0] == reviewer}
+
+
+def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
+    """For teaching: the open Derm7pt case's reference labels next to the reviewer's own, once
+    the reviewer has saved a labelled review of it (never before). The reveal is recorded, and
+    the reviewer's later changes to the case are refused (:func:`save_review`)."""
+    case = state.get("case") or {}
+    reference = case.get("reference") or ()
+    if not reviewer or case.get("source") != "derm7pt" or len(reference) != len(TASKS):
+        return "(Reference labels exist only for the cases of a Derm7pt queue.)"
+    saved = log.latest_review(reviewer, case["case_id"])
+    if saved is None or saved["verdict"] not in LABELLED_VERDICTS:
+        return "(The reference labels are shown after you save an 'agree' or 'correct' review of the case.)"
+    with _revealed_lock, (Path(log.folder) / REVEALED_FILE).open("a", newline="") as f:
+        csv.writer(f).writerow([reviewer, case["case_id"], time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+    yours = task_labels(saved)
+    lines = ["**Derm7pt reference labels** (teaching; your later changes to this case are refused)", "",
+             "| task | reference | yours | |", "|---|---|---|---|"]
+    for task, truth in zip(TASKS, reference):
+        mine = yours.get(task.name)
+        mark = "" if mine is None else ("✓" if mine == truth else "✗")
+        lines.append(f"| {task.name} | {truth} | {mine or 'not reviewed'} | {mark} |")
+    matched = sum(yours.get(t.name) == truth for t, truth in zip(TASKS, reference))
+    lines += ["", f"{matched} of {len(yours)} labelled tasks match the reference."]
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""How many actions and seconds a review takes: with the mouse only, and with the keys.
+
+    python benchmarks/review_speed.py [--checkpoint CKPT]
+
+Starts ``python app.py`` with a reviewer login and a synthetic manifest queue, and drives a
+headless Chromium through two tasks on successive cases, each done both ways:
+
+- **agree** with the model on a case;
+- **correct two labels** (DIAG and BWV) of a case.
+
+Every run is real: the row must land in ``corrections.csv`` with the right case and labels.
+Reported per task and way: the input actions performed (pointing + clicks, keystrokes), the
+human time those actions take by the keystroke-level model (Card, Moran & Newell 1980:
+K = 0.28 s a keystroke, P = 1.1 s to point, B = 0.1 s a button press or release, H = 0.4 s to
+move a hand between mouse and keys, M = 1.35 s per decision, the same decisions both ways),
+and the measured seconds from the first action to "Saved" (the app's and the browser's
+share). Writes a table and ``benchmarks/results/review_speed.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from app import DEFAULT_CHECKPOINT  # noqa: E402
+from security import PASSWORD, USER, App  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from test_review_e2e import write_queue  # noqa: E402
+
+KLM = {"K": 0.28, "P": 1.1, "B": 0.1, "H": 0.4, "M": 1.35}
+DECISIONS = {"agree": 1, "correct two labels": 2}
+"""Mental operators per task: the same whichever way the reviewer enters the decision."""
+BWV_INDEX = 6
+"""BWV is the form's seventh task: six presses of ``t`` from DIAG."""
+
+
+@dataclass
+class Run:
+    task: str
+    way: str
+    case: str
+    operators: list[str] = field(default_factory=list)
+    measured_s: float = 0.0
+
+    @property
+    def actions(self) -> dict[str, int]:
+        return {"clicks": self.operators.count("P"), "keys": self.operators.count("K")}
+
+    @property
+    def klm_s(self) -> float:
+        mental = KLM["M"] * DECISIONS[self.task]
+        return round(sum(KLM[o] for o in self.operators) + mental, 2)
+
+
+class Reviewer:
+    """A page and the operators its actions cost (a click = point + press + release; a key =
+    one keystroke; a switch between mouse and keys = one homing)."""
+
+    def __init__(self, page):
+        self.page, self.hand, self.run = page, "mouse", None
+
+    def _home(self, hand: str) -> None:
+        if self.hand != hand:
+            self.run.operators.append("H")
+            self.hand = hand
+
+    def click(self, selector: str) -> None:
+        self._home("mouse")
+        self.run.operators += ["P", "B", "B"]
+        self.page.locator(selector).first.click()
+
+    def choose(self, dropdown: str, option: str) -> None:
+        self.click(f"#{dropdown} input")
+        self._home("mouse")
+        self.run.operators += ["P", "B", "B"]
+        self.page.get_by_role("option", name=option, exact=True).click()
+
+    def key(self, key: str) -> None:
+        self._home("keys")
+        self.run.operators.append("K")
+        self.page.keyboard.press(key)
+
+
+def wait_for_case(page, case_id: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#case-header")).to_contain_text(f"case {case_id}", timeout=120_000)
+    expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=120_000)
+    page.locator("#case-header").click()  # where the reviewer's attention is: not in a field
+
+
+def perform(reviewer: Reviewer, run: Run) -> None:
+    from playwright.sync_api import expect
+
+    reviewer.run, page = run, reviewer.page
+    start = time.perf_counter()
+    if run.task == "agree" and run.way == "mouse":
+        reviewer.click("#verdict input[value=agree]")
+        reviewer.click("#save-review")
+    elif run.task == "agree":
+        reviewer.key("a")
+        reviewer.key("Enter")
+    elif run.way == "mouse":
+        reviewer.click("#verdict input[value=correct]")
+        reviewer.choose("correct-DIAG", "SK")
+        reviewer.choose("correct-BWV", "PRS")
+        reviewer.click("#save-review")
+    else:
+        reviewer.key("t")
+        reviewer.key("5")  # DIAG's fifth class: SK (BCC, NEV, MEL, MISC, SK)
+        expect(page.locator("#correct-DIAG input")).to_have_value("SK", timeout=10_000)
+        for _ in range(BWV_INDEX):
+            reviewer.key("t")
+        reviewer.key("2")  # BWV: ABS, PRS
+        expect(page.locator("#correct-BWV input")).to_have_value("PRS", timeout=10_000)
+        reviewer.key("Enter")
+    expect(page.locator("#save-status")).to_contain_text(f"Saved: {run.task.split()[0]} for case {run.case}",
+                                                         timeout=120_000)
+    run.measured_s = round(time.perf_counter() - start, 2)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "review_speed.json"))
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    from skinnet.corrections import read_corrections
+
+    plan = [("agree", "mouse"), ("agree", "keys"), ("correct two labels", "mouse"), ("correct two labels", "keys")]
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        write_queue(folder / "queues" / "queue", n=len(plan))
+        app = App(Path(args.checkpoint), folder / "log", env={"SKINNET_QUEUE_ROOT": str(folder / "queues")})
+        runs = []
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                page.goto(app.url + "/")
+                page.get_by_label("username").fill(USER)
+                page.get_by_label("password").fill(PASSWORD)
+                page.get_by_role("button", name="Login").click()
+                page.get_by_role("tab", name="Queue").click()
+                page.locator("#queue-file input").click()
+                page.get_by_role("option", name="queue/manifest.csv", exact=True).click()
+                page.locator("#open-queue").click()
+                page.get_by_role("tab", name="Review").click()
+                reviewer = Reviewer(page)
+                for number, (task, way) in enumerate(plan):
+                    case = f"c{number}"
+                    if number:
+                        page.locator("#next-unreviewed").click()
+                    wait_for_case(page, case)
+                    run = Run(task, way, case)
+                    reviewer.hand = "mouse" if way == "mouse" else "keys"  # each way starts with its hand in place
+                    perform(reviewer, run)
+                    runs.append(run)
+                browser.close()
+        finally:
+            app.stop()
+        rows, problems = read_corrections(folder / "log" / "corrections.csv")
+    assert not problems and [r["case_id"] for r in rows] == [r.case for r in runs], rows
+    for row, run in zip(rows, runs):
+        if run.task == "agree":
+            assert row["verdict"] == "agree" and row["status_DIAG"] == "confirmed"
+        else:
+            assert row["verdict"] == "correct" and (row["DIAG"], row["BWV"]) == ("SK", "PRS")
+            assert row["status_PN"] == "not reviewed"
+
+    results = {"klm_seconds": KLM, "runs": [{**asdict(r), "actions": r.actions, "klm_s": r.klm_s} for r in runs]}
+    for task in DECISIONS:
+        mouse, keys = (next(r for r in runs if r.task == task and r.way == w) for w in ("mouse", "keys"))
+        results[f"{task}: keys / mouse, KLM seconds"] = round(keys.klm_s / mouse.klm_s, 2)
+    print("| task | way | clicks | keys | human seconds (KLM) | measured seconds to 'Saved' |")
+    print("|---|---|---|---|---|---|")
+    for r in runs:
+        print(f"| {r.task} | {r.way} | {r.actions['clicks']} | {r.actions['keys']} | {r.klm_s:.2f} | "
+              f"{r.measured_s:.2f} |")
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

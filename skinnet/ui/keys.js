@@ -1,0 +1,99 @@
+(() => {
+  const TASKS = __TASKS__;
+  const HELP = __SHORTCUTS__;
+  let cursor = -1;
+  const outline = () => TASKS.forEach((t, i) => {
+    const el = document.querySelector(`#correct-${t}`);
+    if (el) el.classList.toggle('task-cursor', i === cursor);
+  });
+  const press = (el) => ['mousedown', 'mouseup', 'click'].forEach(
+    (type) => el.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true})));
+  const pick = (n) => {
+    if (cursor < 0) return;
+    const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
+    if (!input) return;
+    input.focus(); press(input);
+    setTimeout(() => {
+      const options = document.querySelectorAll('[role="option"]');
+      if (options[n]) {
+        press(options[n]);
+        if (n > 0) { const correct = document.querySelector('#verdict input[value="correct"]'); if (correct && !correct.checked) correct.click(); }
+      }
+      input.blur();
+    }, 80);
+  };
+  const toggleHelp = () => {
+    let panel = document.querySelector('#shortcut-help');
+    if (panel) { panel.remove(); return; }
+    panel = document.createElement('div');
+    panel.id = 'shortcut-help';
+    panel.setAttribute('role', 'dialog');
+    panel.innerHTML = '<b>Keyboard</b> (not while typing in a field)<table>' +
+      HELP.map(([k, v]) => `<tr><td><kbd>${k}</kbd></td><td>${v}</td></tr>`).join('') + '</table>';
+    document.body.appendChild(panel);
+  };
+  document.addEventListener('keydown', (event) => {
+    const target = event.target;
+    const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
+    const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); event.preventDefault(); } };
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { click('#save-review'); return; }
+    if (typing || event.altKey || event.ctrlKey || event.metaKey) return;
+    const verdicts = {a: 'agree', c: 'correct', u: 'unsure', s: 'skip'};
+    if (verdicts[event.key]) click(`#verdict input[value="${verdicts[event.key]}"]`);
+    else if (event.key === 'Enter') click('#save-review');
+    else if (event.key === 'n') click('#next-unreviewed');
+    else if (event.key === 'ArrowRight') click('#next-case');
+    else if (event.key === 'ArrowLeft') click('#prev-case');
+    else if (event.key === 't' || event.key === 'T') {
+      cursor = event.key === 't' ? (cursor + 1) % TASKS.length : (cursor - 1 + TASKS.length) % TASKS.length;
+      outline(); event.preventDefault();
+    } else if (/^[0-9]$/.test(event.key)) { pick(Number(event.key)); event.preventDefault(); }
+    else if (event.key === '?') { toggleHelp(); event.preventDefault(); }
+    else if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
+  });
+
+  // zoom (wheel) and pan (drag) on the case's images and the Grad-CAMs; double-click resets
+  const ZOOMABLE = '#clinical-input, #dermoscopy-input, #gradcam-clinical, #gradcam-dermoscopy';
+  const views = new WeakMap();
+  const zoomable = (target) => (target && target.tagName === 'IMG' && target.closest(ZOOMABLE)) ? target : null;
+  const show = (img, v) => {
+    views.set(img, v);
+    img.style.transformOrigin = '0 0';
+    img.style.transform = v.s === 1 ? '' : `translate(${v.x}px, ${v.y}px) scale(${v.s})`;
+    img.style.cursor = v.s === 1 ? '' : 'grab';
+    img.dataset.zoom = v.s.toFixed(2);
+    if (img.parentElement) img.parentElement.style.overflow = 'hidden';
+  };
+  document.addEventListener('wheel', (event) => {
+    const img = zoomable(event.target);
+    if (!img) return;
+    event.preventDefault();
+    const v = views.get(img) || {s: 1, x: 0, y: 0};
+    const rect = img.getBoundingClientRect();
+    const px = event.clientX - rect.left, py = event.clientY - rect.top;
+    const s = Math.min(8, Math.max(1, v.s * (event.deltaY < 0 ? 1.25 : 0.8)));
+    const k = s / v.s;  // the point under the cursor stays put
+    show(img, s === 1 ? {s: 1, x: 0, y: 0} : {s, x: v.x + px * (1 - k), y: v.y + py * (1 - k)});
+  }, {passive: false});
+  let drag = null;
+  document.addEventListener('mousedown', (event) => {
+    const img = zoomable(event.target);
+    const v = img && views.get(img);
+    if (!v || v.s === 1 || event.button !== 0) return;
+    drag = {img, x0: event.clientX - v.x, y0: event.clientY - v.y};
+    event.preventDefault();
+  });
+  document.addEventListener('mousemove', (event) => {
+    if (!drag) return;
+    const v = views.get(drag.img);
+    show(drag.img, {s: v.s, x: event.clientX - drag.x0, y: event.clientY - drag.y0});
+  });
+  document.addEventListener('mouseup', () => { drag = null; });
+  document.addEventListener('dragstart', (event) => { if (zoomable(event.target)) event.preventDefault(); });
+  document.addEventListener('dblclick', (event) => {
+    const img = zoomable(event.target);
+    if (img) { show(img, {s: 1, x: 0, y: 0}); event.preventDefault(); }
+  });
+  // a new image starts unzoomed
+  document.addEventListener('load', (event) => { const img = zoomable(event.target); if (img) show(img, {s: 1, x: 0, y: 0}); }, true);
+})();

@@ -1,0 +1,28 @@
+"""The reviewer's keyboard: every shortcut in one table, and the script (``keys.js``) that
+the page runs. Keys never fire while the reviewer types in a text field."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..labels import TASKS
+
+SHORTCUTS = (("a / c / u / s", "verdict: agree, correct, unsure, skip"),
+             ("t / Shift+t", "next / previous task of the form (outlined)"),
+             ("0-9", "the outlined task's value: 0 no change, 1 its first class, 2 the second ..."),
+             ("Enter, Ctrl+Enter", "save the review (Ctrl+Enter also from the note)"),
+             ("n", "next case you have not reviewed"), ("← →", "previous / next case of the queue"),
+             ("wheel, drag, double-click", "zoom, pan, reset an image"),
+             ("?", "show or hide this list"))
+"""Every keyboard shortcut, for the help the ``?`` key opens."""
+SHORTCUTS_HELP = ("Keys: **a** agree · **c** correct · **u** unsure · **s** skip · **t** next task, **0-9** its "
+                  "value · **Enter** save · **n** next unreviewed · **← →** cases · **?** all keys")
+"""The line under the review form."""
+
+
+def page_script() -> str:
+    """The ``<script>`` for the page's head, with the task names and the shortcut table filled in."""
+    js = (Path(__file__).with_name("keys.js").read_text()
+          .replace("__TASKS__", json.dumps([t.name for t in TASKS]))
+          .replace("__SHORTCUTS__", json.dumps(SHORTCUTS)))
+    return f"<script>\n{js}</script>\n"

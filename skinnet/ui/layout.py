@@ -1,0 +1,258 @@
+"""The page: what sits where, and which event runs which :class:`~skinnet.ui.events.AppEvents`
+method. Two public endpoints (``/predict``, ``/explain``); every other event is private to
+the page but still reachable by raw HTTP, hence the checks in ``events``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ..corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog, fine_choices
+from ..labels import TASK_BY_NAME, TASKS
+from ..model import HEADS
+from ..predict import Predictor
+from . import access, review, uploads
+from .events import CLEARED_OUTPUTS, AppEvents
+from .examples import Example, read_examples
+from .handlers import AUTO_HEAD, PREDICTED, class_choices
+from .settings import PREDICT_CONCURRENCY, AppSettings
+from .views import DISCLAIMER, DEMO_FORM_NOTE, DEMO_QUEUE_NOTE, model_markdown, review_help, task_label
+
+
+def _examples_gallery(examples: list[Example]) -> gr.Gallery:
+    return gr.Gallery([(e.thumbnail(), e.name) for e in examples], label="Example pairs: click one to analyse it",
+                      columns=2, height=300, object_fit="contain", allow_preview=False, interactive=False,
+                      format="png", elem_id="examples")
+
+
+def build_app(predictor: Predictor, settings: AppSettings | None = None,
+              examples: list[Example] | None = None) -> gr.Blocks:
+    """The Blocks app around a loaded predictor (``examples``: read from ``settings.examples``
+    when not given)."""
+    settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
+    examples = read_examples(settings.examples) if examples is None else examples
+    if predictor.batcher is None and predictor.device != "cpu":
+        # visitors' predictions that arrive together share a forward pass; not on a CPU, where a
+        # batch of flipped pairs costs more per pair than one pair (benchmarks/latency.py)
+        predictor.batch_concurrent_calls(PREDICT_CONCURRENCY)
+    log = CorrectionsLog(settings.log_dir)
+    reviewers = access.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers,
+                                 admins=settings.admins)
+    saving = reviewers.configured
+    demo = settings.public_demo
+    store = uploads.CleanStore()
+
+    with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
+        images_in = uploads.SessionImages(store, lambda: app.upload_file_set)
+        events = AppEvents(predictor, settings, log, reviewers, store, images_in, examples)
+        state = gr.State(review.new_state())
+        with gr.Row():
+            gr.Markdown("### skinnet · multi-modal skin lesion review")
+            signed_in = gr.Markdown(elem_id="signed-in", elem_classes=["signed-in"])
+            if settings.users:
+                gr.Button("Log out", link="/logout", size="sm", scale=0, elem_id="log-out")
+            if settings.hf_reviewers:
+                gr.LoginButton(scale=0, elem_id="hf-login")
+        gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Review", id="review"):
+                with gr.Row(visible=not demo):
+                    header = gr.Markdown(review.case_header(review.new_state(), log, None), elem_id="case-header")
+                    prev_case = gr.Button("< prev", size="sm", elem_id="prev-case", scale=0)
+                    next_case = gr.Button("next >", size="sm", elem_id="next-case", scale=0)
+                    next_unreviewed = gr.Button("next unreviewed >", size="sm", elem_id="next-unreviewed", scale=0)
+                with gr.Row(equal_height=False):
+                    # left: the case and what the model says; right: the review form, on the same screen
+                    with gr.Column(scale=3, min_width=520):
+                        with gr.Row(elem_id="case-images"):
+                            clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
+                                                sources=["upload", "clipboard"], height=250, elem_id="clinical-input")
+                            dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
+                                                  sources=["upload", "clipboard"], height=250,
+                                                  elem_id="dermoscopy-input")
+                        with gr.Row():
+                            analyse = gr.Button("Analyse", variant="primary", elem_id="analyse", scale=4)
+                            # closes the open case: two empty slots for a pair of the reviewer's own
+                            own_button = gr.Button("My own pair", elem_id="own-images", scale=1, min_width=110,
+                                                   visible=not demo)
+                        with gr.Row():
+                            anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm",
+                                                      scale=0, elem_id="show-anyway")
+                            swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0,
+                                                    elem_id="swap-images")
+                        summary = gr.Markdown(label="summary", elem_id="summary")
+                        # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
+                        show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
+                        example_gallery = None
+                        if examples and not demo:
+                            with gr.Accordion("Examples", open=False):
+                                example_gallery = _examples_gallery(examples)
+                    with gr.Column(scale=2, min_width=380, elem_id="review-side"):
+                        if examples and demo:
+                            example_gallery = _examples_gallery(examples)
+                        # a demo visitor cannot save: the form stays folded away, saying why
+                        form_box = (gr.Accordion("Review form (off in this public demo)", open=False,
+                                                 elem_id="review-form") if demo
+                                    else gr.Column(elem_id="review-form"))
+                        with form_box:
+                            if demo:
+                                gr.Markdown(DEMO_FORM_NOTE, elem_classes=["form-help"])
+                            verdict = gr.Radio(list(VERDICTS), value=None, label="Your review: verdict",
+                                               elem_id="verdict")
+                            corrections = []
+                            with gr.Group(elem_id="corrections"):
+                                for pair_of_tasks in (TASKS[0:2], TASKS[2:4], TASKS[4:6], TASKS[6:8]):
+                                    with gr.Row():
+                                        for t in pair_of_tasks:
+                                            corrections.append(gr.Dropdown(
+                                                [NO_CHANGE, *t.classes, *fine_choices(t)], value=NO_CHANGE,
+                                                label=task_label(t), elem_id=f"correct-{t.name}", min_width=160))
+                            with gr.Row():
+                                confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)",
+                                                      min_width=290, scale=3, elem_id="confidence")
+                                note = gr.Textbox(label=f"Note (max {MAX_NOTE} chars)", lines=1,
+                                                  max_length=MAX_NOTE, min_width=120, scale=2)
+                            # the event id of the case on screen: a save names the case the reviewer saw
+                            case_token = gr.Textbox(visible=False, elem_id="case-token")
+                            with gr.Row():
+                                save = gr.Button("Save review (Enter)", variant="primary", interactive=saving,
+                                                 elem_id="save-review", scale=2)
+                                undo = gr.Button("Undo last save", interactive=saving, elem_id="undo-save", scale=1)
+                            save_status = gr.Markdown(elem_id="save-status")
+                            gr.Markdown(review_help(reviewers), elem_classes=["form-help"])
+                with gr.Row():
+                    diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
+                                             interactive=False, elem_id="diagnosis-table")
+                    criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
+                                            interactive=False, elem_id="criteria-table", scale=3)
+                with gr.Accordion("Where the model looked: Grad-CAM and cross-attention", open=True):
+                    with gr.Row():
+                        task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
+                        class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
+                                                 label="Class")
+                        head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
+                        explain_button = gr.Button("Explain", elem_id="explain")
+                    with gr.Row():
+                        cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
+                                                interactive=False, elem_id="gradcam-clinical")
+                        cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
+                                                  interactive=False, elem_id="gradcam-dermoscopy")
+                    attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
+                                           format="png", columns=4, object_fit="contain", height="auto",
+                                           elem_id="attention")
+            with gr.Tab("Queue", id="queue"):
+                if demo:
+                    gr.Markdown(DEMO_QUEUE_NOTE, elem_id="queue-demo-note")
+                queue_box = (gr.Accordion("Queue controls (reviewers only)", open=False) if demo
+                             else gr.Column())
+                with queue_box:
+                    gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
+                                "Derm7pt `meta/meta.csv` from the queue folder"
+                                + (f" (`{settings.queue_root}`)." if settings.queue_root else "."))
+                    with gr.Row():
+                        queue_file = gr.Dropdown([], value=None, scale=4, label="Queue file", elem_id="queue-file")
+                        open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
+                        order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving,
+                                                 scale=1)
+                    with gr.Row():
+                        split_filter = gr.Radio(list(review.SPLIT_CHOICES), value="all", label="Derm7pt split",
+                                                elem_id="filter-split", scale=2)
+                        status_filter = gr.Radio(list(review.STATUS_CHOICES), value="all", label="Your reviews",
+                                                 elem_id="filter-status", scale=2)
+                        predicted_filter = gr.Dropdown(list(review.PREDICTED_CHOICES), value="any",
+                                                       label="Predicted diagnosis (after 'Least sure first')",
+                                                       elem_id="filter-predicted", scale=1)
+                    reveal = gr.Checkbox(False, label="Teaching: show me a Derm7pt case's reference labels after I "
+                                         "save my review of it (my later changes to that case are then refused)",
+                                         elem_id="reveal-reference")
+                    queue_status = gr.Markdown(elem_id="queue-status")
+                    queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
+                    with gr.Row():
+                        export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
+                                               label="When reviewers disagree on a case (admins)")
+                        export_button = gr.Button("Export current labels (meta.csv)",
+                                                  interactive=bool(settings.admins), elem_id="export-labels", scale=1)
+                        export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
+                                              elem_id="export-file")
+                    with gr.Accordion("Agreement (reviewers)", open=False):
+                        gr.Markdown("Cohen's kappa per task of each reviewer with the model's prediction and with "
+                                    "each other reviewer, over the cases both labelled (latest labelled review each; "
+                                    "1 = perfect, 0 = chance). Intervals, Fleiss' kappa and confusion matrices: "
+                                    "`python -m skinnet.agreement corrections.csv --out DIR`.")
+                        agreement_button = gr.Button("Show agreement", size="sm", interactive=saving,
+                                                     elem_id="agreement")
+                        agreement_view = gr.Dataframe(interactive=False, elem_id="agreement-table")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(model_markdown(predictor))
+
+        # -- wiring -------------------------------------------------------------------------------
+        images = [state, clinical, dermoscopy]
+        explain_inputs = [state, clinical, dermoscopy, task, class_name, head]
+        explain_outputs = [cam_clinical, cam_dermoscopy, attention]
+        predicted = [summary, diagnosis, criteria]
+        form = [verdict, *corrections, confidence, note, save_status]
+        private = {"api_visibility": "private", "preprocess": False}
+        # the case token comes last in every output list that opens a case (API callers read data[-1])
+        uploaded = [state, header, *form, case_token]
+        cleared = [show_anyway, *predicted, *explain_outputs, anyway_button, swap_button]
+
+        def after_predict(event):  # each step only after the one before succeeded
+            return (event.success(events.guard_buttons, [*images, show_anyway], [anyway_button, swap_button],
+                                  **private)
+                    .success(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs, **private)
+                    .success(events.form_labels, [*images, show_anyway], corrections, **private))
+
+        def analyse_chain(event):
+            return after_predict(event.success(events.predict, [*images, show_anyway], predicted, **private))
+
+        for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
+            component.upload(events.on_upload(name), [state, component], [component, *cleared], **private).success(
+                events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private)
+        task.change(class_choices, task, class_name, api_visibility="private")
+        after_predict(analyse.click(events.predict, [*images, show_anyway], predicted, api_name="predict",
+                                    preprocess=False, concurrency_limit=PREDICT_CONCURRENCY))
+        analyse_chain(anyway_button.click(lambda: True, None, show_anyway, api_visibility="private"))
+        analyse_chain(swap_button.click(events.swap_images, images, [clinical, dermoscopy], **private)
+                      .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
+        if example_gallery is not None:
+            analyse_chain(example_gallery.select(events.open_example, state, [clinical, dermoscopy, *cleared],
+                                                 **private)
+                          .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
+        explain_button.click(events.explain, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
+        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, case_token]
+        for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
+            analyse_chain(button.click(events.step(direction), state, state, **private)
+                          .success(events.show_case, state, case_outputs, **private))
+        filters = [split_filter, status_filter, predicted_filter]
+        analyse_chain(open_button.click(events.open_queue, [state, queue_file],
+                                        [state, queue_view, queue_status, *filters], **private)
+                      .success(events.step("next"), state, state, **private)
+                      .success(events.show_case, state, case_outputs, **private))
+        analyse_chain(order_button.click(events.order_queue, state, [state, queue_view, queue_status, *filters],
+                                         **private)
+                      .success(events.show_case, state, case_outputs, **private))
+        for filter_ in filters:  # a user's pick (not the values a queue opening sets)
+            filter_.input(events.filter_queue, [state, *filters], [state, queue_view, queue_status, header],
+                          **private)
+        # a reload finds the reviewer's queue where they left it (the marker changes only then)
+        restored = gr.Textbox(visible=False, elem_id="restored-marker")
+        app.load(events.restore_queue, state, [state, queue_view, queue_status, *filters, restored], **private)
+        analyse_chain(restored.change(events.show_case, state, case_outputs, **private))
+        analyse_chain(queue_view.select(events.open_queue_row, state, state, **private)
+                      .success(events.show_case, state, case_outputs, **private)
+                      .success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private"))
+        own_button.click(events.own_images, state, case_outputs, **private).success(
+            lambda: CLEARED_OUTPUTS, None, cleared, api_visibility="private")
+        export_button.click(events.export_labels, export_rule, export_file, **private)
+        agreement_button.click(events.agreement, None, agreement_view, **private)
+        save.click(events.save, [state, case_token, reveal, verdict, confidence, note, *corrections],
+                   [save_status, header, queue_view], concurrency_limit=4, **private)
+        undo.click(events.undo, [state, case_token],
+                   [save_status, header, queue_view, verdict, *corrections, confidence, note], **private)
+        for field_ in (verdict, *corrections, confidence, note):  # typed or picked by the user, not loaded
+            field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,
+                         api_visibility="private", queue=False)
+        app.load(events.refresh_queues, None, queue_file, **private)
+        app.load(events.who_is_signed_in, None, signed_in, **private)
+    app.skinnet_sweeper = uploads.start_sweeper(images_in)
+    return app

@@ -1,0 +1,196 @@
+"""What the app says: the prediction's summary, tables and guard warnings, the model card
+and the review form's labels, as Markdown text and DataFrames (no Gradio here)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..guards import Checks
+from ..labels import (CLASS_TITLES, SEVEN_POINT_CRITERIA, SEVEN_POINT_THRESHOLD, TASK_BY_NAME, TASKS,
+                      seven_point_meaning)
+from ..model import HEADS
+from ..predict import Prediction, Predictor
+from .keys import SHORTCUTS_HELP
+
+DISCLAIMER = ("**Research tool, not a diagnosis.** A model trained on Derm7pt (research use only), not a "
+              "medical device: it must not guide the care of a patient.")
+DEMO_FORM_NOTE = ("This is the public demo: nobody can sign in here, so reviews cannot be saved. Clinics run "
+                  "the same app with reviewer logins (`--users`, or Hugging Face sign-in on a Space); see the "
+                  "README.")
+DEMO_QUEUE_NOTE = ("**Review queues are for signed-in reviewers.** This public demo has no reviewer logins, so "
+                   "queues, exports and agreement are off; upload a pair or click an example on the Review tab.")
+
+
+def _fmt(p: float) -> str:
+    return f"{p:.2f}"
+
+
+def diagnosis_table(prediction: Prediction) -> pd.DataFrame:
+    rows = []
+    for cls in TASK_BY_NAME["DIAG"].classes:
+        row = {"class": f"{cls} {CLASS_TITLES[cls]}"}
+        for head in HEADS:
+            row[head] = _fmt(prediction.heads[head].probabilities["DIAG"][cls]) if head in prediction.heads else "-"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["class", *HEADS])
+
+
+def _class_words(task_name: str, cls: str) -> str:
+    return f"{cls} {CLASS_TITLES.get(cls, cls)}"
+
+
+def seven_point_points(classes: dict[str, str]) -> dict[str, int]:
+    """Criterion (task name) -> the points it adds to the seven-point score, for those that add any."""
+    return {task: points for task, cls, points in SEVEN_POINT_CRITERIA if classes[task] == cls}
+
+
+def criteria_table(prediction: Prediction) -> pd.DataFrame:
+    """Per criterion, each head's top class in words and its probability; ``+2`` / ``+1`` marks
+    the criteria that add to that head's seven-point score."""
+    rows = []
+    points = {head: seven_point_points(p.classes) for head, p in prediction.heads.items()}
+    for task in TASKS[1:]:
+        row = {"criterion": f"{task.name} {task.title.lower()}"}
+        for head in HEADS:
+            if head in prediction.heads:
+                probs = prediction.heads[head].probabilities[task.name]
+                top = max(probs, key=probs.get)
+                adds = points[head].get(task.name)
+                row[head] = f"{_class_words(task.name, top)} {_fmt(probs[top])}" + (f" (+{adds})" if adds else "")
+            else:
+                row[head] = "-"
+        rows.append(row)
+    score_row = {"criterion": f"7-point score (>= {SEVEN_POINT_THRESHOLD}: MEL?)"}
+    for head in HEADS:
+        score_row[head] = str(prediction.heads[head].seven_point) if head in prediction.heads else "-"
+    rows.append(score_row)
+    return pd.DataFrame(rows, columns=["criterion", *HEADS])
+
+
+def bar(p: float, width: int = 20) -> str:
+    """A probability as a text bar (renders anywhere: Markdown, API clients, logs)."""
+    filled = round(max(0.0, min(1.0, p)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def check_lines(checks: Checks | None, shown: bool) -> list[str]:
+    """What the guards say, in plain sentences, most serious first."""
+    if checks is None:
+        return []
+    lines = []
+    for slot in checks.not_lesion:
+        lines.append(f"> ⚠️ **The {SLOT_WORDS[slot]} does not look like a skin lesion photo** (its distance "
+                     f"to the images the model was trained on is {checks.distance[slot]:.2f} x the limit). "
+                     "The model only knows clinical photos and dermoscopy images of skin lesions; its answer "
+                     "for anything else is meaningless." + ("" if shown else " The prediction is hidden."))
+    if checks.swapped:
+        lines.append("> ⚠️ **These images look swapped**: the clinical slot holds what looks like a dermoscopy "
+                     f"image (p = {checks.p_dermoscopy['clinical']:.2f}) and the dermoscopy slot a clinical photo "
+                     f"(p = {1 - checks.p_dermoscopy['dermoscopy']:.2f}). Use **Swap the images** if so.")
+    else:
+        for slot in checks.wrong_slot:
+            other = "clinical photo" if slot == "dermoscopy" else "dermoscopy image"
+            lines.append(f"> ⚠️ The {SLOT_WORDS[slot]} looks like a **{other}**: check that each image "
+                         "is in its slot.")
+    if checks.uncertain and (shown or not checks.not_lesion):
+        right = (f"it was right on {100 * checks.accuracy_below:.0f}% of them" if checks.accuracy_below is not None
+                 else "it was right less than half the time")
+        lines.append(f"> 🟠 **Uncertain: refer or get a second opinion.** The two most likely diagnoses are "
+                     f"{checks.margin:.2f} apart. On cases it had not seen whose two most likely diagnoses were "
+                     f"less than {checks.margin_limit:.2f} apart, {right}.")
+    return lines
+
+
+SLOT_WORDS = {"clinical": "clinical photo", "dermoscopy": "dermoscopy image"}
+
+
+def summary_markdown(prediction: Prediction, version: str, show_anyway: bool = False) -> str:
+    head = prediction.primary_head
+    checks = prediction.checks
+    hidden = checks is not None and not checks.trustworthy and not show_anyway
+    lines = check_lines(checks, not hidden)
+    if hidden:
+        return "\n\n".join(["### No prediction shown", *lines,
+                              "If you are sure the image is a skin lesion photo, use **Show the prediction anyway**."])
+    probs = prediction.heads[head].probabilities["DIAG"]
+    top = max(probs, key=probs.get)
+    classes = prediction.heads[head].classes
+    score = prediction.heads[head].seven_point
+    contributing = ", ".join(f"{CLASS_TITLES[classes[t]]} {TASK_BY_NAME[t].title.lower()} (+{n})"
+                             for t, n in seven_point_points(classes).items())
+    used = " + ".join(prediction.modalities)
+    bars = [f"`{top:<4} {bar(probs[top])} {probs[top]:.2f}` {CLASS_TITLES[top]} (most likely)"]
+    if top != "MEL":
+        bars.append(f"`MEL  {bar(probs['MEL'])} {probs['MEL']:.2f}` melanoma")
+    lines = [f"### {head.capitalize()} head: {top} ({CLASS_TITLES[top]}), p = {probs[top]:.2f}", *lines,
+             "<br>".join(bars),
+             f"Seven-point checklist score: **{seven_point_meaning(score)}**"
+             + (f" from {contributing}" if contributing else ""),
+             f"Images used: **{used}** · model `{version}`"]
+    lines += [f"> {note}" for note in prediction.notes]
+    return "\n\n".join(lines)
+
+
+def calibration_summary(calibration: dict, source: dict | None = None) -> str:
+    if not calibration:
+        return "none (raw softmax)"
+    diag = calibration.get("fused", next(iter(calibration.values()))).get("DIAG", {})
+    biased = any(any(entry.get("bias") or []) for head in calibration.values() for entry in head.values())
+    what = "a temperature and class biases per task and head" if biased else "temperatures"
+    where = "the validation split"
+    if source and source.get("fitted_on") == "out-of-fold":
+        where = (f"out-of-fold predictions of the same recipe ({source.get('folds')}-fold cross-fitting "
+                 f"on {source.get('n_cases')} train + valid cases)")
+    return f"{what}, fitted on {where} (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})"
+
+
+def storage_summary(card) -> str:
+    if card.weights != "int8":
+        return card.weights
+    return (f"float16, and int8 with a scale per output channel for the weight tensors of at least "
+            f"{card.int8_min_elements:,} values")
+
+
+def model_markdown(predictor: Predictor) -> str:
+    card = predictor.card
+    lines = [f"### Model `{predictor.version}`",
+             f"- Backbone: `{card.model['backbone']}` ({'one shared encoder' if card.model['shared'] else 'two encoders'}), "
+             f"cross-attention after stages {card.model['cross_attention_stages'] or 'none'}; "
+             f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px; weights stored as "
+             f"{storage_summary(card)}",
+             f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
+             f"- Calibration: {calibration_summary(card.calibration, card.training.get('calibration_source'))}"]
+    for split in ("valid", "test"):
+        if split in card.metrics:
+            m = card.metrics[split]
+            tasks = ", ".join(f"{k} {100 * v:.1f}" for k, v in m["tasks"].items())
+            in_sample = ""
+            if split == "valid" and card.trained_on_valid:
+                in_sample = " (in the training data: a refit)"
+            elif split == "valid" and card.calibration and not card.training.get("calibration_source"):
+                in_sample = " (the split the calibration was fitted on)"
+            lines.append(f"- Derm7pt {split}{in_sample}, fused head: average {100 * m['avg']:.1f}% ({tasks})")
+    data = card.training.get("data", {})
+    if data:
+        lines.append(f"- Trained on {data.get('dataset', '?')} {data.get('split', '')} "
+                     f"({data.get('n_train_cases', '?')} cases, {data.get('n_corrections', 0)} corrections)")
+    lines.append("- Derm7pt is for research use only; so are these weights.")
+    return "\n".join(lines)
+
+
+def task_label(task, predicted: str | None = None, hidden: bool = False) -> str:
+    if hidden:
+        return f"{task.name} ({task.title}): prediction hidden"
+    return f"{task.name}: model says {predicted}" if predicted else f"{task.name} ({task.title})"
+
+
+
+def review_help(reviewers) -> str:
+    """The line above the review form: how saving works in this deployment."""
+    if not reviewers.configured:
+        return ("Saving corrections is **off**: this is the public demo (no reviewers are configured). "
+                "Predictions and maps work as usual.")
+    if reviewers.hf_accounts and not reviewers.password_logins:
+        return ("Sign in with Hugging Face (button at the top) to save: accounts on this app's reviewer "
+                "list are recorded as `hf:<username>`. " + SHORTCUTS_HELP)
+    return SHORTCUTS_HELP
+
