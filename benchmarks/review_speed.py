@@ -1,8 +1,10 @@
 """How many actions and seconds a review takes: with the mouse only, and with the keys.
 
-    python benchmarks/review_speed.py [--checkpoint CKPT]
+    python benchmarks/review_speed.py --data-root ../shared/derm7pt [--checkpoint CKPT]
 
-Starts ``python app.py`` with a reviewer login and a synthetic manifest queue, and drives a
+Starts ``python app.py`` with a reviewer login and a manifest queue of four Derm7pt test pairs
+(copied to a temporary folder; without ``--data-root``, synthetic pairs, which the shipped
+model's lesion check may hide its prediction for), and drives a
 headless Chromium through two tasks on successive cases, each done both ways:
 
 - **agree** with the model on a case;
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from app import DEFAULT_CHECKPOINT  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 from security import PASSWORD, USER, App  # noqa: E402
 from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from test_review_e2e import write_queue  # noqa: E402
@@ -126,9 +129,46 @@ def perform(reviewer: Reviewer, run: Run) -> None:
     run.measured_s = round(time.perf_counter() - start, 2)
 
 
+SECTION = """### Review speed: mouse only against the keys
+
+`python benchmarks/review_speed.py` ({checkpoint}, {data}, headless Chromium at 1366x768, one
+run): each task done for real on a case of its own, the row checked in corrections.csv.
+Human seconds by the keystroke-level model (K 0.28 s, P 1.1 s, B 0.1 s per press or release,
+H 0.4 s, M 1.35 s per decision, the same decisions both ways); measured seconds are the app's
+and the browser's share on this shared 2-core machine (noisy).
+
+{table}
+
+With the keys, agreeing takes {agree} of the mouse-only time and correcting two labels
+{correct_two_labels} (KLM). The mouse-only path is what the app offered before the keys and
+the one-screen layout; with the old layout (the form 1.5 screens below the images) each way
+also paid a scroll."""
+
+
+def derm7pt_queue(data_root: Path, folder: Path, n: int) -> Path:
+    """A manifest of the first ``n`` Derm7pt test cases with both images, named c0, c1, ..."""
+    import shutil
+
+    import pandas as pd
+
+    from skinnet.data import Derm7pt
+
+    (folder / "img").mkdir(parents=True)
+    cases = [c for c in Derm7pt(data_root).split("test") if not c.clinic_is_derm][:n]
+    rows = []
+    for i, case in enumerate(cases):
+        for slot, path in (("clinical", case.clinical_path), ("dermoscopy", case.dermoscopy_path)):
+            shutil.copy(path, folder / "img" / f"c{i}_{slot}{path.suffix.lower()}")
+        rows.append({"case_id": f"c{i}", "clinical": f"img/c{i}_clinical{case.clinical_path.suffix.lower()}",
+                     "dermoscopy": f"img/c{i}_dermoscopy{case.dermoscopy_path.suffix.lower()}"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--data-root", default=None, help="Derm7pt release_v0 (real pairs for the queue)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "review_speed.json"))
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -138,7 +178,10 @@ def main(argv=None) -> dict:
     plan = [("agree", "mouse"), ("agree", "keys"), ("correct two labels", "mouse"), ("correct two labels", "keys")]
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        write_queue(folder / "queues" / "queue", n=len(plan))
+        if args.data_root:
+            derm7pt_queue(Path(args.data_root), folder / "queues" / "queue", n=len(plan))
+        else:
+            write_queue(folder / "queues" / "queue", n=len(plan))
         app = App(Path(args.checkpoint), folder / "log", env={"SKINNET_QUEUE_ROOT": str(folder / "queues")})
         runs = []
         try:
@@ -180,12 +223,17 @@ def main(argv=None) -> dict:
     for task in DECISIONS:
         mouse, keys = (next(r for r in runs if r.task == task and r.way == w) for w in ("mouse", "keys"))
         results[f"{task}: keys / mouse, KLM seconds"] = round(keys.klm_s / mouse.klm_s, 2)
-    print("| task | way | clicks | keys | human seconds (KLM) | measured seconds to 'Saved' |")
-    print("|---|---|---|---|---|---|")
-    for r in runs:
-        print(f"| {r.task} | {r.way} | {r.actions['clicks']} | {r.actions['keys']} | {r.klm_s:.2f} | "
-              f"{r.measured_s:.2f} |")
+    lines = ["| task | way | clicks | keys | human seconds (KLM) | measured seconds to 'Saved' |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.way} | {r.actions['clicks']} | {r.actions['keys']} | {r.klm_s:.2f} | "
+              f"{r.measured_s:.2f} |" for r in runs]
+    table = "\n".join(lines)
+    print(table)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    write_section(ROOT / "docs" / "results.md", "review_speed", SECTION.format(
+        table=table, data="four Derm7pt test pairs" if args.data_root else "four synthetic pairs",
+        checkpoint=Path(args.checkpoint).stem,
+        **{k.split(":")[0].replace(" ", "_"): v for k, v in results.items() if k.endswith("KLM seconds")}))
     return results
 
 

@@ -13,14 +13,19 @@
     const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
     if (!input) return;
     input.focus(); press(input);
-    setTimeout(() => {
-      const options = document.querySelectorAll('[role="option"]');
+    // this dropdown's own option list, once it is drawn (a busy page can take a while)
+    let tries = 0;
+    const choose = () => {
+      const list = document.getElementById(input.getAttribute('aria-controls') || '');
+      const options = list ? list.querySelectorAll('[role="option"]') : [];
+      if (!options.length && ++tries < 50) { setTimeout(choose, 40); return; }
       if (options[n]) {
         press(options[n]);
         if (n > 0) { const correct = document.querySelector('#verdict input[value="correct"]'); if (correct && !correct.checked) correct.click(); }
       }
       input.blur();
-    }, 80);
+    };
+    setTimeout(choose, 40);
   };
   const toggleHelp = () => {
     let panel = document.querySelector('#shortcut-help');
