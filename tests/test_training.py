@@ -175,8 +175,10 @@ def test_refit_trains_on_valid_keeps_the_last_epoch_and_stays_uncalibrated(relea
 
     data = Derm7pt(release)
     path = train.main(["--data-root", str(release), "--out", str(tmp_path), "--name", "f", "--epochs", "2",
-                       "--refit", *FAST])
+                       "--refit", "--no-test", *FAST])
     model, card = load_checkpoint(path)
+    assert "test" not in card.metrics  # a candidate is scored on test later, once (training.evaluate)
+    assert "test" not in json.loads((tmp_path / "eval.json").read_text())
     assert card.training["data"]["split"] == "train+valid"
     assert card.training["data"]["n_train_cases"] == len(data.split("train")) + len(data.split("valid"))
     assert card.training["best_epoch"] == 2 and card.calibration == {}

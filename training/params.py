@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (default on CUDA)")
     run.add_argument("--resume", action="store_true", help="continue from <out>/last_state.pt")
     run.add_argument("--name", default="model", help="checkpoint file stem")
+    run.add_argument("--no-test", action="store_true",
+                     help="do not score test at the end (a candidate not chosen yet: score it later, once, "
+                          "with training.evaluate --split test)")
     run.add_argument("--limit-cases", type=int, default=None, help="use only the first N cases of each split")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")

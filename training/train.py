@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if cross_fit:
         return finish_fold(kept, card, checkpoint, valid_cache, valid_cases, args, device, amp, info)
     metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device, cache=valid_cache)}
-    if not args.limit_cases:
+    if not args.limit_cases and not args.no_test:
         metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
                                          figures=out)
     card.metrics = {split: card_summary(record) for split, record in metrics.items()}
