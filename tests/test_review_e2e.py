@@ -393,3 +393,64 @@ def test_images_prediction_and_the_whole_review_form_fit_one_1366x768_screen(ses
             box = page.locator(selector).first.bounding_box()
             assert box and box["y"] >= 0 and box["y"] + box["height"] <= 768, (selector, box)
             assert box["x"] >= 0 and box["x"] + box["width"] <= 1366, (selector, box)
+
+
+@pytest.fixture(scope="module")
+def derm7pt_session(tmp_path_factory):
+    """An app whose queue folder holds a synthetic Derm7pt release (12 cases: 6 train, 3 valid, 3 test)."""
+    from synthetic import make_release
+
+    root = tmp_path_factory.mktemp("teaching")
+    release = make_release(root / "queues" / "derm7pt", n_cases=12)
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
+    settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
+                           users={"dr_a": "s3cret-pass"}, queue_root=root / "queues")
+    app = build_app(predictor, settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    yield settings, release
+    app.close()
+
+
+def test_a_derm7pt_queue_opens_on_test_filters_by_split_and_teaching_reveals_labels_after_saving(
+        derm7pt_session, tmp_path):
+    from playwright.sync_api import expect
+
+    from skinnet.data import Derm7pt
+    from skinnet.labels import TASKS
+
+    settings, release = derm7pt_session
+    data = Derm7pt(release)
+    valid_ids = {c.case_id for c in data.split("valid")}
+    with signed_in_page(settings, 1366, 768) as page:
+        page.get_by_role("tab", name="Queue").click()
+        page.locator("#reveal-reference input").check()
+        choose(page, "queue-file", "derm7pt/meta/meta.csv")
+        page.locator("#open-queue").click()
+        expect(page.locator("#queue-status")).to_contain_text("Showing 3 of 12 cases (test split)", timeout=60_000)
+        expect(page.locator("#filter-split input[value=test]")).to_be_checked()
+        page.locator("#filter-split input[value=valid]").check()
+        expect(page.locator("#queue-status")).to_contain_text("Showing 3 of 12 cases (valid split)", timeout=60_000)
+        shown = set(re.findall(r"^\d+\n(\d+)\nderm7pt$", page.locator("#queue-table").inner_text(), re.M))
+        assert shown == valid_ids, page.locator("#queue-table").inner_text()
+
+        page.get_by_role("tab", name="Review").click()
+        page.locator("#next-unreviewed").click()
+        expect(page.locator("#case-header")).to_contain_text("1 of 3", timeout=60_000)
+        case_id = re.search(r"case (\S+)", page.locator("#case-header").inner_text()).group(1)
+        assert case_id in valid_ids
+        expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
+        page.locator("#verdict input[value=correct]").check()
+        choose(page, "correct-DIAG", "SK")
+        page.locator("#save-review").click()
+        status = page.locator("#save-status")
+        expect(status).to_contain_text("Derm7pt reference labels", timeout=60_000)
+        truth = next(c for c in data.cases() if c.case_id == case_id).labels
+        reference = TASKS[0].classes[truth[0]]
+        assert re.search(rf"DIAG\s+{reference}\s+SK", status.inner_text()), status.inner_text()
+        page.screenshot(path=str(tmp_path / "teaching.png"))
+        choose(page, "correct-DIAG", "BCC" if reference != "BCC" else "NEV")  # changing one's mind after seeing it
+        page.locator("#save-review").click()
+        expect(page.get_by_text("a new review of it would no longer be your own reading")).to_be_visible(
+            timeout=60_000)
+    rows, _ = read_corrections(settings.log_dir / "corrections.csv")
+    assert [(r["case_id"], r["DIAG"]) for r in rows] == [(case_id, "SK")]
