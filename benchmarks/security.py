@@ -79,7 +79,8 @@ def free_port() -> int:
 
 
 def fn(config: dict, name: str) -> int:
-    return next(i for i, d in enumerate(config["dependencies"]) if d["api_name"] == name)
+    """fn_index of the first event whose function is ``name`` (Gradio numbers repeats name_1, ...)."""
+    return next(i for i, d in enumerate(config["dependencies"]) if re.fullmatch(rf"{name}(_\d+)?", d["api_name"] or ""))
 
 
 def predict_seconds(url: str, pair: list[Path]) -> float:
@@ -148,8 +149,8 @@ def save_burst(url: str, workers: int, saves: int, work: Path, stop_after: float
                 clean = client.call(fn(config, "upload_dermoscopy"), [None, {"path": client.upload(path)}], session)
                 case = client.call(fn(config, "case_from_upload"), [None, None, clean.data[0]], session)
                 note = f"w{w}-{i}"
-                saved = client.call(fn(config, "save_handler"),
-                                    [None, case.data[-1], "unsure", None, note, *[NO_CHANGE] * 8], session)
+                saved = client.call(fn(config, "save"),
+                                    [None, case.data[-1], False, "unsure", None, note, *[NO_CHANGE] * 8], session)
                 if saved.success and saved.data[0].startswith("Saved"):
                     with lock:
                         acknowledged.append(note)
@@ -218,8 +219,8 @@ def disk_full(checkpoint: Path, work: Path) -> dict:
             Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(path)  # incompressible
             clean = client.call(fn(config, "upload_dermoscopy"), [None, {"path": client.upload(path)}], session)
             case = client.call(fn(config, "case_from_upload"), [None, None, clean.data[0]], session)
-            saved = client.call(fn(config, "save_handler"),
-                                [None, case.data[-1], "unsure", None, f"full-{i}", *[NO_CHANGE] * 8], session)
+            saved = client.call(fn(config, "save"),
+                                [None, case.data[-1], False, "unsure", None, f"full-{i}", *[NO_CHANGE] * 8], session)
             if saved.success:
                 acknowledged.append(f"full-{i}")
             else:

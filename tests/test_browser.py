@@ -204,4 +204,9 @@ def test_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, app_url
     page.mouse.dblclick(*centre)
     page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.00'")
     assert image.evaluate("el => el.style.transform") == ""
+    # unzoomed, the wheel turned down over an image scrolls the page as everywhere else
+    top = page.evaluate("window.scrollY")
+    page.mouse.wheel(0, 300)
+    page.wait_for_function(f"window.scrollY > {top}")
+    assert image.evaluate("el => el.dataset.zoom") == "1.00"
     page.close()

@@ -24,7 +24,10 @@ from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
 from synthetic import lesion_image, make_release
 
-USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789"}
+# dr_locked is only for the lockout test and dr_t only for the teaching test: each test that
+# saves or locks a name has its own, so the order the tests run in does not matter.
+USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789",
+         "dr_locked": "pass-l-000", "dr_t": "pass-t-321"}
 NOT_YOURS = "not an upload of this session"
 
 
@@ -334,9 +337,9 @@ def test_repeated_wrong_passwords_lock_the_name_out(server):
     import httpx
 
     http = httpx.Client(base_url=server["url"])
-    codes = [http.post("/login", data={"username": "dr_c", "password": f"guess{i}"}).status_code for i in range(20)]
+    codes = [http.post("/login", data={"username": "dr_locked", "password": f"guess{i}"}).status_code for i in range(20)]
     assert set(codes) == {400}
-    assert http.post("/login", data={"username": "dr_c", "password": USERS["dr_c"]}).status_code == 400  # locked
+    assert http.post("/login", data={"username": "dr_locked", "password": USERS["dr_locked"]}).status_code == 400  # locked
     assert http.post("/login", data={"username": "dr_a", "password": USERS["dr_a"]}).status_code == 200
 
 
@@ -514,11 +517,12 @@ def case_shown(client: RawClient, config: dict, session: str) -> tuple[str, str]
 def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_takes_no_changes(server):
     """Teaching mode: the Derm7pt labels of a case are in the server's state of a Derm7pt queue,
     never sent before the reviewer saved an agree/correct review; after the reveal a changed
-    review of that case is refused (it would no longer be the reviewer's own reading)."""
+    review of that case, and an undo of it, are refused (it would no longer be the reviewer's own
+    reading)."""
     from skinnet.data import Derm7pt
     from skinnet.labels import TASKS
 
-    client = RawClient(server["url"], "dr_c", USERS["dr_c"])
+    client = RawClient(server["url"], "dr_t", USERS["dr_t"])
     config = client.config()
     session = secrets.token_hex(6)
     assert client.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session).success
@@ -538,13 +542,15 @@ def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_take
     for task, truth in zip(TASKS, reference):
         assert f"| {task.name} | {truth} |" in agreed.data[0]
     revealed = (server["log"] / "reference_revealed.csv").read_text()
-    assert revealed.startswith(f"dr_c,{case_id},")
+    assert revealed.startswith(f"dr_t,derm7pt,{case_id},")
 
     before = (server["log"] / "corrections.csv").read_bytes()
     other = next(c for c in TASKS[0].classes if c != reference[0])
     changed = client.call(save, save_data(token, "correct", corrections=[other] + [NO_CHANGE] * 7), session)
     assert not changed.success and "seen the Derm7pt reference labels" in changed.error
     assert client.call(save, save_data(token, "agree"), session).data[0].startswith("Already saved")
+    undone = client.call(fns(config, "undo")[0], [None, token], session)
+    assert not undone.success and "seen the Derm7pt reference labels" in undone.error
     assert (server["log"] / "corrections.csv").read_bytes() == before
     # another reviewer who did not ask sees nothing of it
     other_reviewer = RawClient(server["url"], "dr_b", USERS["dr_b"])

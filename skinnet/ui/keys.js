@@ -71,9 +71,10 @@
   };
   document.addEventListener('wheel', (event) => {
     const img = zoomable(event.target);
-    if (!img) return;
+    const v = img && (views.get(img) || {s: 1, x: 0, y: 0});
+    // an unzoomed image lets the page scroll down past it; only zooming in is taken
+    if (!img || event.deltaY === 0 || (v.s === 1 && event.deltaY > 0)) return;
     event.preventDefault();
-    const v = views.get(img) || {s: 1, x: 0, y: 0};
     const rect = img.getBoundingClientRect();
     const px = event.clientX - rect.left, py = event.clientY - rect.top;
     const s = Math.min(8, Math.max(1, v.s * (event.deltaY < 0 ? 1.25 : 0.8)));
@@ -90,6 +91,7 @@
   });
   document.addEventListener('mousemove', (event) => {
     if (!drag) return;
+    if (!(event.buttons & 1)) { drag = null; return; }  // the button came up outside the window
     const v = views.get(drag.img);
     show(drag.img, {s: v.s, x: event.clientX - drag.x0, y: event.clientY - drag.y0});
   });

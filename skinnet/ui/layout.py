@@ -162,8 +162,9 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                         predicted_filter = gr.Dropdown(list(review.PREDICTED_CHOICES), value="any",
                                                        label="Predicted diagnosis (after 'Least sure first')",
                                                        elem_id="filter-predicted", scale=1)
-                    reveal = gr.Checkbox(False, label="Teaching: show me a Derm7pt case's reference labels after I "
-                                         "save my review of it (my later changes to that case are then refused)",
+                    reveal = gr.Checkbox(False, label="Teaching: show me a Derm7pt case's reference labels (all 8 tasks) "
+                                         "after I save my review of it (my later changes to that case are then "
+                                         "refused)",
                                          elem_id="reveal-reference")
                     queue_status = gr.Markdown(elem_id="queue-status")
                     queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
@@ -172,7 +173,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                label="When reviewers disagree on a case (admins)")
                         export_button = gr.Button("Export current labels (meta.csv)",
                                                   interactive=bool(settings.admins), elem_id="export-labels", scale=1)
-                        export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2,
+                        export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2, height=110,
                                               elem_id="export-file")
                     with gr.Accordion("Agreement (reviewers)", open=False):
                         gr.Markdown("Cohen's kappa per task of each reviewer with the model's prediction and with "

@@ -331,7 +331,7 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         previous = log.latest_review(reviewer, review.case_id)
         if previous is not None and log.same_content(review, previous):
             return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
-        if review.case_id in revealed_cases(log.folder, reviewer):
+        if (review.source, review.case_id) in revealed_cases(log.folder, reviewer):
             raise gr.Error(f"You have seen the Derm7pt reference labels of case {review.case_id}: a new review of it "
                            "would no longer be your own reading, so it is not saved.")
         # the log's size enters the id: after an undo the same answer is a new save, not a repeat
@@ -358,6 +358,9 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
         raise gr.Error(f"Nothing to undo: you have no saved review of case {case['case_id']}.")
+    if (latest["source"], case["case_id"]) in revealed_cases(log.folder, reviewer):
+        raise gr.Error(f"You have seen the Derm7pt reference labels of case {case['case_id']}: your review of it "
+                       "stays as it was saved before the reveal.")
     predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
     retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
                         case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
@@ -396,17 +399,18 @@ def load_case_images(state: dict) -> tuple:
 
 
 REVEALED_FILE = "reference_revealed.csv"
-"""Who saw the Derm7pt reference labels of which case, when (append-only, in the log folder)."""
+"""Who saw the reference labels of which case (source, case id), when; append-only, in the log
+folder. Keyed by source too: a manifest queue may reuse a Derm7pt case id."""
 _revealed_lock = threading.Lock()
 
 
-def revealed_cases(folder: Path, reviewer: str | None) -> set[str]:
-    """The cases whose reference labels this reviewer has seen."""
+def revealed_cases(folder: Path, reviewer: str | None) -> set[tuple[str, str]]:
+    """The (source, case id) pairs whose reference labels this reviewer has seen."""
     path = Path(folder) / REVEALED_FILE
     if not reviewer or not path.is_file():
         return set()
     with _revealed_lock, path.open(newline="") as f:
-        return {row[1] for row in csv.reader(f) if len(row) == 3 and row[0] == reviewer}
+        return {(row[1], row[2]) for row in csv.reader(f) if len(row) == 4 and row[0] == reviewer}
 
 
 def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
@@ -418,12 +422,13 @@ def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> 
     if not reviewer or case.get("source") != "derm7pt" or len(reference) != len(TASKS):
         return "(Reference labels exist only for the cases of a Derm7pt queue.)"
     saved = log.latest_review(reviewer, case["case_id"])
-    if saved is None or saved["verdict"] not in LABELLED_VERDICTS:
+    if saved is None or saved["source"] != "derm7pt" or saved["verdict"] not in LABELLED_VERDICTS:
         return "(The reference labels are shown after you save an 'agree' or 'correct' review of the case.)"
     with _revealed_lock, (Path(log.folder) / REVEALED_FILE).open("a", newline="") as f:
-        csv.writer(f).writerow([reviewer, case["case_id"], time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+        csv.writer(f).writerow([reviewer, "derm7pt", case["case_id"], time.strftime("%Y-%m-%dT%H:%M:%S%z")])
     yours = task_labels(saved)
-    lines = ["**Derm7pt reference labels** (teaching; your later changes to this case are refused)", "",
+    lines = ["**Derm7pt reference labels** of all 8 tasks (teaching; your later changes to this case and an "
+             "undo are refused)", "",
              "| task | reference | yours | |", "|---|---|---|---|"]
     for task, truth in zip(TASKS, reference):
         mine = yours.get(task.name)
