@@ -5,9 +5,11 @@
     python benchmarks/learning_curve.py runs/lc25 runs/lc50 runs/lc75 runs/cv_lite2 \\
         [--figure docs/figures/learning_curve.png]
 
-Every point is scored on the same 616 out-of-fold predictions (each fold model trained on a
-fraction of the other folds' cases), so the curve says what a clinic gains per relabelled case
-without touching test. Writes a PNG, ``benchmarks/results/learning_curve.json`` and a table.
+Every point is scored on the same out-of-fold cases (each fold model trained on a fraction of
+the other folds' cases), so the curve says what a clinic gains per relabelled case without
+touching test. A run still training counts with the folds it has finished: all points are then
+scored on the folds that every run has (the table and JSON say which). Writes a PNG,
+``benchmarks/results/learning_curve.json`` and a table.
 """
 from __future__ import annotations
 
@@ -19,15 +21,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def point(run: Path) -> dict:
-    report = json.loads((run / "crossval.json").read_text())
-    flags = report.get("train_flags", [])
-    fraction = float(flags[flags.index("--train-fraction") + 1]) if "--train-fraction" in flags else 1.0
-    oof = report["out_of_fold"]
-    folds = report["folds"]
-    n_train = round(oof["n_cases"] * (folds - 1) / folds * fraction)
-    return {"run": run.name, "fraction": fraction, "n_train_cases": n_train, "oof_avg": oof["avg"],
-            "oof_DIAG": oof["DIAG"], "fold_sd_avg": oof["fold_spread"]["avg"]["sd"]}
+def finished_folds(run: Path) -> set[int]:
+    return {int(d.name[4:]) for d in run.glob("fold[0-9]*") if (d / "oof.pt").is_file()}
+
+
+def point(run: Path, folds: list[int]) -> dict:
+    """The fused head's accuracy over these folds' out-of-fold cases, and its sd over the folds."""
+    import statistics
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from skinnet.checkpoint import read_card
+    from training.metrics import task_accuracies
+
+    parts = [torch.load(run / f"fold{k}" / "oof.pt", weights_only=True) for k in folds]
+    logits = torch.cat([p["logits"]["fused"] for p in parts])
+    labels = torch.cat([p["labels"] for p in parts])
+    per_fold = [task_accuracies(p["logits"]["fused"], p["labels"]) for p in parts]
+    cards = [read_card(next((run / f"fold{k}").glob("*.safetensors"))) for k in folds]
+    data = [c.training["data"] for c in cards]
+    acc = task_accuracies(logits, labels)
+    return {"run": run.name, "fraction": data[0].get("train_fraction", 1.0),
+            "n_train_cases": round(statistics.mean(d["n_train_cases"] for d in data)),
+            "folds": folds, "n_cases": len(labels), "oof_avg": acc["avg"], "oof_DIAG": acc["DIAG"],
+            "fold_sd_avg": statistics.stdev(f["avg"] for f in per_fold) if len(parts) > 1 else 0.0}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -36,7 +54,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "learning_curve.png"))
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "learning_curve.json"))
     args = parser.parse_args(argv)
-    points = sorted((point(Path(r)) for r in args.runs), key=lambda p: p["n_train_cases"])
+    runs = [Path(r) for r in args.runs]
+    folds = sorted(set.intersection(*(finished_folds(r) for r in runs)))
+    if not folds:
+        raise SystemExit("no fold is finished in every run")
+    points = sorted((point(r, folds) for r in runs), key=lambda p: p["n_train_cases"])
 
     import matplotlib
     matplotlib.use("Agg")
@@ -49,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ax.plot(n, [100 * p["oof_DIAG"] for p in points], marker="s", label="DIAG")
     ax.set_xlabel("training cases per fold model")
     ax.set_ylabel("out-of-fold accuracy (%)")
-    ax.set_title("Learning curve (out-of-fold, Derm7pt train + valid)")
+    ax.set_title(f"Learning curve (out-of-fold, folds {','.join(map(str, folds))}: {points[0]['n_cases']} cases)")
     ax.legend()
     fig.tight_layout()
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plt.close(fig)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(points, indent=2))
+    print(f"scored on folds {folds} ({points[0]['n_cases']} out-of-fold cases)")
     print("| run | fraction | training cases | OOF avg | OOF DIAG |\n|---|---|---|---|---|")
     for p in points:
         print(f"| {p['run']} | {p['fraction']:.2f} | {p['n_train_cases']} | {100 * p['oof_avg']:.1f} "
