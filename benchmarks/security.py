@@ -133,22 +133,25 @@ def memory_attack(checkpoint: Path, work: Path) -> dict:
         app.stop()
 
 
-def save_burst(url: str, workers: int, saves: int, work: Path, stop_after: float | None = None) -> list[str]:
-    """``workers`` threads, each saving ``saves`` reviews of its own uploads; the acknowledged notes."""
+def save_burst(url: str, workers: int, saves: int, work: Path, stop_after: float | None = None,
+               tag: str = "w") -> list[str]:
+    """``workers`` threads, each saving ``saves`` reviews of its own uploads; the acknowledged notes.
+    Bursts with another ``tag`` upload other images (the same image and answer again would be
+    'already saved', rightly)."""
     acknowledged, lock = [], threading.Lock()
     config = RawClient(url, USER, PASSWORD).config()
 
     def worker(w: int):
         client = RawClient(url, USER, PASSWORD)
-        rng = np.random.default_rng(1000 + w)
+        rng = np.random.default_rng([1000 + w, ord(tag[0])])
         for i in range(saves):
             try:
                 session = secrets.token_hex(6)
-                path = work / f"w{w}_{i}.png"
+                path = work / f"{tag}{w}_{i}.png"
                 lesion_image(rng, (64, 48), tint=i).save(path)
                 clean = client.call(fn(config, "upload_dermoscopy"), [None, {"path": client.upload(path)}], session)
                 case = client.call(fn(config, "case_from_upload"), [None, None, clean.data[0]], session)
-                note = f"w{w}-{i}"
+                note = f"{tag}{w}-{i}"
                 saved = client.call(fn(config, "save"),
                                     [None, case.data[-1], False, "unsure", None, note, *[NO_CHANGE] * 8], session)
                 if saved.success and saved.data[0].startswith("Saved"):
@@ -195,7 +198,7 @@ def killed_mid_burst(checkpoint: Path, work: Path) -> dict:
     before = check_log(work / "log_kill", acknowledged)
     again = App(checkpoint, work / "log_kill")
     try:
-        after = save_burst(again.url, 1, 1, work)
+        after = save_burst(again.url, 1, 1, work, tag="r")
     finally:
         again.stop()
     return {**before, "saved_after_restart": len(after) == 1,

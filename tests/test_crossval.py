@@ -183,3 +183,31 @@ def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_p
     points = learning_curve.main([str(small), str(out), "--figure", str(tmp_path / "lc.png"),
                                   "--json", str(tmp_path / "lc.json")])
     assert [p["fraction"] for p in points] == [0.5, 1.0] and (tmp_path / "lc.png").stat().st_size > 5000
+
+
+def test_held_out_teachers_never_see_the_students_fold(cross_fitted, tmp_path):
+    """The leak-free distillation check: with --hold-out 1 every teacher trains on neither its own
+    fold nor fold 1, their OOF covers exactly the cases outside fold 1, and the student of fold 1
+    gets a soft target for each of its training cases from them."""
+    release, _, _ = cross_fitted
+    data = Derm7pt(release)
+    teachers = tmp_path / "teach"
+    report = crossval.main(["--data-root", str(release), "--out", str(teachers), "--folds", "3", "--hold-out", "1",
+                            "--", *FAST, "--name", "cv"])
+    folds, _ = read_folds(teachers / "folds.json", data)
+    assert not (teachers / "fold1").exists() and report["hold_out"] == 1
+    oof = torch.load(teachers / "oof.pt", weights_only=True)
+    assert set(oof["case_ids"]) == {c for c, f in folds.items() if f != 1}
+    for fold in (0, 2):
+        _, card = load_checkpoint(teachers / f"fold{fold}" / "cv.safetensors")
+        assert card.training["data"]["held_out_fold"] == 1 and card.training["data"]["less_fold"] == fold
+        assert card.training["data"]["n_train_cases"] == sum(f not in (1, fold) for f in folds.values())
+    assert set(oof["fold"].tolist()) == {0, 2} and report["out_of_fold"]["n_cases"] == len(oof["case_ids"])
+    student = tmp_path / "student"
+    crossval.main(["--data-root", str(release), "--out", str(student), "--folds", "3", "--only", "1", "--",
+                   *FAST, "--name", "cv", "--distill", str(teachers / "oof.pt")])
+    _, card = load_checkpoint(student / "fold1" / "cv.safetensors")
+    assert card.training["distill"]["n_cases_with_targets"] == card.training["data"]["n_train_cases"] \
+        == sum(f != 1 for f in folds.values())
+    with pytest.raises(SystemExit):
+        crossval.main(["--data-root", str(release), "--out", str(tmp_path / "bad"), "--folds", "3", "--hold-out", "3"])

@@ -11,6 +11,16 @@ recipes are compared on them (616 cases instead of valid's 203), a refit's calib
 fitted on them, and they are the teacher's soft targets for distillation. Folds that are done
 are skipped, an interrupted one resumes, so the command can simply be run again.
 
+**Leak-free distillation check.** A student cross-fitted on the teacher's OOF soft targets is
+scored on fold k after learning targets that fold models trained *on fold k* produced, so its
+OOF is optimistic. ``--hold-out k`` trains the teachers of fold k's student: one model per other
+fold m, trained on the folds other than k and m, so their OOF (all cases but fold k's) never
+saw fold k; then train the student's fold k on it and compare with the recipe's fold k:
+
+    python -m training.crossval ... --out runs/teach_k2 --hold-out 2 -- <recipe>
+    python -m training.crossval ... --out runs/student_k2 --only 2 -- <recipe> --distill runs/teach_k2/oof.pt
+    (runs/student_k2/fold2/eval.json against runs/cv_lite2/fold2/eval.json: the same cases)
+
 Writes ``oof.pt`` (logits of every head for the 616 cases, labels, fold of each case) and
 ``crossval.json`` (OOF accuracy per head and task, DIAG report, per-fold spread, and with
 ``--ensemble-test`` the fold models' ensemble on test: a teacher's score, never a choice).
@@ -56,15 +66,15 @@ def ensure_folds(out: Path, data: Derm7pt, n_folds: int, seed: int) -> dict[str,
     return folds
 
 
-def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int]) -> dict:
+def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], hold_out: int | None = None) -> dict:
     """Every fold's ``oof.pt`` joined in pool order (train then valid), each case checked to come
-    from the model of its own fold."""
-    pool = pool_cases(data)
+    from the model of its own fold; with ``hold_out``, that fold's cases are left out."""
+    pool = [c for c in pool_cases(data) if folds[c.case_id] != hold_out]
     position = {case.case_id: i for i, case in enumerate(pool)}
     n = len(pool)
     logits, labels, has_clinical = {}, torch.zeros(n, len(TASK_NAMES), dtype=torch.long), torch.zeros(n, dtype=torch.bool)
     seen = torch.zeros(n, dtype=torch.bool)
-    for fold in range(n_folds):
+    for fold in (k for k in range(n_folds) if k != hold_out):
         part = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
         index = torch.tensor([position[c] for c in part["case_ids"]])
         if any(folds[c] != fold for c in part["case_ids"]) or seen[index].any():
@@ -91,7 +101,7 @@ def oof_report(oof: dict) -> dict:
                        "diagnosis": diagnosis_report(logits[keep], labels[keep]),
                        "ece": expected_calibration_error(logits[keep], labels[keep])}
     per_fold = []
-    for k in range(int(fold.max()) + 1):
+    for k in sorted(set(fold.tolist())):
         acc = task_accuracies(oof["logits"]["fused"][fold == k], labels[fold == k])
         per_fold.append({"fold": k, "n_cases": int((fold == k).sum()), "avg": acc["avg"], "DIAG": acc["DIAG"]})
     spread = {key: {"mean": statistics.mean(f[key] for f in per_fold), "sd": statistics.stdev(f[key] for f in per_fold)}
@@ -134,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (kept in folds.json)")
     p.add_argument("--only", default=None, help="train only these folds now, e.g. '0,1' (the report waits for all)")
+    p.add_argument("--hold-out", type=int, default=None,
+                   help="leave this fold out of every model (the teachers of a leak-free distillation "
+                        "check: their OOF covers the other folds, each case from a model that saw "
+                        "neither it nor this fold)")
     p.add_argument("--ensemble-test", action="store_true",
                    help="also score the fold models' ensemble on test (a teacher's number, chooses nothing)")
     p.add_argument("--device", default="cpu")
@@ -144,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     """Train the missing folds, then gather and report; returns the report (None while folds are missing)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     own, train_flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    args = build_parser().parse_args(own)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    if args.hold_out is not None and (args.ensemble_test or not 0 <= args.hold_out < args.folds):
+        parser.error("--hold-out must be one of the folds, and goes without --ensemble-test")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     data = Derm7pt(args.data_root)
@@ -153,21 +170,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     todo = range(args.folds) if args.only is None else [int(k) for k in args.only.split(",")]
-    for fold in todo:
+    nested = [] if args.hold_out is None else ["--hold-out", str(args.hold_out)]
+    for fold in (k for k in todo if k != args.hold_out):
         where = fold_dir(out, fold)
         if (where / OOF_FILE).is_file():
             log.info("fold %d: done already (%s)", fold, where)
             continue
         log.info("fold %d of %d: training on %d cases", fold, args.folds, sum(f != fold for f in folds.values()))
         train.main([*train_flags, "--data-root", str(args.data_root), "--out", str(where), "--device", args.device,
-                    "--fold", str(fold), "--folds-file", str(out / FOLDS_FILE), "--resume"])
-    missing = [k for k in range(args.folds) if not (fold_dir(out, k) / OOF_FILE).is_file()]
+                    "--fold", str(fold), "--folds-file", str(out / FOLDS_FILE), *nested, "--resume"])
+    missing = [k for k in range(args.folds) if k != args.hold_out and not (fold_dir(out, k) / OOF_FILE).is_file()]
     if missing:
         log.info("folds %s still to train; run the same command again", missing)
         return None
-    oof = gather_oof(out, args.folds, data, folds)
+    oof = gather_oof(out, args.folds, data, folds, args.hold_out)
     torch.save(oof, out / OOF_FILE)
-    report = {"folds": args.folds, "fold_seed": args.fold_seed, "train_flags": train_flags, "out_of_fold": oof_report(oof)}
+    report = {"folds": args.folds, "fold_seed": args.fold_seed, "hold_out": args.hold_out,
+              "train_flags": train_flags, "out_of_fold": oof_report(oof)}
     if args.ensemble_test:
         report["ensemble_test"] = ensemble_test(out, args.folds, data, args.device)
     (out / "crossval.json").write_text(json.dumps(report, indent=2))

@@ -32,16 +32,19 @@ def base_cases(data: Derm7pt, args) -> tuple[list[Case], list[Case], list[Case]]
     """(cases to learn from, cases scored after each epoch, every held-out case) before corrections.
 
     A plain run learns train and scores valid; ``--refit`` learns both and scores valid
-    (trained on: no selection); ``--fold K`` learns train + valid less fold K and scores fold K.
+    (trained on: no selection); ``--fold K`` learns train + valid less fold K and scores fold K;
+    ``--hold-out H`` with it leaves fold H out of everything too.
     """
     if args.fold is not None:
         folds, n_folds = read_folds(args.folds_file, data)
         if not 0 <= args.fold < n_folds:
             raise SystemExit(f"--fold {args.fold}: {args.folds_file} has folds 0..{n_folds - 1}")
         pool = pool_cases(data)
+        hold_out = getattr(args, "hold_out", None)
         left_out = [c for c in pool if folds[c.case_id] == args.fold][:args.limit_cases]
-        learnt = [c for c in pool if folds[c.case_id] != args.fold][:args.limit_cases]
-        return stratified_subset(learnt, args.train_fraction, args.seed), left_out, left_out + data.split("test")
+        learnt = [c for c in pool if folds[c.case_id] not in (args.fold, hold_out)][:args.limit_cases]
+        held = [c for c in pool if folds[c.case_id] == hold_out]
+        return stratified_subset(learnt, args.train_fraction, args.seed), left_out, left_out + held + data.split("test")
     learnt = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
     held_out = [case for split in held_out_splits(args.refit) for case in data.split(split)]
     return stratified_subset(learnt, args.train_fraction, args.seed), data.split("valid")[:args.limit_cases], held_out

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cross-fitting (set by training.crossval): train on train + valid less this "
                            "fold of --folds-file, keep the last epoch, predict the fold (out-of-fold)")
     data.add_argument("--folds-file", default=None, help="folds.json written by training.crossval")
+    data.add_argument("--hold-out", type=int, default=None,
+                      help="with --fold: leave this fold out too (neither learnt nor predicted); the "
+                           "teachers of a leak-free distillation check (training.crossval --hold-out)")
     data.add_argument("--train-fraction", type=float, default=1.0,
                       help="learn from this fraction of the training cases (stratified by diagnosis, fixed by "
                            "--seed): the points of a learning curve")
@@ -117,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--distill-weight must be in [0, 1] and --distill-temperature above 0")
     if (args.fold is None) != (args.folds_file is None):
         parser.error("--fold and --folds-file go together (training.crossval sets both)")
+    if args.hold_out is not None and (args.fold is None or args.hold_out == args.fold):
+        parser.error("--hold-out needs --fold, and another fold than --fold")
     if args.fold is not None and args.refit:
         parser.error("--fold already trains on train + valid (less the fold); drop --refit")
     if not 0 <= args.swa_start <= args.epochs:

@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "data": {"dataset": "Derm7pt release_v0",
                  "split": "+".join(trained_splits(args.refit or cross_fit)),
                  **({"less_fold": args.fold, "folds_sha256": file_sha256(args.folds_file)} if cross_fit else {}),
+                 **({"held_out_fold": args.hold_out} if args.hold_out is not None else {}),
                  "n_train_cases": len(train_cases), "train_fraction": args.train_fraction,
                  **correction_stats},
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
