@@ -92,12 +92,18 @@ def gradcam_map(predictor: Predictor, image: torch.Tensor, modality: str, head: 
     encoder = model.encoder_for(modality)
     wrapper = OneModalityModel(model, modality, head, partner).eval()
     reshape = _nhwc_to_nchw if encoder.channels_last else None
-    # Gradio handlers run in worker threads where grad mode may be off; parameters are
-    # frozen, so the input must require grad for gradients to reach the hooked layer.
-    with torch.enable_grad():
-        image = image.clone().requires_grad_(True)
-        with GradCAM(model=wrapper, target_layers=[encoder.neck], reshape_transform=reshape) as cam:
-            heat = cam(input_tensor=image, targets=[target])
+    # Gradio handlers run in worker threads where grad mode may be off (hence enable_grad).
+    # The parameters are frozen, so the graph starts at the hooked layer: its output becomes
+    # a leaf that requires grad (registered before grad-cam's own hook, which then sees the
+    # leaf). The backward pass stops there instead of running through the whole encoder; the
+    # gradient at the layer, and so the map, is the same (tests/test_explain.py).
+    cut = encoder.neck.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
+    try:
+        with torch.enable_grad():
+            with GradCAM(model=wrapper, target_layers=[encoder.neck], reshape_transform=reshape) as cam:
+                heat = cam(input_tensor=image, targets=[target])
+    finally:
+        cut.remove()
     return heat[0]
 
 

@@ -74,3 +74,30 @@ def test_a_very_long_image_gives_a_bounded_overlay():
     """A 1024 x 1 picture must not become a 327,680-pixel-wide canvas (memory)."""
     canvas = overlay(Image.new("RGB", (1024, 1), (200, 100, 50)), np.zeros((4, 4)), "x")
     assert canvas.width <= 2 * 320 + 100 and canvas.height <= 2 * 320 + 60
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped checkpoint")
+def test_gradcam_cut_at_the_hooked_layer_gives_the_map_of_a_full_backward_pass():
+    """gradcam_map starts the graph at the hooked layer (the backward pass stops there); the map
+    must equal grad-cam run the plain way, with the gradient flowing back to the input, for the
+    fused head of a pair (cross-attention to the other image in between) and a modality's head."""
+    from pytorch_grad_cam import GradCAM
+
+    from skinnet.explain import LogitTarget, OneModalityModel, _nhwc_to_nchw
+
+    predictor = Predictor.from_checkpoint(SHIPPED)
+    rng = np.random.default_rng(3)
+    clinical = predictor.to_tensor(lesion_image(rng, size=(300, 200), tint=1))
+    derm = predictor.to_tensor(lesion_image(rng, size=(240, 240), tint=3))
+    with torch.no_grad():
+        pair = predictor.model.encode_pair(clinical, derm, keep_keys=True)
+    for head, partner in (("fused", pair), ("dermoscopy", None)):
+        target = LogitTarget("DIAG", "MEL")
+        fast = gradcam_map(predictor, derm, "dermoscopy", head, partner, target)
+        wrapper = OneModalityModel(predictor.model, "dermoscopy", head, partner).eval()
+        encoder = predictor.model.encoder_for("dermoscopy")
+        with torch.enable_grad(), GradCAM(model=wrapper, target_layers=[encoder.neck],
+                                          reshape_transform=_nhwc_to_nchw if encoder.channels_last else None) as cam:
+            plain = cam(input_tensor=derm.clone().requires_grad_(True), targets=[target])[0]
+        assert fast.std() > 0.01
+        np.testing.assert_allclose(fast, plain, atol=1e-5)
