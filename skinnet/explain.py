@@ -134,6 +134,15 @@ def attention_focus(grid: np.ndarray) -> tuple[float, float, str]:
     return peak, spread, words
 
 
+def _shrunk(image: Image.Image, short_side: int) -> Image.Image:
+    """The image with its short side at ``short_side`` (never enlarged)."""
+    factor = short_side / min(image.size)
+    if factor >= 1:
+        return image
+    return image.convert("RGB").resize((max(short_side, round(image.width * factor)),
+                                        max(short_side, round(image.height * factor))), Image.BICUBIC)
+
+
 def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVERLAY_SIZE,
             low: str = "low", high: str = "high", scale: tuple[float, float] | None = None) -> Image.Image:
     """Heat map (any grid) over the square the model saw, with a colour bar.
@@ -208,6 +217,8 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
         class_name = predictor.predict(clinical, dermoscopy).heads[head].classes[task]
     target = LogitTarget(task, class_name)
     tensors = {m: predictor.to_tensor(images[m]) for m in given}
+    # each image is drawn under up to five maps: shrink it once to the overlays' size
+    shown = {m: _shrunk(images[m], OVERLAY_SIZE) for m in given}
     result = Explanation({}, {}, f"{head} head, {task} = {class_name}")
     with predictor.lock:
         encoding = None
@@ -220,13 +231,13 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
             if explained_head is None:
                 continue
             heat = gradcam_map(predictor, tensors[modality], modality, explained_head, encoding, target)
-            result.gradcam[modality] = overlay(images[modality], heat,
+            result.gradcam[modality] = overlay(shown[modality], heat,
                                                f"Grad-CAM {modality}: {task} {class_name} ({head})")
     if encoding is not None:
         for (stage, direction), grid in attention_maps(encoding).items():
             attended = direction.split("->")[1]
             gate = float(torch.tanh(predictor.model.cross_attention[str(stage)].gate))
             label = f"stage {stage}: {direction}"
-            result.attention[label] = attention_overlay(images[attended], grid,
+            result.attention[label] = attention_overlay(shown[attended], grid,
                                                         f"{direction}, stage {stage} (gate {gate:+.2f})")
     return result
