@@ -1,8 +1,8 @@
 """What more reviewed cases are worth: out-of-fold accuracy against the number of training cases.
 
-    python -m training.crossval --data-root ... --out runs/lc25 -- <recipe> --train-fraction 0.25
+    python -m training.crossval --data-root ... --out runs/lc0.25 -- <recipe> --train-fraction 0.25
     ... (0.5, 0.75, and the full run)
-    python benchmarks/learning_curve.py runs/lc25 runs/lc50 runs/lc75 runs/cv_lite2 \\
+    python benchmarks/learning_curve.py runs/lc0.25 runs/lc0.5 runs/lc0.75 runs/cv_lite2 \\
         [--figure docs/figures/learning_curve.png]
 
 Every point is scored on the same out-of-fold cases (each fold model trained on a fraction of
@@ -44,7 +44,8 @@ def point(run: Path, folds: list[int]) -> dict:
     acc = task_accuracies(logits, labels)
     return {"run": run.name, "fraction": data[0].get("train_fraction", 1.0),
             "n_train_cases": round(statistics.mean(d["n_train_cases"] for d in data)),
-            "folds": folds, "n_cases": len(labels), "oof_avg": acc["avg"], "oof_DIAG": acc["DIAG"],
+            "folds": folds, "folds_sha256": {d["folds_sha256"] for d in data}, "n_cases": len(labels),
+            "oof_avg": acc["avg"], "oof_DIAG": acc["DIAG"],
             "fold_sd_avg": statistics.stdev(f["avg"] for f in per_fold) if len(parts) > 1 else 0.0}
 
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not folds:
         raise SystemExit("no fold is finished in every run")
     points = sorted((point(r, folds) for r in runs), key=lambda p: p["n_train_cases"])
+    assignments = set().union(*(p.pop("folds_sha256") for p in points))
+    if len(assignments) != 1:
+        raise SystemExit("the runs were cross-fitted on different fold assignments (folds.json): not comparable")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -66,8 +70,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     n = [p["n_train_cases"] for p in points]
-    ax.errorbar(n, [100 * p["oof_avg"] for p in points], yerr=[100 * p["fold_sd_avg"] for p in points],
-                marker="o", capsize=3, label="average of 8 tasks (bars: sd over folds)")
+    spread = len(folds) > 1
+    ax.errorbar(n, [100 * p["oof_avg"] for p in points],
+                yerr=[100 * p["fold_sd_avg"] for p in points] if spread else None, marker="o", capsize=3,
+                label="average of 8 tasks" + (" (bars: sd over folds)" if spread else " (one fold: no spread)"))
     ax.plot(n, [100 * p["oof_DIAG"] for p in points], marker="s", label="DIAG")
     ax.set_xlabel("training cases per fold model")
     ax.set_ylabel("out-of-fold accuracy (%)")

@@ -204,12 +204,17 @@ def reading(summary: dict) -> str:
     else:
         verdict = f"The map's mass on the vignette is about its area share ({enrichment:.2f}x): no clear pull."
     changed = summary["all"]["prediction_changed_when_filled"]
+    n_changed = round(changed * summary["all"]["with_vignette"])
     melanoma = summary["melanoma"]["enrichment"]
-    verdict += (f" Melanomas' maps come nearer the border ({melanoma:.2f}x) than the others': melanomas are larger "
-                "and reach closer to the field stop, so part of their lesion lies near the dark ring.")
-    return (verdict + f" Filling the vignette changes the predicted diagnosis of {changed:.0%} of those images, "
-            "so the border is not neutral to the model either; the app's maps show the whole image with the part the "
-            "model never saw dimmed, and a map concentrated on the border should be read as that, not as the lesion.")
+    if melanoma > 1.3 * enrichment:
+        verdict += (f" Melanomas' maps come nearer the vignette ({melanoma:.2f}x) than all images' ({enrichment:.2f}x), "
+                    "but stay below its area share on average.")
+    verdict += (f" Filling the vignette changes the dermoscopy head's diagnosis of {n_changed} of the "
+                f"{summary['all']['with_vignette']} images that have one ({changed:.0%})")
+    verdict += ("; so the border is not neutral to the model either." if changed >= 0.02 else
+                ", so the model mostly ignores the border.")
+    return (verdict + " The app's maps show the whole image with the part the model never saw dimmed; a map "
+            "concentrated on the border should be read as that, not as the lesion.")
 
 
 def main(argv=None) -> dict:

@@ -349,6 +349,14 @@ class CorrectionsLog:
         rows, _ = read_corrections(self.path)
         return {r["case_id"]: r["verdict"] for r in rows if r["reviewer"] == reviewer}
 
+    def case_sources(self, case_id: str) -> set[str]:
+        """Where the log's rows of this case id came from (derm7pt, manifest, upload): one
+        source, unless two queues used the same id for different cases."""
+        if not self.path.is_file():
+            return set()
+        rows, _ = read_corrections(self.path)
+        return {r["source"] for r in rows if r["case_id"] == case_id}
+
     def latest_review(self, reviewer: str, case_id: str) -> dict[str, str] | None:
         """This reviewer's latest standing (not retracted) row for the case, if any."""
         if not self.path.is_file():

@@ -10,7 +10,7 @@ from conftest import REAL_DERM7PT
 from skinnet.checkpoint import load_checkpoint
 from skinnet.data import Case, Derm7pt
 from synthetic import make_release
-from training import crossval
+from training import crossval, evaluate
 from training.evaluate import head_predictions
 from training.folds import assign_folds, pool_cases, read_folds
 
@@ -209,5 +209,20 @@ def test_held_out_teachers_never_see_the_students_fold(cross_fitted, tmp_path):
     _, card = load_checkpoint(student / "fold1" / "cv.safetensors")
     assert card.training["distill"]["n_cases_with_targets"] == card.training["data"]["n_train_cases"] \
         == sum(f != 1 for f in folds.values())
-    with pytest.raises(SystemExit):
-        crossval.main(["--data-root", str(release), "--out", str(tmp_path / "bad"), "--folds", "3", "--hold-out", "3"])
+    assert card.training["distill"]["leak_free"] is True
+    # misuse is refused: teachers held out for fold 1 teaching fold 0, an ordinary cross-fit
+    # folder reused as teachers (or the reverse), a hold-out OOF as a calibration source
+    with pytest.raises(SystemExit, match="another fold"):
+        crossval.main(["--data-root", str(release), "--out", str(student), "--folds", "3", "--only", "0", "--",
+                       *FAST, "--name", "cv", "--distill", str(teachers / "oof.pt")])
+    _, ordinary, _ = cross_fitted
+    with pytest.raises(SystemExit, match="trained with no --hold-out"):
+        crossval.main(["--data-root", str(release), "--out", str(ordinary), "--folds", "3", "--hold-out", "1",
+                       "--", *FAST, "--name", "cv"])
+    with pytest.raises(SystemExit, match="trained with --hold-out 1"):
+        crossval.main(["--data-root", str(release), "--out", str(teachers), "--folds", "3", "--", *FAST, "--name", "cv"])
+    with pytest.raises(SystemExit, match="leaves fold 1 out"):
+        evaluate.calibration_from_oof(teachers / "oof.pt", card)
+    for bad in (["--hold-out", "3"], ["--folds", "2", "--hold-out", "1"]):
+        with pytest.raises(SystemExit):
+            crossval.main(["--data-root", str(release), "--out", str(tmp_path / "bad"), "--folds", "3", *bad])

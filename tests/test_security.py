@@ -551,6 +551,19 @@ def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_take
     assert client.call(save, save_data(token, "agree"), session).data[0].startswith("Already saved")
     undone = client.call(fns(config, "undo")[0], [None, token], session)
     assert not undone.success and "seen the Derm7pt reference labels" in undone.error
+    # a manifest that reuses the case's id is not a way around it (nor a way to mix two cases
+    # under one id, for anyone)
+    clash = server["root"] / "queues" / f"clash_{case_id}"
+    clash.mkdir()
+    lesion_image(np.random.default_rng(9), (60, 60), tint=1).save(clash / "d.png")
+    (clash / "manifest.csv").write_text(f"case_id,clinical,dermoscopy\n{case_id},,d.png\n")
+    for who, reviewer in ((client, session), (RawClient(server["url"], "dr_c", USERS["dr_c"]), secrets.token_hex(6))):
+        assert who.call(fns(config, "open_queue")[0], [None, f"clash_{case_id}/manifest.csv"], reviewer).success
+        assert who.call(fns(config, "step_next")[0], [None], reviewer).success
+        shown_id, clash_token = case_shown(who, config, reviewer)
+        assert shown_id == case_id
+        mixed = who.call(save, save_data(clash_token, "correct", corrections=[other] + [NO_CHANGE] * 7), reviewer)
+        assert not mixed.success and "already in the review log as a case of a derm7pt queue" in mixed.error
     assert (server["log"] / "corrections.csv").read_bytes() == before
     # another reviewer who did not ask sees nothing of it
     other_reviewer = RawClient(server["url"], "dr_b", USERS["dr_b"])
@@ -581,3 +594,15 @@ def test_an_example_click_gives_clean_copies_without_names(server):
     assert len(files) == 2 and all(f.startswith(b"\x89PNG") and b"GPS" not in f and b"exif" not in f.lower()
                                    for f in files)
     assert "first_pair" not in json.dumps(result.data[:2])  # the owner's file names stay on the server
+
+
+def test_reveals_recorded_in_either_file_format_keep_their_cases_locked(tmp_path):
+    """reference_revealed.csv rows of the first version (reviewer, case id, time) count as well
+    as the current ones (reviewer, source, case id, time); other reviewers' rows do not."""
+    from skinnet.ui.review import REVEALED_FILE, revealed_cases
+
+    (tmp_path / REVEALED_FILE).write_text("dr_t,17,2026-11-28T20:00:00+0000\n"
+                                          "dr_t,derm7pt,42,2026-11-29T01:00:00+0000\n"
+                                          "dr_b,derm7pt,5,2026-11-29T01:00:00+0000\nbroken\n")
+    assert revealed_cases(tmp_path, "dr_t") == {"17", "42"}
+    assert revealed_cases(tmp_path, "dr_b") == {"5"} and revealed_cases(tmp_path, None) == set()

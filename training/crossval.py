@@ -15,9 +15,12 @@ are skipped, an interrupted one resumes, so the command can simply be run again.
 scored on fold k after learning targets that fold models trained *on fold k* produced, so its
 OOF is optimistic. ``--hold-out k`` trains the teachers of fold k's student: one model per other
 fold m, trained on the folds other than k and m, so their OOF (all cases but fold k's) never
-saw fold k; then train the student's fold k on it and compare with the recipe's fold k:
+saw fold k; then train the student's fold k on it and compare with the recipe's fold k
+(``training.train`` refuses a teacher file held out for another fold, and records in the
+student's card whether its targets were leak-free). All five folds this way: 5 x 4 = 20
+teacher runs.
 
-    python -m training.crossval ... --out runs/teach_k2 --hold-out 2 -- <recipe>
+    python -m training.crossval ... --out runs/teach_k2 --hold-out 2 -- <recipe>   # 4 teachers
     python -m training.crossval ... --out runs/student_k2 --only 2 -- <recipe> --distill runs/teach_k2/oof.pt
     (runs/student_k2/fold2/eval.json against runs/cv_lite2/fold2/eval.json: the same cases)
 
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from skinnet.checkpoint import load_checkpoint
+from skinnet.checkpoint import load_checkpoint, read_card
 from skinnet.data import Derm7pt
 from skinnet.labels import TASK_NAMES
 
@@ -66,6 +69,17 @@ def ensure_folds(out: Path, data: Derm7pt, n_folds: int, seed: int) -> dict[str,
     return folds
 
 
+def check_fold_run(where: Path, hold_out: int | None) -> None:
+    """Refuse a finished fold run made with another ``--hold-out`` (a teacher folder and an
+    ordinary one must never be mixed: that would bring the leak back or drop cases)."""
+    card = read_card(next(where.glob("*.safetensors")))
+    theirs = card.training.get("data", {}).get("held_out_fold")
+    if theirs != hold_out:
+        said = "no --hold-out" if theirs is None else f"--hold-out {theirs}"
+        raise SystemExit(f"{where} was trained with {said}, not "
+                         f"{'no --hold-out' if hold_out is None else f'--hold-out {hold_out}'}: use another --out")
+
+
 def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], hold_out: int | None = None) -> dict:
     """Every fold's ``oof.pt`` joined in pool order (train then valid), each case checked to come
     from the model of its own fold; with ``hold_out``, that fold's cases are left out."""
@@ -75,6 +89,7 @@ def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], ho
     logits, labels, has_clinical = {}, torch.zeros(n, len(TASK_NAMES), dtype=torch.long), torch.zeros(n, dtype=torch.bool)
     seen = torch.zeros(n, dtype=torch.bool)
     for fold in (k for k in range(n_folds) if k != hold_out):
+        check_fold_run(fold_dir(out, fold), hold_out)
         part = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
         index = torch.tensor([position[c] for c in part["case_ids"]])
         if any(folds[c] != fold for c in part["case_ids"]) or seen[index].any():
@@ -87,7 +102,8 @@ def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], ho
     if not seen.all():
         raise ValueError(f"{int((~seen).sum())} cases have no out-of-fold prediction")
     return {"case_ids": [c.case_id for c in pool], "fold": torch.tensor([folds[c.case_id] for c in pool]),
-            "logits": logits, "labels": labels, "has_clinical": has_clinical}
+            "logits": logits, "labels": labels, "has_clinical": has_clinical,
+            **({"hold_out": hold_out} if hold_out is not None else {})}
 
 
 def oof_report(oof: dict) -> dict:
@@ -160,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     own, train_flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = build_parser()
     args = parser.parse_args(own)
-    if args.hold_out is not None and (args.ensemble_test or not 0 <= args.hold_out < args.folds):
-        parser.error("--hold-out must be one of the folds, and goes without --ensemble-test")
+    if args.hold_out is not None and (args.ensemble_test or args.folds < 3 or not 0 <= args.hold_out < args.folds):
+        parser.error("--hold-out must be one of at least 3 folds, and goes without --ensemble-test")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     data = Derm7pt(args.data_root)
@@ -174,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for fold in (k for k in todo if k != args.hold_out):
         where = fold_dir(out, fold)
         if (where / OOF_FILE).is_file():
+            check_fold_run(where, args.hold_out)
             log.info("fold %d: done already (%s)", fold, where)
             continue
         log.info("fold %d of %d: training on %d cases", fold, args.folds, sum(f != fold for f in folds.values()))

@@ -39,6 +39,8 @@ def base_cases(data: Derm7pt, args) -> tuple[list[Case], list[Case], list[Case]]
         folds, n_folds = read_folds(args.folds_file, data)
         if not 0 <= args.fold < n_folds:
             raise SystemExit(f"--fold {args.fold}: {args.folds_file} has folds 0..{n_folds - 1}")
+        if getattr(args, "hold_out", None) is not None and not 0 <= args.hold_out < n_folds:
+            raise SystemExit(f"--hold-out {args.hold_out}: {args.folds_file} has folds 0..{n_folds - 1}")
         pool = pool_cases(data)
         hold_out = getattr(args, "hold_out", None)
         left_out = [c for c in pool if folds[c.case_id] == args.fold][:args.limit_cases]

@@ -50,6 +50,23 @@ def teacher_probabilities(paths: list[str | Path], case_ids: list[str], temperat
     return summed, found
 
 
+def teachers_leak_free(paths: list[str | Path], fold: int | None) -> bool:
+    """Whether a fold model's soft targets never saw its own fold: every teacher file was made
+    with ``training.crossval --hold-out`` that fold. A teacher held out for another fold is
+    refused (it holds out the wrong cases); an ordinary OOF file is allowed (the refit's
+    teacher, and the cheaper, optimistic check) and reported as not leak-free.
+
+    Raises:
+        SystemExit: a teacher file held out for another fold.
+    """
+    held = [torch.load(path, weights_only=True).get("hold_out") for path in paths]
+    wrong = [str(p) for p, h in zip(paths, held) if h is not None and h != fold]
+    if wrong:
+        raise SystemExit(f"--distill {', '.join(wrong)}: made with --hold-out for another fold than "
+                         f"{'this refit' if fold is None else f'--fold {fold}'}")
+    return fold is not None and all(h == fold for h in held)
+
+
 def soft_targets(flat_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Task-wise softmax of flat logits at a temperature, same layout."""
     return torch.cat([torch.softmax(t.float() / temperature, -1) for t in split_logits(flat_logits).values()], -1)

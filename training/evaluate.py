@@ -107,7 +107,10 @@ def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, d
     path = Path(path)
     try:
         oof = torch.load(path, weights_only=True)
-        fold_card = read_card(next(path.parent.glob("fold0/*.safetensors")))
+        if oof.get("hold_out") is not None:
+            raise SystemExit(f"--calibrate-from {path}: the OOF of --hold-out teachers leaves fold "
+                             f"{oof['hold_out']} out; calibrate from an ordinary cross-fit")
+        fold_card = read_card(next(path.parent.glob("fold[0-9]*/*.safetensors")))
     except (OSError, RuntimeError, StopIteration, ValueError) as err:
         raise SystemExit(f"--calibrate-from {path}: not the oof.pt of a training.crossval folder ({err})") from None
     differ = [k for k in RECIPE_KEYS if fold_card.training.get(k) != card.training.get(k)]

@@ -104,6 +104,8 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused")
     """(top-2 DIAG margin, correct) of one head's out-of-fold predictions, calibrated as the
     app calibrates (the clinical head only on cases that have a clinical photo)."""
     oof = torch.load(oof_path, weights_only=True)
+    if oof.get("hold_out") is not None:
+        raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
     keep = oof["has_clinical"] if head == "clinical" else torch.ones(len(oof["labels"]), dtype=torch.bool)
     logits = calibrate(oof["logits"][head][keep], predictor.card.calibration.get(head))
     probs = torch.softmax(split_logits(logits)["DIAG"], -1)

@@ -32,7 +32,7 @@ from skinnet.model import count_parameters, create_model
 from skinnet.transforms import BatchAugment, ImageCache
 
 from .data import base_cases, trained_splits, training_cases
-from .distill import Teacher, teacher_probabilities
+from .distill import Teacher, teacher_probabilities, teachers_leak_free
 from .distributed import barrier, cleanup, device_for, init_distributed
 from .evaluate import card_summary, evaluate_model, fit_calibration
 from .loop import predict_cache, recompute_batchnorm, train_one_epoch
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if args.distill:
         probabilities, has_target = teacher_probabilities(args.distill.split(","), train_cache.case_ids,
                                                           args.distill_temperature)
+        leak_free = teachers_leak_free(args.distill.split(","), args.fold)
         teacher = Teacher(probabilities, has_target, args.distill_weight, args.distill_temperature).to(device)
         log.info("distillation: soft targets for %d of %d training cases", int(has_target.sum()), len(has_target))
     loss_fn = MultiModalLoss(args.loss_weights, args.label_smoothing, args.task_weights)
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         "task_weights": args.task_weights, "ema": args.ema, "swa_start": args.swa_start,
         **({"distill": {"teachers": [Path(p).parent.name or str(p) for p in args.distill.split(",")],
                         "weight": args.distill_weight, "temperature": args.distill_temperature,
-                        "n_cases_with_targets": int(teacher.has_target.sum())}} if teacher else {}),
+                        "n_cases_with_targets": int(teacher.has_target.sum()),
+                        **({"leak_free": leak_free} if cross_fit else {})}} if teacher else {}),
         "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
         "data": {"dataset": "Derm7pt release_v0",
                  "split": "+".join(trained_splits(args.refit or cross_fit)),

@@ -331,7 +331,12 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         previous = log.latest_review(reviewer, review.case_id)
         if previous is not None and log.same_content(review, previous):
             return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
-        if (review.source, review.case_id) in revealed_cases(log.folder, reviewer):
+        other_sources = log.case_sources(review.case_id) - {review.source}
+        if other_sources:
+            raise gr.Error(f"Case id {review.case_id} is already in the review log as a case of a "
+                           f"{', '.join(sorted(other_sources))} queue: one id must name one case, so this review "
+                           "is not saved. Give this queue's cases ids of their own (for example with a prefix).")
+        if review.case_id in revealed_cases(log.folder, reviewer):
             raise gr.Error(f"You have seen the Derm7pt reference labels of case {review.case_id}: a new review of it "
                            "would no longer be your own reading, so it is not saved.")
         # the log's size enters the id: after an undo the same answer is a new save, not a repeat
@@ -358,7 +363,7 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
         raise gr.Error(f"Nothing to undo: you have no saved review of case {case['case_id']}.")
-    if (latest["source"], case["case_id"]) in revealed_cases(log.folder, reviewer):
+    if case["case_id"] in revealed_cases(log.folder, reviewer):
         raise gr.Error(f"You have seen the Derm7pt reference labels of case {case['case_id']}: your review of it "
                        "stays as it was saved before the reveal.")
     predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
@@ -399,18 +404,19 @@ def load_case_images(state: dict) -> tuple:
 
 
 REVEALED_FILE = "reference_revealed.csv"
-"""Who saw the reference labels of which case (source, case id), when; append-only, in the log
-folder. Keyed by source too: a manifest queue may reuse a Derm7pt case id."""
+"""Who saw the reference labels of which case, when: rows ``reviewer, source, case id, time``
+(first version: ``reviewer, case id, time``), append-only, in the log folder. A case id names
+one case in the whole log (:func:`save_review` refuses a second source for an id)."""
 _revealed_lock = threading.Lock()
 
 
-def revealed_cases(folder: Path, reviewer: str | None) -> set[tuple[str, str]]:
-    """The (source, case id) pairs whose reference labels this reviewer has seen."""
+def revealed_cases(folder: Path, reviewer: str | None) -> set[str]:
+    """The case ids whose reference labels this reviewer has seen."""
     path = Path(folder) / REVEALED_FILE
     if not reviewer or not path.is_file():
         return set()
     with _revealed_lock, path.open(newline="") as f:
-        return {(row[1], row[2]) for row in csv.reader(f) if len(row) == 4 and row[0] == reviewer}
+        return {row[-2] for row in csv.reader(f) if len(row) in (3, 4) and row[0] == reviewer}
 
 
 def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
