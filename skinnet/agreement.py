@@ -166,10 +166,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def kappa_table(report: dict) -> list[dict[str, str]]:
-    """One row per compared pair, Cohen's kappa per task (the app's agreement view)."""
+def kappa_table(report: dict, only: str | None = None) -> list[dict[str, str]]:
+    """One row per compared pair, Cohen's kappa per task (the app's agreement view).
+
+    Args:
+        only: keep just this reviewer's agreement with the model and the reference labels.
+            Against another reviewer a kappa is an oracle (save a guess, read the kappa, undo)
+            for that reviewer's labels, so only admins see the pairs of reviewers.
+    """
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for c in report["comparisons"]:
+        if only is not None and not ({c["first"], c["second"]} - {MODEL, REFERENCE} == {only}
+                                     and {c["first"], c["second"]} & {MODEL, REFERENCE}):
+            continue
         row = rows.setdefault((c["first"], c["second"]), {"raters": f"{c['first']} vs {c['second']}",
                                                           "cases": str(c["n_cases"])})
         row[c["task"]] = f"{c['kappa']:.2f}"

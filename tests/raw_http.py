@@ -42,9 +42,10 @@ class RawClient:
 
     def call(self, fn_index: int, data: list, session_hash: str | None = None, event_data=None) -> Result:
         session_hash = session_hash or secrets.token_hex(6)
-        joined = self.http.post("/gradio_api/queue/join", json={
-            "data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": event_data,
-            "trigger_id": None})
+        # ASCII JSON: any str gets through as an escape, lone surrogates included (as an attacker sends them)
+        joined = self.http.post("/gradio_api/queue/join", headers={"content-type": "application/json"},
+                                content=json.dumps({"data": data, "fn_index": fn_index, "session_hash": session_hash,
+                                                    "event_data": event_data, "trigger_id": None}))
         if joined.status_code != 200:
             return Result(False, None, joined.text, {"status": joined.status_code})
         event_id = joined.json()["event_id"]

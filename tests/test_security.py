@@ -24,10 +24,10 @@ from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
 from synthetic import lesion_image, make_release
 
-# dr_locked is only for the lockout test and dr_t only for the teaching test: each test that
-# saves or locks a name has its own, so the order the tests run in does not matter.
+# dr_locked is only for the lockout test, dr_t for the teaching test, dr_k for the agreement
+# test: each test that saves or locks a name has its own, so test order does not matter.
 USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789",
-         "dr_locked": "pass-l-000", "dr_t": "pass-t-321"}
+         "dr_locked": "pass-l-000", "dr_t": "pass-t-321", "dr_k": "pass-k-654"}
 NOT_YOURS = "not an upload of this session"
 
 
@@ -287,7 +287,7 @@ def test_oversized_and_malformed_fields_are_refused_on_the_server(server, field,
     assert (server["log"] / "corrections.csv").read_bytes() == before
 
 
-def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server, tmp_path):
+def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server, tmp_path, monkeypatch):
     client = RawClient(server["url"], "dr_b", USERS["dr_b"])
     config = client.config()
     open_fn = fns(config, "open_queue")[0]
@@ -298,7 +298,15 @@ def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server,
     export = client.call(fns(config, "export_labels")[0], ["latest"])
     assert not export.success and "Exporting everyone's labels is for admins" in export.error
     admin = RawClient(server["url"], "dr_a", USERS["dr_a"])
-    assert admin.call(fns(config, "export_labels")[0], ["latest"]).success
+    first = admin.call(fns(config, "export_labels")[0], ["latest"])
+    assert first.success
+    # the app's own export files stay for their download only (Gradio serves a copy from its
+    # cache, which delete_cache clears): one folder, older files removed at the next export
+    from skinnet.ui import review
+    monkeypatch.setattr(review, "EXPORT_TTL_S", 0.0)
+    time.sleep(0.01)
+    assert admin.call(fns(config, "export_labels")[0], ["majority"]).success
+    assert [p.name[:15] for p in review._exports[0].glob("labels_*.csv")] == ["labels_majority"]
     anonymous = RawClient(server["url"])
     assert anonymous.http.post("/gradio_api/queue/join", json={"data": ["latest"], "fn_index": 0,
                                                                 "session_hash": "x"}).status_code == 401
@@ -606,3 +614,108 @@ def test_reveals_recorded_in_either_file_format_keep_their_cases_locked(tmp_path
                                           "dr_b,derm7pt,5,2026-11-29T01:00:00+0000\nbroken\n")
     assert revealed_cases(tmp_path, "dr_t") == {"17", "42"}
     assert revealed_cases(tmp_path, "dr_b") == {"5"} and revealed_cases(tmp_path, None) == set()
+
+
+def test_a_reviewer_sees_only_their_own_agreement_with_the_model_not_other_reviewers_labels(server):
+    """Against another reviewer a kappa is an oracle for that reviewer's labels (save a guess,
+    read the kappa, undo): only admins see pairs of reviewers."""
+    config = RawClient(server["url"], "dr_b", USERS["dr_b"]).config()
+    shown_cases = {}
+    for name in ("dr_b", "dr_k"):
+        client, session = RawClient(server["url"], name, USERS[name]), secrets.token_hex(6)
+        assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session).success
+        assert client.call(fns(config, "step_next")[0], [None], session).success
+        case_id, token = case_shown(client, config, session)
+        shown_cases[name] = case_id
+        saved = client.call(fns(config, "save")[0], save_data(token, "correct", corrections=["MEL"] + [NO_CHANGE] * 7),
+                            session)
+        assert saved.success, saved.error
+    assert shown_cases["dr_b"] == shown_cases["dr_k"]
+    agreement = fns(config, "agreement")[0]
+    mine = RawClient(server["url"], "dr_k", USERS["dr_k"]).call(agreement, [])
+    assert mine.success, mine.error
+    raters = [row[0] for row in mine.data[0]["data"]]
+    assert raters and all("dr_k" in r and "(model)" in r for r in raters), raters
+    admin = RawClient(server["url"], "dr_a", USERS["dr_a"]).call(agreement, [])
+    assert admin.success and any("dr_b" in r[0] and "dr_k" in r[0] for r in admin.data[0]["data"])
+    assert not RawClient(server["url"]).call(agreement, []).success  # anonymous: nothing
+
+
+def test_oversized_bodies_unused_routes_and_direct_runs_are_refused(server):
+    """A 2 MB event body is refused before it is read (413), a chunked one is cut off; Gradio's
+    deep_link route (it would store and serve a session's inputs and outputs) and the direct
+    /run route (past the queue's limits) are closed; the app keeps serving."""
+    import httpx
+
+    signed_in = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    http, config = signed_in.http, signed_in.config()
+    explain = fns(config, "explain")[0]
+    body = json.dumps({"data": [None, None, None, "A" * 2_000_000, "(predicted class)", "auto"],
+                       "fn_index": explain, "session_hash": secrets.token_hex(6), "trigger_id": None})
+    big = http.post("/gradio_api/queue/join", content=body, headers={"content-type": "application/json"})
+    assert big.status_code == 413
+
+    def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536].encode()
+
+    try:
+        chunked = http.post("/gradio_api/queue/join", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code in (400, 413) and "event_id" not in chunked.text
+    except httpx.HTTPError:
+        pass  # the server hung up: as good
+    session = secrets.token_hex(6)
+    for who in (httpx.Client(base_url=server["url"]), http):
+        assert who.get("/gradio_api/deep_link", params={"session_hash": session}).status_code == 404
+    run = http.post("/gradio_api/run/predict", json={"data": [None, None, False]})
+    assert run.status_code >= 400 and "join the queue" in run.text
+    small = signed_in.call(explain, [None, None, None, "DIAG", "(predicted class)", "auto"])
+    assert small.error is None or "Traceback" not in small.error  # still answering, with a message
+
+
+def test_no_server_path_in_the_page_or_in_a_bad_queue_message(server):
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    root = server["root"] / "queues"
+    bad = root / "broken_manifest"
+    bad.mkdir(exist_ok=True)
+    (bad / "manifest.csv").write_text("case_id,clinical,dermoscopy\nz1,missing.png,\n")
+    config = client.config()
+    assert str(server["root"]) not in json.dumps(config)
+    opened = client.call(fns(config, "open_queue")[0], [None, "broken_manifest/manifest.csv"], secrets.token_hex(6))
+    assert not opened.success and "missing.png" in opened.error and str(server["root"]) not in opened.error
+
+
+def test_a_note_that_cannot_be_stored_is_refused_before_anything_is_written(server):
+    client, session = RawClient(server["url"], "dr_b", USERS["dr_b"]), secrets.token_hex(6)
+    config = client.config()
+    path = server["root"] / "surrogate.png"
+    lesion_image(np.random.default_rng(77), (50, 40), tint=4).save(path)
+    clean = client.call(fns(config, "upload_dermoscopy")[0], [None, {"path": client.upload(path)}], session)
+    made = client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session)
+    images = sorted((server["log"] / "images").iterdir())
+    refused = client.call(fns(config, "save")[0], save_data(made.data[-1], "unsure", note="lone \ud800 half"), session)
+    assert not refused.success and "cannot be stored" in refused.error
+    assert sorted((server["log"] / "images").iterdir()) == images
+    saved = client.call(fns(config, "save")[0], save_data(made.data[-1], "unsure", note="retyped"), session)
+    assert saved.success and saved.data[0].startswith("Saved")
+
+
+def test_visitors_inventing_sessions_cannot_push_a_reviewers_images_out(tmp_path, monkeypatch):
+    """The store's cap on grants evicts anonymous visitors' grants first: thousands of example
+    clicks from invented session hashes leave a signed-in reviewer's open case usable."""
+    from skinnet.ui import uploads
+    from skinnet.ui.access import ANONYMOUS
+
+    monkeypatch.setattr(uploads, "MAX_GRANTS", 8)
+    store = uploads.CleanStore(tmp_path / "clean")
+    rng = np.random.default_rng(3)
+    reviewer = ("abc123", "dr_a")
+    mine = store.add(reviewer, Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)))
+    example = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    visitors = [(secrets.token_hex(6), ANONYMOUS) for _ in range(50)]
+    for visitor in visitors:
+        store.add(visitor, example)
+    assert store.path_for(reviewer, mine) == Path(mine)
+    assert store.path_for(visitors[0], store.add(visitors[-1], example)) is None  # the oldest visitor's went
+    store.sweep(now=time.monotonic() + 1)
+    assert Path(mine).is_file()

@@ -264,16 +264,18 @@ class AppEvents:
                 *review.form_values(standing))
 
     def agreement(self, request: gr.Request, profile: gr.OAuthProfile | None):
-        self.act({}, request, profile, "Seeing reviewers' agreement")
+        _, _, reviewer = self.act({}, request, profile, "Seeing reviewers' agreement")
         from ..agreement import agreement_report, kappa_table
         from ..corrections import read_corrections
 
         if not self.log.path.is_file():
             raise gr.Error("No reviews are saved yet.")
         rows, _ = read_corrections(self.log.path)
-        table = kappa_table(agreement_report(rows, intervals=False))
+        admin = reviewer in self.reviewers.admins
+        table = kappa_table(agreement_report(rows, intervals=False), only=None if admin else reviewer)
         if not table:
-            raise gr.Error("No labelled reviews are saved yet.")
+            raise gr.Error("No labelled reviews are saved yet." if admin else
+                           "You have no labelled reviews yet (reviewer pairs are shown to admins only).")
         return pd.DataFrame(table, columns=["raters", "cases", *(t.name for t in TASKS)])
 
     def export_labels(self, rule, request: gr.Request, profile: gr.OAuthProfile | None):

@@ -147,8 +147,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                              else gr.Column())
                 with queue_box:
                     gr.Markdown("Open a manifest CSV (`case_id, clinical, dermoscopy`, paths relative to it) or a "
-                                "Derm7pt `meta/meta.csv` from the queue folder"
-                                + (f" (`{settings.queue_root}`)." if settings.queue_root else "."))
+                                "Derm7pt `meta/meta.csv` from the queue folder (`--queue-root` on the server).")
                     with gr.Row():
                         queue_file = gr.Dropdown([], value=None, scale=4, label="Queue file", elem_id="queue-file")
                         open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
@@ -176,9 +175,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                         export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2, height=110,
                                               elem_id="export-file")
                     with gr.Accordion("Agreement (reviewers)", open=False):
-                        gr.Markdown("Cohen's kappa per task of each reviewer with the model's prediction and with "
-                                    "each other reviewer, over the cases both labelled (latest labelled review each; "
-                                    "1 = perfect, 0 = chance). Intervals, Fleiss' kappa and confusion matrices: "
+                        gr.Markdown("Cohen's kappa per task of your labels with the model's prediction (and the "
+                                    "Derm7pt reference labels); admins also see each pair of reviewers. Over the "
+                                    "cases both labelled (latest labelled review each; 1 = perfect, 0 = chance). "
+                                    "Intervals, Fleiss' kappa and confusion matrices: "
                                     "`python -m skinnet.agreement corrections.csv --out DIR`.")
                         agreement_button = gr.Button("Show agreement", size="sm", interactive=saving,
                                                      elem_id="agreement")

@@ -106,8 +106,9 @@ def open_queue_handler(state: dict, path: str, root: Path | None, log: Correctio
         raise gr.Error("Type the path of a manifest CSV (case_id, clinical, dermoscopy) or a Derm7pt meta.csv.")
     try:
         queue = open_queue(path.strip(), root)
-    except DatasetError as err:
-        raise gr.Error(str(err)) from None
+    except DatasetError as err:  # said relative to the queue folder: no server path leaves it
+        message = str(err).replace(f"{root}/", "").replace(str(root), "the queue folder") if root else str(err)
+        raise gr.Error(message) from None
     digest = hashlib.sha256(Path(path.strip()).read_bytes()).hexdigest()
     cases = [asdict(c) for c in queue]
     split = "test" if any(c["split"] == "test" for c in cases) else "all"
@@ -313,6 +314,10 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
     changed = {t: v for t, v in corrected.items() if v not in (None, "", NO_CHANGE)}
     if not isinstance(note, (str, type(None))):
         raise gr.Error("The note must be text.")
+    try:
+        (note or "").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: it cannot be written, so refuse before any image is stored
+        raise gr.Error("The note has characters that cannot be stored; retype it.") from None
     if verdict == "correct" and not changed:
         raise gr.Error("Verdict 'correct' needs at least one corrected label (or choose 'agree').")
     if verdict == "agree" and changed:
@@ -381,12 +386,28 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     return f"Undone: your {latest['verdict']} review of case {case['case_id']} is withdrawn; {back}.", standing
 
 
+EXPORT_TTL_S = 600.0
+"""Seconds an exported meta.csv stays on the server for its download."""
+_exports: list[Path] = []
+
+
+def _export_folder() -> Path:
+    """One folder per process for exports; files older than EXPORT_TTL_S are removed first."""
+    if not _exports:
+        _exports.append(Path(tempfile.mkdtemp(prefix="skinnet-export-")))
+    folder = _exports[0]
+    for old in folder.glob("labels_*.csv"):
+        if time.time() - old.stat().st_mtime > EXPORT_TTL_S:
+            old.unlink(missing_ok=True)
+    return folder
+
+
 def export_labels(log: CorrectionsLog, rule: str) -> str:
     """The current labels of every reviewed case as a Derm7pt-style meta.csv (a temporary file)."""
     if not log.path.is_file():
         raise gr.Error("No review has been saved yet.")
     rows, problems = read_corrections(log.path)
-    target = Path(tempfile.mkdtemp(prefix="skinnet-export-")) / f"labels_{rule}.csv"
+    target = _export_folder() / f"labels_{rule}_{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}.csv"
     export_meta_csv(rows, target, rule)
     if problems:
         gr.Warning(f"{len(problems)} bad rows left out: " + "; ".join(str(p) for p in problems[:3]))

@@ -6,6 +6,9 @@ from pathlib import Path
 
 MAX_FILE_SIZE = "20mb"
 """Largest upload Gradio accepts."""
+MAX_BODY_BYTES = 1_000_000
+"""Largest request body other than an upload (an event's inputs are short JSON: a note, a
+queue file name, class names)."""
 PREDICT_CONCURRENCY = 8
 """``/predict`` calls handled at once; on an accelerator their model work is batched
 (:class:`~skinnet.predict.MicroBatcher`)."""

@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 from PIL import Image
 
 from ..imaging import ImageError, load_rgb, pixel_sha256, png_bytes
+from .access import ANONYMOUS
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ CLEAN_TTL_S = 3600.0
 PER_SESSION = 64
 """De-identified copies one session may hold (the oldest are forgotten first)."""
 MAX_GRANTS = 4096
-"""De-identified copies all sessions together may hold (the longest unused go first), so that
-visitors inventing session hashes cannot fill the disk (a copy is at most 1024 px)."""
+"""De-identified copies all sessions together may hold (anonymous visitors' and then the longest
+unused go first), so that visitors inventing session hashes cannot fill the disk (a copy is at
+most 1024 px) or push out a signed-in reviewer's images."""
 NOT_YOURS = "{name}: that file is not an upload of this session; upload the image again."
 
 
@@ -89,8 +91,10 @@ class CleanStore:
                 held.popitem(last=False)
             total = sum(len(h) for h in self._grants.values())
             if total > MAX_GRANTS:
-                oldest = sorted((used, o, d) for o, h in self._grants.items() for d, used in h.items())
-                for _, o, d in oldest[: total - MAX_GRANTS]:
+                # anonymous visitors' grants go first (oldest first): visitors inventing session
+                # hashes (a click on an example is two grants) must not push a reviewer's case out
+                oldest = sorted((o[1] != ANONYMOUS, used, o, d) for o, h in self._grants.items() for d, used in h.items())
+                for _, _, o, d in oldest[: total - MAX_GRANTS]:
                     self._grants[o].pop(d, None)
 
     def refresh(self, owner: tuple[str, str], path: str | None) -> None:
