@@ -86,8 +86,12 @@ def guarded_url(tmp_path_factory):
 
 
 def _upload(page, slot: str, path) -> None:
+    """Upload into a slot and wait for the server's clean copy (named by its pixels' SHA-256) to
+    replace the browser's preview: until then a later action may act on an image that goes."""
     page.locator(f"#{slot}-input input[type=file]").set_input_files(str(path))
-    page.wait_for_function(f"document.querySelectorAll('#{slot}-input img').length >= 1")
+    page.wait_for_function(f"(() => {{ const im = document.querySelector('#{slot}-input img');"
+                           " return !!im && /[0-9a-f]{64}\\.png/.test(decodeURIComponent(im.src)); })()",
+                           timeout=60_000)
 
 
 def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_clears_it(
