@@ -1,11 +1,11 @@
 """Where the model looked: Grad-CAM per modality and the cross-attention maps, as overlays.
 
-Grad-CAM with a shared encoder: wrapping the model "with the other image fixed" would run
-the hooked encoder twice per forward and grad-cam keeps the first activation, so the
-dermoscopy map could belong to the clinical photo. Here the pair is encoded once without
-hooks, keeping what the other modality offers to cross-attention; then
-:class:`OneModalityModel` runs the encoder once, on the explained image only, and its
-output equals the full model's output for the pair (tested).
+Grad-CAM reads the encoder's neck, which comes after the last cross-attention: everything it
+differentiates lies between the last stage's output and the head. So the pair is encoded once
+(the prediction's own unflipped forward pass keeps that output and the attention maps:
+:meth:`Predictor.pair_encoding`) and :class:`HeadOnLastStage` runs only neck, pooling and head
+for Grad-CAM. The map equals Grad-CAM over the whole network from the image, with the other
+image held fixed (tested); nothing runs through the encoder again.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 from torch import nn
@@ -24,33 +23,43 @@ from .predict import Predictor
 
 OVERLAY_SIZE = 320
 COLORMAP = "jet"
+COLOUR_TABLE = np.rint(colormaps[COLORMAP](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+"""The colour map as 256 RGB rows: heat in [0, 1] -> row round(255 * heat)."""
 
 
-class OneModalityModel(nn.Module):
-    """``image -> head logits`` for one modality, the other modality held fixed.
+class HeadOnLastStage(nn.Module):
+    """``last-stage output -> head logits`` for one modality, the other modality held fixed.
 
     Args:
         model: the trained network.
-        modality: the modality whose image is the input.
+        modality: the modality whose last-stage output is the input, (B, C, H, W) always
+            (grad-cam sizes its map from the input's last two dimensions).
         head: the head whose logits are returned (the modality's own head, or ``fused``).
-        partner: the pair's encoding (``keep_keys=True``), or None when only this image exists.
+        encoding: the pair's (or the lone image's) encoding; ``fused`` takes the other
+            modality's pooled features from it.
     """
 
-    def __init__(self, model: SingleSharedNet, modality: str, head: str, partner: PairEncoding | None):
+    def __init__(self, model: SingleSharedNet, modality: str, head: str, encoding: PairEncoding):
         super().__init__()
         other = MODALITIES[1 - MODALITIES.index(modality)]
         if head not in (modality, "fused"):
             raise ValueError(f"the {modality} image does not feed the {head} head")
-        if head == "fused" and partner is None:
+        if head == "fused" and other not in encoding.pooled:
             raise ValueError("the fused head needs both images")
-        self.model, self.modality, self.head, self.other = model, modality, head, other
-        self.partner_keys = None if partner is None else {s: k[other] for s, k in partner.keys.items()}
-        self.partner_pooled = None if partner is None else partner.pooled[other]
+        # Only the parts that run are submodules: grad-cam calls eval() on the wrapper, and with
+        # the whole network inside that walk (~800 modules) took longer than the map itself.
+        self.__dict__["model"] = model
+        self.neck, self.heads = model.encoder_for(modality).neck, model.heads
+        self.modality, self.head, self.other = modality, head, other
+        # clone: tensors made under inference_mode cannot enter autograd
+        self.partner_pooled = encoding.pooled[other].clone() if head == "fused" else None
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        pooled = {self.modality: self.model.encode_one(image, self.modality, self.partner_keys)}
+    def forward(self, last_stage: torch.Tensor) -> torch.Tensor:
+        if self.model.encoder_for(self.modality).channels_last:
+            last_stage = last_stage.permute(0, 2, 3, 1)
+        pooled = {self.modality: self.model.pool_last_stage(self.modality, last_stage)}
         if self.head == "fused":
-            pooled[self.other] = self.partner_pooled.expand(image.shape[0], -1)
+            pooled[self.other] = self.partner_pooled.expand(last_stage.shape[0], -1)
         return self.model.classify(pooled)[self.head]
 
 
@@ -83,28 +92,36 @@ class Explanation:
     target: str
 
 
-def gradcam_map(predictor: Predictor, image: torch.Tensor, modality: str, head: str,
-                partner: PairEncoding | None, target: LogitTarget) -> np.ndarray:
-    """Grad-CAM heat map in [0, 1] at input resolution for one modality's image."""
+def gradcam_map(predictor: Predictor, encoding: PairEncoding, modality: str, head: str,
+                target: LogitTarget) -> np.ndarray:
+    """Grad-CAM heat map in [0, 1] at input resolution for one modality's image.
+
+    Args:
+        encoding: from :meth:`Predictor.pair_encoding`, holding the modality's last-stage output.
+    """
     from pytorch_grad_cam import GradCAM  # optional: only the explanation path needs grad-cam
+    from pytorch_grad_cam.utils.image import scale_cam_image
 
     model = predictor.model
     encoder = model.encoder_for(modality)
-    wrapper = OneModalityModel(model, modality, head, partner).eval()
+    wrapper = HeadOnLastStage(model, modality, head, encoding)
+    last_stage = encoding.last_stage[modality].clone()
+    if encoder.channels_last:
+        last_stage = last_stage.permute(0, 3, 1, 2)
     reshape = _nhwc_to_nchw if encoder.channels_last else None
     # Gradio handlers run in worker threads where grad mode may be off (hence enable_grad).
-    # The parameters are frozen, so the graph starts at the hooked layer: its output becomes
-    # a leaf that requires grad (registered before grad-cam's own hook, which then sees the
-    # leaf). The backward pass stops there instead of running through the whole encoder; the
-    # gradient at the layer, and so the map, is the same (tests/test_explain.py).
+    # The parameters are frozen: the neck's output is made a leaf that requires grad
+    # (registered before grad-cam's own hook, which then sees the leaf), so there is a graph.
     cut = encoder.neck.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
     try:
         with torch.enable_grad():
             with GradCAM(model=wrapper, target_layers=[encoder.neck], reshape_transform=reshape) as cam:
-                heat = cam(input_tensor=image, targets=[target])
+                grid = cam(input_tensor=last_stage, targets=[target])  # (1, H, W) on the neck's grid
     finally:
         cut.remove()
-    return heat[0]
+    # as grad-cam brings a layer's map to its input image: resized, then stretched to [0, 1] again
+    size = predictor.card.image_size
+    return scale_cam_image(scale_cam_image(grid, (size, size)))[0]
 
 
 def attention_maps(encoding: PairEncoding) -> dict[tuple[int, str], np.ndarray]:
@@ -155,9 +172,9 @@ def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVER
     heat = np.asarray(heat, dtype=np.float32)
     lo, hi = (float(heat.min()), float(heat.max())) if scale is None else scale
     heat = (heat - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(heat)
-    heat = F.interpolate(torch.from_numpy(heat)[None, None], size=(size, size), mode="bilinear",
-                         align_corners=False)[0, 0].clamp(0, 1).numpy()
-    colours = colormaps[COLORMAP](heat)[..., :3]
+    # PIL, not torch: a 320 x 320 resize is not worth waking torch's thread pool (slow under load)
+    heat = np.clip(np.asarray(Image.fromarray(heat, mode="F").resize((size, size), Image.BILINEAR)), 0, 1)
+    colours = Image.fromarray(COLOUR_TABLE[np.rint(heat * 255).astype(np.uint8)])
     full = image.convert("RGB")
     factor = size / min(full.size)
     w, h = max(size, round(full.width * factor)), max(size, round(full.height * factor))
@@ -169,20 +186,20 @@ def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVER
         keep = full.height * 2 * size / h
         full = full.crop((0, round((full.height - keep) / 2), full.width, round((full.height + keep) / 2)))
         h = 2 * size
-    base = np.asarray(full.resize((w, h), Image.BICUBIC), dtype=np.float32) / 255
+    base = full.resize((w, h), Image.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
-    picture = DIMMED * base + (1 - DIMMED) * 0.5
-    picture[top:top + size, left:left + size] = 0.55 * base[top:top + size, left:left + size] + 0.45 * colours
+    seen = (left, top, left + size, top + size)
+    picture = Image.blend(Image.new("RGB", (w, h), (128, 128, 128)), base, DIMMED)
+    picture.paste(Image.blend(base.crop(seen), colours, 0.45), seen[:2])
     bar_width, pad, caption_height = 18, 44, 36
     canvas = Image.new("RGB", (w + bar_width + pad + 8, h + caption_height), "white")
-    canvas.paste(Image.fromarray((picture * 255).astype(np.uint8)), (0, 0))
+    canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     if (w, h) != (size, size):
         draw.rectangle((left, top, left + size - 1, top + size - 1), outline="white", width=2)
         caption += "\ndimmed: cut off, not seen by the model"
-    gradient = colormaps[COLORMAP](np.linspace(1, 0, h))[:, :3]
-    bar = (np.repeat(gradient[:, None, :], bar_width, axis=1) * 255).astype(np.uint8)
-    canvas.paste(Image.fromarray(bar), (w + 6, 0))
+    gradient = COLOUR_TABLE[np.rint(np.linspace(255, 0, h)).astype(np.uint8)]
+    canvas.paste(Image.fromarray(np.repeat(gradient[:, None, :], bar_width, axis=1)), (w + 6, 0))
     draw.multiline_text((4, h + 4), caption, fill="black", spacing=2)
     draw.text((w + bar_width + 10, 0), high, fill="black")
     draw.text((w + bar_width + 10, h - 12), low, fill="black")
@@ -216,24 +233,18 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
     if class_name is None:
         class_name = predictor.predict(clinical, dermoscopy).heads[head].classes[task]
     target = LogitTarget(task, class_name)
-    tensors = {m: predictor.to_tensor(images[m]) for m in given}
     # each image is drawn under up to five maps: shrink it once to the overlays' size
     shown = {m: _shrunk(images[m], OVERLAY_SIZE) for m in given}
     result = Explanation({}, {}, f"{head} head, {task} = {class_name}")
-    with predictor.lock:
-        encoding = None
-        if len(given) == 2:
-            with torch.no_grad():  # not inference_mode: its tensors cannot enter autograd
-                encoding = predictor.model.encode_pair(tensors["clinical"], tensors["dermoscopy"],
-                                                       return_attention=True, keep_keys=True)
+    encoding = predictor.pair_encoding(clinical, dermoscopy)
+    with predictor.lock:  # grad-cam's hooks must see only this request's passes
         for modality in given:
-            explained_head = head if head in (modality, "fused") else None
-            if explained_head is None:
+            if head not in (modality, "fused"):
                 continue
-            heat = gradcam_map(predictor, tensors[modality], modality, explained_head, encoding, target)
+            heat = gradcam_map(predictor, encoding, modality, head, target)
             result.gradcam[modality] = overlay(shown[modality], heat,
                                                f"Grad-CAM {modality}: {task} {class_name} ({head})")
-    if encoding is not None:
+    if len(given) == 2:
         for (stage, direction), grid in attention_maps(encoding).items():
             attended = direction.split("->")[1]
             gate = float(torch.tanh(predictor.model.cross_attention[str(stage)].gate))

@@ -148,6 +148,9 @@ class PairEncoding:
         summaries: modality -> per stage, (B, 2C) channel means and standard deviations of
             the stage's output (what :mod:`skinnet.guards` compares with the training
             images). Empty unless asked.
+        last_stage: modality -> the last stage's output after cross-attention, the neck's
+            input: Grad-CAM differentiates from there on (:mod:`skinnet.explain`), so the
+            encoder need not run again to explain a prediction. Empty unless asked.
     """
 
     pooled: dict[str, torch.Tensor]
@@ -155,6 +158,16 @@ class PairEncoding:
     keys: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     attention: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     grids: dict[int, tuple[int, int]] = field(default_factory=dict)
+    last_stage: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def first(self, n: int) -> "PairEncoding":
+        """The encoding of the batch's first ``n`` rows (e.g. the unflipped view of a TTA batch)."""
+        return PairEncoding(
+            pooled={m: v[:n] for m, v in self.pooled.items()},
+            summaries={m: [s[:n] for s in stats] for m, stats in self.summaries.items()},
+            keys={s: {m: v[:n] for m, v in k.items()} for s, k in self.keys.items()},
+            attention={s: {d: w[:n] for d, w in a.items()} for s, a in self.attention.items()},
+            grids=dict(self.grids), last_stage={m: v[:n] for m, v in self.last_stage.items()})
 
 
 class SingleSharedNet(nn.Module):
@@ -205,13 +218,14 @@ class SingleSharedNet(nn.Module):
         return (self.encoder_for("clinical").stages[index](clinical),
                 self.encoder_for("dermoscopy").stages[index](dermoscopy))
 
-    def _finish(self, modality: str, h: torch.Tensor) -> torch.Tensor:
+    def pool_last_stage(self, modality: str, h: torch.Tensor) -> torch.Tensor:
+        """The last stage's output -> pooled features (neck, then global pooling)."""
         encoder = self.encoder_for(modality)
         return encoder.pool(encoder.neck(h))
 
     def encode_pair(self, clinical: torch.Tensor, dermoscopy: torch.Tensor,
                     return_attention: bool = False, keep_keys: bool = False,
-                    summaries: bool = False) -> PairEncoding:
+                    summaries: bool = False, keep_last_stage: bool = False) -> PairEncoding:
         """Run both images through the encoder(s), with cross-attention between them."""
         channels_last = self.encoder.channels_last
         h = {"clinical": clinical, "dermoscopy": dermoscopy}
@@ -235,12 +249,14 @@ class SingleSharedNet(nn.Module):
                 grid = h["dermoscopy"].shape[1:3] if channels_last else h["dermoscopy"].shape[2:]
                 encoding.grids[index] = tuple(grid)
             h = {m: from_tokens(updated[m], h[m], channels_last) for m in MODALITIES}
-        encoding.pooled = {m: self._finish(m, h[m]) for m in MODALITIES}
+        if keep_last_stage:
+            encoding.last_stage = dict(h)
+        encoding.pooled = {m: self.pool_last_stage(m, h[m]) for m in MODALITIES}
         return encoding
 
     def encode_one(self, image: torch.Tensor, modality: str,
                    partner_keys: dict[int, torch.Tensor] | None = None,
-                   summaries: list | None = None) -> torch.Tensor:
+                   summaries: list | None = None, last_stage: dict | None = None) -> torch.Tensor:
         """Encode one modality; the pooled (B, num_features) features.
 
         Args:
@@ -249,6 +265,7 @@ class SingleSharedNet(nn.Module):
                 of the pair forward, but the encoder runs once, on this image only (what
                 Grad-CAM needs). Without them cross-attention is skipped (one image only).
             summaries: if given, each stage's :func:`summarise` is appended to it.
+            last_stage: if given, the last stage's output is stored in it under ``modality``.
         """
         encoder = self.encoder_for(modality)
         channels_last = encoder.channels_last
@@ -261,7 +278,9 @@ class SingleSharedNet(nn.Module):
                 tokens, _ = self.cross_attention[str(index)](to_tokens(h, channels_last),
                                                              partner_keys[index])
                 h = from_tokens(tokens, h, channels_last)
-        return self._finish(modality, h)
+        if last_stage is not None:
+            last_stage[modality] = h
+        return self.pool_last_stage(modality, h)
 
     # -- heads ----------------------------------------------------------------------------
     def classify(self, pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

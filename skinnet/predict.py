@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ from .checkpoint import ModelCard, file_sha256, load_checkpoint
 from .guards import Checks, Guards, guard_features, guards_path
 from .imaging import pixel_sha256
 from .labels import TASKS, seven_point_score, split_logits
-from .model import MODALITIES, SingleSharedNet
+from .model import MODALITIES, PairEncoding, SingleSharedNet
 from .transforms import eval_transform
 
 FLIPS = ((), (3,), (2,), (2, 3))
@@ -60,6 +61,17 @@ class Prediction:
         return "fused" if "fused" in self.heads else next(iter(self.heads))
 
 
+class ForwardPass(NamedTuple):
+    """One pass of a batch through the model (:meth:`Predictor.forward_tensors`)."""
+
+    logits: dict[str, torch.Tensor]
+    """head -> (B, NUM_OUTPUTS) raw logits, flip-averaged if TTA is on."""
+    features: dict[str, torch.Tensor]
+    """given modality -> (B, D) guard features of the unflipped view."""
+    encoding: PairEncoding | None = None
+    """The unflipped view's encoding with attention and last-stage outputs, when asked."""
+
+
 class Predictor:
     """A loaded checkpoint with its preprocessing, ready for single cases.
 
@@ -78,7 +90,8 @@ class Predictor:
         self.transform = eval_transform(card.image_size, card.mean, card.std)
         self.guards = guards
         self.lock = threading.RLock()
-        self._recent: OrderedDict[tuple, Prediction] = OrderedDict()
+        self._recent: OrderedDict[tuple, tuple[Prediction, PairEncoding | None]] = OrderedDict()
+        """Pixel hashes of a pair -> its prediction and its unflipped encoding (for the explanation)."""
         self.batcher: MicroBatcher | None = None
 
     def batch_concurrent_calls(self, max_batch: int = 8, wait_s: float = 0.003) -> "Predictor":
@@ -112,14 +125,16 @@ class Predictor:
         and each given image's :func:`~skinnet.guards.guard_features` (unflipped view)."""
         if clinical is None and dermoscopy is None:
             raise ValueError("need a clinical image, a dermoscopy image, or both")
-        logits, features = self.forward_tensors(self.to_tensor(clinical), self.to_tensor(dermoscopy), tta)
+        logits, features, _ = self.forward_tensors(self.to_tensor(clinical), self.to_tensor(dermoscopy), tta)
         return {h: v[0] for h, v in logits.items()}, {m: v[0] for m, v in features.items()}
 
     @torch.inference_mode()
     def forward_tensors(self, clinical: torch.Tensor | None, dermoscopy: torch.Tensor | None,
-                        tta: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                        tta: bool | None = None, keep_encoding: bool = False) -> ForwardPass:
         """:meth:`forward` for (B, 3, S, S) batches of preprocessed images: (B, NUM_OUTPUTS)
-        logits per head and (B, D) guard features per given modality.
+        logits per head and (B, D) guard features per given modality; with ``keep_encoding``
+        also the unflipped view's attention and last-stage outputs, which is all an
+        explanation needs (it then costs no second encoder pass).
 
         The flipped views of the whole batch go through the model as one batch: one forward
         pass, not four.
@@ -131,15 +146,22 @@ class Predictor:
         views = {m: torch.cat([x.flip(dims) if dims else x for dims in flips]) for m, x in given.items()}
         with self.lock:
             if len(views) == 2:
-                encoding = self.model.encode_pair(views["clinical"], views["dermoscopy"], summaries=True)
-                pooled, summaries = encoding.pooled, encoding.summaries
+                encoding = self.model.encode_pair(views["clinical"], views["dermoscopy"], summaries=True,
+                                                  return_attention=keep_encoding, keep_last_stage=keep_encoding)
             else:
                 (modality, x), = views.items()
-                summaries = {modality: []}
-                pooled = {modality: self.model.encode_one(x, modality, summaries=summaries[modality])}
-            out = self.model.classify(pooled)
+                encoding = PairEncoding(pooled={}, summaries={modality: []})
+                encoding.pooled[modality] = self.model.encode_one(
+                    x, modality, summaries=encoding.summaries[modality],
+                    last_stage=encoding.last_stage if keep_encoding else None)
+            out = self.model.classify(encoding.pooled)
         logits = {head: value.float().view(len(flips), n, -1).mean(0) for head, value in out.items()}
-        return logits, {m: guard_features([s[:n] for s in summaries[m]], pooled[m][:n]) for m in pooled}
+        unflipped = encoding.first(n)
+        features = {m: guard_features(unflipped.summaries[m], unflipped.pooled[m]) for m in unflipped.pooled}
+        if not keep_encoding:
+            return ForwardPass(logits, features)
+        unflipped.summaries = {}
+        return ForwardPass(logits, features, unflipped)
 
     def logits(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
                tta: bool | None = None) -> dict[str, torch.Tensor]:
@@ -152,19 +174,39 @@ class Predictor:
         The last few results are remembered by the images' pixel hashes: the app asks for
         the same pair's prediction again to explain it and to fill the review form.
         """
+        return self._remembered(clinical, dermoscopy)[0]
+
+    def pair_encoding(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> PairEncoding:
+        """The unflipped view's encoding with attention and last-stage outputs: the one kept
+        when the pair was just predicted (the app's flow: predict, then explain), else one
+        forward pass of the unflipped pair."""
+        encoding = self._remembered(clinical, dermoscopy)[1]
+        if encoding is None:  # predicted by the micro-batcher, which keeps none
+            encoding = self.forward_tensors(self.to_tensor(clinical), self.to_tensor(dermoscopy),
+                                            tta=False, keep_encoding=True).encoding
+        return encoding
+
+    def _remembered(self, clinical: Image.Image | None,
+                    dermoscopy: Image.Image | None) -> tuple[Prediction, PairEncoding | None]:
+        if clinical is None and dermoscopy is None:
+            raise ValueError("need a clinical image, a dermoscopy image, or both")
         key = tuple(None if im is None else pixel_sha256(im) for im in (clinical, dermoscopy))
         with self.lock:
             if key in self._recent:
                 self._recent.move_to_end(key)
                 return self._recent[key]
-        if clinical is None and dermoscopy is None:
-            raise ValueError("need a clinical image, a dermoscopy image, or both")
-        prediction = self.batcher.predict(clinical, dermoscopy) if self.batcher else self._predict(clinical, dermoscopy)
+        if self.batcher:
+            found = self.batcher.predict(clinical, dermoscopy), None
+        else:
+            logits, features, encoding = self.forward_tensors(
+                self.to_tensor(clinical), self.to_tensor(dermoscopy), keep_encoding=True)
+            found = self._prediction({h: v[0] for h, v in logits.items()},
+                                     {m: v[0] for m, v in features.items()}), encoding
         with self.lock:
-            self._recent[key] = prediction
+            self._recent[key] = found
             while len(self._recent) > RECENT_PREDICTIONS:
                 self._recent.popitem(last=False)
-        return prediction
+        return found
 
     def forget(self) -> None:
         """Drop remembered predictions (benchmarks measure cold calls)."""
@@ -189,15 +231,12 @@ class Predictor:
             for start in range(0, len(indexes), batch_size):
                 chunk = indexes[start:start + batch_size]
                 stack = (lambda k: torch.cat([self.to_tensor(pairs[i][k]) for i in chunk]))
-                logits, features = self.forward_tensors(stack(0) if has_clinical else None,
-                                                        stack(1) if has_dermoscopy else None, tta)
+                logits, features, _ = self.forward_tensors(stack(0) if has_clinical else None,
+                                                           stack(1) if has_dermoscopy else None, tta)
                 for row, i in enumerate(chunk):
                     results[i] = self._prediction({h: v[row] for h, v in logits.items()},
                                                   {m: v[row] for m, v in features.items()})
         return results
-
-    def _predict(self, clinical: Image.Image | None, dermoscopy: Image.Image | None) -> Prediction:
-        return self._prediction(*self.forward(clinical, dermoscopy))
 
     def _prediction(self, logits: dict[str, torch.Tensor], features: dict[str, torch.Tensor]) -> Prediction:
         heads = {}

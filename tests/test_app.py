@@ -11,8 +11,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from app_helpers import free_port, jpeg_with_gps, tiny_checkpoint, write_examples, write_pair
-from skinnet.explain import LogitTarget, OneModalityModel, explain, gradcam_map
+from skinnet.explain import HeadOnLastStage, LogitTarget, explain, gradcam_map
 from skinnet.imaging import ImageError
+from skinnet.model import MODALITIES
 from skinnet.predict import Predictor
 from skinnet.checkpoint import load_checkpoint, save_checkpoint
 from skinnet.ui import AppSettings, build_app, launch
@@ -133,40 +134,50 @@ def test_explain_handler_outputs(predictor, pair):
 
 
 @pytest.mark.parametrize("modality", ["clinical", "dermoscopy"])
-@pytest.mark.parametrize("head", ["own", "fused"])
+@pytest.mark.parametrize("head", ["own", "fused", "alone"])
 def test_explained_output_equals_model_output(predictor, pair, modality, head):
+    """What Grad-CAM differentiates (neck, pooling, head from the prediction's kept last-stage
+    output) gives the model's own logits: for a pair's fused and own heads, and a lone image."""
     images = [Image.open(p).convert("RGB") for p in pair]
     x_c, x_d = (predictor.to_tensor(im) for im in images)
     model = predictor.model
-    with torch.no_grad():
+    if head == "alone":
+        given = [im if m == modality else None for m, im in zip(MODALITIES, images)]
+        encoding = predictor.pair_encoding(*given)
+        full = model(**{modality: x_c if modality == "clinical" else x_d})
+        head_name = modality
+    else:
+        encoding = predictor.pair_encoding(*images)
         full = model(x_c, x_d)
-        encoding = model.encode_pair(x_c, x_d, keep_keys=True)
         head_name = modality if head == "own" else "fused"
-        wrapped = OneModalityModel(model, modality, head_name, encoding)
-        torch.testing.assert_close(wrapped(x_c if modality == "clinical" else x_d), full[head_name])
-
-
-def test_gradcam_runs_the_encoder_once_on_the_explained_image(predictor, pair):
-    images = [Image.open(p).convert("RGB") for p in pair]
-    x_c, x_d = (predictor.to_tensor(im) for im in images)
-    neck = predictor.model.encoder.neck
-    seen = []
-    handle = neck.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
-    try:
-        with torch.no_grad():
-            encoding = predictor.model.encode_pair(x_c, x_d, keep_keys=True)
-        seen.clear()
-        heat = gradcam_map(predictor, x_d, "dermoscopy", "fused", encoding, LogitTarget("DIAG", "MEL"))
-    finally:
-        handle.remove()
-    assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() <= 1
-    # grad-cam's own hooks are gone and the neck ran exactly once per pass, on the dermoscopy image
-    assert not neck._forward_hooks and not neck._backward_hooks
-    assert len(seen) == 1
+    last_stage = encoding.last_stage[modality]
+    if model.encoder.channels_last:
+        last_stage = last_stage.permute(0, 3, 1, 2)
     with torch.no_grad():
-        expected = predictor.model.encoder.stages[-1](predictor.model.encoder.stages[-2](
-            torch.nn.Sequential(*predictor.model.encoder.stages[:-2])(x_d)))
-    assert seen[0].shape == expected.shape
+        torch.testing.assert_close(HeadOnLastStage(model, modality, head_name, encoding)(last_stage.clone()),
+                                   full[head_name])
+
+
+def test_an_explanation_runs_no_encoder_pass_after_the_prediction(predictor, pair):
+    """The app's flow: /predict, then /explain of the same pair. The explanation reuses the
+    prediction's unflipped pass: the encoder's first stage never runs again, the neck once per map."""
+    images = [Image.open(p).convert("RGB") for p in pair]
+    predictor.forget()
+    predictor.predict(*images)
+    encoder = predictor.model.encoder
+    stem_calls, neck_inputs = [], []
+    hooks = [encoder.stages[0].register_forward_hook(lambda module, args, out: stem_calls.append(1)),
+             encoder.neck.register_forward_hook(lambda module, args, out: neck_inputs.append(args[0].shape))]
+    try:
+        result = explain(predictor, *images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert set(result.gradcam) == {"clinical", "dermoscopy"} and stem_calls == []
+    assert len(neck_inputs) == 2
+    heat = gradcam_map(predictor, predictor.pair_encoding(*images), "dermoscopy", "fused", LogitTarget("DIAG", "MEL"))
+    assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() <= 1
+    assert not encoder.neck._forward_hooks and not encoder.neck._backward_hooks  # grad-cam's hooks are gone
 
 
 def test_gradcam_under_no_grad_thread_state(predictor, pair):

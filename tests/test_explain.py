@@ -52,11 +52,11 @@ def test_gradcam_of_randomised_weights_differs_from_the_trained_model():
     (an edge detector), it would survive; a faithful map must change."""
     predictor = Predictor.from_checkpoint(SHIPPED)
     rng = np.random.default_rng(0)
-    image = predictor.to_tensor(lesion_image(rng, size=(300, 200), tint=2))
+    image = lesion_image(rng, size=(300, 200), tint=2)
     from skinnet.explain import LogitTarget
 
     target = LogitTarget("DIAG", "MEL")
-    trained = gradcam_map(predictor, image, "dermoscopy", "dermoscopy", None, target)
+    trained = gradcam_map(predictor, predictor.pair_encoding(None, image), "dermoscopy", "dermoscopy", target)
     randomised = Predictor(copy.deepcopy(predictor.model), predictor.card)
     torch.manual_seed(0)
     layers = [randomised.model.heads, randomised.model.encoder.neck, randomised.model.encoder.stages[-1]]
@@ -64,7 +64,7 @@ def test_gradcam_of_randomised_weights_differs_from_the_trained_model():
         for module in layer.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    random_map = gradcam_map(randomised, image, "dermoscopy", "dermoscopy", None, target)
+    random_map = gradcam_map(randomised, randomised.pair_encoding(None, image), "dermoscopy", "dermoscopy", target)
     rank = lambda m: np.argsort(np.argsort(m.ravel()))  # noqa: E731
     spearman = np.corrcoef(rank(trained), rank(random_map))[0, 1]
     assert trained.std() > 0 and spearman < 0.5, spearman
@@ -76,28 +76,46 @@ def test_a_very_long_image_gives_a_bounded_overlay():
     assert canvas.width <= 2 * 320 + 100 and canvas.height <= 2 * 320 + 60
 
 
+class FromImage(torch.nn.Module):
+    """The plain way to Grad-CAM one image of a pair: image -> the whole encoder (cross-attending
+    to the other image's kept key tokens) -> head; the gradient flows back to the input."""
+
+    def __init__(self, model, modality, head, pair):
+        super().__init__()
+        self.model, self.modality, self.head, self.pair = model, modality, head, pair
+
+    def forward(self, image):
+        other = "clinical" if self.modality == "dermoscopy" else "dermoscopy"
+        keys = None if self.pair is None else {s: k[other] for s, k in self.pair.keys.items()}
+        pooled = {self.modality: self.model.encode_one(image, self.modality, keys)}
+        if self.head == "fused":
+            pooled[other] = self.pair.pooled[other]
+        return self.model.classify(pooled)[self.head]
+
+
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped checkpoint")
-def test_gradcam_cut_at_the_hooked_layer_gives_the_map_of_a_full_backward_pass():
-    """gradcam_map starts the graph at the hooked layer (the backward pass stops there); the map
-    must equal grad-cam run the plain way, with the gradient flowing back to the input, for the
-    fused head of a pair (cross-attention to the other image in between) and a modality's head."""
+def test_gradcam_from_the_kept_last_stage_equals_plain_gradcam_from_the_image():
+    """gradcam_map differentiates only neck, pooling and head, from the prediction's own
+    last-stage output; the map must equal grad-cam run the plain way on the image, with the
+    gradient flowing through the whole encoder, for the fused head of a pair (cross-attention to
+    the other image in between) and for a lone image's head."""
     from pytorch_grad_cam import GradCAM
 
-    from skinnet.explain import LogitTarget, OneModalityModel, _nhwc_to_nchw
+    from skinnet.explain import LogitTarget, _nhwc_to_nchw
 
     predictor = Predictor.from_checkpoint(SHIPPED)
     rng = np.random.default_rng(3)
-    clinical = predictor.to_tensor(lesion_image(rng, size=(300, 200), tint=1))
-    derm = predictor.to_tensor(lesion_image(rng, size=(240, 240), tint=3))
+    clinical, derm = lesion_image(rng, size=(300, 200), tint=1), lesion_image(rng, size=(240, 240), tint=3)
+    x_c, x_d = predictor.to_tensor(clinical), predictor.to_tensor(derm)
     with torch.no_grad():
-        pair = predictor.model.encode_pair(clinical, derm, keep_keys=True)
-    for head, partner in (("fused", pair), ("dermoscopy", None)):
-        target = LogitTarget("DIAG", "MEL")
-        fast = gradcam_map(predictor, derm, "dermoscopy", head, partner, target)
-        wrapper = OneModalityModel(predictor.model, "dermoscopy", head, partner).eval()
+        pair = predictor.model.encode_pair(x_c, x_d, keep_keys=True)
+    target = LogitTarget("DIAG", "MEL")
+    for head, given, partner in (("fused", (clinical, derm), pair), ("dermoscopy", (None, derm), None)):
+        fast = gradcam_map(predictor, predictor.pair_encoding(*given), "dermoscopy", head, target)
         encoder = predictor.model.encoder_for("dermoscopy")
-        with torch.enable_grad(), GradCAM(model=wrapper, target_layers=[encoder.neck],
+        plain_model = FromImage(predictor.model, "dermoscopy", head, partner).eval()
+        with torch.enable_grad(), GradCAM(model=plain_model, target_layers=[encoder.neck],
                                           reshape_transform=_nhwc_to_nchw if encoder.channels_last else None) as cam:
-            plain = cam(input_tensor=derm.clone().requires_grad_(True), targets=[target])[0]
+            plain = cam(input_tensor=x_d.clone().requires_grad_(True), targets=[target])[0]
         assert fast.std() > 0.01
         np.testing.assert_allclose(fast, plain, atol=1e-5)
