@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REAL_DERM7PT
 from skinnet.checkpoint import load_checkpoint
@@ -162,6 +163,56 @@ def test_a_refit_calibrated_from_out_of_fold_logits_says_so(cross_fitted, tmp_pa
     with pytest.raises(SystemExit, match="another recipe.*mixup"):
         evaluate.main(["--checkpoint", str(other), "--data-root", str(release), "--calibrate-from",
                        str(out / "oof.pt")])
+
+
+def test_a_card_that_drops_the_flips_is_calibrated_from_one_view_oof_logits(cross_fitted, tmp_path):
+    """--tta-oof off: every fold model predicts its fold again with one view; a refit whose card
+    is switched to one view (--set-tta off) is calibrated from those logits, never from the
+    flipped ones, and the app then predicts with one view."""
+    from skinnet.predict import Predictor
+    from training import train
+
+    release, out, _ = cross_fitted
+    data = Derm7pt(release)
+    crossval.main(["--data-root", str(release), "--out", str(out), "--folds", "3", "--tta-oof", "off"])
+    one_view, flipped = (torch.load(out / name, weights_only=True) for name in ("oof_tta_off.pt", "oof.pt"))
+    assert one_view["tta"] is False and flipped["tta"] is True and one_view["case_ids"] == flipped["case_ids"]
+    assert torch.equal(one_view["fold"], flipped["fold"]) and torch.equal(one_view["labels"], flipped["labels"])
+    folds, _ = read_folds(out / "folds.json", data)
+    by_id = {c.case_id: c for c in pool_cases(data)}
+    model, card = load_checkpoint(out / "fold1" / "cv.safetensors")
+    mine = [c for c in one_view["case_ids"] if folds[c] == 1]
+    logits, _ = head_predictions(model, card, [by_id[c] for c in mine], "cpu", tta=False)
+    rows = torch.tensor([one_view["case_ids"].index(c) for c in mine])
+    torch.testing.assert_close(one_view["logits"]["fused"][rows], logits["fused"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(one_view["logits"]["fused"], flipped["logits"]["fused"])
+
+    refit = train.main(["--data-root", str(release), "--out", str(tmp_path / "refit"), "--refit", *FAST,
+                        "--tta", "--name", "cv"])
+    with pytest.raises(SystemExit, match="TTA: the logits were predicted with it off, the card has it on"):
+        evaluate.main(["--checkpoint", str(refit), "--data-root", str(release), "--calibrate-from",
+                       str(out / "oof_tta_off.pt")])
+    with pytest.raises(SystemExit, match="TTA: the logits were predicted with it on, the card has it off"):
+        evaluate.main(["--checkpoint", str(refit), "--data-root", str(release), "--set-tta", "off",
+                       "--calibrate-from", str(out / "oof.pt")])
+    with pytest.raises(SystemExit):  # a TTA change without refitting the calibration
+        evaluate.main(["--checkpoint", str(refit), "--data-root", str(release), "--set-tta", "off"])
+    record = evaluate.main(["--checkpoint", str(refit), "--data-root", str(release), "--set-tta", "off",
+                            "--calibrate-from", str(out / "oof_tta_off.pt")])
+    _, card = load_checkpoint(refit)
+    assert card.training["tta"] is False and record["tta"] is False
+    assert card.training["calibration_source"]["tta"] is False
+    assert card.training["calibration_source"]["oof_file"] == "oof_tta_off.pt"
+    assert card.metrics["test"]["avg"] == record["avg"]
+    predictor = Predictor.from_checkpoint(refit)
+    calls = []
+    hook = predictor.model.encoder.stages[0].register_forward_hook(lambda m, a, o: calls.append(o.shape[0]))
+    try:
+        predictor.predict(*(Image.open(by_id[mine[0]].clinical_path).convert("RGB"),
+                            Image.open(by_id[mine[0]].dermoscopy_path).convert("RGB")))
+    finally:
+        hook.remove()
+    assert calls == [2]  # one view of each image (joint batch-norm: both images in one batch)
 
 
 def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_path):

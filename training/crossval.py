@@ -83,14 +83,38 @@ def check_fold_run(where: Path, hold_out: int | None) -> None:
 def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], hold_out: int | None = None) -> dict:
     """Every fold's ``oof.pt`` joined in pool order (train then valid), each case checked to come
     from the model of its own fold; with ``hold_out``, that fold's cases are left out."""
+    parts = {}
+    for fold in (k for k in range(n_folds) if k != hold_out):
+        check_fold_run(fold_dir(out, fold), hold_out)
+        parts[fold] = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
+    oof = join_oof(parts, out, data, folds, hold_out)
+    oof["tta"] = bool(read_card(next(fold_dir(out, min(parts)).glob("*.safetensors"))).training.get("tta", False))
+    return oof
+
+
+def predict_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], tta: bool, device: str) -> dict:
+    """The out-of-fold predictions again, each fold model predicting its own fold with this TTA
+    setting instead of its card's: what calibrates a card that uses the other setting (the same
+    cases, order and format as ``oof.pt``)."""
+    parts, cache = {}, None
+    for fold in range(n_folds):
+        check_fold_run(fold_dir(out, fold), None)
+        model, card = load_checkpoint(next(fold_dir(out, fold).glob("*.safetensors")), device)
+        cases = [c for c in pool_cases(data) if folds[c.case_id] == fold]
+        logits, cache = head_predictions(model, card, cases, device, tta)
+        parts[fold] = {"case_ids": [c.case_id for c in cases], "logits": logits,
+                       "labels": cache.labels.cpu(), "has_clinical": cache.has_clinical.cpu()}
+    return {**join_oof(parts, out, data, folds, None), "tta": tta}
+
+
+def join_oof(parts: dict[int, dict], out: Path, data: Derm7pt, folds: dict[str, int], hold_out: int | None) -> dict:
+    """Fold parts (case ids, logits per head, labels, has_clinical) joined in pool order."""
     pool = [c for c in pool_cases(data) if folds[c.case_id] != hold_out]
     position = {case.case_id: i for i, case in enumerate(pool)}
     n = len(pool)
     logits, labels, has_clinical = {}, torch.zeros(n, len(TASK_NAMES), dtype=torch.long), torch.zeros(n, dtype=torch.bool)
     seen = torch.zeros(n, dtype=torch.bool)
-    for fold in (k for k in range(n_folds) if k != hold_out):
-        check_fold_run(fold_dir(out, fold), hold_out)
-        part = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
+    for fold, part in parts.items():
         index = torch.tensor([position[c] for c in part["case_ids"]])
         if any(folds[c] != fold for c in part["case_ids"]) or seen[index].any():
             raise ValueError(f"{fold_dir(out, fold)}: its out-of-fold cases are not fold {fold}'s")
@@ -166,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "neither it nor this fold)")
     p.add_argument("--ensemble-test", action="store_true",
                    help="also score the fold models' ensemble on test (a teacher's number, chooses nothing)")
+    p.add_argument("--tta-oof", default=None, choices=["on", "off"],
+                   help="only write oof_tta_<on|off>.pt: the finished fold models predict their folds "
+                        "again with this TTA setting (to calibrate a card that uses it; see "
+                        "benchmarks/tta_views.py for what the flips are worth)")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -185,6 +213,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         folds = ensure_folds(out, data, args.folds, args.fold_seed)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    if args.tta_oof:
+        oof = predict_oof(out, args.folds, data, folds, args.tta_oof == "on", args.device)
+        torch.save(oof, out / f"oof_tta_{args.tta_oof}.pt")
+        report = oof_report(oof)
+        log.info("out-of-fold with TTA %s (%d cases): avg %.4f DIAG %.4f -> %s", args.tta_oof, report["n_cases"],
+                 report["avg"], report["DIAG"], out / f"oof_tta_{args.tta_oof}.pt")
+        return {"tta": args.tta_oof == "on", "out_of_fold": report}
     todo = range(args.folds) if args.only is None else [int(k) for k in args.only.split(",")]
     nested = [] if args.hold_out is None else ["--hold-out", str(args.hold_out)]
     for fold in (k for k in todo if k != args.hold_out):

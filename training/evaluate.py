@@ -113,7 +113,11 @@ def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, d
         fold_card = read_card(next(path.parent.glob("fold[0-9]*/*.safetensors")))
     except (OSError, RuntimeError, StopIteration, ValueError) as err:
         raise SystemExit(f"--calibrate-from {path}: not the oof.pt of a training.crossval folder ({err})") from None
-    differ = [k for k in RECIPE_KEYS if fold_card.training.get(k) != card.training.get(k)]
+    differ = [k for k in RECIPE_KEYS if k != "tta" and fold_card.training.get(k) != card.training.get(k)]
+    oof_tta = bool(oof.get("tta", fold_card.training.get("tta", False)))  # older files: the fold cards' setting
+    if oof_tta != bool(card.training.get("tta", False)):
+        differ.append(f"TTA: the logits were predicted with it {'on' if oof_tta else 'off'}, the card has it "
+                      f"{'off' if oof_tta else 'on'}; training.crossval --tta-oof writes the other")
     if fold_card.model != card.model or fold_card.loss_weights != card.loss_weights:
         differ.append("model or loss weights")
     if differ:
@@ -123,8 +127,8 @@ def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, d
     calibration = {head: fit_head(logits[scored_cases(head, has_clinical)], labels[scored_cases(head, has_clinical)])
                    for head, logits in oof["logits"].items()}
     n_folds = int(oof["fold"].max()) + 1
-    source = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds,
-              "run": path.parent.name, "oof_sha256": file_sha256(path)}
+    source = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds, "tta": oof_tta,
+              "run": path.parent.name, "oof_file": path.name, "oof_sha256": file_sha256(path)}
     return calibration, source
 
 
@@ -169,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the record here")
     p.add_argument("--figures", default=None, help="folder for confusion matrix PNGs")
     p.add_argument("--tta", default=None, choices=["on", "off"], help="override the card's TTA setting")
+    p.add_argument("--set-tta", default=None, choices=["on", "off"],
+                   help="store this TTA setting in the card (the app uses it); needs --calibrate-from "
+                        "OOF logits predicted the same way (or --calibrate), and re-scores the card")
     p.add_argument("--calibrate", action="store_true",
                    help="fit each head's calibration (per task: temperature, class biases) on the "
                         "valid split and store it in the card, with the card's valid and --split scores")
@@ -188,9 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.set_tta and not (args.calibrate_from or args.calibrate):
+        parser.error("--set-tta changes the logits the calibration was fitted on: give --calibrate-from "
+                     "(a refit) or --calibrate")
     model, card = load_checkpoint(args.checkpoint, args.device)
     refit = card.trained_on_valid
+    if args.set_tta:
+        card.training["tta"] = args.set_tta == "on"
     if args.calibrate_from:
         card.calibration, card.training["calibration_source"] = calibration_from_oof(args.calibrate_from, card)
         save_checkpoint(model, card, args.checkpoint)
