@@ -213,6 +213,11 @@ def test_a_card_that_drops_the_flips_is_calibrated_from_one_view_oof_logits(cros
     finally:
         hook.remove()
     assert calls == [2]  # one view of each image (joint batch-norm: both images in one batch)
+    from training.fit_guards import oof_margins
+    with pytest.raises(SystemExit, match="predicted with TTA on, the checkpoint predicts with it off"):
+        oof_margins(out / "oof.pt", predictor)
+    margins, correct = oof_margins(out / "oof_tta_off.pt", predictor)
+    assert len(margins) == len(correct) == 30
 
 
 def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_path):

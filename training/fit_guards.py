@@ -106,6 +106,10 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused")
     oof = torch.load(oof_path, weights_only=True)
     if oof.get("hold_out") is not None:
         raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
+    card_tta = bool(predictor.card.training.get("tta", False))
+    if oof.get("tta", card_tta) != card_tta:
+        raise SystemExit(f"--oof {oof_path}: predicted with TTA {'on' if oof['tta'] else 'off'}, the checkpoint "
+                         f"predicts with it {'on' if card_tta else 'off'} (training.crossval --tta-oof writes the other)")
     keep = oof["has_clinical"] if head == "clinical" else torch.ones(len(oof["labels"]), dtype=torch.bool)
     logits = calibrate(oof["logits"][head][keep], predictor.card.calibration.get(head))
     probs = torch.softmax(split_logits(logits)["DIAG"], -1)
