@@ -1,6 +1,6 @@
 """What the app's guards catch: pictures that are not lesions, swapped images, uncertain cases.
 
-    python benchmarks/guards.py --data-root ../shared/derm7pt [--checkpoint CKPT] [--oof runs/cv_lite2/oof.pt]
+    python benchmarks/guards.py --data-root ../shared/derm7pt [--checkpoint CKPT] [--oof runs/cv_lite2/oof_tta_off.pt]
 
 Runs the app's own prediction path (``Predictor.predict``: TTA, calibration, guards) on
 - the 53 pictures of ``benchmarks/non_lesion.py``, each in both slots, in the clinical slot

@@ -113,9 +113,11 @@ with the weights, so that a card edited by hand or copied from another checkpoin
 
 
 def inference_contract(card: ModelCard) -> dict:
-    """What must agree between a card and its weights: architecture, input, labels, calibration."""
+    """What must agree between a card and its weights: architecture, input, labels, calibration,
+    and the test-time flips (the calibration was fitted on logits predicted with or without them)."""
     return json.loads(json.dumps({"model": card.model, "image_size": card.image_size, "mean": list(card.mean),
-                                  "std": list(card.std), "labels": card.labels, "calibration": card.calibration}))
+                                  "std": list(card.std), "labels": card.labels, "calibration": card.calibration,
+                                  "tta": bool(card.training.get("tta", False))}))
 
 
 def validate_card(card: ModelCard, where: str) -> None:
@@ -259,7 +261,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
     if CONTRACT_KEY in metadata:
         written = json.loads(metadata[CONTRACT_KEY])
-        differ = sorted(k for k, v in inference_contract(card).items() if written.get(k) != v)
+        # files written before "tta" joined the contract are not checked on it
+        differ = sorted(k for k, v in inference_contract(card).items() if written.get(k, v if k == "tta" else None) != v)
         if differ:
             raise ValueError(f"{card_path(weights)} disagrees with its weights file on {differ}: the card was "
                              "edited or belongs to other weights")

@@ -161,13 +161,15 @@ class PairEncoding:
     last_stage: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def first(self, n: int) -> "PairEncoding":
-        """The encoding of the batch's first ``n`` rows (e.g. the unflipped view of a TTA batch)."""
+        """The encoding of the batch's first ``n`` rows (e.g. the unflipped view of a TTA batch),
+        copied, so that keeping it does not keep the other rows' memory alive."""
+        rows = lambda v: v[:n].clone()  # noqa: E731
         return PairEncoding(
-            pooled={m: v[:n] for m, v in self.pooled.items()},
-            summaries={m: [s[:n] for s in stats] for m, stats in self.summaries.items()},
-            keys={s: {m: v[:n] for m, v in k.items()} for s, k in self.keys.items()},
-            attention={s: {d: w[:n] for d, w in a.items()} for s, a in self.attention.items()},
-            grids=dict(self.grids), last_stage={m: v[:n] for m, v in self.last_stage.items()})
+            pooled={m: rows(v) for m, v in self.pooled.items()},
+            summaries={m: [rows(s) for s in stats] for m, stats in self.summaries.items()},
+            keys={s: {m: rows(v) for m, v in k.items()} for s, k in self.keys.items()},
+            attention={s: {d: rows(w) for d, w in a.items()} for s, a in self.attention.items()},
+            grids=dict(self.grids), last_stage={m: rows(v) for m, v in self.last_stage.items()})
 
 
 class SingleSharedNet(nn.Module):
@@ -262,8 +264,8 @@ class SingleSharedNet(nn.Module):
         Args:
             partner_keys: stage -> the other modality's key tokens at that stage, as kept
                 by :meth:`encode_pair`. With them the result equals this modality's branch
-                of the pair forward, but the encoder runs once, on this image only (what
-                Grad-CAM needs). Without them cross-attention is skipped (one image only).
+                of the pair forward, but the encoder runs once, on this image only (the tests
+                check Grad-CAM against it). Without them cross-attention is skipped (one image only).
             summaries: if given, each stage's :func:`summarise` is appended to it.
             last_stage: if given, the last stage's output is stored in it under ``modality``.
         """

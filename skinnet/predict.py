@@ -180,22 +180,23 @@ class Predictor:
         """The unflipped view's encoding with attention and last-stage outputs: the one kept
         when the pair was just predicted (the app's flow: predict, then explain), else one
         forward pass of the unflipped pair."""
-        encoding = self._remembered(clinical, dermoscopy)[1]
-        if encoding is None:  # predicted by the micro-batcher, which keeps none
-            encoding = self.forward_tensors(self.to_tensor(clinical), self.to_tensor(dermoscopy),
-                                            tta=False, keep_encoding=True).encoding
-        return encoding
+        return self._remembered(clinical, dermoscopy, need_encoding=True)[1]
 
-    def _remembered(self, clinical: Image.Image | None,
-                    dermoscopy: Image.Image | None) -> tuple[Prediction, PairEncoding | None]:
+    def _remembered(self, clinical: Image.Image | None, dermoscopy: Image.Image | None,
+                    need_encoding: bool = False) -> tuple[Prediction, PairEncoding | None]:
+        """The pair's (prediction, encoding) from the recent ones, else computed and remembered.
+        The micro-batcher keeps no encoding: a pair it predicted runs once more, directly, when
+        it is explained (never through the batcher, whose thread a caller holding the lock
+        would wait on forever)."""
         if clinical is None and dermoscopy is None:
             raise ValueError("need a clinical image, a dermoscopy image, or both")
         key = tuple(None if im is None else pixel_sha256(im) for im in (clinical, dermoscopy))
         with self.lock:
-            if key in self._recent:
+            found = self._recent.get(key)
+            if found is not None and (found[1] is not None or not need_encoding):
                 self._recent.move_to_end(key)
-                return self._recent[key]
-        if self.batcher:
+                return found
+        if self.batcher and not need_encoding:
             found = self.batcher.predict(clinical, dermoscopy), None
         else:
             logits, features, encoding = self.forward_tensors(

@@ -327,6 +327,34 @@ def test_concurrent_calls_are_batched_and_equal_one_at_a_time(tmp_path):
         batched.predict(None, None)
 
 
+def test_explaining_a_pair_the_micro_batcher_predicted(tmp_path):
+    """The batcher keeps no encoding: explaining its pair runs the model once more, directly
+    (even for a caller holding the predictor's lock, who would wait forever on the batcher's
+    thread), remembers that encoding, and a second explanation runs no encoder pass."""
+    import threading
+
+    batched = Predictor.from_checkpoint(tiny_checkpoint(tmp_path)).batch_concurrent_calls(max_batch=4, wait_s=0.01)
+    images = [Image.open(p).convert("RGB") for p in write_pair(tmp_path, 3)]
+    batched.predict(*images)
+    stem_calls = []
+    hook = batched.model.encoder.stages[0].register_forward_hook(lambda m, a, o: stem_calls.append(1))
+    done = []
+
+    def explain_holding_the_lock():
+        with batched.lock:
+            done.append(explain(batched, *images))
+
+    try:
+        worker = threading.Thread(target=explain_holding_the_lock, daemon=True)
+        worker.start()
+        worker.join(60)
+        assert done and set(done[0].gradcam) == {"clinical", "dermoscopy"} and len(stem_calls) == 1
+        explain(batched, *images)
+        assert len(stem_calls) == 1
+    finally:
+        hook.remove()
+
+
 def test_ten_concurrent_gradio_clients_each_get_their_own_answer(client, predictor, tmp_path):
     """Ten clients call /predict at once (each its own pair): no error, and each answer is the
     one its own pair gets alone."""

@@ -218,6 +218,24 @@ def test_a_card_that_drops_the_flips_is_calibrated_from_one_view_oof_logits(cros
         oof_margins(out / "oof.pt", predictor)
     margins, correct = oof_margins(out / "oof_tta_off.pt", predictor)
     assert len(margins) == len(correct) == 30
+    legacy = {k: v for k, v in flipped.items() if k != "tta"}  # written before OOF files said
+    torch.save(legacy, out / "oof_legacy.pt")
+    with pytest.raises(SystemExit, match="predicted with TTA on"):  # told by the fold models' cards
+        oof_margins(out / "oof_legacy.pt", predictor)
+
+
+def test_one_view_oof_needs_every_fold_finished(cross_fitted, tmp_path):
+    import shutil
+
+    release, out, _ = cross_fitted
+    with pytest.raises(SystemExit):
+        crossval.main(["--data-root", str(release), "--out", str(out), "--folds", "3", "--only", "1",
+                       "--tta-oof", "off"])
+    unfinished = tmp_path / "cv"
+    shutil.copytree(out, unfinished)
+    (unfinished / "fold2" / "oof.pt").unlink()  # fold 2 still training: only its latest epoch's weights
+    with pytest.raises(SystemExit, match=r"folds \[2\] .* have not finished"):
+        crossval.main(["--data-root", str(release), "--out", str(unfinished), "--folds", "3", "--tta-oof", "off"])
 
 
 def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_path):

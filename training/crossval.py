@@ -88,7 +88,10 @@ def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], ho
         check_fold_run(fold_dir(out, fold), hold_out)
         parts[fold] = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
     oof = join_oof(parts, out, data, folds, hold_out)
-    oof["tta"] = bool(read_card(next(fold_dir(out, min(parts)).glob("*.safetensors"))).training.get("tta", False))
+    settings = {bool(read_card(next(fold_dir(out, k).glob("*.safetensors"))).training.get("tta", False)) for k in parts}
+    if len(settings) != 1:
+        raise ValueError(f"{out}: its fold models predicted with and without the test-time flips")
+    oof["tta"] = settings.pop()
     return oof
 
 
@@ -96,6 +99,9 @@ def predict_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], t
     """The out-of-fold predictions again, each fold model predicting its own fold with this TTA
     setting instead of its card's: what calibrates a card that uses the other setting (the same
     cases, order and format as ``oof.pt``)."""
+    unfinished = [k for k in range(n_folds) if not (fold_dir(out, k) / OOF_FILE).is_file()]
+    if unfinished:  # a fold still training has a checkpoint of its latest epoch, not its final model
+        raise SystemExit(f"--tta-oof: folds {unfinished} of {out} have not finished; train them first")
     parts, cache = {}, None
     for fold in range(n_folds):
         check_fold_run(fold_dir(out, fold), None)
@@ -206,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parser.parse_args(own)
     if args.hold_out is not None and (args.ensemble_test or args.folds < 3 or not 0 <= args.hold_out < args.folds):
         parser.error("--hold-out must be one of at least 3 folds, and goes without --ensemble-test")
+    if args.tta_oof and (args.hold_out is not None or args.only):
+        parser.error("--tta-oof re-predicts a finished ordinary cross-fit: it goes without --hold-out and --only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     data = Derm7pt(args.data_root)

@@ -97,6 +97,21 @@ RECIPE_KEYS = ("epochs", "image_size", "batch_size", "lr", "backbone_lr_scale", 
 stand for the refit's (seeds may differ)."""
 
 
+def oof_tta(oof: dict, path: str | Path) -> bool:
+    """Whether an OOF file's logits were predicted with the test-time flips: its own record, or
+    for files written before it kept one, its fold models' cards (the setting they predicted with).
+
+    Raises:
+        SystemExit: neither the file nor a fold card beside it says.
+    """
+    if "tta" in oof:
+        return bool(oof["tta"])
+    try:
+        return bool(read_card(next(Path(path).parent.glob("fold[0-9]*/*.safetensors"))).training.get("tta", False))
+    except (OSError, StopIteration, ValueError) as err:
+        raise SystemExit(f"{path}: cannot tell whether its logits were predicted with the flips ({err})") from None
+
+
 def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, dict], dict]:
     """Every head's calibration fitted on a cross-fitting run's out-of-fold logits, and the card
     note that says so; refused when the fold models' recipe is not the card's.
@@ -114,10 +129,10 @@ def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, d
     except (OSError, RuntimeError, StopIteration, ValueError) as err:
         raise SystemExit(f"--calibrate-from {path}: not the oof.pt of a training.crossval folder ({err})") from None
     differ = [k for k in RECIPE_KEYS if k != "tta" and fold_card.training.get(k) != card.training.get(k)]
-    oof_tta = bool(oof.get("tta", fold_card.training.get("tta", False)))  # older files: the fold cards' setting
-    if oof_tta != bool(card.training.get("tta", False)):
-        differ.append(f"TTA: the logits were predicted with it {'on' if oof_tta else 'off'}, the card has it "
-                      f"{'off' if oof_tta else 'on'}; training.crossval --tta-oof writes the other")
+    flips = oof_tta(oof, path)
+    if flips != bool(card.training.get("tta", False)):
+        differ.append(f"TTA: the logits were predicted with it {'on' if flips else 'off'}, the card has it "
+                      f"{'off' if flips else 'on'}; training.crossval --tta-oof writes the other")
     if fold_card.model != card.model or fold_card.loss_weights != card.loss_weights:
         differ.append("model or loss weights")
     if differ:
@@ -127,7 +142,7 @@ def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, d
     calibration = {head: fit_head(logits[scored_cases(head, has_clinical)], labels[scored_cases(head, has_clinical)])
                    for head, logits in oof["logits"].items()}
     n_folds = int(oof["fold"].max()) + 1
-    source = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds, "tta": oof_tta,
+    source = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds, "tta": flips,
               "run": path.parent.name, "oof_file": path.name, "oof_sha256": file_sha256(path)}
     return calibration, source
 

@@ -29,6 +29,7 @@ from skinnet.model import HEADS, MODALITIES
 from skinnet.predict import Predictor
 
 from .data import trained_splits
+from .evaluate import oof_tta
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,9 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused")
     oof = torch.load(oof_path, weights_only=True)
     if oof.get("hold_out") is not None:
         raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
-    card_tta = bool(predictor.card.training.get("tta", False))
-    if oof.get("tta", card_tta) != card_tta:
-        raise SystemExit(f"--oof {oof_path}: predicted with TTA {'on' if oof['tta'] else 'off'}, the checkpoint "
+    card_tta, flips = bool(predictor.card.training.get("tta", False)), oof_tta(oof, oof_path)
+    if flips != card_tta:
+        raise SystemExit(f"--oof {oof_path}: predicted with TTA {'on' if flips else 'off'}, the checkpoint "
                          f"predicts with it {'on' if card_tta else 'off'} (training.crossval --tta-oof writes the other)")
     keep = oof["has_clinical"] if head == "clinical" else torch.ones(len(oof["labels"]), dtype=torch.bool)
     logits = calibrate(oof["logits"][head][keep], predictor.card.calibration.get(head))
@@ -154,7 +155,8 @@ def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path) ->
         guards.uncertain_accuracy[head] = float(correct[flagged].float().mean()) if flagged.any() else 0.0
         notes.append(f"{head} head < {limit:.3f} (right {100 * guards.uncertain_accuracy[head]:.0f}% below it, "
                      f"{int(flagged.sum())} of {len(margins)} cases)")
-    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({Path(oof_path).parent.name}, calibrated): "
+    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({Path(oof_path).parent.name}/{Path(oof_path).name}, "
+                                 f"calibrated): "
                                  + "; ".join(notes))
     return guards
 
