@@ -205,6 +205,9 @@ def test_a_card_that_drops_the_flips_is_calibrated_from_one_view_oof_logits(cros
     assert card.training["calibration_source"]["oof_file"] == "oof_tta_off.pt"
     assert card.metrics["test"]["avg"] == record["avg"]
     predictor = Predictor.from_checkpoint(refit)
+    from skinnet.ui.views import model_markdown
+    card_text = model_markdown(predictor)  # the Model tab says how it predicts and was calibrated
+    assert "one view, no test-time flips" in card_text and "on 30 train + valid cases, one view)" in card_text
     calls = []
     hook = predictor.model.encoder.stages[0].register_forward_hook(lambda m, a, o: calls.append(o.shape[0]))
     try:

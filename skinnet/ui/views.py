@@ -139,7 +139,7 @@ def calibration_summary(calibration: dict, source: dict | None = None) -> str:
     where = "the validation split"
     if source and source.get("fitted_on") == "out-of-fold":
         where = (f"out-of-fold predictions of the same recipe ({source.get('folds')}-fold cross-fitting "
-                 f"on {source.get('n_cases')} train + valid cases)")
+                 f"on {source.get('n_cases')} train + valid cases{', one view' if source.get('tta') is False else ''})")
     return f"{what}, fitted on {where} (fused DIAG: temperature {diag.get('temperature', 1.0):.2f})"
 
 
