@@ -122,7 +122,6 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> d
     """Calls per second of ``/predict`` through the launched app, for each number of
     concurrent clients, with the micro-batcher on and off (one run, same pairs)."""
     import socket
-    import subprocess
     import tempfile
 
     from skinnet.ui import AppSettings, build_app, launch
@@ -154,29 +153,60 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> d
                 batcher.batches = []
                 per_client = max(1, calls // n)
                 # the clients run in their own process: their work must not share the server's GIL
-                done = subprocess.run([sys.executable, __file__, "--client-run", url, str(n), str(per_client),
-                                       str(folder)], capture_output=True, text=True, timeout=1800)
-                if done.returncode != 0:
-                    raise RuntimeError(done.stderr[-2000:])
-                run = json.loads(done.stdout.strip().splitlines()[-1])
+                run, server_cpu_s = client_process(url, n, per_client, folder)
                 key = f"{'batched' if batching else 'unbatched'}_{n}"
                 results[key] = {"clients": n, **run, "mean_batch": (statistics.mean(batcher.batches)
-                                                                   if batching and batcher.batches else 1.0)}
+                                                                   if batching and batcher.batches else 1.0),
+                                **cpu_ceiling(server_cpu_s, run)}
     finally:
         predictor.batcher = default
         app.close()
     results["app_default"] = "batched" if default else "unbatched"
     one = results.get(f"{results['app_default']}_1", {}).get("calls_per_s")
     print(f"\n{'/predict through the app':<28}{'calls/s':>9}{'x 1 client':>11}{'median s':>10}{'p90 s':>8}"
-          f"{'errors':>8}{'batch':>7}")
+          f"{'errors':>8}{'batch':>7}{'CPU ms/call server + clients':>30}{'cores allow':>13}")
     for key, r in results.items():
         if not isinstance(r, dict):
             continue
         ratio = r["calls_per_s"] / one if one else float("nan")
         r["ratio_to_one_client"] = ratio
         print(f"{key.replace('_', ', ') + ' clients':<28}{r['calls_per_s']:9.2f}{ratio:11.2f}{r['median_s']:10.2f}"
-              f"{r['p90_s']:8.2f}{r['errors']:8d}{r['mean_batch']:7.1f}")
+              f"{r['p90_s']:8.2f}{r['errors']:8d}{r['mean_batch']:7.1f}"
+              f"{r['server_cpu_ms_per_call']:17.0f} + {r['client_cpu_ms_per_call']:<10.0f}"
+              f"{r['ceiling_calls_per_s']:13.2f}")
     return results
+
+
+def client_process(url: str, n: int, per_client: int, folder: Path) -> tuple[dict, float]:
+    """Run ``client_run`` in its own process; return its result and the CPU seconds this
+    (the server's) process spent while the clients were calling."""
+    import os
+    import subprocess
+
+    with subprocess.Popen([sys.executable, __file__, "--client-run", url, str(n), str(per_client), str(folder)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as clients:
+        if clients.stdout.readline().strip() != "ready":
+            raise RuntimeError(clients.stderr.read()[-2000:])
+        before = os.times()
+        out, err = clients.communicate(timeout=1800)
+        after = os.times()
+    if clients.returncode != 0:
+        raise RuntimeError(err[-2000:])
+    return json.loads(out.strip().splitlines()[-1]), (after.user - before.user) + (after.system - before.system)
+
+
+def cpu_ceiling(server_cpu_s: float, run: dict) -> dict:
+    """What the machine's cores allow: the server's and the clients' CPU time per call, and the
+    calls per second all cores would give if they did nothing else. Clients share the cores
+    with the server here (on a Space they do not), so a CPU-bound call cannot go faster than
+    this however the server queues or batches."""
+    import os
+
+    ok = max(run["ok"], 1)
+    server_ms, client_ms = 1000 * server_cpu_s / ok, 1000 * run["client_cpu_s"] / ok
+    cores = len(os.sched_getaffinity(0))
+    return {"server_cpu_ms_per_call": server_ms, "client_cpu_ms_per_call": client_ms, "cores": cores,
+            "ceiling_calls_per_s": cores * 1000 / (server_ms + client_ms)}
 
 
 def client_run(url: str, n: int, per_client: int, folder: Path) -> dict:
@@ -204,14 +234,15 @@ def client_run(url: str, n: int, per_client: int, folder: Path) -> dict:
     threads = [threading.Thread(target=run, args=(k, cl)) for k, cl in enumerate(connected)]
     for t in threads:
         t.start()
+    print("ready", flush=True)  # the server starts counting its CPU time here
     start.wait()
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - began
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     result = {"calls": n * per_client, "ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)),
               "calls_per_s": len(latencies) / wall, "median_s": statistics.median(latencies) if latencies else None,
-              "p90_s": percentile(latencies, 0.9) if latencies else None}
+              "p90_s": percentile(latencies, 0.9) if latencies else None, "client_cpu_s": cpu}
     print(json.dumps(result))
     return result
 
