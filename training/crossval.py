@@ -24,6 +24,11 @@ teacher runs.
     python -m training.crossval ... --out runs/student_k2 --only 2 -- <recipe> --distill runs/teach_k2/oof.pt
     (runs/student_k2/fold2/eval.json against runs/cv_lite2/fold2/eval.json: the same cases)
 
+``{fold}`` in a training flag becomes each fold's number, so one command cross-fits a student
+whose every fold learns from its own leak-free teachers (``--distill runs/teach_k{fold}/oof.pt``).
+``--jobs N`` trains N folds at once, each in its own process with its log in its fold folder:
+for an accelerator, where one small run leaves most of the chip idle (``training/device.sh``).
+
 Writes ``oof.pt`` (logits of every head for the 616 cases, labels, fold of each case) and
 ``crossval.json`` (OOF accuracy per head and task, DIAG report, per-fold spread, and with
 ``--ensemble-test`` the fold models' ensemble on test: a teacher's score, never a choice).
@@ -201,7 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
                         "again with this TTA setting (to calibrate a card that uses it; see "
                         "benchmarks/tta_views.py for what the flips are worth)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="folds trained at once, each in its own process (for an accelerator; on the "
+                        "2-core CPU, 1)")
     return p
+
+
+def fold_flags(train_flags: list[str], fold: int) -> list[str]:
+    """The training flags of one fold: ``{fold}`` replaced by its number."""
+    return [flag.replace("{fold}", str(fold)) for flag in train_flags]
+
+
+def train_folds(runs: list[tuple[int, list[str]]], jobs: int, out: Path) -> None:
+    """Train each ``(fold, training.train flags)``: in this process one after another, or with
+    ``jobs > 1`` that many at once in their own processes (log: ``fold<k>/train.log``).
+
+    Raises:
+        SystemExit: a fold's process failed (the others still finish; run again to resume).
+    """
+    if jobs <= 1:
+        for fold, flags in runs:
+            train.main(flags)
+        return
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(fold: int, flags: list[str]) -> int:
+        fold_dir(out, fold).mkdir(parents=True, exist_ok=True)
+        with open(fold_dir(out, fold) / "train.log", "a") as log_file:
+            return subprocess.run([sys.executable, "-m", "training.train", *flags], stdout=log_file,
+                                  stderr=subprocess.STDOUT).returncode
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = dict(zip((fold for fold, _ in runs), pool.map(lambda r: run(*r), runs)))
+    failed = sorted(fold for fold, code in codes.items() if code != 0)
+    if failed:
+        raise SystemExit(f"folds {failed} failed: see {', '.join(str(fold_dir(out, k) / 'train.log') for k in failed)}")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -230,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return {"tta": args.tta_oof == "on", "out_of_fold": report}
     todo = range(args.folds) if args.only is None else [int(k) for k in args.only.split(",")]
     nested = [] if args.hold_out is None else ["--hold-out", str(args.hold_out)]
+    runs = []
     for fold in (k for k in todo if k != args.hold_out):
         where = fold_dir(out, fold)
         if (where / OOF_FILE).is_file():
@@ -237,8 +278,10 @@ def main(argv: list[str] | None = None) -> dict | None:
             log.info("fold %d: done already (%s)", fold, where)
             continue
         log.info("fold %d of %d: training on %d cases", fold, args.folds, sum(f != fold for f in folds.values()))
-        train.main([*train_flags, "--data-root", str(args.data_root), "--out", str(where), "--device", args.device,
-                    "--fold", str(fold), "--folds-file", str(out / FOLDS_FILE), *nested, "--resume"])
+        runs.append((fold, [*fold_flags(train_flags, fold), "--data-root", str(args.data_root), "--out", str(where),
+                            "--device", args.device, "--fold", str(fold), "--folds-file", str(out / FOLDS_FILE),
+                            *nested, "--resume"]))
+    train_folds(runs, args.jobs, out)
     missing = [k for k in range(args.folds) if k != args.hold_out and not (fold_dir(out, k) / OOF_FILE).is_file()]
     if missing:
         log.info("folds %s still to train; run the same command again", missing)
