@@ -9,7 +9,7 @@ image held fixed (tested); nothing runs through the encoder again.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -90,6 +90,8 @@ class Explanation:
     attention: dict[str, Image.Image]
     """``"stage 3: clinical->dermoscopy"`` -> overlay on the attended (key) image."""
     target: str
+    focus: dict[str, str] = field(default_factory=dict)
+    """The same keys -> how focused that attention is, in words (``"a clear focus, peak 5.0x uniform"``)."""
 
 
 def gradcam_map(predictor: Predictor, encoding: PairEncoding, modality: str, head: str,
@@ -191,18 +193,22 @@ def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVER
     seen = (left, top, left + size, top + size)
     picture = Image.blend(Image.new("RGB", (w, h), (128, 128, 128)), base, DIMMED)
     picture.paste(Image.blend(base.crop(seen), colours, 0.45), seen[:2])
-    bar_width, pad, caption_height = 18, 44, 36
-    canvas = Image.new("RGB", (w + bar_width + pad + 8, h + caption_height), "white")
+    # the colour bar runs under the picture, not beside it: Gradio's image buttons sit in the
+    # top-right corner and used to hide the bar's "high" end
+    bar_row, caption_height = 22, 36
+    canvas = Image.new("RGB", (w, h + bar_row + caption_height), "white")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     if (w, h) != (size, size):
         draw.rectangle((left, top, left + size - 1, top + size - 1), outline="white", width=2)
         caption += "\ndimmed: cut off, not seen by the model"
-    gradient = COLOUR_TABLE[np.rint(np.linspace(255, 0, h)).astype(np.uint8)]
-    canvas.paste(Image.fromarray(np.repeat(gradient[:, None, :], bar_width, axis=1)), (w + 6, 0))
-    draw.multiline_text((4, h + 4), caption, fill="black", spacing=2)
-    draw.text((w + bar_width + 10, 0), high, fill="black")
-    draw.text((w + bar_width + 10, h - 12), low, fill="black")
+    low_width, high_width = draw.textlength(low), draw.textlength(high)
+    start, stop = round(low_width) + 10, w - round(high_width) - 10
+    gradient = COLOUR_TABLE[np.rint(np.linspace(0, 255, max(stop - start, 1))).astype(np.uint8)]
+    canvas.paste(Image.fromarray(np.repeat(gradient[None, :, :], 12, axis=0)), (start, h + 5))
+    draw.text((4, h + 5), low, fill="black")
+    draw.text((stop + 6, h + 5), high, fill="black")
+    draw.multiline_text((4, h + bar_row + 4), caption, fill="black", spacing=2)
     return canvas
 
 
@@ -251,4 +257,6 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
             label = f"stage {stage}: {direction}"
             result.attention[label] = attention_overlay(shown[attended], grid,
                                                         f"{direction}, stage {stage} (gate {gate:+.2f})")
+            peak, _, words = attention_focus(grid)
+            result.focus[label] = f"{words}, peak {peak:.1f}x uniform"
     return result

@@ -1,4 +1,5 @@
 """The app: handlers called directly, Grad-CAM correctness, and the launched app via gradio_client."""
+import re
 import shutil
 import time
 from pathlib import Path
@@ -126,9 +127,12 @@ def test_only_gradio_originals_and_granted_clean_copies_are_opened(tmp_path, mon
 def test_explain_handler_outputs(predictor, pair):
     cam_clinical, cam_derm, gallery = explain_handler(predictor, *map(str, pair), "DIAG", "(predicted class)", "auto")
     assert isinstance(cam_clinical, Image.Image) and isinstance(cam_derm, Image.Image)
-    labels = [label for _, label in gallery]
+    labels = [label.split(" · ")[0] for _, label in gallery]
     assert sorted(labels) == ["stage 3: clinical->dermoscopy", "stage 3: dermoscopy->clinical",
                               "stage 4: clinical->dermoscopy", "stage 4: dermoscopy->clinical"]
+    # each caption says how focused its map is, in words
+    assert all(re.search(r" · (spread evenly, no focus|a mild focus|a clear focus), peak \d+\.\dx uniform$", label)
+               for _, label in gallery)
     cam_clinical, cam_derm, gallery = explain_handler(predictor, None, str(pair[1]), "PN", "ATP", "auto")
     assert cam_clinical is None and cam_derm is not None and gallery == []
 

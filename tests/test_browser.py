@@ -181,7 +181,7 @@ def test_a_demo_visitor_sees_examples_first_and_the_review_parts_folded_away_say
     page.close()
 
 
-def test_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, app_url, tmp_path):
+def test_ctrl_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, app_url, tmp_path):
     clinical, derm = write_pair(tmp_path, seed=6)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(app_url)
@@ -193,8 +193,13 @@ def test_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, app_url
     box = image.bounding_box()
     centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.move(*centre)
+    page.mouse.wheel(0, -120)  # a plain wheel, up or down, over an unzoomed image is the page's scroll
+    page.wait_for_timeout(300)
+    assert image.evaluate("el => el.style.transform") == ""
+    page.keyboard.down("Control")
     for _ in range(3):
         page.mouse.wheel(0, -120)
+    page.keyboard.up("Control")
     page.wait_for_function("Number(document.querySelector('#dermoscopy-input img').dataset.zoom) > 1.9")
     zoomed = image.evaluate("el => el.style.transform")
     assert "scale(1.95" in zoomed  # 1.25 ** 3
@@ -205,6 +210,8 @@ def test_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, app_url
     panned = image.evaluate("el => el.style.transform")
     assert panned != zoomed and "scale(1.95" in panned
     assert page.locator("#clinical-input img").evaluate("el => el.style.transform") == ""  # the other is untouched
+    page.mouse.wheel(0, 120)  # zoomed, the plain wheel zooms back out a step
+    page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.56'")
     page.mouse.dblclick(*centre)
     page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.00'")
     assert image.evaluate("el => el.style.transform") == ""

@@ -119,3 +119,21 @@ def test_gradcam_from_the_kept_last_stage_equals_plain_gradcam_from_the_image():
             plain = cam(input_tensor=x_d.clone().requires_grad_(True), targets=[target])[0]
         assert fast.std() > 0.01
         np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_the_colour_bar_runs_under_the_picture_clear_of_the_image_buttons():
+    """Gradio draws its download / full-screen buttons over an image's top-right corner: the
+    colour bar and its 'high' label sit under the picture, low on the left, high on the right."""
+    from skinnet.explain import COLOUR_TABLE
+
+    canvas = np.asarray(overlay(Image.new("RGB", (300, 200), (90, 60, 40)), np.zeros((4, 4)), "x", high="5x unif."))
+    height, width = 320, 480  # the 3:2 photo at the model's 320 px short side, nothing beside it
+    assert canvas.shape[1] == width and canvas.shape[0] > height + 20
+    assert (canvas[:40, -40:] != 255).any(axis=-1).all()  # the top-right corner is picture, no white label strip
+    bar = canvas[height + 10].astype(int)
+    coloured = np.flatnonzero(np.abs(bar - 255).sum(-1) > 30)
+    runs = np.split(coloured, np.flatnonzero(np.diff(coloured) > 1) + 1)
+    run = max(runs, key=len)  # the bar; the labels' letters are short runs either side of it
+    assert len(run) > width / 2 and run[0] > 10 and run[-1] < width - 40  # room for 'low' and '5x unif.'
+    assert np.abs(bar[run[0]] - COLOUR_TABLE[0]).sum() < 40
+    assert np.abs(bar[run[-1]] - COLOUR_TABLE[255]).sum() < 40

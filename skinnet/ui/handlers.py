@@ -71,7 +71,8 @@ def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class
     if chosen in ("clinical", "dermoscopy") and chosen not in given:
         raise gr.Error(f"The {chosen} head needs a {chosen} image.")
     result = explain(predictor, clinical, dermoscopy, task, cls, chosen)
-    gallery = [(image, label) for label, image in result.attention.items()]
+    # the caption says how focused each map is: the words under the overlay are too small in a thumbnail
+    gallery = [(image, f"{label} · {result.focus[label]}") for label, image in result.attention.items()]
     return result.gradcam.get("clinical"), result.gradcam.get("dermoscopy"), gallery
 
 

@@ -57,7 +57,8 @@
     else if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
   });
 
-  // zoom (wheel) and pan (drag) on the case's images and the Grad-CAMs; double-click resets
+  // zoom (Ctrl + wheel, or a trackpad pinch, which browsers send as one) and pan (drag) on the
+  // case's images and the Grad-CAMs; double-click resets
   const ZOOMABLE = '#clinical-input, #dermoscopy-input, #gradcam-clinical, #gradcam-dermoscopy';
   const views = new WeakMap();
   const zoomable = (target) => (target && target.tagName === 'IMG' && target.closest(ZOOMABLE)) ? target : null;
@@ -72,8 +73,9 @@
   document.addEventListener('wheel', (event) => {
     const img = zoomable(event.target);
     const v = img && (views.get(img) || {s: 1, x: 0, y: 0});
-    // an unzoomed image lets the page scroll down past it; only zooming in is taken
-    if (!img || event.deltaY === 0 || (v.s === 1 && event.deltaY > 0)) return;
+    // a plain wheel over an unzoomed image scrolls the page, up and down, as everywhere else;
+    // once an image is zoomed, the plain wheel zooms it further in or back out
+    if (!img || event.deltaY === 0 || (v.s === 1 && !(event.ctrlKey || event.metaKey))) return;
     event.preventDefault();
     const rect = img.getBoundingClientRect();
     const px = event.clientX - rect.left, py = event.clientY - rect.top;

@@ -12,7 +12,7 @@ SHORTCUTS = (("a / c / u / s", "verdict: agree, correct, unsure, skip"),
              ("0-9", "the outlined task's value: 0 no change, 1 its first class, 2 the second ..."),
              ("Enter, Ctrl+Enter", "save the review (Ctrl+Enter also from the note)"),
              ("n", "next case you have not reviewed"), ("← →", "previous / next case of the queue"),
-             ("wheel, drag, double-click", "zoom, pan, reset an image"),
+             ("Ctrl + wheel (pinch), drag, double-click", "zoom, pan, reset an image"),
              ("?", "show or hide this list"))
 """Every keyboard shortcut, for the help the ``?`` key opens."""
 SHORTCUTS_HELP = ("Keys: **a** agree · **c** correct · **u** unsure · **s** skip · **t** next task, **0-9** its "
