@@ -155,7 +155,7 @@ def load_offline_imagenet(model: nn.Module, name: str) -> None:
         if target_value.shape != source_value.shape:
             raise ValueError(f"{name}: {source_key} {tuple(source_value.shape)} does not fit "
                              f"{target_key} {tuple(target_value.shape)}")
-        mapped[target_key] = source_value.to(target_value.dtype)  # a carried copy may be float16
+        mapped[target_key] = source_value  # load_state_dict casts a float16 copy to the model's dtype
     model.load_state_dict(mapped, strict=True)
     mean, std = OFFLINE_NORMALIZATION
     model.pretrained_cfg = {**dict(model.pretrained_cfg or {}), "mean": mean, "std": std}

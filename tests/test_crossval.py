@@ -366,3 +366,24 @@ def _shuffled(oof, tmp_path):
     path = tmp_path / "shuffled.pt"
     torch.save({**oof, "case_ids": oof["case_ids"][::-1]}, path)
     return path
+
+
+def test_the_packed_release_holds_train_and_valid_with_the_same_folds(tmp_path):
+    """training.pack (what training/device.sh carries to the accelerator): a release of its own
+    with only the train + valid cases, the same case ids in the same pool order (so the same
+    folds.json), no test split, and the float16 ImageNet copy the backbone then loads."""
+    from training.pack import main as pack
+
+    release = make_release(tmp_path / "full", n_cases=30, seed=5)
+    pack(["--data-root", str(release), "--out", str(tmp_path / "device"), "--backbone", "tf_efficientnet_lite0"])
+    full, packed = Derm7pt(release), Derm7pt(tmp_path / "device" / "derm7pt")
+    assert [c.case_id for c in pool_cases(packed)] == [c.case_id for c in pool_cases(full)]
+    assert [c.labels for c in pool_cases(packed)] == [c.labels for c in pool_cases(full)]
+    assert packed.split("test") == [] and len(packed.cases()) == len(pool_cases(full)) < len(full.cases())
+    assert assign_folds(pool_cases(packed), 3, 0) == assign_folds(pool_cases(full), 3, 0)
+    for case in pool_cases(packed):
+        assert case.dermoscopy_path.is_file() and str(case.dermoscopy_path).startswith(str(tmp_path / "device"))
+    test_images = {c.dermoscopy_path.name for c in full.split("test")} - {c.dermoscopy_path.name for c in pool_cases(full)}
+    assert test_images and not any(p.name in test_images for p in (tmp_path / "device" / "derm7pt").rglob("*.*"))
+    weights = torch.load(tmp_path / "device" / "imagenet" / "tf_efficientnet_lite0.pth", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
