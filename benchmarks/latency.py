@@ -166,7 +166,7 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> d
     print(f"\n{'/predict through the app':<28}{'calls/s':>9}{'x 1 client':>11}{'median s':>10}{'p90 s':>8}"
           f"{'errors':>8}{'batch':>7}{'CPU ms/call server + clients':>30}{'cores allow':>13}")
     for key, r in results.items():
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or "calls_per_s" not in r:
             continue
         ratio = r["calls_per_s"] / one if one else float("nan")
         r["ratio_to_one_client"] = ratio
@@ -174,32 +174,51 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> d
               f"{r['p90_s']:8.2f}{r['errors']:8d}{r['mean_batch']:7.1f}"
               f"{r['server_cpu_ms_per_call']:17.0f} + {r['client_cpu_ms_per_call']:<10.0f}"
               f"{r['ceiling_calls_per_s']:13.2f}")
+    alone = results.get(f"{results['app_default']}_1")
+    if alone and one:
+        # a call under load costs at least what it costs alone: the cores then allow at most this
+        results["concurrency_bound"] = {"calls_per_s": alone["ceiling_calls_per_s"],
+                                        "ratio_to_one_client": alone["ceiling_calls_per_s"] / one}
+        print(f"at one client's CPU cost per call the {alone['cores']} cores allow at most "
+              f"{alone['ceiling_calls_per_s']:.2f} calls/s, {alone['ceiling_calls_per_s'] / one:.2f}x one client")
     return results
 
 
-def client_process(url: str, n: int, per_client: int, folder: Path) -> tuple[dict, float]:
+def client_process(url: str, n: int, per_client: int, folder: Path, timeout_s: float = 1800) -> tuple[dict, float]:
     """Run ``client_run`` in its own process; return its result and the CPU seconds this
     (the server's) process spent while the clients were calling."""
     import os
     import subprocess
+    import tempfile
+    import threading
 
-    with subprocess.Popen([sys.executable, __file__, "--client-run", url, str(n), str(per_client), str(folder)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as clients:
-        if clients.stdout.readline().strip() != "ready":
-            raise RuntimeError(clients.stderr.read()[-2000:])
-        before = os.times()
-        out, err = clients.communicate(timeout=1800)
-        after = os.times()
-    if clients.returncode != 0:
-        raise RuntimeError(err[-2000:])
+    with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+            [sys.executable, __file__, "--client-run", url, str(n), str(per_client), str(folder)],
+            stdout=subprocess.PIPE, stderr=errors, text=True) as clients:
+        # stderr goes to a file, so a chatty client cannot fill a pipe and stall before "ready";
+        # a client that hangs is killed at the deadline, which ends the blocking reads below
+        deadline = threading.Timer(timeout_s, clients.kill)
+        deadline.start()
+        try:
+            ready = clients.stdout.readline().strip() == "ready"
+            before = os.times()
+            out = clients.stdout.read() if ready else ""
+            clients.wait()
+            after = os.times()
+        finally:
+            deadline.cancel()
+        errors.seek(0)
+        if not ready or clients.returncode != 0:
+            raise RuntimeError(errors.read()[-2000:])
     return json.loads(out.strip().splitlines()[-1]), (after.user - before.user) + (after.system - before.system)
 
 
 def cpu_ceiling(server_cpu_s: float, run: dict) -> dict:
-    """What the machine's cores allow: the server's and the clients' CPU time per call, and the
-    calls per second all cores would give if they did nothing else. Clients share the cores
-    with the server here (on a Space they do not), so a CPU-bound call cannot go faster than
-    this however the server queues or batches."""
+    """The server's and the clients' CPU time per call, and the calls per second the cores would
+    give at that cost per call if they did nothing else. Clients share the cores with the
+    server here (on a Space they do not). Measured with one client it bounds what concurrency
+    can reach, as long as a call costs no less CPU under load than alone (it costs more: the
+    clients' share grows); measured under load, throughput / ceiling is how busy the cores were."""
     import os
 
     ok = max(run["ok"], 1)
