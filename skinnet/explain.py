@@ -195,13 +195,15 @@ def overlay(image: Image.Image, heat: np.ndarray, caption: str, size: int = OVER
     picture.paste(Image.blend(base.crop(seen), colours, 0.45), seen[:2])
     # the colour bar runs under the picture, not beside it: Gradio's image buttons sit in the
     # top-right corner and used to hide the bar's "high" end
-    bar_row, caption_height = 22, 36
+    if (w, h) != (size, size):
+        caption += "\ndimmed: cut off, not seen by the model"
+    bar_row = 22
+    caption_height = ImageDraw.Draw(picture).multiline_textbbox((0, 0), caption, spacing=2)[3] + 8
     canvas = Image.new("RGB", (w, h + bar_row + caption_height), "white")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     if (w, h) != (size, size):
         draw.rectangle((left, top, left + size - 1, top + size - 1), outline="white", width=2)
-        caption += "\ndimmed: cut off, not seen by the model"
     low_width, high_width = draw.textlength(low), draw.textlength(high)
     start, stop = round(low_width) + 10, w - round(high_width) - 10
     gradient = COLOUR_TABLE[np.rint(np.linspace(0, 255, max(stop - start, 1))).astype(np.uint8)]

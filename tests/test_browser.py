@@ -215,6 +215,13 @@ def test_ctrl_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, ap
     page.mouse.dblclick(*centre)
     page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.00'")
     assert image.evaluate("el => el.style.transform") == ""
+    # a pinch arrives as many small Ctrl + wheel steps: each zooms a little, not a whole notch
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -12)
+    page.keyboard.up("Control")
+    page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.02'")
+    page.mouse.dblclick(*centre)
+    page.wait_for_function("document.querySelector('#dermoscopy-input img').dataset.zoom === '1.00'")
     # unzoomed, the wheel turned down over an image scrolls the page as everywhere else
     top = page.evaluate("window.scrollY")
     page.mouse.wheel(0, 300)

@@ -137,3 +137,7 @@ def test_the_colour_bar_runs_under_the_picture_clear_of_the_image_buttons():
     assert len(run) > width / 2 and run[0] > 10 and run[-1] < width - 40  # room for 'low' and '5x unif.'
     assert np.abs(bar[run[0]] - COLOUR_TABLE[0]).sum() < 40
     assert np.abs(bar[run[-1]] - COLOUR_TABLE[255]).sum() < 40
+    # a three-line caption (attention on a 3:2 photo) fits: its last line is not cut off
+    three = np.asarray(attention_overlay(Image.new("RGB", (300, 200)), np.ones((6, 6)), "a -> b, stage 3"))
+    assert np.flatnonzero((three[height + 22:] != 255).any(axis=(1, 2)))[-1] < three.shape[0] - height - 22 - 2
+    assert three.shape[0] - height - 22 >= 3 * 11  # room for three lines of PIL's default font

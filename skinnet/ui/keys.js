@@ -79,7 +79,9 @@
     event.preventDefault();
     const rect = img.getBoundingClientRect();
     const px = event.clientX - rect.left, py = event.clientY - rect.top;
-    const s = Math.min(8, Math.max(1, v.s * (event.deltaY < 0 ? 1.25 : 0.8)));
+    // a wheel notch (120 px) zooms 1.25x; a pinch sends many small steps, each a small zoom
+    const pixels = event.deltaY * (event.deltaMode === 1 ? 40 : event.deltaMode === 2 ? 800 : 1);
+    const s = Math.min(8, Math.max(1, v.s * Math.pow(1.25, -Math.max(-360, Math.min(360, pixels)) / 120)));
     const k = s / v.s;  // the point under the cursor stays put
     show(img, s === 1 ? {s: 1, x: 0, y: 0} : {s, x: v.x + px * (1 - k), y: v.y + py * (1 - k)});
   }, {passive: false});
