@@ -201,6 +201,8 @@ def client_process(url: str, n: int, per_client: int, folder: Path, timeout_s: f
         deadline.start()
         try:
             ready = clients.stdout.readline().strip() == "ready"
+            if not ready:
+                clients.kill()
             before = os.times()
             out = clients.stdout.read() if ready else ""
             clients.wait()
@@ -209,7 +211,8 @@ def client_process(url: str, n: int, per_client: int, folder: Path, timeout_s: f
             deadline.cancel()
         errors.seek(0)
         if not ready or clients.returncode != 0:
-            raise RuntimeError(errors.read()[-2000:])
+            killed = " (killed at the deadline)" if clients.returncode == -9 and ready else ""
+            raise RuntimeError(f"client process failed{killed}: {errors.read()[-2000:]}")
     return json.loads(out.strip().splitlines()[-1]), (after.user - before.user) + (after.system - before.system)
 
 

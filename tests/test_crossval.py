@@ -368,13 +368,14 @@ def _shuffled(oof, tmp_path):
     return path
 
 
-def test_the_packed_release_holds_train_and_valid_with_the_same_folds(tmp_path):
+def test_the_packed_release_holds_train_and_valid_with_the_same_folds(tmp_path, monkeypatch):
     """training.pack (what training/device.sh carries to the accelerator): a release of its own
     with only the train + valid cases, the same case ids in the same pool order (so the same
     folds.json), no test split, and the float16 ImageNet copy the backbone then loads."""
     from training.pack import main as pack
 
     release = make_release(tmp_path / "full", n_cases=30, seed=5)
+    monkeypatch.setenv("SKINNET_IMAGENET_DIR", str(tmp_path / "device" / "imagenet"))  # a former pack's copy
     pack(["--data-root", str(release), "--out", str(tmp_path / "device"), "--backbone", "tf_efficientnet_lite0"])
     full, packed = Derm7pt(release), Derm7pt(tmp_path / "device" / "derm7pt")
     assert [c.case_id for c in pool_cases(packed)] == [c.case_id for c in pool_cases(full)]

@@ -12,6 +12,7 @@ the ImageNet weights for ``$SKINNET_IMAGENET_DIR``. ``training/device.sh pack`` 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def pack_cross_fit_data(source: Path, target: Path) -> int:
     """Copy the train + valid cases of the release at ``source`` into a release at ``target``;
     returns the number of images copied."""
     data = Derm7pt(source)
+    source = data.root
     train, valid = (read_split_indexes(source / "meta", split) for split in ("train", "valid"))
     rows = list(train) + list(valid)
     (target / "meta").mkdir(parents=True)
@@ -46,7 +48,12 @@ def pack_cross_fit_data(source: Path, target: Path) -> int:
 
 def pack_imagenet_weights(name: str, folder: Path) -> Path:
     """A float16 copy of a backbone's offline ImageNet weights, named as ``$SKINNET_IMAGENET_DIR`` wants."""
-    weights = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
+    carried = os.environ.pop(OFFLINE_WEIGHTS_DIR, None)  # always from the package, never a former copy
+    try:
+        weights = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
+    finally:
+        if carried is not None:
+            os.environ[OFFLINE_WEIGHTS_DIR] = carried
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.pth"
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, path)
