@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -187,7 +188,6 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> d
 def client_process(url: str, n: int, per_client: int, folder: Path, timeout_s: float = 1800) -> tuple[dict, float]:
     """Run ``client_run`` in its own process; return its result and the CPU seconds this
     (the server's) process spent while the clients were calling."""
-    import os
     import subprocess
     import tempfile
     import threading
@@ -222,8 +222,6 @@ def cpu_ceiling(server_cpu_s: float, run: dict) -> dict:
     server here (on a Space they do not). Measured with one client it bounds what concurrency
     can reach, as long as a call costs no less CPU under load than alone (it costs more: the
     clients' share grows); measured under load, throughput / ceiling is how busy the cores were."""
-    import os
-
     ok = max(run["ok"], 1)
     server_ms, client_ms = 1000 * server_cpu_s / ok, 1000 * run["client_cpu_s"] / ok
     cores = len(os.sched_getaffinity(0))

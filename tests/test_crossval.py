@@ -242,7 +242,6 @@ def test_one_view_oof_needs_every_fold_finished(cross_fitted, tmp_path):
 
 
 def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_path):
-    import sys
     from training.folds import stratified_subset
 
     cases = fake_cases([0] * 40 + [1] * 300 + [2] * 150 + [3] * 70 + [4] * 56)
@@ -255,8 +254,7 @@ def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_p
                    "--train-fraction", "0.5", "--name", "cv"])
     _, card = load_checkpoint(small / "fold0" / "cv.safetensors")
     assert card.training["data"]["train_fraction"] == 0.5 and card.training["data"]["n_train_cases"] < 20
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import learning_curve
+    import learning_curve  # benchmarks/, on the path by conftest
     points = learning_curve.main([str(small), str(out), "--figure", str(tmp_path / "lc.png"),
                                   "--json", str(tmp_path / "lc.json")])
     assert [p["fraction"] for p in points] == [0.5, 1.0] and (tmp_path / "lc.png").stat().st_size > 5000
@@ -331,9 +329,7 @@ def test_a_leak_free_student_cross_fit_in_one_command_with_parallel_folds(cross_
 def test_compare_oof_counts_the_cases_only_one_run_gets_right(cross_fitted, tmp_path):
     """benchmarks/compare_oof.py on a cross-fit against a copy whose DIAG answers are changed
     on known cases: the discordant counts and the exact McNemar p-value (checked against scipy)."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from compare_oof import exact_mcnemar, main
+    from compare_oof import exact_mcnemar, main  # benchmarks/, on the path by conftest
     from scipy.stats import binomtest
 
     from skinnet.labels import TASK_SLICES
