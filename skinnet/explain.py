@@ -254,8 +254,8 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
                                                f"Grad-CAM {modality}: {task} {class_name} ({head})")
     if len(given) == 2:
         for (stage, direction), grid in attention_maps(encoding).items():
-            attended = direction.split("->")[1]
-            gate = float(torch.tanh(predictor.model.cross_attention[str(stage)].gate))
+            query, attended = direction.split("->")
+            gate = float(torch.tanh(predictor.model.attention_module(stage, query).gate))
             label = f"stage {stage}: {direction}"
             result.attention[label] = attention_overlay(shown[attended], grid,
                                                         f"{direction}, stage {stage} (gate {gate:+.2f})")

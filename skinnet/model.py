@@ -27,6 +27,7 @@ from .labels import NUM_OUTPUTS
 MODALITIES = ("clinical", "dermoscopy")
 HEADS = ("clinical", "dermoscopy", "fused")
 BN_MODES = ("joint", "separate")
+ATTENTION_SHARING = ("shared", "individual")
 
 
 @dataclass
@@ -40,6 +41,9 @@ class ModelConfig:
             (negative counts from the end; empty disables it).
         attention_dim: width of the attention's queries/keys/values.
         attention_heads: number of heads.
+        attention_sharing: ``shared`` (the method): one cross-attention module per stage serves
+            both directions; ``individual``: one module per stage and direction (the
+            ablation the paper's shared module replaces, about twice the attention weights).
         bn_mode: how a shared encoder's BatchNorm sees the modalities: ``joint`` runs both
             images as one batch (statistics over both), ``separate`` runs two calls.
         dropout: before each head.
@@ -51,6 +55,7 @@ class ModelConfig:
     cross_attention_stages: tuple[int, ...] = (-2, -1)
     attention_dim: int = 128
     attention_heads: int = 4
+    attention_sharing: str = "shared"
     bn_mode: str = "joint"
     dropout: float = 0.2
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -59,6 +64,9 @@ class ModelConfig:
         self.cross_attention_stages = tuple(int(s) for s in self.cross_attention_stages)
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.attention_sharing not in ATTENTION_SHARING:
+            raise ValueError(f"attention_sharing must be one of {ATTENTION_SHARING}, "
+                             f"got {self.attention_sharing!r}")
         if self.attention_dim % self.attention_heads:
             raise ValueError(f"attention_dim {self.attention_dim} is not divisible by "
                              f"attention_heads {self.attention_heads}")
@@ -196,14 +204,26 @@ class SingleSharedNet(nn.Module):
                              f"distinct stages of {config.backbone}, which has {n_stages}")
         self.attention_stages = tuple(stages)
         self.cross_attention = nn.ModuleDict({
-            str(s): CrossAttention(self.encoder.info[s].channels, config.attention_dim,
-                                   config.attention_heads) for s in stages})
+            key: CrossAttention(self.encoder.info[s].channels, config.attention_dim, config.attention_heads)
+            for s in stages for key in self._attention_keys(s)})
         width = self.encoder.num_features
         self.heads = nn.ModuleDict({
             "clinical": nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, NUM_OUTPUTS)),
             "dermoscopy": nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, NUM_OUTPUTS)),
             "fused": nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * width, NUM_OUTPUTS)),
         })
+
+    def _attention_keys(self, stage: int) -> list[str]:
+        if self.config.attention_sharing == "shared":
+            return [str(stage)]
+        return [f"{stage}_{query}" for query in MODALITIES]
+
+    def attention_module(self, stage: int, query: str) -> CrossAttention:
+        """The cross-attention through which ``query``'s tokens attend to the other modality
+        after ``stage``: the stage's one shared module, or its own with individual modules."""
+        if self.config.attention_sharing == "shared":
+            return self.cross_attention[str(stage)]
+        return self.cross_attention[f"{stage}_{query}"]
 
     # -- encoders -------------------------------------------------------------------------
     def encoder_for(self, modality: str) -> StagedBackbone:
@@ -238,10 +258,10 @@ class SingleSharedNet(nn.Module):
                 stats.append(summarise(h[m], channels_last))
             if index not in self.attention_stages:
                 continue
-            module = self.cross_attention[str(index)]
             tokens = {m: to_tokens(h[m], channels_last) for m in MODALITIES}
             updated, weights = {}, {}
             for query, key in (("clinical", "dermoscopy"), ("dermoscopy", "clinical")):
+                module = self.attention_module(index, query)
                 updated[query], weights[f"{query}->{key}"] = module(tokens[query], tokens[key],
                                                                     return_attention)
             if keep_keys:
@@ -277,8 +297,8 @@ class SingleSharedNet(nn.Module):
             if summaries is not None:
                 summaries.append(summarise(h, channels_last))
             if partner_keys is not None and index in self.attention_stages:
-                tokens, _ = self.cross_attention[str(index)](to_tokens(h, channels_last),
-                                                             partner_keys[index])
+                tokens, _ = self.attention_module(index, modality)(to_tokens(h, channels_last),
+                                                                   partner_keys[index])
                 h = from_tokens(tokens, h, channels_last)
         if last_stage is not None:
             last_stage[modality] = h

@@ -38,9 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,6 +50,7 @@ from skinnet.checkpoint import load_checkpoint, read_card
 from skinnet.data import Derm7pt
 from skinnet.labels import TASK_NAMES
 
+from . import ledger as ledger_lib
 from . import train
 from .evaluate import card_summary, evaluate_model, head_predictions, scored_cases
 from .folds import FOLDS_FILE, assign_folds, pool_cases, read_folds, write_folds
@@ -205,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only write oof_tta_<on|off>.pt: the finished fold models predict their folds "
                         "again with this TTA setting (to calibrate a card that uses it; see "
                         "benchmarks/tta_views.py for what the flips are worth)")
+    p.add_argument("--ledger", default=None,
+                   help="an experiments/<name> folder: each finished fold's probabilities, evaluation "
+                        "and log go there (to be committed), folds already there are skipped on any "
+                        "machine, and the report is made from it (training.ledger)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every fold run")
     p.add_argument("--jobs", type=int, default=1,
                    help="folds trained at once, each in its own process (for an accelerator; on the "
                         "2-core CPU, 1)")
@@ -217,9 +225,11 @@ def fold_flags(train_flags: list[str], fold: int) -> list[str]:
     return [flag.replace("{fold}", str(fold)) for flag in train_flags]
 
 
-def train_folds(runs: list[tuple[int, list[str]]], jobs: int, out: Path) -> None:
+def train_folds(runs: list[tuple[int, list[str]]], jobs: int, out: Path,
+                on_done: Callable[[int], None] = lambda fold: None) -> None:
     """Train each ``(fold, training.train flags)``: in this process one after another, or with
-    ``jobs > 1`` that many at once in their own processes (log: ``fold<k>/train.log``).
+    ``jobs > 1`` that many at once in their own processes (log: ``fold<k>/train.log``);
+    ``on_done(fold)`` as each one finishes.
 
     Raises:
         SystemExit: a fold's process failed (the others still finish; run again to resume).
@@ -227,9 +237,10 @@ def train_folds(runs: list[tuple[int, list[str]]], jobs: int, out: Path) -> None
     if jobs <= 1:
         for fold, flags in runs:
             train.main(flags)
+            on_done(fold)
         return
     import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     def run(fold: int, flags: list[str]) -> int:
         fold_dir(out, fold).mkdir(parents=True, exist_ok=True)
@@ -237,11 +248,46 @@ def train_folds(runs: list[tuple[int, list[str]]], jobs: int, out: Path) -> None
             return subprocess.run([sys.executable, "-m", "training.train", *flags], stdout=log_file,
                                   stderr=subprocess.STDOUT).returncode
 
+    codes = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        codes = dict(zip((fold for fold, _ in runs), pool.map(lambda r: run(*r), runs)))
+        futures = {pool.submit(run, fold, flags): fold for fold, flags in runs}
+        for future in as_completed(futures):
+            codes[futures[future]] = future.result()
+            if codes[futures[future]] == 0:
+                on_done(futures[future])
     failed = sorted(fold for fold, code in codes.items() if code != 0)
     if failed:
         raise SystemExit(f"folds {failed} failed: see {', '.join(str(fold_dir(out, k) / 'train.log') for k in failed)}")
+
+
+RUNTIME_FLAGS = {"--no-progress": 0, "--threads": 1}
+"""Training flags that change how a run is computed, not what it learns: left out of a ledger
+entry's recipe (``--device`` and ``--threads`` are crossval's own)."""
+
+
+def recipe_flags(train_flags: list[str]) -> list[str]:
+    """The training flags without the runtime ones (:data:`RUNTIME_FLAGS`)."""
+    kept, skip = [], 0
+    for flag in train_flags:
+        if skip:
+            skip -= 1
+        elif flag.split("=")[0] in RUNTIME_FLAGS:
+            skip = RUNTIME_FLAGS[flag] if "=" not in flag else 0
+        else:
+            kept.append(flag)
+    return kept
+
+
+def share_folds(source: Path, target: Path) -> None:
+    """Copy a fold assignment where there is none yet; two different ones are refused."""
+    if not source.is_file():
+        return
+    if target.is_file():
+        if json.loads(source.read_text())["folds"] != json.loads(target.read_text())["folds"]:
+            raise SystemExit(f"{source} and {target} assign the cases to different folds: use another --out")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -254,13 +300,22 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("--hold-out must be one of at least 3 folds, and goes without --ensemble-test")
     if args.tta_oof and (args.hold_out is not None or args.only):
         parser.error("--tta-oof re-predicts a finished ordinary cross-fit: it goes without --hold-out and --only")
+    if args.ledger and args.tta_oof:
+        parser.error("--tta-oof goes without --ledger (a ledger fold keeps its one-view predictions already)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     data = Derm7pt(args.data_root)
+    entry = None
+    if args.ledger:
+        entry = ledger_lib.open_entry(Path(args.ledger), recipe_flags(train_flags), args.folds, args.fold_seed,
+                                      args.hold_out)
+        share_folds(entry.path / FOLDS_FILE, out / FOLDS_FILE)
     try:
         folds = ensure_folds(out, data, args.folds, args.fold_seed)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    if entry is not None:
+        share_folds(out / FOLDS_FILE, entry.path / FOLDS_FILE)
     if args.tta_oof:
         oof = predict_oof(out, args.folds, data, folds, args.tta_oof == "on", args.device)
         torch.save(oof, out / f"oof_tta_{args.tta_oof}.pt")
@@ -271,17 +326,37 @@ def main(argv: list[str] | None = None) -> dict | None:
     todo = range(args.folds) if args.only is None else [int(k) for k in args.only.split(",")]
     nested = [] if args.hold_out is None else ["--hold-out", str(args.hold_out)]
     runs = []
+    threads = ["--threads", str(args.threads)] if args.threads else []
+
+    def record(fold: int) -> None:
+        if entry is not None:
+            ledger_lib.record_fold(entry, fold, fold_dir(out, fold), data)
+            log.info("fold %d recorded in the ledger: %s", fold, entry.fold_path(fold))
+
     for fold in (k for k in todo if k != args.hold_out):
         where = fold_dir(out, fold)
+        if entry is not None and entry.done(fold):
+            log.info("fold %d: in the ledger already (%s)", fold, entry.fold_path(fold))
+            continue
         if (where / OOF_FILE).is_file():
             check_fold_run(where, args.hold_out)
             log.info("fold %d: done already (%s)", fold, where)
+            record(fold)
             continue
         log.info("fold %d of %d: training on %d cases", fold, args.folds, sum(f != fold for f in folds.values()))
         runs.append((fold, [*fold_flags(train_flags, fold), "--data-root", str(args.data_root), "--out", str(where),
                             "--device", args.device, "--fold", str(fold), "--folds-file", str(out / FOLDS_FILE),
-                            *nested, "--resume"]))
-    train_folds(runs, args.jobs, out)
+                            *nested, *threads, "--resume"]))
+    train_folds(runs, args.jobs, out, on_done=record)
+    if entry is not None:
+        report = ledger_lib.finish_entry(entry, data)
+        if report is None:
+            log.info("%s: folds %s still to train; run the same command again", entry.path, entry.pending())
+        else:
+            r = report["out_of_fold"]
+            log.info("%s complete, out-of-fold (%d cases): avg %.4f DIAG %.4f", entry.path, r["n_cases"],
+                     r["avg"], r["DIAG"])
+        return report
     missing = [k for k in range(args.folds) if k != args.hold_out and not (fold_dir(out, k) / OOF_FILE).is_file()]
     if missing:
         log.info("folds %s still to train; run the same command again", missing)

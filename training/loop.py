@@ -1,7 +1,6 @@
 """One training epoch and batched prediction over a decoded image cache."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable
 
@@ -15,12 +14,7 @@ from skinnet.transforms import BatchAugment, ImageCache
 
 from .distill import Teacher, distillation_loss
 from .distributed import DistInfo
-
-
-def autocast(device: str, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+from .precision import autocast, to_layout
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[torch.Tensor]:
@@ -54,12 +48,14 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
                     optimizer: torch.optim.Optimizer, schedule: Callable[[int], None], *, epoch: int,
                     batch_size: int, seed: int, info: DistInfo, device: str, amp: bool,
                     step_offset: int, on_step: Callable[[dict], None] | None = None,
-                    mixup: float = 0.0, teacher: Teacher | None = None) -> dict[str, float]:
+                    mixup: float = 0.0, teacher: Teacher | None = None,
+                    channels_last: bool = False) -> dict[str, float]:
     """Train over the cache once. Returns the mean loss and per-head terms.
 
     ``mixup`` > 0 blends every batch's pairs (:func:`mix_pairs`); the loss is the same blend of
     the two cases' losses. With a ``teacher`` the loss is ``(1 - w) * hard + w * distillation``
-    (:mod:`training.distill`), the soft targets blended like the images.
+    (:mod:`training.distill`), the soft targets blended like the images. ``amp``: bfloat16
+    autocast; ``channels_last``: the batches in the layout of a channels-last model.
     """
     model.train()
     rng = np.random.default_rng([seed, epoch])
@@ -73,6 +69,7 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
         has_clinical = cache.has_clinical[index].to(device)
         if mixup > 0:
             clinical, derm, partner, lam = mix_pairs(clinical, derm, mixup, rng)
+        clinical, derm = to_layout(clinical, channels_last), to_layout(derm, channels_last)
         with autocast(device, amp):
             outputs = model(clinical, derm)
         outputs = {k: v.float() for k, v in outputs.items()}
@@ -105,7 +102,8 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
 
 @torch.no_grad()
 def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *, device: str,
-                  batch_size: int = 64, tta: bool = False, amp: bool = False) -> dict[str, torch.Tensor]:
+                  batch_size: int = 64, tta: bool = False, amp: bool = False,
+                  channels_last: bool = False) -> dict[str, torch.Tensor]:
     """Logits of every head for every case of the cache, (N, NUM_OUTPUTS) each, on the CPU.
 
     With ``tta`` the logits are averaged over the four flips of both images.
@@ -115,8 +113,8 @@ def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *,
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(cache), batch_size):
         index = torch.arange(start, min(start + batch_size, len(cache)), device=cache.labels.device)
-        clinical = augment(cache.clinical[index].to(device), train=False)
-        derm = augment(cache.dermoscopy[index].to(device), train=False)
+        clinical = to_layout(augment(cache.clinical[index].to(device), train=False), channels_last)
+        derm = to_layout(augment(cache.dermoscopy[index].to(device), train=False), channels_last)
         summed: dict[str, torch.Tensor] = {}
         for dims in (FLIPS if tta else FLIPS[:1]):
             c, d = (clinical.flip(dims), derm.flip(dims)) if dims else (clinical, derm)
@@ -133,7 +131,7 @@ def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *,
 
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, cache: ImageCache, augment: BatchAugment, *, device: str,
-                        batch_size: int = 64, amp: bool = False) -> None:
+                        batch_size: int = 64, amp: bool = False, channels_last: bool = False) -> None:
     """Re-estimate every BatchNorm's running statistics on augmented training batches.
 
     Averaged weights (SWA) do not match any model's running statistics, so they are measured
@@ -152,8 +150,8 @@ def recompute_batchnorm(model: nn.Module, cache: ImageCache, augment: BatchAugme
         m.train()
     for start in range(0, len(cache), batch_size):
         index = torch.arange(start, min(start + batch_size, len(cache)), device=cache.labels.device)
-        clinical = augment(cache.clinical[index].to(device))
-        derm = augment(cache.dermoscopy[index].to(device))
+        clinical = to_layout(augment(cache.clinical[index].to(device)), channels_last)
+        derm = to_layout(augment(cache.dermoscopy[index].to(device)), channels_last)
         with autocast(device, amp):
             model(clinical, derm)
     for m, momentum in zip(norms, saved_momentum):

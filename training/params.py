@@ -5,6 +5,8 @@ import argparse
 
 from skinnet.loss import parse_task_weights, parse_weights
 
+from .precision import PRECISIONS
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train",
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--two-encoders", action="store_true", help="the two-encoder baseline")
     model.add_argument("--cross-attention", default="-2,-1",
                        help="stages followed by shared cross-attention, e.g. '-2,-1'; 'none' disables")
+    model.add_argument("--attention-sharing", default=None, choices=["shared", "individual"],
+                       help="shared (default, the method): one cross-attention module per stage for both "
+                            "directions; individual: one per direction (the ablation)")
     model.add_argument("--attention-dim", type=int, default=None)
     model.add_argument("--attention-heads", type=int, default=None)
     model.add_argument("--bn-mode", default=None, choices=["joint", "separate"])
@@ -84,7 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    run.add_argument("--amp", action="store_true", help="bfloat16 autocast (default on CUDA)")
+    run.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="auto: bfloat16 autocast on CUDA and on a CPU with native bfloat16 "
+                          "(avx512_bf16/AMX), float32 elsewhere; fp32; bf16 (training only: "
+                          "out-of-fold and test predictions are float32)")
+    run.add_argument("--amp", action="store_true", help="the same as --precision bf16 (older flag)")
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                     help="weights and batches in channels-last layout (faster convolutions on CPUs and GPUs)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the training model (measured by benchmarks/train_speed.py: "
+                          "not worth its compile time on the 2-core CPU)")
     run.add_argument("--resume", action="store_true", help="continue from <out>/last_state.pt")
     run.add_argument("--name", default="model", help="checkpoint file stem")
     run.add_argument("--no-test", action="store_true",
@@ -106,6 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cross_attention = parse_stages(args.cross_attention)
     except ValueError as err:
         parser.error(str(err))
+    if args.amp:
+        if args.precision not in ("auto", "bf16"):
+            parser.error("--amp means --precision bf16; drop one of them")
+        args.precision = "bf16"
     if args.image_size < 32:
         parser.error("--image-size must be at least 32")
     if args.cache_size is None:

@@ -38,6 +38,7 @@ from .evaluate import card_summary, evaluate_model, fit_calibration
 from .loop import predict_cache, recompute_batchnorm, train_one_epoch
 from .metrics import task_accuracies
 from .params import parse_args
+from .precision import memory_format, resolve_precision
 
 log = logging.getLogger("skinnet.train")
 STATE_FILE = "last_state.pt"
@@ -62,7 +63,8 @@ def build_model(args):
     backbone_kwargs = {"drop_path_rate": args.drop_path} if args.drop_path > 0 else {}
     model = create_model(pretrained=pretrained, backbone=args.backbone, shared=not args.two_encoders,
                          cross_attention_stages=args.cross_attention, attention_dim=args.attention_dim,
-                         attention_heads=args.attention_heads, bn_mode=args.bn_mode, dropout=args.dropout,
+                         attention_heads=args.attention_heads, attention_sharing=args.attention_sharing,
+                         bn_mode=args.bn_mode, dropout=args.dropout,
                          backbone_kwargs=backbone_kwargs)
     mean, std = normalization(args.backbone, pretrained)
     return model, mean, std, None
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         torch.set_num_threads(args.threads)
     info = init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     device = device_for(args.device, info)
-    amp = args.amp or device.startswith("cuda")
+    precision = resolve_precision(args.precision, device)
+    amp = precision == "bf16"
     seed_everything(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,9 +139,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     cross_fit = args.fold is not None
     keep_last = args.refit or cross_fit  # nothing held out to select on (or it must stay untouched)
     model, mean, std, init_name = build_model(args)
-    model.to(device)
-    log.info("model: %s, %.2fM parameters; %d train / %d valid cases on %s",
-             model.config.backbone, count_parameters(model) / 1e6, len(train_cases), len(valid_cases), device)
+    model.to(device, memory_format=memory_format(args.channels_last))
+    log.info("model: %s, %.2fM parameters; %d train / %d valid cases on %s (%s%s)",
+             model.config.backbone, count_parameters(model) / 1e6, len(train_cases), len(valid_cases), device,
+             precision, ", channels-last" if args.channels_last else "")
     train_cache = ImageCache(train_cases, args.cache_size, device)
     valid_cache = ImageCache(valid_cases, args.image_size, device)
     augment = BatchAugment(args.image_size, mean, std).to(device)
@@ -173,6 +177,9 @@ def main(argv: list[str] | None = None) -> Path | None:
         start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
         log.info("resumed from %s at epoch %d (best valid avg %.4f)", state_path, start_epoch, best)
     train_model = DistributedDataParallel(model) if info.enabled else model
+    if args.compile:
+        train_model = torch.compile(train_model)
+    layout = {"device": device, "amp": amp, "channels_last": args.channels_last}
     card = ModelCard(name=args.name, model=model.config.to_dict(), image_size=args.image_size,
                      mean=tuple(mean), std=tuple(std), loss_weights=args.loss_weights)
     checkpoint = out / f"{args.name}.safetensors"
@@ -195,11 +202,11 @@ def main(argv: list[str] | None = None) -> Path | None:
 
         train_stats = train_one_epoch(train_model, train_cache, augment, loss_fn, optimizer, schedule,
                                       epoch=epoch, batch_size=args.batch_size, seed=args.seed, info=info,
-                                      device=device, amp=amp, step_offset=epoch * steps_per_epoch,
-                                      on_step=on_step, mixup=args.mixup, teacher=teacher)
+                                      step_offset=epoch * steps_per_epoch, on_step=on_step,
+                                      mixup=args.mixup, teacher=teacher, **layout)
         if info.is_primary:
             scored = ema.module if ema is not None else model
-            logits = predict_cache(scored, valid_cache, augment, device=device, amp=amp)
+            logits = predict_cache(scored, valid_cache, augment, **layout)
             labels = valid_cache.labels.cpu()
             fused = task_accuracies(logits["fused"], labels)
             row = {"epoch": epoch + 1, **train_stats, "valid_avg": fused["avg"],
@@ -214,8 +221,8 @@ def main(argv: list[str] | None = None) -> Path | None:
                 save_checkpoint(scored, card, checkpoint)
             if swa is not None and epoch + 1 >= args.swa_start:
                 swa.update_parameters(scored)
-                recompute_batchnorm(swa.module, train_cache, augment, device=device, amp=amp)
-                swa_logits = predict_cache(swa.module, valid_cache, augment, device=device, amp=amp)
+                recompute_batchnorm(swa.module, train_cache, augment, **layout)
+                swa_logits = predict_cache(swa.module, valid_cache, augment, **layout)
                 row["valid_swa_avg"] = task_accuracies(swa_logits["fused"], labels)["avg"]
                 if row["valid_swa_avg"] > best or keep_last:
                     best = row["valid_swa_avg"]
@@ -258,12 +265,13 @@ def main(argv: list[str] | None = None) -> Path | None:
                  **({"held_out_fold": args.hold_out} if args.hold_out is not None else {}),
                  "n_train_cases": len(train_cases), "train_fraction": args.train_fraction,
                  **correction_stats},
+        "precision": precision, "channels_last": args.channels_last,
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": info.world_size, "minutes": round((time.time() - started) / 60, 1),
     }
     save_checkpoint(kept, card, checkpoint)
     if cross_fit:
-        return finish_fold(kept, card, checkpoint, valid_cache, valid_cases, args, device, amp, info)
+        return finish_fold(kept, card, checkpoint, valid_cache, valid_cases, args, device, info)
     metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device, cache=valid_cache)}
     if not args.limit_cases and not args.no_test:
         metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
@@ -278,14 +286,17 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 def finish_fold(model, card: ModelCard, checkpoint: Path, cache: ImageCache, cases, args, device: str,
-                amp: bool, info) -> Path:
-    """A fold model's out-of-fold logits (every head, TTA as the card says) in ``oof.pt``, and its
-    scores on the fold it never saw in its card; test is not scored (the folds' ensemble is)."""
+                info) -> Path:
+    """A fold model's out-of-fold logits (every head, TTA as the card says; float32 whatever the
+    training precision) in ``oof.pt`` (with flips, also one view in ``oof_tta_off.pt``), and its scores on the fold it never saw in its card; test
+    is not scored (the folds' ensemble is)."""
     augment = BatchAugment(card.image_size, card.mean, card.std).to(device)
-    logits = predict_cache(model, cache, augment, device=device, tta=args.tta, amp=amp)
     out = checkpoint.parent
-    torch.save({"case_ids": [c.case_id for c in cases], "fold": args.fold, "logits": logits,
-                "labels": cache.labels.cpu(), "has_clinical": cache.has_clinical.cpu()}, out / OOF_FILE)
+    for views, tta in ([("tta_off", False)] if args.tta else []) + [("", args.tta)]:  # oof.pt last: it marks done
+        logits = predict_cache(model, cache, augment, device=device, tta=tta)
+        torch.save({"case_ids": [c.case_id for c in cases], "fold": args.fold, "logits": logits,
+                    "labels": cache.labels.cpu(), "has_clinical": cache.has_clinical.cpu()},
+                   out / (f"oof_{views}.pt" if views else OOF_FILE))
     record = evaluate_model(model, card, cases, split=f"fold{args.fold}", device=device, cache=cache)
     card.metrics = {"out_of_fold": card_summary(record)}
     save_checkpoint(model, card, checkpoint)

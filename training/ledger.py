@@ -1,0 +1,474 @@
+"""The experiment ledger: cross-fitted experiments whose small outputs live in the repository.
+
+A run's weights stay in ``runs/`` and are lost with the machine; what a comparison needs is
+committed under ``experiments/<name>/`` as each fold finishes, so an experiment longer than a
+machine's life accumulates run by run, on the CPU or on a lent accelerator::
+
+    experiments/<name>/
+        experiment.json      what it tests, the training flags, folds, and the command
+        folds.json           the fold of every train + valid case (the same for every experiment)
+        fold<k>/
+            oof.csv          the fused head's out-of-fold probabilities, one row per case
+            oof_clinical.csv, oof_dermoscopy.csv      the same for the other two heads
+            oof_tta_off*.csv one view only (written when the fold model predicts with flips)
+            eval.json        the fold model's evaluation on its fold
+            metrics.csv      per-epoch training log
+            run.json         the fold model's training record: commit, precision, machine, minutes
+        oof.csv, crossval.json    all folds joined, once every fold is in
+
+``oof.csv`` columns: ``case`` (the row index in Derm7pt's meta.csv), ``fold``, and every class
+probability of every task as ``<TASK>_<CLASS>`` (``DIAG_MEL``, ``PN_TYP``, ...). The log of
+those probabilities are the logits up to a constant per task, which is all calibration and
+argmax need, so calibration, the uncertain margin and distillation read the ledger directly.
+
+    python -m training.ledger status                          # done and pending, CPU hours left
+    python -m training.ledger run --data-root DIR [--commit]  # train the pending folds
+    python -m training.ledger run --data-root DIR --only e_method --folds 0,1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from skinnet.data import Derm7pt
+from skinnet.labels import NUM_OUTPUTS, TASKS, split_logits
+
+log = logging.getLogger("skinnet.ledger")
+ROOT = Path(__file__).resolve().parents[1]
+LEDGER = ROOT / "experiments"
+EXPERIMENT_FILE = "experiment.json"
+HEADS = ("fused", "clinical", "dermoscopy")
+PROBABILITY_COLUMNS = [f"{task.name}_{cls}" for task in TASKS for cls in task.classes]
+FOLD_FILES = ("eval.json", "metrics.csv")
+
+
+def oof_file_name(head: str, views: str = "") -> str:
+    """``oof.csv`` for the fused head, ``oof_<head>.csv`` for the others; ``views`` = ``tta_off``
+    for the one-view predictions of a model whose card predicts with flips."""
+    parts = ["oof", *([views] if views else []), *([head] if head != "fused" else [])]
+    return "_".join(parts) + ".csv"
+
+
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# -- the probability files -------------------------------------------------------------------
+def probabilities_frame(logits: torch.Tensor, rows: list[int], folds: list[int]) -> pd.DataFrame:
+    """One row per case: ``case``, ``fold``, then every task's softmax probabilities."""
+    probs = torch.cat([torch.softmax(t.double(), -1) for t in split_logits(logits.double()).values()], 1)
+    frame = pd.DataFrame(probs.numpy(), columns=PROBABILITY_COLUMNS)
+    frame.insert(0, "fold", folds)
+    frame.insert(0, "case", rows)
+    return frame
+
+
+def write_probabilities(path: Path, frame: pd.DataFrame) -> None:
+    """Seven significant digits: relative precision is kept for tiny probabilities too, so their
+    logs (the logits up to a constant) are accurate to about 1e-6."""
+    tmp = path.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False, float_format="%.7g")
+    tmp.replace(path)
+
+
+def read_probabilities(path: Path) -> pd.DataFrame:
+    """An ``oof*.csv``, checked: its columns, one row per case, each task's probabilities sum to 1.
+
+    Raises:
+        ValueError: not a ledger probability file.
+    """
+    frame = pd.read_csv(path)
+    expected = ["case", "fold", *PROBABILITY_COLUMNS]
+    if list(frame.columns) != expected:
+        raise ValueError(f"{path}: columns {list(frame.columns)[:4]}... are not the ledger's {expected[:4]}...")
+    if frame["case"].duplicated().any():
+        raise ValueError(f"{path}: a case appears twice")
+    start = 2
+    for task in TASKS:
+        sums = frame.iloc[:, start:start + task.num_classes].sum(axis=1)
+        if ((sums - 1).abs() > 1e-4).any():
+            raise ValueError(f"{path}: {task.name} probabilities do not sum to 1")
+        start += task.num_classes
+    return frame
+
+
+def frame_logits(frame: pd.DataFrame) -> torch.Tensor:
+    """(N, NUM_OUTPUTS) log-probabilities: logits up to a constant per task."""
+    probs = torch.tensor(frame[PROBABILITY_COLUMNS].to_numpy(), dtype=torch.float64)
+    return probs.clamp_min(1e-12).log().float()
+
+
+# -- experiments -----------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """One ledger entry: a recipe cross-fitted over the shared folds (``experiment.json``).
+
+    Attributes:
+        name: the folder's name.
+        description: what it is, in words.
+        train_flags: ``python -m training.train`` flags of every fold (no data, output or fold flags).
+        folds: number of folds; ``fold_seed`` their assignment's seed.
+        run_folds: the folds this experiment trains (all unless it is a one-fold check).
+        hold_out: the fold every model leaves out (the teachers of a leak-free check), or None.
+        priority: lower runs first; ``cost``: CPU cost of a fold relative to the shipped recipe's.
+    """
+
+    name: str
+    description: str
+    train_flags: list[str]
+    folds: int = 5
+    fold_seed: int = 0
+    run_folds: list[int] = field(default_factory=list)
+    hold_out: int | None = None
+    priority: int = 50
+    cost: float = 1.0
+    path: Path = field(default=Path("."), repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> "Experiment":
+        record = json.loads((path / EXPERIMENT_FILE).read_text())
+        known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__ and k != "path"}
+        experiment = cls(**known, path=path)
+        if experiment.name != path.name:
+            raise ValueError(f"{path / EXPERIMENT_FILE} names {experiment.name!r}, not its folder {path.name!r}")
+        return experiment
+
+    def save(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        record = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "path"}
+        record["command"] = " ".join(self.command(fold=None))
+        (self.path / EXPERIMENT_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+    def planned_folds(self) -> list[int]:
+        folds = self.run_folds or list(range(self.folds))
+        return [k for k in folds if k != self.hold_out]
+
+    def fold_path(self, fold: int) -> Path:
+        return self.path / f"fold{fold}"
+
+    def done(self, fold: int) -> bool:
+        return (self.fold_path(fold) / oof_file_name("fused")).is_file()
+
+    def pending(self) -> list[int]:
+        return [k for k in self.planned_folds() if not self.done(k)]
+
+    def complete(self) -> bool:
+        return not self.pending() and not self.run_folds
+
+    def command(self, fold: int | None, data_root: str = "DATA", out: str | None = None,
+                ledger: str | None = None) -> list[str]:
+        """The ``training.crossval`` command that trains one fold (or all, ``fold=None``) into this
+        entry (``ledger``: its folder as the command names it; by default relative to the repo)."""
+        out = out or f"runs/{self.name}"
+        ledger = ledger or f"experiments/{self.name}"
+        return ["python", "-m", "training.crossval", "--data-root", data_root, "--out", out,
+                "--folds", str(self.folds), "--fold-seed", str(self.fold_seed), "--ledger", ledger,
+                *(["--hold-out", str(self.hold_out)] if self.hold_out is not None else []),
+                *(["--only", str(fold)] if fold is not None else []), "--", *self.train_flags]
+
+
+def experiments(root: Path = LEDGER) -> list[Experiment]:
+    """Every entry of the ledger, by priority then name."""
+    found = [Experiment.load(p.parent) for p in sorted(root.glob(f"*/{EXPERIMENT_FILE}"))]
+    return sorted(found, key=lambda e: (e.priority, e.name))
+
+
+def open_entry(path: Path, train_flags: list[str], folds: int, fold_seed: int, hold_out: int | None) -> Experiment:
+    """The ledger entry at ``path``, created on first use; refused when its recipe differs.
+
+    Raises:
+        SystemExit: the entry exists with other training flags, folds or hold-out.
+    """
+    if (path / EXPERIMENT_FILE).is_file():
+        entry = Experiment.load(path)
+        mine = (train_flags, folds, fold_seed, hold_out)
+        theirs = (entry.train_flags, entry.folds, entry.fold_seed, entry.hold_out)
+        if mine != theirs:
+            raise SystemExit(f"{path} records flags {entry.train_flags}, {entry.folds} folds (seed "
+                             f"{entry.fold_seed}), hold-out {entry.hold_out}; this run has {train_flags}, "
+                             f"{folds} folds (seed {fold_seed}), hold-out {hold_out}: use another --ledger")
+        return entry
+    entry = Experiment(name=path.name, description="", train_flags=list(train_flags), folds=folds,
+                       fold_seed=fold_seed, hold_out=hold_out, path=path)
+    entry.save()
+    return entry
+
+
+def case_rows(data: Derm7pt) -> dict[str, int]:
+    """case id -> row index in meta.csv."""
+    return {case.case_id: i for i, case in enumerate(data.cases())}
+
+
+def record_fold(entry: Experiment, fold: int, run: Path, data: Derm7pt) -> Path:
+    """Copy one finished fold run's small outputs into the ledger (probabilities as CSV, no weights).
+
+    The probability files are written last, so a fold counts as done only when all is there.
+    """
+    target = entry.fold_path(fold)
+    target.mkdir(parents=True, exist_ok=True)
+    rows = case_rows(data)
+    for name in FOLD_FILES:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, target / name)
+    card = _fold_card(run)
+    (target / "run.json").write_text(json.dumps({
+        "commit": git_commit(), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                   f"{platform.processor() or platform.platform()}",
+        "params": card.get("params"), "training": card.get("training", {}), "model": card.get("model", {}),
+        "metrics": card.get("metrics", {})}, indent=1) + "\n")
+    views = [("", run / "oof.pt")] + ([("tta_off", run / "oof_tta_off.pt")] if (run / "oof_tta_off.pt").is_file() else [])
+    for suffix, source in reversed(views):  # the plain oof.csv last: it marks the fold done
+        part = torch.load(source, weights_only=True)
+        if part["fold"] != fold:
+            raise ValueError(f"{source} holds fold {part['fold']}'s predictions, not fold {fold}'s")
+        case_numbers = [rows[c] for c in part["case_ids"]]
+        for head in reversed(HEADS):
+            if head in part["logits"]:
+                frame = probabilities_frame(part["logits"][head], case_numbers, [fold] * len(case_numbers))
+                write_probabilities(target / oof_file_name(head, suffix), frame)
+    return target
+
+
+def _fold_card(run: Path) -> dict:
+    cards = [p for p in run.glob("*.json") if p.name not in ("eval.json", "crossval.json")
+             and p.with_suffix(".safetensors").is_file()]
+    return json.loads(cards[0].read_text()) if cards else {}
+
+
+def read_entry_oof(entry: Experiment, data: Derm7pt, views: str = "") -> dict:
+    """The entry's folds joined in pool order, in the format of ``training.crossval``'s ``oof.pt``
+    (logits = log-probabilities; labels and clinical-photo flags from ``data``).
+
+    Raises:
+        ValueError: a fold is missing, or a case appears twice or not at all.
+    """
+    from .folds import pool_cases
+
+    cases = data.cases()
+    pool = pool_cases(data)
+    position = {c.case_id: i for i, c in enumerate(pool)}
+    wanted = [k for k in range(entry.folds) if k != entry.hold_out]
+    missing = [k for k in wanted if not entry.done(k)]
+    if missing:
+        raise ValueError(f"{entry.path}: folds {missing} are not in the ledger yet")
+    logits: dict[str, torch.Tensor] = {}
+    fold_of: dict[str, int] = {}
+    for head in HEADS:
+        parts = []
+        for k in wanted:
+            path = entry.fold_path(k) / oof_file_name(head, views)
+            if not path.is_file():
+                if head == "fused":
+                    raise ValueError(f"{path} is missing")
+                parts = None
+                break
+            parts.append(read_probabilities(path))
+        if parts is None:
+            continue
+        frame = pd.concat(parts, ignore_index=True)
+        ids = [cases[r].case_id for r in frame["case"]]
+        if head == "fused":
+            fold_of = dict(zip(ids, frame["fold"].astype(int)))
+        keep = [c.case_id for c in pool if c.case_id in fold_of]
+        if sorted(ids) != sorted(keep) or len(set(ids)) != len(ids):
+            raise ValueError(f"{entry.path}: {head} probabilities do not cover its cases once each")
+        order = torch.tensor(pd.Series(range(len(ids)), index=ids).loc[keep].to_numpy())
+        logits[head] = frame_logits(frame)[order]
+    kept = [c for c in pool if c.case_id in fold_of]
+    if entry.hold_out is None and len(kept) != len(position):
+        raise ValueError(f"{entry.path}: {len(position) - len(kept)} cases have no out-of-fold prediction")
+    return {"case_ids": [c.case_id for c in kept], "fold": torch.tensor([fold_of[c.case_id] for c in kept]),
+            "logits": logits, "labels": torch.tensor([c.labels for c in kept], dtype=torch.long),
+            "has_clinical": torch.tensor([not c.clinic_is_derm for c in kept]),
+            **({"hold_out": entry.hold_out} if entry.hold_out is not None else {}),
+            "tta": views != "tta_off" and _entry_tta(entry)}
+
+
+def _entry_tta(entry: Experiment) -> bool:
+    return "--tta" in entry.train_flags
+
+
+def finish_entry(entry: Experiment, data: Derm7pt) -> dict | None:
+    """Once every fold is in: the joined ``oof.csv`` (and one-view file) and ``crossval.json``."""
+    from .crossval import oof_report
+
+    if entry.pending() or entry.run_folds:
+        return None
+    oof = read_entry_oof(entry, data)
+    rows = case_rows(data)
+    numbers = [rows[c] for c in oof["case_ids"]]
+    write_probabilities(entry.path / "oof.csv", probabilities_frame(oof["logits"]["fused"], numbers,
+                                                                   oof["fold"].tolist()))
+    report = {"experiment": entry.name, "folds": entry.folds, "fold_seed": entry.fold_seed,
+              "hold_out": entry.hold_out, "train_flags": entry.train_flags, "out_of_fold": oof_report(oof)}
+    if all((entry.fold_path(k) / oof_file_name("fused", "tta_off")).is_file() for k in entry.planned_folds()):
+        one_view = read_entry_oof(entry, data, "tta_off")
+        write_probabilities(entry.path / oof_file_name("fused", "tta_off"),
+                            probabilities_frame(one_view["logits"]["fused"], numbers, one_view["fold"].tolist()))
+        report["out_of_fold_one_view"] = {k: v for k, v in oof_report(one_view).items() if k != "heads"}
+    (entry.path / "crossval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# -- the command line ------------------------------------------------------------------------
+def fold_minutes(entry: Experiment, fold: int) -> float | None:
+    path = entry.fold_path(fold) / "run.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("training", {}).get("minutes")
+
+
+def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None) -> list[str]:
+    """What is done and pending, and the CPU hours the pending folds need (from the finished
+    folds' own minutes on this kind of machine, scaled by each entry's ``cost``)."""
+    entries = experiments(root)
+    measured = [(fold_minutes(e, k), e.cost) for e in entries for k in e.planned_folds() if e.done(k)]
+    per_unit = [m / c for m, c in measured if m]
+    unit = fold_minutes_estimate or (sorted(per_unit)[len(per_unit) // 2] if per_unit else None)
+    lines, hours = [], 0.0
+    for e in entries:
+        done = [k for k in e.planned_folds() if e.done(k)]
+        pending = e.pending()
+        state = "complete" if e.complete() else ("done" if not pending else f"pending folds {pending}")
+        lines.append(f"{e.name:28s} {len(done)}/{len(e.planned_folds())} folds  {state}")
+        if unit:
+            hours += len(pending) * unit * e.cost / 60
+    if unit:
+        lines.append(f"pending: {sum(len(e.pending()) for e in entries)} folds, about {hours:.1f} CPU hours "
+                     f"({unit:.0f} min per shipped-recipe fold, the median of the finished ones)")
+    else:
+        lines.append(f"pending: {sum(len(e.pending()) for e in entries)} folds (no finished fold to time them by)")
+    return lines
+
+
+def pending_runs(entries: list[Experiment], only: set[str] | None = None,
+                 folds: set[int] | None = None) -> list[tuple[Experiment, int]]:
+    """(entry, fold) in the order to train them: fold by fold across the entries (by priority),
+    so that every comparison gains paired cases as each working day adds folds."""
+    chosen = [e for e in entries if only is None or e.name in only]
+    order = []
+    for fold in range(max((e.folds for e in chosen), default=0)):
+        for e in chosen:
+            if fold in e.pending() and (folds is None or fold in folds):
+                order.append((e, fold))
+    return order
+
+
+def commit_fold(entry: Experiment, fold: int) -> None:
+    """``git commit`` the fold's folder alone (retried while another git command holds the index)."""
+    paths = [str(entry.fold_path(fold).relative_to(ROOT)), str((entry.path / EXPERIMENT_FILE).relative_to(ROOT))]
+    for extra in ("folds.json", "oof.csv", "oof_tta_off.csv", "crossval.json"):
+        if (entry.path / extra).is_file():
+            paths.append(str((entry.path / extra).relative_to(ROOT)))
+    message = f"ledger: {entry.name} fold {fold}" + _fold_summary(entry, fold)
+    for attempt in range(10):
+        add = subprocess.run(["git", "add", "--", *paths], cwd=ROOT, capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", *paths], cwd=ROOT, capture_output=True, text=True).returncode == 0
+        if done:
+            log.info("committed %s", message)
+            return
+        time.sleep(3 + 3 * attempt)
+    log.warning("could not commit %s (commit it by hand)", entry.fold_path(fold))
+
+
+def _fold_summary(entry: Experiment, fold: int) -> str:
+    try:
+        record = json.loads((entry.fold_path(fold) / "eval.json").read_text())["out_of_fold"]
+        minutes = fold_minutes(entry, fold)
+        return (f": OOF avg {100 * record['avg']:.1f}, DIAG {100 * record['tasks']['DIAG']:.1f} "
+                f"({record['n_cases']} cases{f', {minutes:.0f} min' if minutes else ''})")
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+def run_pending(args) -> int:
+    from . import crossval
+
+    entries = experiments(Path(args.root))
+    only = set(args.only.split(",")) if args.only else None
+    folds = {int(k) for k in args.folds.split(",")} if args.folds else None
+    queue = pending_runs(entries, only, folds)
+    deadline = time.time() + args.max_hours * 3600 if args.max_hours else math.inf
+    log.info("%d fold runs pending%s", len(queue), f" (of {', '.join(sorted(only))})" if only else "")
+    for entry, fold in queue:
+        if time.time() > deadline:
+            log.info("stopping: --max-hours reached")
+            break
+        log.info("== %s fold %d ==", entry.name, fold)
+        argv = entry.command(fold, args.data_root, str(Path(args.runs) / entry.name), ledger=str(entry.path))[3:]
+        own = ["--device", args.device, *(["--threads", str(args.threads)] if args.threads else [])]
+        crossval.main([*argv[:argv.index("--")], *own, *argv[argv.index("--"):], "--no-progress"])
+        if args.commit and entry.done(fold):
+            commit_fold(entry, fold)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.ledger", description=__doc__.split("\n")[0])
+    p.add_argument("--root", default=str(LEDGER), help="the ledger folder")
+    sub = p.add_subparsers(dest="verb", required=True)
+    sub.add_parser("status", help="what is done and pending, and the CPU hours left")
+    run = sub.add_parser("run", help="train the pending folds, fold by fold across the entries")
+    run.add_argument("--data-root", required=True)
+    run.add_argument("--runs", default="runs", help="where the fold runs (weights, resumable state) go")
+    run.add_argument("--only", default=None, help="these entries only, e.g. 'e_method,d_shared_attention'")
+    run.add_argument("--folds", default=None, help="these folds only, e.g. '0,1'")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--max-hours", type=float, default=None, help="start no fold after this many hours")
+    run.add_argument("--commit", action="store_true", help="git commit each fold as it lands in the ledger")
+    new = sub.add_parser("new", help="add an entry: python -m training.ledger new NAME --description "
+                                     "'...' -- <training.train flags>")
+    new.add_argument("name")
+    new.add_argument("--description", required=True)
+    new.add_argument("--folds", type=int, default=5)
+    new.add_argument("--fold-seed", type=int, default=0)
+    new.add_argument("--run-folds", default="", help="only these folds, e.g. '0' (a one-fold check)")
+    new.add_argument("--hold-out", type=int, default=None)
+    new.add_argument("--priority", type=int, default=50, help="lower runs first")
+    new.add_argument("--cost", type=float, default=1.0, help="CPU cost of a fold relative to the shipped recipe's")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.verb == "new":
+        from .crossval import recipe_flags
+
+        path = Path(args.root) / args.name
+        if (path / EXPERIMENT_FILE).is_file():
+            raise SystemExit(f"{path} exists: an entry's recipe never changes; add a new one")
+        Experiment(name=args.name, description=args.description, train_flags=recipe_flags(flags), folds=args.folds,
+                   fold_seed=args.fold_seed, run_folds=[int(k) for k in args.run_folds.split(",") if k],
+                   hold_out=args.hold_out, priority=args.priority, cost=args.cost, path=path).save()
+        print(f"added {path}")
+        return 0
+    if args.verb == "status":
+        print("\n".join(status_lines(Path(args.root))))
+        return 0
+    return run_pending(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
