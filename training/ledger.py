@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -61,8 +62,10 @@ def oof_file_name(head: str, views: str = "") -> str:
     return "_".join(parts) + ".csv"
 
 
+@lru_cache(maxsize=None)
 def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    """The checkout's commit when this process first asked, with ``+dirty`` when tracked files
+    differed from it (a long runner records the code it started with, not later edits)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
