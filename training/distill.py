@@ -17,25 +17,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from skinnet.data import Derm7pt
 from skinnet.labels import split_logits
 
+from .ledger import read_oof
 
-def teacher_probabilities(paths: list[str | Path], case_ids: list[str], temperature: float
-                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+
+def teacher_probabilities(paths: list[str | Path], case_ids: list[str], temperature: float,
+                          data: Derm7pt | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per head ``(N, NUM_OUTPUTS)`` soft targets (task-wise softmax at ``temperature``, averaged
-    over the OOF files) for the cases in order, and which cases have one.
+    over the OOF files or ledger entries, which need ``data``) for the cases in order, and which
+    cases have one.
 
     Raises:
-        SystemExit: a file is not an OOF file of ``training.crossval``.
+        SystemExit: a file is not an OOF file of ``training.crossval`` nor a ledger entry.
     """
     summed: dict[str, torch.Tensor] = {}
     found = torch.zeros(len(case_ids), dtype=torch.bool)
     for path in paths:
         try:
-            oof = torch.load(path, weights_only=True)
+            oof = read_oof(path, data)
             index = {c: i for i, c in enumerate(oof["case_ids"])}
             logits = oof["logits"]
-        except (OSError, KeyError, RuntimeError) as err:
+        except (KeyError, ValueError) as err:
             raise SystemExit(f"--distill {path}: not an out-of-fold file of training.crossval ({err})") from None
         rows = torch.tensor([index.get(c, -1) for c in case_ids])
         present = rows >= 0
@@ -50,7 +54,7 @@ def teacher_probabilities(paths: list[str | Path], case_ids: list[str], temperat
     return summed, found
 
 
-def teachers_leak_free(paths: list[str | Path], fold: int | None) -> bool:
+def teachers_leak_free(paths: list[str | Path], fold: int | None, data: Derm7pt | None = None) -> bool:
     """Whether a fold model's soft targets never saw its own fold: every teacher file was made
     with ``training.crossval --hold-out`` that fold. A teacher held out for another fold is
     refused (it holds out the wrong cases); an ordinary OOF file is allowed (the refit's
@@ -59,7 +63,7 @@ def teachers_leak_free(paths: list[str | Path], fold: int | None) -> bool:
     Raises:
         SystemExit: a teacher file held out for another fold.
     """
-    held = [torch.load(path, weights_only=True).get("hold_out") for path in paths]
+    held = [read_oof(path, data).get("hold_out") for path in paths]
     wrong = [str(p) for p, h in zip(paths, held) if h is not None and h != fold]
     if wrong:
         raise SystemExit(f"--distill {', '.join(wrong)}: made with --hold-out for another fold than "

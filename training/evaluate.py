@@ -112,27 +112,31 @@ def oof_tta(oof: dict, path: str | Path) -> bool:
         raise SystemExit(f"{path}: cannot tell whether its logits were predicted with the flips ({err})") from None
 
 
-def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, dict], dict]:
-    """Every head's calibration fitted on a cross-fitting run's out-of-fold logits, and the card
-    note that says so; refused when the fold models' recipe is not the card's.
+def calibration_from_oof(path: str | Path, card: ModelCard, data: Derm7pt | None = None) -> tuple[dict[str, dict], dict]:
+    """Every head's calibration fitted on a cross-fit's out-of-fold logits (a ``training.crossval``
+    ``oof.pt``, or a ledger entry: its folder or its ``oof_tta_off.csv``, which needs ``data``),
+    and the card note that says so; refused when the fold models' recipe is not the card's.
 
     Raises:
         SystemExit: unreadable file, or another recipe.
     """
+    from .ledger import load_oof
+
     path = Path(path)
     try:
-        oof = torch.load(path, weights_only=True)
-        if oof.get("hold_out") is not None:
-            raise SystemExit(f"--calibrate-from {path}: the OOF of --hold-out teachers leaves fold "
-                             f"{oof['hold_out']} out; calibrate from an ordinary cross-fit")
-        fold_card = read_card(next(path.parent.glob("fold[0-9]*/*.safetensors")))
-    except (OSError, RuntimeError, StopIteration, ValueError) as err:
-        raise SystemExit(f"--calibrate-from {path}: not the oof.pt of a training.crossval folder ({err})") from None
+        oof, source = load_oof(path, data)
+    except ValueError as err:
+        raise SystemExit(f"--calibrate-from {path}: {err}") from None
+    if oof.get("hold_out") is not None:
+        raise SystemExit(f"--calibrate-from {path}: the OOF of --hold-out teachers leaves fold "
+                         f"{oof['hold_out']} out; calibrate from an ordinary cross-fit")
+    fold_card = source["card"]
     differ = [k for k in RECIPE_KEYS if k != "tta" and fold_card.training.get(k) != card.training.get(k)]
     flips = oof_tta(oof, path)
     if flips != bool(card.training.get("tta", False)):
         differ.append(f"TTA: the logits were predicted with it {'on' if flips else 'off'}, the card has it "
-                      f"{'off' if flips else 'on'}; training.crossval --tta-oof writes the other")
+                      f"{'off' if flips else 'on'}; the one-view OOF is oof_tta_off (ledger) or "
+                      "training.crossval --tta-oof writes the other")
     if fold_card.model != card.model or fold_card.loss_weights != card.loss_weights:
         differ.append("model or loss weights")
     if differ:
@@ -142,9 +146,10 @@ def calibration_from_oof(path: str | Path, card: ModelCard) -> tuple[dict[str, d
     calibration = {head: fit_head(logits[scored_cases(head, has_clinical)], labels[scored_cases(head, has_clinical)])
                    for head, logits in oof["logits"].items()}
     n_folds = int(oof["fold"].max()) + 1
-    source = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds, "tta": flips,
-              "run": path.parent.name, "oof_file": path.name, "oof_sha256": file_sha256(path)}
-    return calibration, source
+    note = {"fitted_on": "out-of-fold", "n_cases": len(oof["case_ids"]), "folds": n_folds, "tta": flips,
+            **{k: source[k] for k in ("run", "oof_file", "oof_sha256")},
+            **({"ledger": f"experiments/{source['run']}"} if source["ledger"] else {})}
+    return calibration, note
 
 
 def save_confusion_figures(logits: torch.Tensor, labels: torch.Tensor, folder: Path, split: str) -> Path:
@@ -194,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="fit each head's calibration (per task: temperature, class biases) on the "
                         "valid split and store it in the card, with the card's valid and --split scores")
-    p.add_argument("--calibrate-from", default=None, metavar="OOF_PT",
-                   help="fit the calibration on the out-of-fold logits of the same recipe (the oof.pt of "
+    p.add_argument("--calibrate-from", default=None, metavar="OOF",
+                   help="fit the calibration on the out-of-fold logits of the same recipe (a ledger entry, "
+                        "experiments/<name> or its oof_tta_off.csv for one view, or the oof.pt of "
                         "training.crossval; the way to calibrate a refit) and store it with the card's scores")
     p.add_argument("--weights", default=None, choices=WEIGHT_FORMATS,
                    help="first re-save the checkpoint's weights in this format (int8: about half a "
@@ -216,11 +222,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--set-tta changes the logits the calibration was fitted on: give --calibrate-from "
                      "(a refit) or --calibrate")
     model, card = load_checkpoint(args.checkpoint, args.device)
+    data = Derm7pt(args.data_root)
     refit = card.trained_on_valid
     if args.set_tta:
         card.training["tta"] = args.set_tta == "on"
     if args.calibrate_from:
-        card.calibration, card.training["calibration_source"] = calibration_from_oof(args.calibrate_from, card)
+        card.calibration, card.training["calibration_source"] = calibration_from_oof(args.calibrate_from, card, data)
         save_checkpoint(model, card, args.checkpoint)
         model, card = load_checkpoint(args.checkpoint, args.device)
         args.calibrate = True  # the card's scores must be those of the new calibration
@@ -233,7 +240,6 @@ def main(argv: list[str] | None = None) -> dict:
         save_checkpoint(model, card, args.checkpoint, args.weights)
         model, card = load_checkpoint(args.checkpoint, args.device)
         args.calibrate = True  # the card's scores (and calibration) must be those of the new weights
-    data = Derm7pt(args.data_root)
     tta = None if args.tta is None else args.tta == "on"
     valid_cache = None  # valid decoded once for fitting and scoring
     if args.calibrate:

@@ -30,6 +30,7 @@ from skinnet.predict import Predictor
 
 from .data import trained_splits
 from .evaluate import oof_tta
+from .ledger import read_oof
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,15 @@ def _guards_from(gaussians: dict[str, tuple], weight: torch.Tensor, bias: float,
                   fingerprint=fingerprint)
 
 
-def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-2 DIAG margin, correct) of one head's out-of-fold predictions, calibrated as the
-    app calibrates (the clinical head only on cases that have a clinical photo)."""
-    oof = torch.load(oof_path, weights_only=True)
+def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused",
+                data: Derm7pt | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-2 DIAG margin, correct) of one head's out-of-fold predictions (an ``oof.pt`` or a
+    ledger entry, which needs ``data``), calibrated as the app calibrates (the clinical head
+    only on cases that have a clinical photo)."""
+    try:
+        oof = read_oof(oof_path, data)
+    except ValueError as err:
+        raise SystemExit(f"--oof {err}") from None
     if oof.get("hold_out") is not None:
         raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
     card_tta, flips = bool(predictor.card.training.get("tta", False)), oof_tta(oof, oof_path)
@@ -119,7 +125,7 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused")
 
 
 def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *, components: int = 32,
-        ood_factor: float = 1.0) -> Guards:
+        ood_factor: float = 1.0, data: Derm7pt | None = None) -> Guards:
     """Guards of ``predictor``'s model from the images of ``cases`` (without ``oof_path`` no
     case is ever called uncertain)."""
     features = lesion_features(predictor, cases)
@@ -140,22 +146,23 @@ def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *,
                     "and alone",
         "uncertain": "not fitted (no out-of-fold predictions given): no case is called uncertain",
     }
-    return guards if oof_path is None else fit_uncertain(guards, predictor, oof_path)
+    return guards if oof_path is None else fit_uncertain(guards, predictor, oof_path, data)
 
 
-def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path) -> Guards:
+def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path, data: Derm7pt | None = None) -> Guards:
     """Choose the 'uncertain' margin on out-of-fold predictions (calibrated with the card's
     calibration, so refit this after recalibrating)."""
     guards.uncertain_margin, guards.uncertain_accuracy, notes = {}, {}, []
     for head in HEADS:
-        margins, correct = oof_margins(oof_path, predictor, head)
+        margins, correct = oof_margins(oof_path, predictor, head, data)
         limit = uncertain_margin_from(margins, correct)
         flagged = margins < limit
         guards.uncertain_margin[head] = limit
         guards.uncertain_accuracy[head] = float(correct[flagged].float().mean()) if flagged.any() else 0.0
         notes.append(f"{head} head < {limit:.3f} (right {100 * guards.uncertain_accuracy[head]:.0f}% below it, "
                      f"{int(flagged.sum())} of {len(margins)} cases)")
-    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({Path(oof_path).parent.name}/{Path(oof_path).name}, "
+    where = Path(oof_path).name if Path(oof_path).is_dir() else f"{Path(oof_path).parent.name}/{Path(oof_path).name}"
+    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({where}, "
                                  f"calibrated): "
                                  + "; ".join(notes))
     return guards
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m training.fit_guards", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-root", required=True)
-    p.add_argument("--oof", default=None, help="oof.pt of training.crossval with the checkpoint's recipe "
+    p.add_argument("--oof", default=None, help="a ledger entry (experiments/<name>, or its oof_tta_off.csv "
+                   "for one view) or an oof.pt of training.crossval, with the checkpoint's recipe "
                    "(chooses the 'uncertain' margin; without it no case is called uncertain)")
     p.add_argument("--components", type=int, default=32)
     p.add_argument("--ood-factor", type=float, default=1.0)
@@ -182,13 +190,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.uncertain_only:
         if predictor.guards is None or not args.oof:
             raise SystemExit("--uncertain-only needs an existing guards file beside the checkpoint and --oof")
-        out = fit_uncertain(predictor.guards, predictor, args.oof).save(args.out or guards_path(args.checkpoint))
+        out = fit_uncertain(predictor.guards, predictor, args.oof, Derm7pt(args.data_root)).save(args.out or guards_path(args.checkpoint))
         print(f"uncertain: {predictor.guards.notes['uncertain']}\nwrote {out}")
         return out
     data = Derm7pt(args.data_root)
     splits = trained_splits(predictor.card.trained_on_valid)
     cases = [c for s in splits for c in data.split(s)]
-    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor)
+    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor, data=data)
     guards.notes["fitted_on"] = f"Derm7pt {' + '.join(splits)} ({len(cases)} cases), the checkpoint's training data"
     out = guards.save(args.out or guards_path(args.checkpoint))
     for key, text in guards.notes.items():

@@ -28,6 +28,7 @@ argmax need, so calibration, the uncertain margin and distillation read the ledg
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -234,12 +235,11 @@ def record_fold(entry: Experiment, fold: int, run: Path, data: Derm7pt) -> Path:
         if (run / name).is_file():
             shutil.copyfile(run / name, target / name)
     card = _fold_card(run)
+    card.pop("labels", None)  # the schema, the same for every entry (checked when read back)
     (target / "run.json").write_text(json.dumps({
         "commit": git_commit(), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{platform.processor() or platform.platform()}",
-        "params": card.get("params"), "training": card.get("training", {}), "model": card.get("model", {}),
-        "metrics": card.get("metrics", {})}, indent=1) + "\n")
+                   f"{platform.processor() or platform.platform()}", "card": card}, indent=1) + "\n")
     views = [("", run / "oof.pt")] + ([("tta_off", run / "oof_tta_off.pt")] if (run / "oof_tta_off.pt").is_file() else [])
     for suffix, source in reversed(views):  # the plain oof.csv last: it marks the fold done
         part = torch.load(source, weights_only=True)
@@ -335,11 +335,78 @@ def finish_entry(entry: Experiment, data: Derm7pt) -> dict | None:
 
 
 # -- the command line ------------------------------------------------------------------------
-def fold_minutes(entry: Experiment, fold: int) -> float | None:
+def fold_card(entry: Experiment, fold: int) -> dict:
+    """The fold model's card as recorded in ``run.json`` (weights are not kept), or {}."""
     path = entry.fold_path(fold) / "run.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("training", {}).get("minutes")
+    return json.loads(path.read_text()).get("card", {}) if path.is_file() else {}
+
+
+def fold_minutes(entry: Experiment, fold: int) -> float | None:
+    return fold_card(entry, fold).get("training", {}).get("minutes")
+
+
+def is_ledger_path(path: Path) -> bool:
+    return path.is_dir() or path.suffix == ".csv"
+
+
+def ledger_source(path: Path) -> tuple[Experiment, str]:
+    """(entry, views) named by an entry's folder (the entry's own predictions) or by one of its
+    joined files (``oof_tta_off.csv``: the one-view predictions)."""
+    folder = path if path.is_dir() else path.parent
+    if not (folder / EXPERIMENT_FILE).is_file():
+        raise ValueError(f"{path}: not a ledger entry (no {EXPERIMENT_FILE}) nor an oof.pt")
+    return Experiment.load(folder), "tta_off" if path.name.startswith("oof_tta_off") else ""
+
+
+def read_oof(path: str | Path, data: Derm7pt | None) -> dict:
+    """Out-of-fold predictions from a ledger entry (needs ``data``) or an ``oof.pt`` (see :func:`load_oof`).
+
+    Raises:
+        ValueError: neither, or an entry without ``data``.
+    """
+    path = Path(path)
+    if is_ledger_path(path):
+        if data is None:
+            raise ValueError(f"{path}: a ledger entry needs --data-root for the cases' labels")
+        entry, views = ledger_source(path)
+        return read_entry_oof(entry, data, views)
+    try:
+        return torch.load(path, weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{path}: not an out-of-fold file of training.crossval ({err})") from None
+
+
+def load_oof(path: str | Path, data: Derm7pt) -> tuple[dict, dict]:
+    """Out-of-fold predictions from a ledger entry (its folder, or its ``oof_tta_off.csv`` for
+    the one-view predictions) or from a ``training.crossval`` ``oof.pt``, and where they came
+    from: ``run``, ``oof_file``, ``oof_sha256`` and ``card``, one fold model's card (the recipe).
+
+    Raises:
+        ValueError: not an OOF file or ledger entry, or one with folds missing.
+    """
+    from skinnet.checkpoint import ModelCard, file_sha256, read_card
+    from skinnet.labels import schema
+
+    path = Path(path)
+    if is_ledger_path(path):
+        entry, views = ledger_source(path)
+        oof = read_oof(path, data)
+        digest = hashlib.sha256()
+        for k in entry.planned_folds():
+            for head in HEADS:
+                part = entry.fold_path(k) / oof_file_name(head, views)
+                if part.is_file():
+                    digest.update(part.read_bytes())
+        card = ModelCard.from_dict({**fold_card(entry, entry.planned_folds()[0]), "labels": schema()}, str(folder))
+        return oof, {"run": entry.name, "oof_file": oof_file_name("fused", views), "oof_sha256": digest.hexdigest(),
+                     "card": card, "ledger": True}
+    try:
+        oof = torch.load(path, weights_only=True)
+        card = read_card(next(path.parent.glob("fold[0-9]*/*.safetensors")))
+    except (OSError, RuntimeError, StopIteration, KeyError) as err:
+        raise ValueError(f"{path}: not the oof.pt of a training.crossval folder ({err})") from None
+    return oof, {"run": path.parent.name, "oof_file": path.name, "oof_sha256": file_sha256(path), "card": card,
+                 "ledger": False}
 
 
 def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None) -> list[str]:

@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     teacher = None
     if args.distill:
         probabilities, has_target = teacher_probabilities(args.distill.split(","), train_cache.case_ids,
-                                                          args.distill_temperature)
-        leak_free = teachers_leak_free(args.distill.split(","), args.fold)
+                                                          args.distill_temperature, data)
+        leak_free = teachers_leak_free(args.distill.split(","), args.fold, data)
         teacher = Teacher(probabilities, has_target, args.distill_weight, args.distill_temperature).to(device)
         log.info("distillation: soft targets for %d of %d training cases", int(has_target.sum()), len(has_target))
     loss_fn = MultiModalLoss(args.loss_weights, args.label_smoothing, args.task_weights)
