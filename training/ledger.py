@@ -397,7 +397,7 @@ def load_oof(path: str | Path, data: Derm7pt) -> tuple[dict, dict]:
                 part = entry.fold_path(k) / oof_file_name(head, views)
                 if part.is_file():
                     digest.update(part.read_bytes())
-        card = ModelCard.from_dict({**fold_card(entry, entry.planned_folds()[0]), "labels": schema()}, str(folder))
+        card = ModelCard.from_dict({**fold_card(entry, entry.planned_folds()[0]), "labels": schema()}, str(entry.path))
         return oof, {"run": entry.name, "oof_file": oof_file_name("fused", views), "oof_sha256": digest.hexdigest(),
                      "card": card, "ledger": True}
     try:

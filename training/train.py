@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
+        torch.manual_seed(args.seed * 100_003 + epoch)  # augmentation, dropout: a resumed run repeats them
 
         def on_step(stats, epoch=epoch):
             if ema is not None:
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> Path | None:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "ema": ema.module.state_dict() if ema is not None else None,
                         "swa": swa.state_dict() if swa is not None else None,
-                        "epoch": epoch, "best": best, "history": json.dumps(history)}, state_path)
+                        "epoch": epoch, "best": best, "history": json.dumps(history)}, state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)  # a kill mid-write leaves the last good state
         barrier(info)
     if progress is not None:
         progress.close()

@@ -1,0 +1,215 @@
+"""The experiment ledger (training.ledger, training.crossval --ledger), the precision choice and
+the individual cross-attention option, on synthetic data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from skinnet.calibration import calibrate
+from skinnet.data import Derm7pt
+from skinnet.labels import TASKS
+from skinnet.model import count_parameters, create_model
+from synthetic import make_release
+from training import crossval, ledger
+from training.evaluate import calibration_from_oof
+from training.folds import pool_cases
+from training.precision import autocast, resolve_precision, to_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--image-size", "48", "--batch-size", "4", "--cross-attention", "-1", "--attention-dim", "32",
+        "--epochs", "1", "--tta", "--name", "cv"]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A 3-fold entry cross-fitted into a ledger; the run folder is kept for comparison."""
+    release = make_release(tmp_path_factory.mktemp("derm7pt40"), n_cases=40, seed=3)
+    root = tmp_path_factory.mktemp("experiments")
+    out = tmp_path_factory.mktemp("runs")
+    report = crossval.main(["--data-root", str(release), "--out", str(out), "--folds", "3", "--threads", "1",
+                            "--ledger", str(root / "tiny"), "--", *FAST, "--no-progress"])
+    return release, root / "tiny", out, report
+
+
+def test_each_fold_writes_one_row_per_case_with_probabilities_that_sum_to_one(recorded):
+    release, entry, out, report = recorded
+    data = Derm7pt(release)
+    row_of = {c.case_id: i for i, c in enumerate(data.cases())}
+    folds = json.loads((entry / "folds.json").read_text())["folds"]
+    for k in range(3):
+        frame = pd.read_csv(entry / f"fold{k}" / "oof.csv")
+        assert list(frame.columns[:2]) == ["case", "fold"]
+        assert list(frame.columns[2:]) == [f"{t.name}_{c}" for t in TASKS for c in t.classes]
+        assert "DIAG_MEL" in frame.columns and "PN_TYP" in frame.columns
+        mine = sorted(row_of[c] for c, f in folds.items() if f == k)
+        assert sorted(frame["case"]) == mine and (frame["fold"] == k).all()  # one row per case of the fold
+        start = 2
+        for task in TASKS:
+            sums = frame.iloc[:, start:start + task.num_classes].sum(axis=1)
+            assert ((sums - 1).abs() < 1e-5).all(), task.name
+            start += task.num_classes
+        # the probabilities are the fold model's own logits, softmaxed per task
+        part = torch.load(out / f"fold{k}" / "oof.pt", weights_only=True)
+        expected = ledger.probabilities_frame(part["logits"]["fused"], [row_of[c] for c in part["case_ids"]], [k] * 10)
+        pd.testing.assert_frame_equal(frame.sort_values("case").reset_index(drop=True),
+                                      expected.sort_values("case").reset_index(drop=True), atol=1e-6, rtol=1e-5)
+        for name in ("oof_clinical.csv", "oof_dermoscopy.csv", "oof_tta_off.csv", "eval.json", "metrics.csv", "run.json"):
+            assert (entry / f"fold{k}" / name).is_file(), name
+        assert not list((entry / f"fold{k}").glob("*.safetensors")) and not list((entry / f"fold{k}").glob("*.pt"))
+    joined = pd.read_csv(entry / "oof.csv")
+    assert len(joined) == 30 and joined["case"].is_unique
+    assert set(joined["case"]) == {row_of[c.case_id] for c in pool_cases(data)}
+    run = json.loads((entry / "fold0" / "run.json").read_text())
+    assert run["card"]["training"]["precision"] in ("bf16", "fp32") and run["commit"]
+    assert report["out_of_fold"]["n_cases"] == 30
+
+
+def test_the_report_and_calibration_come_from_the_ledger_alone(recorded, tmp_path):
+    """A new machine: no run folder, only the committed ledger. Nothing is retrained, and the
+    OOF read back from the CSVs gives the same scores and calibration as the logits."""
+    release, entry, out, report = recorded
+    again = crossval.main(["--data-root", str(release), "--out", str(tmp_path / "fresh"), "--folds", "3",
+                           "--ledger", str(entry), "--", *FAST, "--no-progress"])
+    assert not list((tmp_path / "fresh").glob("fold[0-9]"))  # nothing trained
+    assert again["out_of_fold"]["avg"] == pytest.approx(report["out_of_fold"]["avg"])
+    data = Derm7pt(release)
+    from_ledger = ledger.read_oof(entry, data)
+    from_logits = crossval.gather_oof(out, 3, data, crossval.ensure_folds(out, data, 3, 0))
+    assert from_ledger["case_ids"] == from_logits["case_ids"]
+    assert torch.equal(from_ledger["labels"], from_logits["labels"]) and from_ledger["tta"] is True
+    sizes = [t.num_classes for t in TASKS]
+    for head in ("clinical", "dermoscopy", "fused"):  # log-probabilities: the logits less a constant per task
+        for mine, theirs in zip(torch.split(from_ledger["logits"][head], sizes, -1),
+                                torch.split(from_logits["logits"][head], sizes, -1)):
+            torch.testing.assert_close(mine - mine.mean(-1, keepdim=True), theirs - theirs.mean(-1, keepdim=True),
+                                       atol=1e-4, rtol=0)
+    from skinnet.checkpoint import read_card
+    card = read_card(next((out / "fold0").glob("*.safetensors")))
+    fitted, note = calibration_from_oof(entry, card, data)
+    assert note["ledger"] == "experiments/tiny" and note["n_cases"] == 30 and note["tta"] is True
+    torch.save(from_logits, tmp_path / "oof.pt")
+    for fold in range(3):  # calibration_from_oof reads the recipe from a fold card beside an oof.pt
+        (tmp_path / f"fold{fold}").symlink_to(out / f"fold{fold}")
+    reference, _ = calibration_from_oof(tmp_path / "oof.pt", card)
+    probe = from_logits["logits"]["fused"]
+    torch.testing.assert_close(torch.softmax(calibrate(probe, fitted["fused"])[:, :5], -1),
+                               torch.softmax(calibrate(probe, reference["fused"])[:, :5], -1), atol=2e-3, rtol=0)
+    with pytest.raises(SystemExit, match="TTA"):  # one-view predictions do not calibrate a four-view card
+        calibration_from_oof(entry / "oof_tta_off.csv", card, data)
+
+
+def test_an_entry_refuses_another_recipe(recorded, tmp_path):
+    release, entry, _, _ = recorded
+    with pytest.raises(SystemExit, match="use another --ledger"):
+        crossval.main(["--data-root", str(release), "--out", str(tmp_path), "--folds", "3", "--ledger", str(entry),
+                       "--", *FAST, "--mixup", "0.3"])
+
+
+def test_status_counts_done_and_pending_folds_and_their_cpu_hours(recorded, tmp_path):
+    _, entry, _, _ = recorded
+    root = entry.parent
+    more = ledger.Experiment(name="later", description="not run", train_flags=FAST, folds=3, cost=2.0, path=root / "later")
+    more.save()
+    lines = ledger.status_lines(root)
+    assert any(line.startswith("tiny") and "3/3 folds  complete" in line for line in lines)
+    assert any(line.startswith("later") and "pending folds [0, 1, 2]" in line for line in lines)
+    minutes = [ledger.fold_minutes(ledger.Experiment.load(entry), k) for k in range(3)]
+    hours = 3 * 2.0 * sorted(minutes)[1] / 60
+    assert f"pending: 3 folds, about {hours:.1f} CPU hours" in lines[-1]
+    order = ledger.pending_runs(ledger.experiments(root))
+    assert [(e.name, k) for e, k in order] == [("later", 0), ("later", 1), ("later", 2)]
+
+
+def test_a_killed_run_restarts_at_the_first_unfinished_fold_and_ends_as_an_unbroken_one(tmp_path):
+    """kill -9 in the middle of fold 1; the same command again skips fold 0, resumes fold 1 from
+    its last epoch and ends with the probabilities of a run that was never interrupted."""
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    flags = [*FAST[:-5], "--epochs", "2", "--tta", "--name", "cv"]
+    for name in ("killed", "unbroken"):
+        ledger.Experiment(name=name, description="", train_flags=flags, folds=2, path=tmp_path / "exp" / name).save()
+    command = [sys.executable, "-m", "training.ledger", "--root", str(tmp_path / "exp"), "run", "--data-root",
+               str(release), "--runs", str(tmp_path / "runs"), "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([*command, "--only", "killed"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.STDOUT)
+    progress = tmp_path / "runs" / "killed" / "fold1" / "last_state.pt"  # epoch 1 of fold 1 is over
+    deadline = time.time() + 300
+    while not progress.is_file():
+        assert first.poll() is None and time.time() < deadline, "fold 1 never got going"
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    entry = ledger.Experiment.load(tmp_path / "exp" / "killed")
+    assert entry.done(0) and not entry.done(1)
+    fold0 = (entry.fold_path(0) / "oof.csv").stat().st_mtime_ns
+    second = subprocess.run([*command, "--only", "killed"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    log = second.stderr
+    assert "1 fold runs pending" in log and "== killed fold 1 ==" in log and "== killed fold 0 ==" not in log
+    assert "resumed from" in log and "fold1/last_state.pt at epoch 1" in log
+    assert (entry.fold_path(0) / "oof.csv").stat().st_mtime_ns == fold0 and entry.complete()
+    subprocess.run([*command, "--only", "unbroken"], cwd=ROOT, env=env, capture_output=True, check=True, timeout=600)
+    for k in range(2):
+        resumed = pd.read_csv(entry.fold_path(k) / "oof.csv")
+        unbroken = pd.read_csv(tmp_path / "exp" / "unbroken" / f"fold{k}" / "oof.csv")
+        pd.testing.assert_frame_equal(resumed, unbroken, atol=1e-5, rtol=1e-4)
+
+
+def test_individual_cross_attention_has_one_module_per_direction():
+    shared = create_model(cross_attention_stages=(-2, -1), attention_dim=32)
+    individual = create_model(cross_attention_stages=(-2, -1), attention_dim=32, attention_sharing="individual")
+    none = create_model(cross_attention_stages=(), attention_dim=32)
+    attention = count_parameters(shared) - count_parameters(none)
+    assert attention > 0 and count_parameters(individual) - count_parameters(none) == 2 * attention
+    assert sorted(individual.cross_attention) == sorted(f"{s}_{m}" for s in individual.attention_stages
+                                                        for m in ("clinical", "dermoscopy"))
+    # each direction runs through its own module: opening one gate changes only its queries' branch
+    individual.eval()
+    stage = individual.attention_stages[-1]
+    x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = individual.encode_pair(x, y).pooled
+        individual.attention_module(stage, "dermoscopy").gate.fill_(0.8)
+        after = individual.encode_pair(x, y).pooled
+    torch.testing.assert_close(after["clinical"], before["clinical"])
+    assert not torch.allclose(after["dermoscopy"], before["dermoscopy"])
+    with pytest.raises(ValueError, match="attention_sharing"):
+        create_model(attention_sharing="sometimes")
+
+
+def test_bf16_and_channels_last_agree_with_float32_within_a_stated_tolerance():
+    """The training speed-up changes the arithmetic, not the model: on the pretrained Lite0 with
+    open cross-attention gates, bfloat16 autocast + channels-last gives the float32 class
+    probabilities to within 0.03 (measured: about 0.01), and channels-last alone in float32
+    to within 1e-5."""
+    torch.manual_seed(0)
+    model = create_model(pretrained="offline", cross_attention_stages=(-2, -1), attention_dim=32).eval()
+    for module in model.cross_attention.values():
+        module.gate.data.fill_(0.5)
+    x, y = torch.rand(4, 3, 96, 96) * 2 - 1, torch.rand(4, 3, 96, 96) * 2 - 1
+
+    def probabilities(bf16: bool, channels_last: bool) -> torch.Tensor:
+        m = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        with torch.no_grad(), autocast("cpu", bf16):
+            out = m(to_layout(x, channels_last), to_layout(y, channels_last))["fused"].float()
+        return torch.cat([torch.softmax(t, -1) for t in torch.split(out, [t.num_classes for t in TASKS], -1)], -1)
+
+    fp32 = probabilities(False, False)
+    torch.testing.assert_close(probabilities(False, True), fp32, atol=1e-5, rtol=0)
+    difference = (probabilities(True, True) - fp32).abs().max()
+    assert 0 < difference < 0.03
+
+
+def test_precision_auto_resolves_by_device_and_cpu():
+    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32") and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError):
+        resolve_precision("fp8", "cpu")
