@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # n
 from synthetic import make_release  # noqa: E402
 
 REAL_DERM7PT = Path(__file__).resolve().parents[2] / "shared" / "derm7pt"
+
+# the suite scores synthetic models on "test": keep those lines out of the committed test log
+os.environ["SKINNET_TEST_LOG"] = str(Path(tempfile.mkdtemp(prefix="skinnet-test-log-")) / "test_log.csv")
 
 
 @pytest.fixture(scope="session")

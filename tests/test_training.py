@@ -55,7 +55,7 @@ def test_mixup_blends_both_images_of_a_case_with_the_same_partner():
 @pytest.fixture(scope="module")
 def trained(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    path = train.main(["--data-root", str(release), "--out", str(out), "--epochs", "2",
+    path = train.main(["--data-root", str(release), "--out", str(out), "--epochs", "2", "--score-test",
                        "--name", "tiny", "--mixup", "0.2", "--drop-path", "0.1", *FAST])
     return path, out
 
@@ -175,7 +175,7 @@ def test_refit_trains_on_valid_keeps_the_last_epoch_and_stays_uncalibrated(relea
 
     data = Derm7pt(release)
     path = train.main(["--data-root", str(release), "--out", str(tmp_path), "--name", "f", "--epochs", "2",
-                       "--refit", "--no-test", *FAST])
+                       "--refit", *FAST])
     model, card = load_checkpoint(path)
     assert "test" not in card.metrics  # a candidate is scored on test later, once (training.evaluate)
     assert "test" not in json.loads((tmp_path / "eval.json").read_text())

@@ -55,6 +55,7 @@ from . import train
 from .evaluate import card_summary, evaluate_model, head_predictions, scored_cases
 from .folds import FOLDS_FILE, assign_folds, pool_cases, read_folds, write_folds
 from .metrics import diagnosis_report, expected_calibration_error, task_accuracies
+from .test_log import record_test_scoring
 
 log = logging.getLogger("skinnet.crossval")
 OOF_FILE = train.OOF_FILE  # the same name for one fold's predictions and for all of them
@@ -185,7 +186,10 @@ def ensemble_test(out: Path, n_folds: int, data: Derm7pt, device: str) -> dict:
         report["heads"][head] = {"avg": acc["avg"], "tasks": {t: acc[t] for t in TASK_NAMES}}
     report.update(avg=report["heads"]["fused"]["avg"], DIAG=report["heads"]["fused"]["tasks"]["DIAG"],
                   diagnosis=diagnosis_report(summed["fused"], labels))
-    single = card_summary(evaluate_model(model, card, cases, split="test", device=device, cache=cache))
+    record_test_scoring({"n_cases": len(cases), "avg": report["avg"], "tasks": report["heads"]["fused"]["tasks"]},
+                        None, what=f"ensemble of {n_folds} fold models ({out.name})")
+    single = card_summary(evaluate_model(model, card, cases, split="test", device=device, cache=cache,
+                                         checkpoint=next(fold_dir(out, n_folds - 1).glob("*.safetensors"))))
     report["last_fold_model_alone"] = {"avg": single["avg"], "DIAG": single["tasks"]["DIAG"]}
     return report
 

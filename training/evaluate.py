@@ -23,6 +23,7 @@ from skinnet.transforms import BatchAugment, ImageCache
 
 from .metrics import confusion_matrix, diagnosis_report, expected_calibration_error, task_accuracies
 from .loop import predict_cache
+from .test_log import record_test_scoring
 
 log = logging.getLogger("skinnet.evaluate")
 
@@ -40,13 +41,16 @@ def scored_cases(head: str, has_clinical: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "cpu",
-                   tta: bool | None = None, figures: Path | None = None, cache: ImageCache | None = None) -> dict:
+                   tta: bool | None = None, figures: Path | None = None, cache: ImageCache | None = None,
+                   checkpoint: str | Path | None = None, command: list[str] | None = None) -> dict:
     """The evaluation record of one split (see the module docstring for the keys).
 
     Accuracies are those of the calibrated prediction (what the app shows); each head's
     ``uncalibrated`` entry holds the raw logits' accuracies beside them. Clinical-head
     numbers leave out cases without a clinical photo (``n_cases`` says how many).
     ``cache``: the cases already decoded at the card's image size (training passes its own).
+    A test-split record is appended to the test log (:mod:`training.test_log`) with
+    ``checkpoint``'s hash and the ``command`` that asked for it.
     """
     tta = bool(card.training.get("tta", False)) if tta is None else tta
     logits, cache = head_predictions(model, card, cases, device, tta, cache)
@@ -64,13 +68,17 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
             "diagnosis": diagnosis_report(head_logits[keep], labels[keep]),
             "ece": expected_calibration_error(logits[head][keep], labels[keep]),
             "ece_calibrated": expected_calibration_error(head_logits[keep], labels[keep]),
+            "diag_ece_calibrated": expected_calibration_error(head_logits[keep], labels[keep], task="DIAG"),
         }
     if figures is not None:
         save_confusion_figures(calibrated["fused"], labels, Path(figures), split)
     fused = heads["fused"]
-    return {"split": split, "n_cases": len(cases), "params": count_parameters(model), "tta": tta,
-            "tasks": fused["tasks"], "avg": fused["avg"], "heads": heads,
-            "checkpoint": card.name}
+    record = {"split": split, "n_cases": len(cases), "params": count_parameters(model), "tta": tta,
+              "tasks": fused["tasks"], "avg": fused["avg"], "heads": heads,
+              "checkpoint": card.name}
+    if split == "test":
+        record_test_scoring(record, checkpoint, what=None if checkpoint else card.name, command=command)
+    return record
 
 
 def card_summary(record: dict) -> dict:
@@ -254,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 device=args.device, cache=valid_cache))
     record = evaluate_model(model, card, data.split(args.split)[:args.limit_cases], split=args.split,
                             device=args.device, tta=tta, figures=args.figures and Path(args.figures),
-                            cache=valid_cache if args.split == "valid" else None)
+                            cache=valid_cache if args.split == "valid" else None, checkpoint=args.checkpoint,
+                            command=["python", "-m", "training.evaluate", *(sys.argv[1:] if argv is None else argv)])
     if args.calibrate:
         if tta is None and not args.limit_cases:
             card.metrics[args.split] = card_summary(record)

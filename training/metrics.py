@@ -47,10 +47,13 @@ def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, task: str) -> n
     return matrix
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """Top-1 ECE averaged over the 8 tasks."""
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15,
+                               task: str | None = None) -> float:
+    """Top-1 ECE averaged over the 8 tasks (or of one ``task``)."""
     errors = []
-    for t, probs in enumerate(task_probabilities(logits).values()):
+    for t, (name, probs) in enumerate(task_probabilities(logits).items()):
+        if task is not None and name != task:
+            continue
         confidence, predicted = probs.max(-1)
         correct = (predicted == labels[:, t]).float()
         edges = torch.linspace(0, 1, bins + 1)

@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "not worth its compile time on the 2-core CPU)")
     run.add_argument("--resume", action="store_true", help="continue from <out>/last_state.pt")
     run.add_argument("--name", default="model", help="checkpoint file stem")
-    run.add_argument("--no-test", action="store_true",
-                     help="do not score test at the end (a candidate not chosen yet: score it later, once, "
-                          "with training.evaluate --split test)")
+    run.add_argument("--score-test", action="store_true",
+                     help="score the kept model on test at the end (once per shipped candidate: it is "
+                          "logged in benchmarks/results/test_log.csv); by default test is not touched")
+    run.add_argument("--no-test", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
     run.add_argument("--limit-cases", type=int, default=None, help="use only the first N cases of each split")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")

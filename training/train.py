@@ -5,9 +5,10 @@
 
 The data is decoded once into a uint8 cache on the training device and augmented there in
 batches. The kept checkpoint is the epoch with the best validation average of the 8 task
-accuracies (fused head); it is then calibrated on validation and scored on test once.
+accuracies (fused head); it is then calibrated on validation.
 With ``--refit`` (a final fit once valid has chosen the recipe) valid is trained on too, the
-last epoch is kept and no calibration is fitted.
+last epoch is kept and no calibration is fitted. Test is scored only with ``--score-test``
+(once per shipped candidate; every scoring is logged in benchmarks/results/test_log.csv).
 """
 from __future__ import annotations
 
@@ -275,9 +276,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     if cross_fit:
         return finish_fold(kept, card, checkpoint, valid_cache, valid_cases, args, device, info)
     metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device, cache=valid_cache)}
-    if not args.limit_cases and not args.no_test:
+    if args.score_test and not args.limit_cases:
         metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
-                                         figures=out)
+                                         figures=out, checkpoint=checkpoint,
+                                         command=["python", "-m", "training.train", *(sys.argv[1:] if argv is None else argv)])
     card.metrics = {split: card_summary(record) for split, record in metrics.items()}
     save_checkpoint(kept, card, checkpoint)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
