@@ -372,7 +372,7 @@ def test_the_packed_release_holds_train_and_valid_with_the_same_folds(tmp_path, 
 
     release = make_release(tmp_path / "full", n_cases=30, seed=5)
     monkeypatch.setenv("SKINNET_IMAGENET_DIR", str(tmp_path / "device" / "imagenet"))  # a former pack's copy
-    pack(["--data-root", str(release), "--out", str(tmp_path / "device"), "--backbone", "tf_efficientnet_lite0"])
+    pack(["--data-root", str(release), "--out", str(tmp_path / "device"), "--backbones", "tf_efficientnet_lite0"])
     full, packed = Derm7pt(release), Derm7pt(tmp_path / "device" / "derm7pt")
     assert [c.case_id for c in pool_cases(packed)] == [c.case_id for c in pool_cases(full)]
     assert [c.labels for c in pool_cases(packed)] == [c.labels for c in pool_cases(full)]
@@ -384,3 +384,7 @@ def test_the_packed_release_holds_train_and_valid_with_the_same_folds(tmp_path, 
     assert test_images and not any(p.name in test_images for p in (tmp_path / "device" / "derm7pt").rglob("*.*"))
     weights = torch.load(tmp_path / "device" / "imagenet" / "tf_efficientnet_lite0.pth", weights_only=True)
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    from training.ledger import case_rows  # the ledger names a case by its row in the full release
+    rows = case_rows(full)
+    assert case_rows(packed) == {c.case_id: rows[c.case_id] for c in pool_cases(full)}
+    assert sorted(case_rows(packed).values()) != list(range(len(packed.cases())))  # not the packed file's own rows

@@ -213,3 +213,32 @@ def test_precision_auto_resolves_by_device_and_cpu():
     assert resolve_precision("auto", "cpu") in ("bf16", "fp32") and resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError):
         resolve_precision("fp8", "cpu")
+
+
+def test_the_accelerator_script_runs_pending_folds_at_once_and_students_after_their_teachers(tmp_path):
+    """training/device.sh run, on the CPU with a tiny ledger: two folds at a time, the student's
+    fold only once its leak-free teachers' entry is complete, and the ledger returned as a tar."""
+    import tarfile
+
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    root = tmp_path / "exp"
+    flags = [*FAST[:-5], "--epochs", "1", "--name", "cv"]
+    ledger.Experiment(name="teach_k0", description="", train_flags=flags, folds=3, hold_out=0, priority=1,
+                      path=root / "teach_k0").save()
+    ledger.Experiment(name="student", description="", folds=3, run_folds=[0], priority=0, path=root / "student",
+                      train_flags=[*flags, "--distill", str(root / "teach_k{fold}")]).save()
+    env = {**os.environ, "DEVICE": "cpu", "DATA": str(release), "LEDGER": str(root), "JOBS": "2", "LIMIT": "400",
+           "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}
+    done = subprocess.run(["bash", "training/device.sh", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    teachers, student = (ledger.Experiment.load(root / name) for name in ("teach_k0", "student"))
+    assert teachers.done(1) and teachers.done(2) and not teachers.pending() and student.done(0)
+    card = json.loads((student.fold_path(0) / "run.json").read_text())["card"]
+    assert card["training"]["distill"]["leak_free"] is True
+    log = (tmp_path / "runs" / "ledger.log").read_text()
+    started = [line.split("== ")[1].split(" started")[0] for line in log.splitlines() if "started" in line]
+    assert started[-1] == "student fold 0" and set(started[:2]) == {"teach_k0 fold 1", "teach_k0 fold 2"}
+    with tarfile.open(tmp_path / "out" / "experiments.tar") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("student/fold0/oof.csv") for n in names) and not any(n.endswith(".safetensors") for n in names)

@@ -7,7 +7,7 @@ from skinnet.backbones import create_backbone, load_offline_imagenet, offline_we
 from skinnet.transforms import eval_transform
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
 def test_offline_weights_equal_package_tensors(name):
     package = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
     model = timm.create_model(name, pretrained=False)

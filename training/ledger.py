@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -90,7 +91,7 @@ def probabilities_frame(logits: torch.Tensor, rows: list[int], folds: list[int])
 def write_probabilities(path: Path, frame: pd.DataFrame) -> None:
     """Seven significant digits: relative precision is kept for tiny probabilities too, so their
     logs (the logits up to a constant) are accurate to about 1e-6."""
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # folds finishing at once each write their own
     frame.to_csv(tmp, index=False, float_format="%.7g")
     tmp.replace(path)
 
@@ -219,8 +220,10 @@ def open_entry(path: Path, train_flags: list[str], folds: int, fold_seed: int, h
 
 
 def case_rows(data: Derm7pt) -> dict[str, int]:
-    """case id -> row index in meta.csv."""
-    return {case.case_id: i for i, case in enumerate(data.cases())}
+    """case id -> row index in the full release's meta.csv (a packed release for an accelerator,
+    ``training.pack``, keeps those rows in its ``release_row`` column)."""
+    rows = data.meta["release_row"].astype(int).tolist() if "release_row" in data.meta else range(len(data.cases()))
+    return {case.case_id: row for case, row in zip(data.cases(), rows)}
 
 
 def record_fold(entry: Experiment, fold: int, run: Path, data: Derm7pt) -> Path:
@@ -259,19 +262,19 @@ def _fold_card(run: Path) -> dict:
     return json.loads(cards[0].read_text()) if cards else {}
 
 
-def read_entry_oof(entry: Experiment, data: Derm7pt, views: str = "") -> dict:
-    """The entry's folds joined in pool order, in the format of ``training.crossval``'s ``oof.pt``
-    (logits = log-probabilities; labels and clinical-photo flags from ``data``).
+def read_entry_oof(entry: Experiment, data: Derm7pt, views: str = "", folds: list[int] | None = None) -> dict:
+    """The entry's folds (all, or these ``folds``) joined in pool order, in the format of
+    ``training.crossval``'s ``oof.pt`` (logits = log-probabilities; labels and clinical-photo
+    flags from ``data``).
 
     Raises:
         ValueError: a fold is missing, or a case appears twice or not at all.
     """
     from .folds import pool_cases
 
-    cases = data.cases()
     pool = pool_cases(data)
     position = {c.case_id: i for i, c in enumerate(pool)}
-    wanted = [k for k in range(entry.folds) if k != entry.hold_out]
+    wanted = [k for k in (range(entry.folds) if folds is None else folds) if k != entry.hold_out]
     missing = [k for k in wanted if not entry.done(k)]
     if missing:
         raise ValueError(f"{entry.path}: folds {missing} are not in the ledger yet")
@@ -290,7 +293,8 @@ def read_entry_oof(entry: Experiment, data: Derm7pt, views: str = "") -> dict:
         if parts is None:
             continue
         frame = pd.concat(parts, ignore_index=True)
-        ids = [cases[r].case_id for r in frame["case"]]
+        id_of_row = {row: case_id for case_id, row in case_rows(data).items()}
+        ids = [id_of_row[r] for r in frame["case"]]
         if head == "fused":
             fold_of = dict(zip(ids, frame["fold"].astype(int)))
         keep = [c.case_id for c in pool if c.case_id in fold_of]
@@ -299,7 +303,7 @@ def read_entry_oof(entry: Experiment, data: Derm7pt, views: str = "") -> dict:
         order = torch.tensor(pd.Series(range(len(ids)), index=ids).loc[keep].to_numpy())
         logits[head] = frame_logits(frame)[order]
     kept = [c for c in pool if c.case_id in fold_of]
-    if entry.hold_out is None and len(kept) != len(position):
+    if entry.hold_out is None and folds is None and len(kept) != len(position):
         raise ValueError(f"{entry.path}: {len(position) - len(kept)} cases have no out-of-fold prediction")
     return {"case_ids": [c.case_id for c in kept], "fold": torch.tensor([fold_of[c.case_id] for c in kept]),
             "logits": logits, "labels": torch.tensor([c.labels for c in kept], dtype=torch.long),
@@ -445,6 +449,21 @@ def pending_runs(entries: list[Experiment], only: set[str] | None = None,
     return order
 
 
+def waiting_for(entry: Experiment, fold: int) -> list[str]:
+    """The ledger entries this fold's ``--distill`` teachers come from that are not finished yet
+    (a student's fold k needs every fold of its teachers' entry, ``{fold}`` filled in)."""
+    flags = entry.train_flags
+    if "--distill" not in flags:
+        return []
+    sources = flags[flags.index("--distill") + 1].replace("{fold}", str(fold)).split(",")
+    waiting = []
+    for source in sources:
+        path = Path(source) if Path(source).is_absolute() else ROOT / source
+        if (path / EXPERIMENT_FILE).is_file() and Experiment.load(path).pending():
+            waiting.append(source)
+    return waiting
+
+
 def commit_fold(entry: Experiment, fold: int) -> None:
     """``git commit`` the fold's folder alone (retried while another git command holds the index)."""
     paths = [str(entry.fold_path(fold).relative_to(ROOT)), str((entry.path / EXPERIMENT_FILE).relative_to(ROOT))]
@@ -473,26 +492,79 @@ def _fold_summary(entry: Experiment, fold: int) -> str:
         return ""
 
 
+def fold_argv(entry: Experiment, fold: int, args) -> list[str]:
+    """``training.crossval`` arguments that train one fold of an entry into the ledger."""
+    argv = entry.command(fold, args.data_root, str(Path(args.runs) / entry.name), ledger=str(entry.path))[3:]
+    own = ["--device", args.device, *(["--threads", str(args.threads)] if args.threads else [])]
+    return [*argv[:argv.index("--")], *own, *argv[argv.index("--"):], "--no-progress"]
+
+
+def prepare_folds(entries: list[Experiment], data_root: str) -> None:
+    """Write each entry's ``folds.json`` before folds train at once (so that none races to make it)."""
+    from .crossval import ensure_folds
+
+    data = Derm7pt(data_root)
+    for entry in entries:
+        if not (entry.path / "folds.json").is_file():
+            ensure_folds(entry.path, data, entry.folds, entry.fold_seed)
+
+
 def run_pending(args) -> int:
+    """Train the pending folds: one at a time in this process, or ``--jobs`` at once in their own
+    processes (log: ``<runs>/<entry>/fold<k>.log``). A student's fold waits for its teachers'
+    entry to finish; a failed fold is reported and left pending."""
     from . import crossval
 
     entries = experiments(Path(args.root))
     only = set(args.only.split(",")) if args.only else None
     folds = {int(k) for k in args.folds.split(",")} if args.folds else None
-    queue = pending_runs(entries, only, folds)
     deadline = time.time() + args.max_hours * 3600 if args.max_hours else math.inf
-    log.info("%d fold runs pending%s", len(queue), f" (of {', '.join(sorted(only))})" if only else "")
-    for entry, fold in queue:
-        if time.time() > deadline:
-            log.info("stopping: --max-hours reached")
+    tried: set[tuple[str, int]] = set()
+    running: dict = {}
+    log.info("%d fold runs pending%s", len(pending_runs(entries, only, folds)),
+             f" (of {', '.join(sorted(only))})" if only else "")
+    if args.jobs > 1:
+        prepare_folds([e for e in entries if only is None or e.name in only], args.data_root)
+    failed = 0
+    while True:
+        entries = experiments(Path(args.root))
+        ready = [(e, k) for e, k in pending_runs(entries, only, folds)
+                 if (e.name, k) not in tried and not waiting_for(e, k)]
+        if args.jobs <= 1:
+            if not ready or time.time() > deadline:
+                break
+            entry, fold = ready[0]
+            tried.add((entry.name, fold))
+            log.info("== %s fold %d ==", entry.name, fold)
+            crossval.main(fold_argv(entry, fold, args))
+            if args.commit and entry.done(fold):
+                commit_fold(entry, fold)
+            continue
+        while ready and len(running) < args.jobs and time.time() < deadline:
+            entry, fold = ready.pop(0)
+            tried.add((entry.name, fold))
+            logfile = Path(args.runs) / entry.name / f"fold{fold}.log"
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            with open(logfile, "a") as out:
+                process = subprocess.Popen([sys.executable, "-m", "training.crossval", *fold_argv(entry, fold, args)],
+                                           cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            running[process] = (entry, fold)
+            log.info("== %s fold %d started (%s) ==", entry.name, fold, logfile)
+        if not running:
             break
-        log.info("== %s fold %d ==", entry.name, fold)
-        argv = entry.command(fold, args.data_root, str(Path(args.runs) / entry.name), ledger=str(entry.path))[3:]
-        own = ["--device", args.device, *(["--threads", str(args.threads)] if args.threads else [])]
-        crossval.main([*argv[:argv.index("--")], *own, *argv[argv.index("--"):], "--no-progress"])
-        if args.commit and entry.done(fold):
-            commit_fold(entry, fold)
-    return 0
+        time.sleep(2)
+        for process in [p for p in running if p.poll() is not None]:
+            entry, fold = running.pop(process)
+            if process.returncode == 0 and entry.done(fold):
+                log.info("%s fold %d done", entry.name, fold)
+                if args.commit:
+                    commit_fold(entry, fold)
+            else:
+                failed += 1
+                log.warning("%s fold %d failed (exit %s): see its log", entry.name, fold, process.returncode)
+    left = pending_runs(experiments(Path(args.root)), only, folds)
+    log.info("%d fold runs left pending%s", len(left), f", {failed} failed" if failed else "")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--folds", default=None, help="these folds only, e.g. '0,1'")
     run.add_argument("--device", default="cpu")
     run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--jobs", type=int, default=1,
+                     help="folds trained at once, each in its own process (an accelerator; on 2 CPU cores, 1)")
     run.add_argument("--max-hours", type=float, default=None, help="start no fold after this many hours")
     run.add_argument("--commit", action="store_true", help="git commit each fold as it lands in the ledger")
     new = sub.add_parser("new", help="add an entry: python -m training.ledger new NAME --description "

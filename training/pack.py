@@ -23,6 +23,7 @@ from skinnet.backbones import OFFLINE_WEIGHTS_DIR, offline_weights_path
 from skinnet.data import IMAGE_DIR, META_FILE, Derm7pt, read_split_indexes
 
 SPLIT_FILE = "{}_indexes.csv"
+RELEASE_ROW = "release_row"
 
 
 def pack_cross_fit_data(source: Path, target: Path) -> int:
@@ -33,7 +34,9 @@ def pack_cross_fit_data(source: Path, target: Path) -> int:
     train, valid = (read_split_indexes(source / "meta", split) for split in ("train", "valid"))
     rows = list(train) + list(valid)
     (target / "meta").mkdir(parents=True)
-    data.meta.iloc[rows].to_csv(target / META_FILE, index=False)
+    packed = data.meta.iloc[rows].copy()
+    packed[RELEASE_ROW] = rows  # the ledger names cases by their row in the full release's meta.csv
+    packed.to_csv(target / META_FILE, index=False)
     for split, numbers in (("train", range(len(train))), ("valid", range(len(train), len(rows))), ("test", [])):
         pd.DataFrame({"indexes": list(numbers)}).to_csv(target / "meta" / SPLIT_FILE.format(split), index=False)
     copied = 0
@@ -64,15 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m training.pack", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder")
     p.add_argument("--out", default=".device", help="folder to write (replaced): derm7pt/ and imagenet/")
-    p.add_argument("--backbone", default="tf_efficientnet_lite2")
+    p.add_argument("--backbones", nargs="+", default=["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
     args = p.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     n = pack_cross_fit_data(Path(args.data_root), out / "derm7pt")
-    weights = pack_imagenet_weights(args.backbone, out / "imagenet")
+    weights = [pack_imagenet_weights(name, out / "imagenet").name for name in args.backbones]
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {n} train + valid images, {weights.name} (float16; set {OFFLINE_WEIGHTS_DIR}={out / 'imagenet'}), "
-          f"{size / 2**20:.1f} MiB")
+    print(f"{out}: {n} train + valid images, {', '.join(weights)} (float16; set {OFFLINE_WEIGHTS_DIR}="
+          f"{out / 'imagenet'}), {size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""The paper's claims at the shipped recipe, out of fold on Derm7pt's 616 train + valid cases,
+from the experiment ledger (experiments/a_* ... f_*), with paired tests on the same cases.
+
+    python benchmarks/ablation_oof.py --data-root /path/to/release_v0
+
+Each claim compares two ledger entries on the folds both have finished (the same cases, each
+predicted by a model that never saw it): OOF average of the 8 tasks and DIAG accuracy (fused
+head), the paired difference of the average with a 95% paired-bootstrap interval (cases
+resampled, 2000 draws, seed 0), and an exact McNemar test on DIAG's discordant cases. The
+verdict follows the rule written in docs/results.md before the runs: a "replaces" claim holds
+when the interval's lower end is above -1.0 point (non-inferior by at most a point), a "helps"
+claim when it is above 0; otherwise it does not hold here, and with folds missing it is
+"pending". Writes ``benchmarks/results/ablation_oof.json`` and the section of docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.compare_oof import exact_mcnemar  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
+from skinnet.data import Derm7pt  # noqa: E402
+from skinnet.labels import TASK_NAMES, split_logits  # noqa: E402
+from skinnet.model import count_parameters, create_model  # noqa: E402
+from training import ledger  # noqa: E402
+
+CONFIGS = {  # ledger entry -> (row label, model options for the parameter count)
+    "a_two_encoders": ("a. two encoders, equal loss", dict(shared=False, cross_attention_stages=())),
+    "b_shared_encoder": ("b. one shared encoder, equal loss", dict(cross_attention_stages=())),
+    "c_individual_attention": ("c. shared + individual cross-attention, equal loss",
+                               dict(attention_sharing="individual")),
+    "d_shared_attention": ("d. shared + shared cross-attention, equal loss", {}),
+    "e_method": ("e. the method: d + loss biased to dermoscopy", {}),
+    "f_single_scale": ("f. the method, cross-attention at the last stage only", dict(cross_attention_stages=(-1,))),
+}
+CLAIMS = [  # (claim, A, B, kind): A against B
+    ("one shared encoder replaces two", "b_shared_encoder", "a_two_encoders", "replaces"),
+    ("a shared cross-attention module replaces individual ones", "d_shared_attention", "c_individual_attention",
+     "replaces"),
+    ("cross-attention helps", "d_shared_attention", "b_shared_encoder", "helps"),
+    ("the loss biased toward dermoscopy helps", "e_method", "d_shared_attention", "helps"),
+    ("multi-scale cross-attention helps (vs the last stage only)", "e_method", "f_single_scale", "helps"),
+]
+MARGIN = {"replaces": -0.010, "helps": 0.0}
+
+
+def correct_per_task(oof: dict) -> torch.Tensor:
+    """(N, 8) booleans: the fused head right on each task of each case."""
+    tasks = split_logits(oof["logits"]["fused"])
+    return torch.stack([logits.argmax(-1) == oof["labels"][:, i] for i, logits in enumerate(tasks.values())], 1)
+
+
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean-over-tasks accuracy difference A - B, cases resampled with replacement."""
+    diff = (a.float() - b.float()).mean(1).numpy()  # per case: the difference of its 8-task average
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int]) -> dict:
+    oof = ledger.read_entry_oof(entry, data, folds=folds)
+    right = correct_per_task(oof)
+    per_fold = [right[oof["fold"] == k].float().mean(0) for k in folds]
+    spread = {"avg": [float(f.mean()) for f in per_fold], "DIAG": [float(f[0]) for f in per_fold]}
+    return {"oof": oof, "right": right, "n_cases": len(oof["case_ids"]), "avg": float(right.float().mean()),
+            "DIAG": float(right[:, 0].float().mean()),
+            "tasks": {t: float(right[:, i].float().mean()) for i, t in enumerate(TASK_NAMES)},
+            "fold_sd": {k: (statistics.stdev(v) if len(v) > 1 else None) for k, v in spread.items()}}
+
+
+def compare(a: dict, b: dict) -> dict:
+    if a["oof"]["case_ids"] != b["oof"]["case_ids"]:
+        raise SystemExit("the entries cover other cases: compare entries of one folds.json")
+    only_a = int((a["right"][:, 0] & ~b["right"][:, 0]).sum())
+    only_b = int((b["right"][:, 0] & ~a["right"][:, 0]).sum())
+    low, high = paired_bootstrap(a["right"], b["right"])
+    return {"n_cases": a["n_cases"], "avg_a": a["avg"], "avg_b": b["avg"], "diag_a": a["DIAG"], "diag_b": b["DIAG"],
+            "avg_difference": a["avg"] - b["avg"], "avg_difference_95ci": [low, high],
+            "diag_only_a": only_a, "diag_only_b": only_b, "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b)}
+
+
+def verdict(kind: str, result: dict | None, complete: bool) -> str:
+    if result is None:
+        return "pending (no fold finished by both)"
+    low = result["avg_difference_95ci"][0]
+    holds = low > MARGIN[kind]
+    word = ("holds" if holds else "does not hold") + ("" if complete else
+                                                      f" so far ({result['n_cases']} of 616 cases; pending)")
+    return word
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--root", default=str(ledger.LEDGER))
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_oof.json"))
+    p.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"))
+    args = p.parse_args(argv)
+    data = Derm7pt(args.data_root)
+    entries = {name: ledger.Experiment.load(Path(args.root) / name) for name in CONFIGS}
+    done = {name: [k for k in e.planned_folds() if e.done(k)] for name, e in entries.items()}
+    params = {name: count_parameters(create_model(backbone="tf_efficientnet_lite2", **options))
+              for name, (_, options) in CONFIGS.items()}
+    rows, summaries = [], {}
+    for name, (label, _) in CONFIGS.items():
+        s = summarise(entries[name], data, done[name]) if done[name] else None
+        summaries[name] = s
+        rows.append({"name": label, "entry": name, "params": params[name], "ledger": f"experiments/{name}",
+                     "folds_done": done[name], "complete": entries[name].complete(),
+                     "n_cases": s["n_cases"] if s else 0, "oof_avg": s["avg"] if s else None,
+                     "oof_diag": s["DIAG"] if s else None, "oof_tasks": s["tasks"] if s else None,
+                     "fold_sd": s["fold_sd"] if s else None})
+    claims = []
+    for claim, a, b, kind in CLAIMS:
+        common = sorted(set(done[a]) & set(done[b]))
+        result = compare(summarise(entries[a], data, common), summarise(entries[b], data, common)) if common else None
+        complete = entries[a].complete() and entries[b].complete()
+        claims.append({"claim": claim, "a": a, "b": b, "kind": kind, "folds": common, "result": result,
+                       "verdict": verdict(kind, result, complete)})
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    Path(args.json).with_name("ablation_oof_claims.json").write_text(json.dumps(claims, indent=1) + "\n")
+
+    lines = ["| config | params | folds done | cases | OOF avg | OOF DIAG | fold sd (avg / DIAG) | ledger |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sd = r["fold_sd"] or {}
+        sd_text = " / ".join(pct(sd[k]) if sd.get(k) is not None else "-" for k in ("avg", "DIAG")) if sd else "-"
+        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {len(r['folds_done'])} of 5 | {r['n_cases']} | "
+                     f"{pct(r['oof_avg']) if r['oof_avg'] is not None else '-'} | "
+                     f"{pct(r['oof_diag']) if r['oof_diag'] is not None else '-'} | {sd_text} | `{r['ledger']}` |")
+    lines += ["", "| claim | A vs B | cases | avg A / B | avg A - B, 95% CI | DIAG A / B | DIAG only A / only B, "
+              "McNemar p | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        r = c["result"]
+        if r is None:
+            lines.append(f"| {c['claim']} | {c['a'][0]} vs {c['b'][0]} | 0 | | | | | {c['verdict']} |")
+            continue
+        low, high = r["avg_difference_95ci"]
+        lines.append(f"| {c['claim']} | {c['a'][0]} vs {c['b'][0]} | {r['n_cases']} | {pct(r['avg_a'])} / "
+                     f"{pct(r['avg_b'])} | {100 * r['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | "
+                     f"{pct(r['diag_a'])} / {pct(r['diag_b'])} | {r['diag_only_a']} / {r['diag_only_b']}, "
+                     f"p = {r['diag_exact_mcnemar_p']:.2f} | {c['verdict']} |")
+    status = "\n".join(ledger.status_lines(Path(args.root)))
+    table = "\n".join(lines) + f"\n\nLedger status when this table was made:\n\n```\n{status}\n```"
+    print(table)
+    write_section(Path(args.results_md), "ablation-oof", table)
+    return {"configs": rows, "claims": claims}
+
+
+if __name__ == "__main__":
+    main()
