@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
 
     record = {
         "checkpoint": predictor.version, "image_size": predictor.card.image_size,
-        "tta": bool(predictor.card.training.get("tta", False)), "cases": len(pairs),
+        "tta": predictor.card.tta, "cases": len(pairs),
         "threads": args.threads, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "bare_forward": stats(bare), "predict": stats(predict), "predict_and_explain": stats(full),
         "ratio_predict_to_forward": statistics.median(predict) / statistics.median(bare),

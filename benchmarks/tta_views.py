@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from skinnet.checkpoint import load_checkpoint  # noqa: E402
 from skinnet.data import Derm7pt  # noqa: E402
 from skinnet.labels import TASK_NAMES  # noqa: E402
-from skinnet.predict import FLIPS  # noqa: E402
+from skinnet.inference import FLIPS  # noqa: E402
 from skinnet.transforms import BatchAugment, ImageCache  # noqa: E402
 from training.evaluate import scored_cases  # noqa: E402
 from training.folds import FOLDS_FILE, pool_cases, read_folds  # noqa: E402

@@ -25,7 +25,7 @@ from .calibration import TEMPERATURE_RANGE, from_temperature
 from .labels import TASK_BY_NAME, schema
 from .model import HEADS, ModelConfig, SingleSharedNet, count_parameters
 
-CARD_FORMAT = 2  # 2: per-task temperature and class bias (1: one temperature per head)
+CARD_FORMAT = 3  # 3: an inference section; 2: per-task temperature and class bias (1: one temperature per head)
 
 
 @dataclass
@@ -40,6 +40,9 @@ class ModelCard:
         labels: the label schema the heads were trained for (:func:`skinnet.labels.schema`).
         loss_weights: head -> weight used in training.
         calibration: head -> its calibration (:mod:`skinnet.calibration`); empty = uncalibrated.
+        inference: how the model predicts beyond input size, normalisation and calibration:
+            ``tta``, whether from the four flips (:mod:`skinnet.inference`). The training
+            record keeps the recipe's own flag; this is what the app and evaluation use.
         training: seed, epochs, data (split, number of corrections used), hardware, time...
         metrics: split -> head -> task -> accuracy (and whatever else evaluation stores).
         params: number of parameters.
@@ -56,6 +59,7 @@ class ModelCard:
     labels: list[dict] = field(default_factory=schema)
     loss_weights: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, dict] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=lambda: {"tta": False})
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     params: int = 0
@@ -70,6 +74,11 @@ class ModelCard:
         return ModelConfig(**self.model)
 
     @property
+    def tta(self) -> bool:
+        """Whether the model predicts from the four flips (averaged logits) or one view."""
+        return bool(self.inference.get("tta", False))
+
+    @property
     def trained_on_valid(self) -> bool:
         """A refit (``training.train --refit``): valid is in its training data, not held out."""
         return "valid" in self.training.get("data", {}).get("split", "").split("+")
@@ -82,6 +91,9 @@ class ModelCard:
         known = set(cls.__dataclass_fields__)
         if "temperatures" in data and "calibration" not in data:  # format 1
             data = {**data, "calibration": {h: from_temperature(t) for h, t in data["temperatures"].items()}}
+        if "inference" not in data:  # formats 1-2 kept the prediction's flips in the training record
+            training = data.get("training") if isinstance(data.get("training"), dict) else {}
+            data = {**data, "inference": {"tta": bool(training.get("tta", False))}}
         missing = [k for k in ("name", "model", "image_size", "mean", "std") if k not in data]
         if missing:
             raise ValueError(f"{where}: not a skinnet model card, missing {missing}")
@@ -117,7 +129,7 @@ def inference_contract(card: ModelCard) -> dict:
     and the test-time flips (the calibration was fitted on logits predicted with or without them)."""
     return json.loads(json.dumps({"model": card.model, "image_size": card.image_size, "mean": list(card.mean),
                                   "std": list(card.std), "labels": card.labels, "calibration": card.calibration,
-                                  "tta": bool(card.training.get("tta", False))}))
+                                  "tta": card.tta}))
 
 
 def validate_card(card: ModelCard, where: str) -> None:

@@ -262,7 +262,7 @@ def test_recent_predictions_are_remembered_by_pixels(predictor, pair):
 @pytest.mark.parametrize("images", ["both", "clinical", "dermoscopy"])
 def test_batched_flips_equal_one_forward_per_flip(predictor, pair, images):
     """The four test-time flips run as one batch; the result is the mean of four single passes."""
-    from skinnet.predict import FLIPS
+    from skinnet.inference import FLIPS
     clinical = Image.open(pair[0]).convert("RGB") if images in ("both", "clinical") else None
     derm = Image.open(pair[1]).convert("RGB") if images in ("both", "dermoscopy") else None
     x_c, x_d = predictor.to_tensor(clinical), predictor.to_tensor(derm)

@@ -109,7 +109,7 @@ def test_weights_file_is_not_a_pickle(tmp_path):
     (lambda d: d.update(calibration={"fused": {"DIAG": {"temperature": 2.0, "bias": [0, 0, 0, 0, 0]}}}),
      r"on \['calibration'\]"),
     # the calibration was fitted on logits predicted with (or without) the flips
-    (lambda d: d.setdefault("training", {}).update(tta=not d.get("training", {}).get("tta", False)), r"on \['tta'\]"),
+    (lambda d: d["inference"].update(tta=not d["inference"]["tta"]), r"on \['tta'\]"),
     (lambda d: d.update(calibration={"fused": {"DIAG": {"temperature": 0, "bias": []}}}), "temperature must be within"),
     (lambda d: d.update(calibration={"fused": {"DIAG": {"temperature": 1, "bias": [0.1, 0.2]}}}),
      "DIAG bias must be 5 numbers"),

@@ -200,7 +200,8 @@ def test_a_card_that_drops_the_flips_is_calibrated_from_one_view_oof_logits(cros
     record = evaluate.main(["--checkpoint", str(refit), "--data-root", str(release), "--set-tta", "off",
                             "--calibrate-from", str(out / "oof_tta_off.pt")])
     _, card = load_checkpoint(refit)
-    assert card.training["tta"] is False and record["tta"] is False
+    assert card.inference["tta"] is False and record["tta"] is False
+    assert card.training["tta"] is True  # the recipe's flag stays as it was trained
     assert card.training["calibration_source"]["tta"] is False
     assert card.training["calibration_source"]["oof_file"] == "oof_tta_off.pt"
     assert card.metrics["test"]["avg"] == record["avg"]

@@ -392,3 +392,82 @@ def test_fine_tuning_a_refit_must_stay_a_refit(release, tmp_path):
                         "--init", str(first), "--refit", *FAST])
     _, card = load_checkpoint(again)
     assert card.trained_on_valid and not card.calibration
+
+
+def test_the_recipe_file_is_the_shipped_models_recipe_and_flags_win(tmp_path):
+    """recipes/skinnet_lite2.toml gives every training choice the shipped card records; a flag
+    given on the command line overrides it; a misspelt recipe key is refused."""
+    from skinnet.checkpoint import read_card
+    from training.config import TrainConfig
+
+    config = parse_args(["--recipe", "skinnet_lite2", "--data-root", "d", "--out", "o"])
+    assert isinstance(config, TrainConfig)
+    shipped = read_card(ROOT / "checkpoints" / "skinnet_lite2.json")
+    for key in ("epochs", "image_size", "batch_size", "lr", "backbone_lr_scale", "weight_decay", "label_smoothing",
+                "mixup", "ema", "swa_start", "pretrained", "seed"):
+        assert getattr(config, key) == shipped.training[key], key
+    assert config.loss_weights == shipped.loss_weights and config.backbone == shipped.model["backbone"]
+    assert list(config.cross_attention) == shipped.model["cross_attention_stages"]
+    assert config.drop_path == shipped.model["backbone_kwargs"]["drop_path_rate"]
+    assert parse_args(["--recipe", "skinnet_lite2", "--data-root", "d", "--out", "o", "--epochs", "3"]).epochs == 3
+    bad = tmp_path / "bad.toml"
+    bad.write_text('epochz = 3\n')
+    with pytest.raises(SystemExit):
+        parse_args(["--recipe", str(bad), "--data-root", "d", "--out", "o"])
+
+
+def test_the_card_keeps_the_whole_config_and_augmentation_is_configurable(trained, release, tmp_path):
+    path, _ = trained
+    _, card = load_checkpoint(path)
+    config = card.training["config"]
+    assert config["epochs"] == 2 and config["mixup"] == 0.2 and config["zoom"] == [0.75, 1.25]
+    assert "data_root" not in config and "out" not in config  # no machine paths in a card
+    plain = train.main(["--data-root", str(release), "--out", str(tmp_path), "--epochs", "1", "--name", "plain",
+                        "--zoom", "1,1", "--shift", "0", "--no-rotate", "--color", "0", *FAST])
+    _, card = load_checkpoint(plain)
+    assert card.training["config"]["rotate"] is False and card.training["config"]["zoom"] == [1.0, 1.0]
+    with pytest.raises(SystemExit):
+        parse_args(["--data-root", "d", "--out", "o", "--zoom", "1.5,1"])
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_the_app_and_training_evaluate_give_the_same_probabilities(trained, release, tmp_path, tta):
+    """One prediction path: the app's Predictor (PIL images from the files) and training.evaluate
+    (decoded cache, batched) give each head's calibrated probabilities to 1e-5, with and without
+    the flips."""
+    from skinnet.calibration import calibrate
+    from skinnet.data import Derm7pt
+    from skinnet.imaging import load_rgb
+    from skinnet.labels import TASKS
+    from skinnet.predict import Predictor
+    from training.evaluate import head_predictions
+
+    path, _ = trained
+    model, card = load_checkpoint(path)
+    card.inference["tta"] = tta
+    copy = save_checkpoint(model, card, tmp_path / "copy")
+    model, card = load_checkpoint(copy)
+    assert card.calibration  # a calibrated card: the calibration is part of what must agree
+    cases = Derm7pt(release).split("valid") + Derm7pt(release).split("test")
+    logits, _ = head_predictions(model, card, cases, "cpu", card.tta)
+    predictor = Predictor.from_checkpoint(copy, guards=False)
+    for i, case in enumerate(cases):
+        # what evaluation sees: the pair as the release gives it (a missing photo is the dermoscopy image)
+        app = predictor.predict(load_rgb(case.clinical_path), load_rgb(case.dermoscopy_path))
+        assert set(app.heads) == {"clinical", "dermoscopy", "fused"}
+        for head, prediction in app.heads.items():
+            flat = calibrate(logits[head][i], card.calibration.get(head))
+            start = 0
+            for task in TASKS:
+                expected = torch.softmax(flat[start:start + task.num_classes], -1)
+                got = torch.tensor([prediction.probabilities[task.name][c] for c in task.classes])
+                torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+                start += task.num_classes
+
+
+def test_an_older_card_keeps_its_prediction_setting_in_the_inference_section():
+    from skinnet.checkpoint import read_card
+
+    shipped = read_card(ROOT / "checkpoints" / "skinnet_lite2.json")  # written as card format 2
+    assert shipped.inference == {"tta": False} and shipped.tta is False
+    assert shipped.training["tta"] is False

@@ -97,7 +97,7 @@ def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], ho
         check_fold_run(fold_dir(out, fold), hold_out)
         parts[fold] = torch.load(fold_dir(out, fold) / OOF_FILE, weights_only=True)
     oof = join_oof(parts, out, data, folds, hold_out)
-    settings = {bool(read_card(next(fold_dir(out, k).glob("*.safetensors"))).training.get("tta", False)) for k in parts}
+    settings = {bool(read_card(next(fold_dir(out, k).glob("*.safetensors"))).tta) for k in parts}
     if len(settings) != 1:
         raise ValueError(f"{out}: its fold models predicted with and without the test-time flips")
     oof["tta"] = settings.pop()
@@ -175,7 +175,7 @@ def ensemble_test(out: Path, n_folds: int, data: Derm7pt, device: str) -> dict:
     summed, cache, card, model = {}, None, None, None
     for fold in range(n_folds):
         model, card = load_checkpoint(next(fold_dir(out, fold).glob("*.safetensors")), device)
-        logits, cache = head_predictions(model, card, cases, device, bool(card.training.get("tta")), cache)
+        logits, cache = head_predictions(model, card, cases, device, card.tta, cache)
         for head, head_logits in logits.items():
             summed[head] = summed.get(head, 0) + head_logits / n_folds
     labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()

@@ -52,7 +52,7 @@ def evaluate_model(model, card: ModelCard, cases, *, split: str, device: str = "
     A test-split record is appended to the test log (:mod:`training.test_log`) with
     ``checkpoint``'s hash and the ``command`` that asked for it.
     """
-    tta = bool(card.training.get("tta", False)) if tta is None else tta
+    tta = card.tta if tta is None else tta
     logits, cache = head_predictions(model, card, cases, device, tta, cache)
     labels = cache.labels.cpu()
     has_clinical = cache.has_clinical.cpu()
@@ -90,7 +90,7 @@ def card_summary(record: dict) -> dict:
 def fit_calibration(model, card: ModelCard, valid_cases, device: str,
                     cache: ImageCache | None = None) -> dict[str, dict]:
     """Every head's calibration (:mod:`skinnet.calibration`), fitted on the validation split."""
-    logits, cache = head_predictions(model, card, valid_cases, device, bool(card.training.get("tta", False)), cache)
+    logits, cache = head_predictions(model, card, valid_cases, device, card.tta, cache)
     labels, has_clinical = cache.labels.cpu(), cache.has_clinical.cpu()
     calibration = {}
     for head, head_logits in logits.items():
@@ -115,7 +115,7 @@ def oof_tta(oof: dict, path: str | Path) -> bool:
     if "tta" in oof:
         return bool(oof["tta"])
     try:
-        return bool(read_card(next(Path(path).parent.glob("fold[0-9]*/*.safetensors"))).training.get("tta", False))
+        return bool(read_card(next(Path(path).parent.glob("fold[0-9]*/*.safetensors"))).tta)
     except (OSError, StopIteration, ValueError) as err:
         raise SystemExit(f"{path}: cannot tell whether its logits were predicted with the flips ({err})") from None
 
@@ -141,7 +141,7 @@ def calibration_from_oof(path: str | Path, card: ModelCard, data: Derm7pt | None
     fold_card = source["card"]
     differ = [k for k in RECIPE_KEYS if k != "tta" and fold_card.training.get(k) != card.training.get(k)]
     flips = oof_tta(oof, path)
-    if flips != bool(card.training.get("tta", False)):
+    if flips != card.tta:
         differ.append(f"TTA: the logits were predicted with it {'on' if flips else 'off'}, the card has it "
                       f"{'off' if flips else 'on'}; the one-view OOF is oof_tta_off (ledger) or "
                       "training.crossval --tta-oof writes the other")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = Derm7pt(args.data_root)
     refit = card.trained_on_valid
     if args.set_tta:
-        card.training["tta"] = args.set_tta == "on"
+        card.inference["tta"] = args.set_tta == "on"
     if args.calibrate_from:
         card.calibration, card.training["calibration_source"] = calibration_from_oof(args.calibrate_from, card, data)
         save_checkpoint(model, card, args.checkpoint)

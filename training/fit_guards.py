@@ -113,7 +113,7 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused",
         raise SystemExit(f"--oof {err}") from None
     if oof.get("hold_out") is not None:
         raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
-    card_tta, flips = bool(predictor.card.training.get("tta", False)), oof_tta(oof, oof_path)
+    card_tta, flips = predictor.card.tta, oof_tta(oof, oof_path)
     if flips != card_tta:
         raise SystemExit(f"--oof {oof_path}: predicted with TTA {'on' if flips else 'off'}, the checkpoint "
                          f"predicts with it {'on' if card_tta else 'off'} (training.crossval --tta-oof writes the other)")

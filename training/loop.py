@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from skinnet.loss import MultiModalLoss
-from skinnet.predict import FLIPS
+from skinnet.inference import predict_logits
 from skinnet.transforms import BatchAugment, ImageCache
 
 from .distill import Teacher, distillation_loss
@@ -100,14 +100,12 @@ def train_one_epoch(model: nn.Module, cache: ImageCache, augment: BatchAugment, 
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
-@torch.no_grad()
 def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *, device: str,
                   batch_size: int = 64, tta: bool = False, amp: bool = False,
                   channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """Logits of every head for every case of the cache, (N, NUM_OUTPUTS) each, on the CPU.
-
-    With ``tta`` the logits are averaged over the four flips of both images.
-    """
+    """Logits of every head for every case of the cache, (N, NUM_OUTPUTS) each, on the CPU,
+    through the library's prediction path (:func:`skinnet.inference.predict_logits`; with
+    ``tta`` averaged over the four flips of both images)."""
     was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
@@ -115,16 +113,8 @@ def predict_cache(model: nn.Module, cache: ImageCache, augment: BatchAugment, *,
         index = torch.arange(start, min(start + batch_size, len(cache)), device=cache.labels.device)
         clinical = to_layout(augment(cache.clinical[index].to(device), train=False), channels_last)
         derm = to_layout(augment(cache.dermoscopy[index].to(device), train=False), channels_last)
-        summed: dict[str, torch.Tensor] = {}
-        for dims in (FLIPS if tta else FLIPS[:1]):
-            c, d = (clinical.flip(dims), derm.flip(dims)) if dims else (clinical, derm)
-            with autocast(device, amp):
-                out = model(c, d)
-            for head, logits in out.items():
-                summed[head] = summed.get(head, 0) + logits.float()
-        n = len(FLIPS) if tta else 1
-        for head, logits in summed.items():
-            chunks.setdefault(head, []).append((logits / n).cpu())
+        for head, logits in predict_logits(model, clinical, derm, tta, autocast(device, amp)).items():
+            chunks.setdefault(head, []).append(logits.cpu())
     model.train(was_training)
     return {head: torch.cat(parts) for head, parts in chunks.items()}
 

@@ -1,16 +1,22 @@
-"""Command-line options of ``python -m training.train``: every design choice is a flag."""
+"""Command-line options of ``python -m training.train``: every design choice is a flag, and a
+named recipe file (``--recipe``) can give them all at once; the result is a typed
+:class:`~training.config.TrainConfig`."""
 from __future__ import annotations
 
 import argparse
 
 from skinnet.loss import parse_task_weights, parse_weights
 
+from .config import TrainConfig, read_recipe
 from .precision import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train",
                                 description="Train a skinnet model on a Derm7pt release_v0 folder.")
+    p.add_argument("--recipe", default=None,
+                   help="a recipe file (recipes/<name>.toml, or its name, e.g. skinnet_lite2) whose values "
+                        "are the defaults; flags given here win")
     data = p.add_argument_group("data")
     data.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder (meta/ and images/)")
     data.add_argument("--out", required=True, help="output folder: checkpoint, card, metrics, curves")
@@ -36,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
     data.add_argument("--cache-size", type=int, default=None,
                       help="side of the decoded image cache (default: image size * 8/7)")
+
+    augment = p.add_argument_group("augmentation (each training batch, on the training device)")
+    augment.add_argument("--zoom", default="0.75,1.25", help="zoom range 'min,max' (log-uniform)")
+    augment.add_argument("--shift", type=float, default=0.1, help="largest shift, as a fraction of the image")
+    augment.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=True,
+                         help="rotate by a uniform angle (dermoscopy has no up)")
+    augment.add_argument("--color", type=float, default=0.2,
+                         help="brightness, contrast and saturation jitter: factors in [1 - c, 1 + c]; 0 disables")
 
     model = p.add_argument_group("model")
     model.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
@@ -111,11 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check options; conflicting or malformed values raise ``SystemExit`` via argparse."""
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse and check options (on top of ``--recipe``'s values); conflicting or malformed values
+    raise ``SystemExit`` via argparse."""
     parser = build_parser()
+    recipe = parser.parse_known_args(argv)[0].recipe
+    if recipe:
+        try:
+            parser.set_defaults(**{k: (",".join(map(str, v)) if isinstance(v, list) else v)
+                                   for k, v in read_recipe(recipe).items()})
+        except ValueError as err:
+            parser.error(str(err))
     args = parser.parse_args(argv)
     try:
+        args.zoom = parse_range(args.zoom)
         args.loss_weights = parse_weights(args.loss_weights)
         args.task_weights = parse_task_weights(args.task_weights)
         args.cross_attention = parse_stages(args.cross_attention)
@@ -145,7 +168,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--fold already trains on train + valid (less the fold); drop --refit")
     if not 0 <= args.swa_start <= args.epochs:
         parser.error("--swa-start must be an epoch between 1 and --epochs (0 disables)")
-    return args
+    if args.shift < 0 or not 0 <= args.color < 1:
+        parser.error("--shift must be at least 0 and --color in [0, 1)")
+    return TrainConfig(**vars(args))
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--zoom takes 'min,max' like '0.75,1.25', got {text!r}") from None
+    if not 0 < low <= high:
+        raise ValueError(f"--zoom needs 0 < min <= max, got {text!r}")
+    return low, high
 
 
 def parse_stages(text: str) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ from skinnet.transforms import BatchAugment, ImageCache
 
 from .data import base_cases, trained_splits, training_cases
 from .distill import Teacher, teacher_probabilities, teachers_leak_free
-from .distributed import barrier, cleanup, device_for, init_distributed
+from .config import TrainConfig
+from .distributed import DistInfo, barrier, cleanup, device_for, init_distributed
 from .evaluate import card_summary, evaluate_model, fit_calibration
 from .loop import predict_cache, recompute_batchnorm, train_one_epoch
 from .metrics import task_accuracies
@@ -119,173 +121,270 @@ def plot_curves(history: list[dict], path: Path, refit: bool = False) -> None:
     plt.close(fig)
 
 
+@dataclass
+class Run:
+    """Where a run computes and what it learns from (what :func:`start` and :func:`load_data` set up)."""
+
+    config: TrainConfig
+    command: list[str]
+    info: DistInfo
+    device: str
+    precision: str
+    out: Path
+    started: float
+    data: Derm7pt | None = None
+    train_cases: list = field(default_factory=list)
+    valid_cases: list = field(default_factory=list)
+    correction_stats: dict = field(default_factory=dict)
+    train_cache: ImageCache | None = None
+    valid_cache: ImageCache | None = None
+    augment: BatchAugment | None = None
+    teacher: Teacher | None = None
+    leak_free: bool | None = None
+
+    @property
+    def layout(self) -> dict:
+        """The keyword arguments that tell the loops how to compute."""
+        return {"device": self.device, "amp": self.precision == "bf16", "channels_last": self.config.channels_last}
+
+
+@dataclass
+class Trainer:
+    """The model and what trains it (:func:`build_trainer`), and where it stands (epoch, best, history)."""
+
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    card: ModelCard
+    checkpoint: Path
+    init_name: str | None
+    loss_fn: MultiModalLoss
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    steps_per_epoch: int
+    ema: object = None
+    swa: object = None
+    start_epoch: int = 0
+    best: float = -1.0
+    history: list = field(default_factory=list)
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are scored and kept: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     """Train; returns the kept checkpoint's path on the primary process (None elsewhere)."""
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run = start(parse_args(argv), ["python", "-m", "training.train", *argv])
+    load_data(run)
+    trainer = build_trainer(run)
+    train_epochs(run, trainer)
+    if not run.info.is_primary:
+        cleanup(run.info)
+        return None
+    return finish(run, trainer)
+
+
+def start(config: TrainConfig, command: list[str]) -> Run:
+    """Logging, threads, processes, device, precision and seed of a run."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    device = device_for(args.device, info)
-    precision = resolve_precision(args.precision, device)
-    amp = precision == "bf16"
-    seed_everything(args.seed)
-    out = Path(args.out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    info = init_distributed(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_for(config.device, info)
+    seed_everything(config.seed)
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    return Run(config, command, info, device, resolve_precision(config.precision, device), out, time.time())
 
-    data = Derm7pt(args.data_root)
-    train_cases, correction_stats = training_cases(data, args)
-    _, valid_cases, _ = base_cases(data, args)  # scored each epoch: valid, or the left-out fold
-    cross_fit = args.fold is not None
-    keep_last = args.refit or cross_fit  # nothing held out to select on (or it must stay untouched)
-    model, mean, std, init_name = build_model(args)
-    model.to(device, memory_format=memory_format(args.channels_last))
+
+def load_data(run: Run) -> None:
+    """The cases to learn and to score each epoch, decoded once; the teacher's soft targets."""
+    config = run.config
+    run.data = Derm7pt(config.data_root)
+    run.train_cases, run.correction_stats = training_cases(run.data, config)
+    _, run.valid_cases, _ = base_cases(run.data, config)  # scored each epoch: valid, or the left-out fold
+
+
+def build_trainer(run: Run) -> Trainer:
+    """Model, loss, optimiser, schedule, EMA and SWA, resumed from ``last_state.pt`` if asked."""
+    config, device = run.config, run.device
+    model, mean, std, init_name = build_model(config)
+    model.to(device, memory_format=memory_format(config.channels_last))
     log.info("model: %s, %.2fM parameters; %d train / %d valid cases on %s (%s%s)",
-             model.config.backbone, count_parameters(model) / 1e6, len(train_cases), len(valid_cases), device,
-             precision, ", channels-last" if args.channels_last else "")
-    train_cache = ImageCache(train_cases, args.cache_size, device)
-    valid_cache = ImageCache(valid_cases, args.image_size, device)
-    augment = BatchAugment(args.image_size, mean, std).to(device)
-    teacher = None
-    if args.distill:
-        probabilities, has_target = teacher_probabilities(args.distill.split(","), train_cache.case_ids,
-                                                          args.distill_temperature, data)
-        leak_free = teachers_leak_free(args.distill.split(","), args.fold, data)
-        teacher = Teacher(probabilities, has_target, args.distill_weight, args.distill_temperature).to(device)
+             model.config.backbone, count_parameters(model) / 1e6, len(run.train_cases), len(run.valid_cases),
+             device, run.precision, ", channels-last" if config.channels_last else "")
+    run.train_cache = ImageCache(run.train_cases, config.cache_size, device)
+    run.valid_cache = ImageCache(run.valid_cases, config.image_size, device)
+    run.augment = BatchAugment(config.image_size, mean, std, **config.augmentation()).to(device)
+    if config.distill:
+        teachers = config.distill.split(",")
+        probabilities, has_target = teacher_probabilities(teachers, run.train_cache.case_ids,
+                                                          config.distill_temperature, run.data)
+        run.leak_free = teachers_leak_free(teachers, config.fold, run.data)
+        run.teacher = Teacher(probabilities, has_target, config.distill_weight, config.distill_temperature).to(device)
         log.info("distillation: soft targets for %d of %d training cases", int(has_target.sum()), len(has_target))
-    loss_fn = MultiModalLoss(args.loss_weights, args.label_smoothing, args.task_weights)
-    optimizer = make_optimizer(model, args)
-    steps_per_epoch = max(1, len(train_cache) // args.batch_size)
-    schedule = lr_schedule(optimizer, args, steps_per_epoch)
-
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = max(1, len(run.train_cache) // config.batch_size)
     from timm.utils import ModelEmaV3
-    ema = ModelEmaV3(model, decay=args.ema, use_warmup=True) if args.ema > 0 else None
+    ema = ModelEmaV3(model, decay=config.ema, use_warmup=True) if config.ema > 0 else None
     swa = None
-    if args.swa_start and info.is_primary:
+    if config.swa_start and run.info.is_primary:
         from torch.optim.swa_utils import AveragedModel
         swa = AveragedModel(ema.module if ema is not None else model, use_buffers=False)
-    state_path = out / STATE_FILE
-    start_epoch, best, history = 0, -1.0, []
-    if args.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.module.load_state_dict(state["ema"])
-        if swa is not None and state.get("swa") is not None:
-            swa.load_state_dict(state["swa"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
-        log.info("resumed from %s at epoch %d (best valid avg %.4f)", state_path, start_epoch, best)
-    train_model = DistributedDataParallel(model) if info.enabled else model
-    if args.compile:
+    train_model = DistributedDataParallel(model) if run.info.enabled else model
+    if config.compile:
         train_model = torch.compile(train_model)
-    layout = {"device": device, "amp": amp, "channels_last": args.channels_last}
-    card = ModelCard(name=args.name, model=model.config.to_dict(), image_size=args.image_size,
-                     mean=tuple(mean), std=tuple(std), loss_weights=args.loss_weights)
-    checkpoint = out / f"{args.name}.safetensors"
+    card = ModelCard(name=config.name, model=model.config.to_dict(), image_size=config.image_size,
+                     mean=tuple(mean), std=tuple(std), loss_weights=config.loss_weights,
+                     inference={"tta": config.tta})
+    trainer = Trainer(model, train_model, card, run.out / f"{config.name}.safetensors", init_name,
+                      MultiModalLoss(config.loss_weights, config.label_smoothing, config.task_weights), optimizer,
+                      lr_schedule(optimizer, config, steps_per_epoch), steps_per_epoch, ema, swa)
+    if config.resume:
+        resume(trainer, run.out / STATE_FILE, device)
+    return trainer
 
+
+def resume(trainer: Trainer, state_path: Path, device: str) -> None:
+    if not state_path.is_file():
+        return
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.ema is not None and state.get("ema") is not None:
+        trainer.ema.module.load_state_dict(state["ema"])
+    if trainer.swa is not None and state.get("swa") is not None:
+        trainer.swa.load_state_dict(state["swa"])
+    trainer.start_epoch, trainer.best, trainer.history = state["epoch"] + 1, state["best"], json.loads(state["history"])
+    log.info("resumed from %s at epoch %d (best valid avg %.4f)", state_path, trainer.start_epoch, trainer.best)
+
+
+def train_epochs(run: Run, trainer: Trainer) -> None:
+    """The epochs left: train, score on the held-out cases, keep the best (or last) weights, save state."""
+    config = run.config
     progress = None
-    if info.is_primary and not args.no_progress:
+    if run.info.is_primary and not config.no_progress:
         from tqdm.auto import tqdm
-        progress = tqdm(total=(args.epochs - start_epoch) * steps_per_epoch, unit="step", dynamic_ncols=True)
-
-    for epoch in range(start_epoch, args.epochs):
+        progress = tqdm(total=(config.epochs - trainer.start_epoch) * trainer.steps_per_epoch, unit="step",
+                        dynamic_ncols=True)
+    for epoch in range(trainer.start_epoch, config.epochs):
         epoch_start = time.time()
-        torch.manual_seed(args.seed * 100_003 + epoch)  # augmentation, dropout: a resumed run repeats them
+        torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation, dropout: a resumed run repeats them
 
         def on_step(stats, epoch=epoch):
-            if ema is not None:
-                ema.update(model, step=epoch * steps_per_epoch + stats["step"])
+            if trainer.ema is not None:
+                trainer.ema.update(trainer.model, step=epoch * trainer.steps_per_epoch + stats["step"])
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(epoch=epoch + 1, loss=f"{stats['loss']:.3f}",
-                                     best_valid=f"{max(best, 0):.3f}")
+                                     best_valid=f"{max(trainer.best, 0):.3f}")
 
-        train_stats = train_one_epoch(train_model, train_cache, augment, loss_fn, optimizer, schedule,
-                                      epoch=epoch, batch_size=args.batch_size, seed=args.seed, info=info,
-                                      step_offset=epoch * steps_per_epoch, on_step=on_step,
-                                      mixup=args.mixup, teacher=teacher, **layout)
-        if info.is_primary:
-            scored = ema.module if ema is not None else model
-            logits = predict_cache(scored, valid_cache, augment, **layout)
-            labels = valid_cache.labels.cpu()
-            fused = task_accuracies(logits["fused"], labels)
-            row = {"epoch": epoch + 1, **train_stats, "valid_avg": fused["avg"],
-                   **{f"valid_{t}": fused[t] for t in fused if t != "avg"},
-                   "valid_dermoscopy_avg": task_accuracies(logits["dermoscopy"], labels)["avg"],
-                   "valid_clinical_avg": task_accuracies(logits["clinical"], labels)["avg"],
-                   "lr": optimizer.param_groups[-1]["lr"]}
-            history.append(row)
-            if fused["avg"] > best or keep_last:
-                best = fused["avg"]
-                card.training = {"best_epoch": epoch + 1}
-                save_checkpoint(scored, card, checkpoint)
-            if swa is not None and epoch + 1 >= args.swa_start:
-                swa.update_parameters(scored)
-                recompute_batchnorm(swa.module, train_cache, augment, **layout)
-                swa_logits = predict_cache(swa.module, valid_cache, augment, **layout)
-                row["valid_swa_avg"] = task_accuracies(swa_logits["fused"], labels)["avg"]
-                if row["valid_swa_avg"] > best or keep_last:
-                    best = row["valid_swa_avg"]
-                    card.training = {"best_epoch": epoch + 1, "swa_epochs": [args.swa_start, epoch + 1]}
-                    save_checkpoint(swa.module, card, checkpoint)
-            row["seconds"] = time.time() - epoch_start
-            swa_note = f" swa {row['valid_swa_avg']:.4f}" if "valid_swa_avg" in row else ""
-            log.info("epoch %d/%d loss %.4f valid avg %.4f%s (best %.4f) %.0fs", epoch + 1, args.epochs,
-                     train_stats.get("loss", float("nan")), fused["avg"], swa_note, best, row["seconds"])
-            pd.DataFrame(history).to_csv(out / "metrics.csv", index=False)
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "ema": ema.module.state_dict() if ema is not None else None,
-                        "swa": swa.state_dict() if swa is not None else None,
-                        "epoch": epoch, "best": best, "history": json.dumps(history)}, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)  # a kill mid-write leaves the last good state
-        barrier(info)
+        train_stats = train_one_epoch(trainer.train_model, run.train_cache, run.augment, trainer.loss_fn,
+                                      trainer.optimizer, trainer.schedule, epoch=epoch, batch_size=config.batch_size,
+                                      seed=config.seed, info=run.info, step_offset=epoch * trainer.steps_per_epoch,
+                                      on_step=on_step, mixup=config.mixup, teacher=run.teacher, **run.layout)
+        if run.info.is_primary:
+            score_epoch(run, trainer, epoch, train_stats, epoch_start)
+        barrier(run.info)
     if progress is not None:
         progress.close()
-    if not info.is_primary:
-        cleanup(info)
-        return None
 
-    plot_curves(history, out / "curves.png", refit=args.refit)
+
+def score_epoch(run: Run, trainer: Trainer, epoch: int, train_stats: dict, epoch_start: float) -> None:
+    """Score the epoch on the held-out cases, keep it if it is the best (or must be kept), log,
+    and save the state a resumed run starts from."""
+    config, card = run.config, trainer.card
+    logits = predict_cache(trainer.scored, run.valid_cache, run.augment, **run.layout)
+    labels = run.valid_cache.labels.cpu()
+    fused = task_accuracies(logits["fused"], labels)
+    row = {"epoch": epoch + 1, **train_stats, "valid_avg": fused["avg"],
+           **{f"valid_{t}": fused[t] for t in fused if t != "avg"},
+           "valid_dermoscopy_avg": task_accuracies(logits["dermoscopy"], labels)["avg"],
+           "valid_clinical_avg": task_accuracies(logits["clinical"], labels)["avg"],
+           "lr": trainer.optimizer.param_groups[-1]["lr"]}
+    trainer.history.append(row)
+    if fused["avg"] > trainer.best or config.keep_last:
+        trainer.best = fused["avg"]
+        card.training = {"best_epoch": epoch + 1}
+        save_checkpoint(trainer.scored, card, trainer.checkpoint)
+    if trainer.swa is not None and epoch + 1 >= config.swa_start:
+        trainer.swa.update_parameters(trainer.scored)
+        recompute_batchnorm(trainer.swa.module, run.train_cache, run.augment, **run.layout)
+        swa_logits = predict_cache(trainer.swa.module, run.valid_cache, run.augment, **run.layout)
+        row["valid_swa_avg"] = task_accuracies(swa_logits["fused"], labels)["avg"]
+        if row["valid_swa_avg"] > trainer.best or config.keep_last:
+            trainer.best = row["valid_swa_avg"]
+            card.training = {"best_epoch": epoch + 1, "swa_epochs": [config.swa_start, epoch + 1]}
+            save_checkpoint(trainer.swa.module, card, trainer.checkpoint)
+    row["seconds"] = time.time() - epoch_start
+    swa_note = f" swa {row['valid_swa_avg']:.4f}" if "valid_swa_avg" in row else ""
+    log.info("epoch %d/%d loss %.4f valid avg %.4f%s (best %.4f) %.0fs", epoch + 1, config.epochs,
+             train_stats.get("loss", float("nan")), fused["avg"], swa_note, trainer.best, row["seconds"])
+    pd.DataFrame(trainer.history).to_csv(run.out / "metrics.csv", index=False)
+    state_path = run.out / STATE_FILE
+    torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
+                "swa": trainer.swa.state_dict() if trainer.swa is not None else None,
+                "epoch": epoch, "best": trainer.best, "history": json.dumps(trainer.history)},
+               state_path.with_suffix(".tmp"))
+    state_path.with_suffix(".tmp").replace(state_path)  # a kill mid-write leaves the last good state
+
+
+def training_record(run: Run, trainer: Trainer) -> dict:
+    """The card's ``training`` section: the whole config, and what the run did with it."""
+    config = run.config
+    teacher = run.teacher
+    return {
+        **trainer.card.training, "seed": config.seed, "epochs": config.epochs, "image_size": config.image_size,
+        "batch_size": config.batch_size, "lr": config.lr, "backbone_lr_scale": config.backbone_lr_scale,
+        "weight_decay": config.weight_decay, "label_smoothing": config.label_smoothing, "mixup": config.mixup,
+        "task_weights": config.task_weights, "ema": config.ema, "swa_start": config.swa_start,
+        **({"distill": {"teachers": [Path(p).parent.name or str(p) for p in config.distill.split(",")],
+                        "weight": config.distill_weight, "temperature": config.distill_temperature,
+                        "n_cases_with_targets": int(teacher.has_target.sum()),
+                        **({"leak_free": run.leak_free} if config.cross_fit else {})}} if teacher else {}),
+        "tta": config.tta, "pretrained": config.pretrained if not config.init else f"init:{trainer.init_name}",
+        "data": {"dataset": "Derm7pt release_v0",
+                 "split": "+".join(trained_splits(config.keep_last)),
+                 **({"less_fold": config.fold, "folds_sha256": file_sha256(config.folds_file)} if config.cross_fit else {}),
+                 **({"held_out_fold": config.hold_out} if config.hold_out is not None else {}),
+                 "n_train_cases": len(run.train_cases), "train_fraction": config.train_fraction,
+                 **run.correction_stats},
+        "precision": run.precision, "channels_last": config.channels_last,
+        "device": torch.cuda.get_device_name(run.device) if run.device.startswith("cuda") else "cpu",
+        "world_size": run.info.world_size, "minutes": round((time.time() - run.started) / 60, 1),
+        "config": config.to_card(),
+    }
+
+
+def finish(run: Run, trainer: Trainer) -> Path:
+    """Reload the kept weights, calibrate (unless nothing held out may), record, and evaluate:
+    a fold model predicts its fold; another model its valid split (and test with --score-test)."""
+    config, device, out, checkpoint = run.config, run.device, run.out, trainer.checkpoint
+    plot_curves(trainer.history, out / "curves.png", refit=config.refit)
     kept, card = load_checkpoint(checkpoint, device)
     # a refit has learnt valid: calibrating on it would fit training data (raw softmax instead);
     # a fold model's calibration comes later, from all folds' out-of-fold logits (training.crossval)
-    card.calibration = {} if keep_last else fit_calibration(kept, card, valid_cases, device, cache=valid_cache)
-    card.training = {
-        **card.training, "seed": args.seed, "epochs": args.epochs, "image_size": args.image_size,
-        "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
-        "task_weights": args.task_weights, "ema": args.ema, "swa_start": args.swa_start,
-        **({"distill": {"teachers": [Path(p).parent.name or str(p) for p in args.distill.split(",")],
-                        "weight": args.distill_weight, "temperature": args.distill_temperature,
-                        "n_cases_with_targets": int(teacher.has_target.sum()),
-                        **({"leak_free": leak_free} if cross_fit else {})}} if teacher else {}),
-        "tta": args.tta, "pretrained": args.pretrained if not args.init else f"init:{init_name}",
-        "data": {"dataset": "Derm7pt release_v0",
-                 "split": "+".join(trained_splits(args.refit or cross_fit)),
-                 **({"less_fold": args.fold, "folds_sha256": file_sha256(args.folds_file)} if cross_fit else {}),
-                 **({"held_out_fold": args.hold_out} if args.hold_out is not None else {}),
-                 "n_train_cases": len(train_cases), "train_fraction": args.train_fraction,
-                 **correction_stats},
-        "precision": precision, "channels_last": args.channels_last,
-        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
-        "world_size": info.world_size, "minutes": round((time.time() - started) / 60, 1),
-    }
+    card.calibration = {} if config.keep_last else fit_calibration(kept, card, run.valid_cases, device,
+                                                                   cache=run.valid_cache)
+    trainer.card = card
+    card.training = training_record(run, trainer)
     save_checkpoint(kept, card, checkpoint)
-    if cross_fit:
-        return finish_fold(kept, card, checkpoint, valid_cache, valid_cases, args, device, info)
-    metrics = {"valid": evaluate_model(kept, card, valid_cases, split="valid", device=device, cache=valid_cache)}
-    if args.score_test and not args.limit_cases:
-        metrics["test"] = evaluate_model(kept, card, data.split("test"), split="test", device=device,
-                                         figures=out, checkpoint=checkpoint,
-                                         command=["python", "-m", "training.train", *(sys.argv[1:] if argv is None else argv)])
+    if config.cross_fit:
+        return finish_fold(kept, card, checkpoint, run.valid_cache, run.valid_cases, config, device, run.info)
+    metrics = {"valid": evaluate_model(kept, card, run.valid_cases, split="valid", device=device,
+                                       cache=run.valid_cache)}
+    if config.score_test and not config.limit_cases:
+        metrics["test"] = evaluate_model(kept, card, run.data.split("test"), split="test", device=device,
+                                         figures=out, checkpoint=checkpoint, command=run.command)
     card.metrics = {split: card_summary(record) for split, record in metrics.items()}
     save_checkpoint(kept, card, checkpoint)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     log.info("kept epoch %s: valid avg %.4f%s", card.training["best_epoch"], metrics["valid"]["avg"],
              f", test avg {metrics['test']['avg']:.4f}" if "test" in metrics else "")
-    cleanup(info)
+    cleanup(run.info)
     return checkpoint
 
 

@@ -156,7 +156,7 @@ def model_markdown(predictor: Predictor) -> str:
              f"- Backbone: `{card.model['backbone']}` ({'one shared encoder' if card.model['shared'] else 'two encoders'}), "
              f"cross-attention after stages {card.model['cross_attention_stages'] or 'none'}; "
              f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px, "
-             f"{'averaged over the 4 flips' if card.training.get('tta') else 'one view, no test-time flips'}; "
+             f"{'averaged over the 4 flips' if card.tta else 'one view, no test-time flips'}; "
              f"weights stored as "
              f"{storage_summary(card)}",
              f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
