@@ -5,6 +5,7 @@ import argparse
 
 from skinnet.loss import parse_task_weights, parse_weights
 
+from .data import init_learnt_valid
 from .precision import PRECISIONS
 
 
@@ -15,14 +16,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder (meta/ and images/)")
     data.add_argument("--out", required=True, help="output folder: checkpoint, card, metrics, curves")
     data.add_argument("--corrections", default=None,
-                      help="reviewers' corrections CSV (skinnet.corrections) to train on as well")
+                      help="reviewers' corrections log (skinnet.corrections: the log folder, or a file in "
+                           "it) to train on as well")
     data.add_argument("--corrections-rule", default="latest", choices=["latest", "majority"],
                       help="which label wins when reviewers disagree on a case")
     data.add_argument("--strict-corrections", action="store_true",
                       help="refuse a corrections CSV with bad rows instead of skipping them")
     data.add_argument("--refit", action="store_true",
                       help="final fit on train + valid: exactly --epochs, the last epoch is kept (no "
-                           "selection) and not calibrated; choose the recipe and epochs without it first")
+                           "selection) and not calibrated; choose the recipe and epochs without it first "
+                           "(implied by an --init model that learnt valid, like the shipped one)")
     data.add_argument("--fold", type=int, default=None,
                       help="cross-fitting (set by training.crossval): train on train + valid less this "
                            "fold of --folds-file, keep the last epoch, predict the fold (out-of-fold)")
@@ -144,6 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--fold already trains on train + valid (less the fold); drop --refit")
     if not 0 <= args.swa_start <= args.epochs:
         parser.error("--swa-start must be an epoch between 1 and --epochs (0 disables)")
+    if args.init and args.fold is None and not args.refit and init_learnt_valid(args.init):
+        args.refit = True  # fine-tuning a model that learnt valid (the shipped one) is a refit too
     return args
 
 

@@ -266,11 +266,11 @@ class AppEvents:
     def agreement(self, request: gr.Request, profile: gr.OAuthProfile | None):
         _, _, reviewer = self.act({}, request, profile, "Seeing reviewers' agreement")
         from ..agreement import agreement_report, kappa_table
-        from ..corrections import read_corrections
+        from ..corrections import log_files, read_corrections
 
-        if not self.log.path.is_file():
+        if not log_files(self.log.folder):
             raise gr.Error("No reviews are saved yet.")
-        rows, _ = read_corrections(self.log.path)
+        rows, _ = read_corrections(self.log.folder)
         admin = reviewer in self.reviewers.admins
         table = kappa_table(agreement_report(rows, intervals=False), only=None if admin else reviewer)
         if not table:

@@ -6,11 +6,9 @@ once) and when it was opened (time spent is measured, never typed).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -21,7 +19,8 @@ import pandas as pd
 from PIL.Image import Image
 
 from ..corrections import (CHANGED, CONFIRMED, LABELLED_VERDICTS, NO_CHANGE, RETRACT, VERDICTS, CorrectionsError,
-                          CorrectionsLog, Review, export_meta_csv, new_event_id, read_corrections, task_labels)
+                          CorrectionsLog, Review, export_meta_csv, log_files, new_event_id, read_corrections,
+                          task_labels)
 from ..data import DatasetError
 from ..imaging import ImageError, load_rgb, pixel_sha256
 from ..labels import TASKS
@@ -331,23 +330,12 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         model_version=predictor.version, checkpoint_sha256=predictor.checkpoint_sha256,
         seconds_spent=time.time() - (state.get("opened_at") or time.time()),
         confidence=confidence if confidence not in (None, "") else None, note=note or "")
-    try:
-        review.validate()
-        previous = log.latest_review(reviewer, review.case_id)
-        if previous is not None and log.same_content(review, previous):
-            return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
-        other_sources = log.case_sources(review.case_id) - {review.source}
-        if other_sources:
-            raise gr.Error(f"Case id {review.case_id} is already in the review log as a case of a "
-                           f"{', '.join(sorted(other_sources))} queue: one id must name one case, so this review "
-                           "is not saved. Give this queue's cases ids of their own (for example with a prefix).")
-        if review.case_id in revealed_cases(log.folder, reviewer):
-            raise gr.Error(f"You have seen the Derm7pt reference labels of case {review.case_id}: a new review of it "
-                           "would no longer be your own reading, so it is not saved.")
-        # the log's size enters the id: after an undo the same answer is a new save, not a repeat
-        review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
-                                           len(log.event_ids()), verdict, review.corrected, review.confidence,
-                                           review.note)
+    previous = log.latest_review(reviewer, review.case_id)
+    # the log's size enters the id: after an undo the same answer is a new save, not a repeat
+    review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
+                                       len(log.event_ids()), verdict, review.corrected, review.confidence,
+                                       review.note)
+    try:  # the log checks its rules (one case per id, the teaching lock) against every writer, under its lock
         logged = log.append(review, clinical, dermoscopy)
     except CorrectionsError as err:
         raise gr.Error(str(err)) from None
@@ -368,9 +356,6 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
         raise gr.Error(f"Nothing to undo: you have no saved review of case {case['case_id']}.")
-    if case["case_id"] in revealed_cases(log.folder, reviewer):
-        raise gr.Error(f"You have seen the Derm7pt reference labels of case {case['case_id']}: your review of it "
-                       "stays as it was saved before the reveal.")
     predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
     retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
                         case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
@@ -404,9 +389,9 @@ def _export_folder() -> Path:
 
 def export_labels(log: CorrectionsLog, rule: str) -> str:
     """The current labels of every reviewed case as a Derm7pt-style meta.csv (a temporary file)."""
-    if not log.path.is_file():
+    if not log_files(log.folder):
         raise gr.Error("No review has been saved yet.")
-    rows, problems = read_corrections(log.path)
+    rows, problems = read_corrections(log.folder)
     target = _export_folder() / f"labels_{rule}_{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}.csv"
     export_meta_csv(rows, target, rule)
     if problems:
@@ -424,26 +409,11 @@ def load_case_images(state: dict) -> tuple:
 
 
 
-REVEALED_FILE = "reference_revealed.csv"
-"""Who saw the reference labels of which case, when: rows ``reviewer, source, case id, time``
-(first version: ``reviewer, case id, time``), append-only, in the log folder. A case id names
-one case in the whole log (:func:`save_review` refuses a second source for an id)."""
-_revealed_lock = threading.Lock()
-
-
-def revealed_cases(folder: Path, reviewer: str | None) -> set[str]:
-    """The case ids whose reference labels this reviewer has seen."""
-    path = Path(folder) / REVEALED_FILE
-    if not reviewer or not path.is_file():
-        return set()
-    with _revealed_lock, path.open(newline="") as f:
-        return {row[-2] for row in csv.reader(f) if len(row) in (3, 4) and row[0] == reviewer}
-
-
 def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
     """For teaching: the open Derm7pt case's reference labels next to the reviewer's own, once
-    the reviewer has saved a labelled review of it (never before). The reveal is recorded, and
-    the reviewer's later changes to the case are refused (:func:`save_review`)."""
+    the reviewer has saved a labelled review of it (never before). The reveal is recorded in the
+    log first, and the log then refuses the reviewer's later changes to the case and to its images
+    under any case id."""
     case = state.get("case") or {}
     reference = case.get("reference") or ()
     if not reviewer or case.get("source") != "derm7pt" or len(reference) != len(TASKS):
@@ -451,8 +421,10 @@ def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> 
     saved = log.latest_review(reviewer, case["case_id"])
     if saved is None or saved["source"] != "derm7pt" or saved["verdict"] not in LABELLED_VERDICTS:
         return "(The reference labels are shown after you save an 'agree' or 'correct' review of the case.)"
-    with _revealed_lock, (Path(log.folder) / REVEALED_FILE).open("a", newline="") as f:
-        csv.writer(f).writerow([reviewer, "derm7pt", case["case_id"], time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+    try:
+        log.record_reveal(reviewer, case["case_id"], saved)
+    except CorrectionsError as err:  # not recorded: not shown either
+        return f"(The reference labels are not shown: {err})"
     yours = task_labels(saved)
     lines = ["**Derm7pt reference labels** of all 8 tasks (teaching; your later changes to this case and an "
              "undo are refused)", "",
