@@ -11,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from ..backup import Backup
 from ..corrections import CorrectionsLog
 from ..imaging import ImageError
 from ..labels import TASKS
@@ -29,8 +30,8 @@ CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=Fals
 class AppEvents:
     def __init__(self, predictor: Predictor, settings: AppSettings, log: CorrectionsLog,
                  reviewers: access.Reviewers, store: CleanStore, images_in: SessionImages,
-                 examples: list[Example] = ()):
-        self.predictor, self.settings, self.log = predictor, settings, log
+                 examples: list[Example] = (), backup: Backup | None = None):
+        self.predictor, self.settings, self.log, self.backup = predictor, settings, log, backup
         self.reviewers, self.store, self.images_in = reviewers, store, images_in
         self.queue_root = settings.queue_root
         self.examples = list(examples)
@@ -283,6 +284,15 @@ class AppEvents:
         if rule not in ("latest", "majority"):
             raise gr.Error("Choose 'latest' or 'majority'.")
         return review.export_labels(self.log, rule)
+
+    def backup_status(self, request: gr.Request, profile: gr.OAuthProfile | None):
+        """When the review log was last backed up (for reviewers: it says where it goes)."""
+        if not self.reviewers.of(request, profile):
+            return ""
+        if self.backup is None:
+            return ("No backup of the review log is configured (--backup): it lives on this server's disk only, "
+                    "which a Space loses at every restart (see docs/security.md).")
+        return self.backup.status.sentence()
 
     def who_is_signed_in(self, request: gr.Request, profile: gr.OAuthProfile | None):
         reviewer = self.reviewers.of(request, profile)

@@ -3,10 +3,12 @@ method. Two public endpoints (``/predict``, ``/explain``); every other event is 
 the page but still reachable by raw HTTP, hence the checks in ``events``."""
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 
 import gradio as gr
 
+from ..backup import backup_for
 from ..corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog, fine_choices
 from ..labels import TASK_BY_NAME, TASKS
 from ..model import HEADS
@@ -36,6 +38,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         # batch of flipped pairs costs more per pair than one pair (benchmarks/latency.py)
         predictor.batch_concurrent_calls(PREDICT_CONCURRENCY)
     log = CorrectionsLog(settings.log_dir)
+    try:
+        backup = backup_for(settings.backup, log)
+    except ValueError as err:
+        raise SystemExit(f"skinnet: {err}") from None
     reviewers = access.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers,
                                  admins=settings.admins)
     saving = reviewers.configured
@@ -44,7 +50,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
 
     with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
         images_in = uploads.SessionImages(store, lambda: app.upload_file_set)
-        events = AppEvents(predictor, settings, log, reviewers, store, images_in, examples)
+        events = AppEvents(predictor, settings, log, reviewers, store, images_in, examples, backup)
         state = gr.State(review.new_state())
         with gr.Row():
             gr.Markdown("### skinnet · multi-modal skin lesion review")
@@ -140,7 +146,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                     attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
                                            format="png", columns=4, object_fit="contain", height="auto",
                                            elem_id="attention")
-            with gr.Tab("Queue", id="queue"):
+            with gr.Tab("Queue", id="queue") as queue_tab:
                 if demo:
                     gr.Markdown(DEMO_QUEUE_NOTE, elem_id="queue-demo-note")
                 queue_box = (gr.Accordion("Queue controls (reviewers only)", open=False) if demo
@@ -166,6 +172,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                          "refused)",
                                          elem_id="reveal-reference")
                     queue_status = gr.Markdown(elem_id="queue-status")
+                    backup_status = gr.Markdown(elem_id="backup-status", elem_classes=["form-help"])
                     queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
                     with gr.Row():
                         export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
@@ -254,6 +261,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,
                          api_visibility="private", queue=False)
         app.load(events.refresh_queues, None, queue_file, **private)
+        app.load(events.backup_status, None, backup_status, **private)
+        queue_tab.select(events.backup_status, None, backup_status, **private)
         app.load(events.who_is_signed_in, None, signed_in, **private)
     app.skinnet_sweeper = uploads.start_sweeper(images_in)
+    app.skinnet_backup = backup
+    if backup is not None:
+        backup.start()
+        atexit.register(backup.stop)  # the last push, when the process exits (app.py turns SIGTERM into an exit)
     return app
