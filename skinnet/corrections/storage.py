@@ -214,6 +214,11 @@ class CorrectionsLog:
         with self._index_lock:
             index = self._index
             files = log_files(self.folder) if self.folder.is_dir() else []
+            gone = not index.files.keys() <= {name for name, _ in files} or (
+                index.legacy_reveals != (0, 0) and not (self.folder / LEGACY_REVEALS).is_file())
+            if gone:  # a file of the log went (an administrator's doing): read what is left anew
+                self._index, self._reviewed = _Index(), {}
+                return self.refresh()
             for name, path in files:
                 try:
                     stat = path.stat()
