@@ -215,6 +215,17 @@ class AppEvents:
         handler.__name__ = "step_" + direction.replace(" ", "_")
         return handler
 
+    def go(self, direction):
+        """A move as the reviewer makes it (n, the arrows, the buttons), in one round trip: the
+        open case's unsaved changes kept as its draft, the step, and the new case shown."""
+        def handler(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
+            state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+                                    vascular, confidence_value, note_value, request, profile)
+            return self.show_case(self.step(direction)(state, request, profile), request, profile)
+        handler.__name__ = "go_" + direction.replace(" ", "_")
+        return handler
+
     @staticmethod
     def filter_values(state):
         return state["filters"]["split"], state["filters"]["status"], state["filters"]["predicted"]

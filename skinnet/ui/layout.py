@@ -250,7 +250,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                           .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
         explain_button.click(events.explain, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
-            open_case(leaving(button.click, (events.step(direction), state, state)))
+            with_maps(button.click(events.go(direction), form_inputs, case_outputs, **private))
         filters = [split_filter, status_filter, predicted_filter]
         open_case(open_button.click(events.open_queue, [state, queue_file],
                                     [state, queue_view, queue_status, *filters], **private)
