@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from skinnet.checkpoint import read_card
 from skinnet.loss import parse_task_weights, parse_weights
 
 from .data import init_learnt_valid
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-fraction", type=float, default=1.0,
                       help="learn from this fraction of the training cases (stratified by diagnosis, fixed by "
                            "--seed): the points of a learning curve")
-    data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
+    data.add_argument("--image-size", type=int, default=None,
+                      help="square input side in pixels (default 224, or the --init model's)")
     data.add_argument("--cache-size", type=int, default=None,
                       help="side of the decoded image cache (default: image size * 8/7)")
 
@@ -127,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.precision not in ("auto", "bf16"):
             parser.error("--amp means --precision bf16; drop one of them")
         args.precision = "bf16"
+    if args.image_size is None:  # a fine-tuned model keeps the input size it learnt
+        args.image_size = read_card(args.init).image_size if args.init else 224
     if args.image_size < 32:
         parser.error("--image-size must be at least 32")
     if args.cache_size is None:
