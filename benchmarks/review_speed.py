@@ -293,7 +293,7 @@ NEXT_CASE_SECTION = """### Review speed: from `n` to the next case, ready
 Derm7pt test pairs, headless Chromium at 1366x768): `n` pressed {moves} times, each time timed until
 the next case is ready (its header, both images drawn, the prediction's summary and all 8 "model
 says" labels of the form for that case, checked against the model's own answer; the maps may
-follow), the reviewer working on each case for {dwell:g} s in between. `before`: the code before
+follow), the reviewer working on each case for a few seconds in between. `before`: the code before
 issue 24 (the form's labels came after the maps, nothing prepared ahead); `after`: a move is one
 round trip and the next case is prepared while the reviewer works on this one. Each a single run
 on the shared 2-core machine, busy with a training run and other work (its load average is given):
@@ -311,12 +311,18 @@ def record_next_case(args) -> dict:
     kept = json.loads(NEXT_CASE_JSON.read_text()) if NEXT_CASE_JSON.is_file() else {}
     kept[args.tag] = result
     NEXT_CASE_JSON.write_text(json.dumps(kept, indent=1) + "\n")
-    lines = ["| code | median | p90 | load average (1 min) at start, end |", "|---|---|---|---|"]
-    lines += [f"| {tag} | {r['median_s']:.2f} s | {r['p90_s']:.2f} s | {r['load_average_1min_at_start']}, "
-              f"{r['load_average_1min_at_end']} |" for tag, r in kept.items()]
-    write_section(ROOT / "docs" / "results.md", "review_next_case", NEXT_CASE_SECTION.format(
-        checkpoint=Path(args.checkpoint).stem, moves=args.moves, dwell=args.dwell, table="\n".join(lines)))
+    write_next_case_section(Path(args.checkpoint).stem, kept)
     return result
+
+
+def write_next_case_section(checkpoint: str, kept: dict) -> None:
+    lines = ["| code | seconds on each case before `n` | median | p90 | load average (1 min) at start, end |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {tag} | {r['dwell_s']:g} | {r['median_s']:.2f} s | {r['p90_s']:.2f} s | "
+              f"{r['load_average_1min_at_start']}, {r['load_average_1min_at_end']} |" for tag, r in kept.items()]
+    moves = {r["moves"] for r in kept.values()}
+    write_section(ROOT / "docs" / "results.md", "review_next_case", NEXT_CASE_SECTION.format(
+        checkpoint=checkpoint, moves="/".join(map(str, sorted(moves))), table="\n".join(lines)))
 
 
 def main(argv=None) -> dict:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from app import DEFAULT_CHECKPOINT  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 from raw_http import RawClient  # noqa: E402
 from security import PASSWORD, USER, App, fn  # noqa: E402
 
@@ -137,7 +138,35 @@ def main(argv=None) -> dict:
                  f"{results['ratio_log_append']}x |")
     print("\n".join(lines))
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    write_section(ROOT / "docs" / "results.md", "save_latency", SECTION.format(
+        checkpoint=Path(args.checkpoint).stem, saves=args.saves, load=results["load_average_1min_at_start"],
+        table="\n".join(lines), before=before_line()))
     return results
+
+
+SECTION = """### Saving as the log grows
+
+`python benchmarks/save_latency.py` ({checkpoint}; one run, load average {load} on the shared 2-core
+machine): a log of 100 and of 20,000 rows (20 reviewers, 1,000 cases), then {saves} changed reviews
+saved by raw HTTP through the launched app's save event (request to acknowledgement), and
+{saves} appends of the log alone in the benchmark's process.
+
+{table}
+
+{before}"""
+
+
+def before_line() -> str:
+    """The same benchmark on the code before issue 24, if it was run (``results/save_latency_before.json``)."""
+    path = ROOT / "benchmarks" / "results" / "save_latency_before.json"
+    if not path.is_file():
+        return ""
+    before = json.loads(path.read_text())
+    small, large = (before["sizes"][k] for k in ("100", "20000"))
+    return (f"Before (the code before issue 24, which re-read and re-parsed the whole CSV several times per save; "
+            f"load average {before['load_average_1min_at_start']}): the app's save took "
+            f"{small['app_save_median_s'] * 1000:.0f} ms at 100 rows and {large['app_save_median_s'] * 1000:.0f} ms "
+            f"at 20,000 ({before['ratio_app_save']}x); the append alone {before['ratio_log_append']}x.")
 
 
 if __name__ == "__main__":
