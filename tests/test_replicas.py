@@ -52,8 +52,6 @@ def test_the_teaching_lock_and_one_id_per_case_hold_across_two_processes(replica
     changed = b.call(fns(config, "save")[0], save_data(token_b, "correct", corrections=["BCC", *[NO_CHANGE] * 7]),
                      session_b)
     assert not changed.success and f"seen the Derm7pt reference labels of case {case_id}" in changed.error
-    undone = b.call(fns(config, "undo")[0], [None, token_b], session_b)
-    assert undone.success and "stays as it was saved before the reveal" in undone.data[0]
 
     case = next(c for c in Derm7pt(replicas["release"]).cases() if c.case_id == case_id)
     own = secrets.token_hex(6)
@@ -64,6 +62,8 @@ def test_the_teaching_lock_and_one_id_per_case_hold_across_two_processes(replica
     pair = b.call(fns(config, "save")[0], save_data(made.data[-1], "correct", corrections=["BCC", *[NO_CHANGE] * 7]),
                   own)
     assert not pair.success and f"reference labels of case {case_id}, whose images this case shows" in pair.error
+    undone = b.call(fns(config, "undo")[0], [None, token_b], session_b)
+    assert undone.success and "stays as it was saved before the reveal" in undone.data[0]
 
     clash = replicas["root"] / "queues" / "clash"
     clash.mkdir()
