@@ -172,8 +172,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                        label="Predicted diagnosis (after 'Least sure first')",
                                                        elem_id="filter-predicted", scale=1)
                     reveal = gr.Checkbox(False, label="Teaching: show me a Derm7pt case's reference labels (all 8 tasks) "
-                                         "after I save my review of it (my later changes to that case are then "
-                                         "refused)",
+                                         "after I save my review of it (my later changes to that case, or to its "
+                                         "images under another id, are then refused)",
                                          elem_id="reveal-reference")
                     queue_status = gr.Markdown(elem_id="queue-status")
                     backup_status = gr.Markdown(elem_id="backup-status", elem_classes=["form-help"])
