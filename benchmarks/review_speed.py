@@ -10,7 +10,7 @@ headless Chromium through two tasks on successive cases, each done both ways:
 - **agree** with the model on a case;
 - **correct two labels** (DIAG and BWV) of a case.
 
-Every run is real: the row must land in ``corrections.csv`` with the right case and labels.
+Every run is real: the row must land in the review log with the right case and labels.
 Reported per task and way: the input actions performed (pointing + clicks, keystrokes), the
 human time those actions take by the keystroke-level model (Card, Moran & Newell 1980:
 K = 0.28 s a keystroke, P = 1.1 s to point, B = 0.1 s a button press or release, H = 0.4 s to
@@ -139,7 +139,7 @@ def perform(reviewer: Reviewer, run: Run) -> None:
 SECTION = """### Review speed: mouse only against the keys
 
 `python benchmarks/review_speed.py` ({checkpoint}, {data}, headless Chromium at 1366x768, one
-run): each task done for real on a case of its own, the row checked in corrections.csv.
+run): each task done for real on a case of its own, the row checked in the review log.
 Human seconds by the keystroke-level model (K 0.28 s, P 1.1 s, B 0.1 s per press or release,
 H 0.4 s, M 1.35 s per decision, the same decisions both ways); measured seconds are the app's
 and the browser's share on this shared 2-core machine (noisy).
@@ -370,7 +370,7 @@ def main(argv=None) -> dict:
                 browser.close()
         finally:
             app.stop()
-        rows, problems = read_corrections(folder / "log" / "corrections.csv")
+        rows, problems = read_corrections(folder / "log")
     assert not problems and [r["case_id"] for r in rows] == [r.case for r in runs], rows
     for row, run in zip(rows, runs):
         if run.task == "agree":

@@ -190,7 +190,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                     "Derm7pt reference labels); admins also see each pair of reviewers. Over the "
                                     "cases both labelled (latest labelled review each; 1 = perfect, 0 = chance). "
                                     "Intervals, Fleiss' kappa and confusion matrices: "
-                                    "`python -m skinnet.agreement corrections.csv --out DIR`.")
+                                    "`python -m skinnet.agreement corrections/ --out DIR`.")
                         agreement_button = gr.Button("Show agreement", size="sm", interactive=saving,
                                                      elem_id="agreement")
                         agreement_view = gr.Dataframe(interactive=False, elem_id="agreement-table")
