@@ -349,12 +349,12 @@ class CorrectionsLog:
         hashes = {**{key: sha for key, (_, sha) in stored.items()},
                   **{key: pixel_sha256(image) for key, image in given.items()}}
         if given:  # refused early: nothing is stored for a review the log will not take
-            with self.lock:
+            with self.lock, self._index_lock:
                 if self._repeats(review):
                     return False
                 self._check_rules(review, hashes)
             stored.update({key: self.store_image(image) for key, image in given.items()})
-        with self.lock:
+        with self.lock, self._index_lock:  # the folder's writers, then this process's threads
             if self._repeats(review):
                 return False
             self._check_rules(review, hashes)
