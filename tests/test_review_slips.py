@@ -244,3 +244,31 @@ def test_after_ctrl_enter_from_the_note_the_next_n_moves_on(page, app_):
     wait_for_case(page, "c1")
     expect(note).to_have_value("")  # c1's blank form, not "typicaln"
     assert [(r["case_id"], r["note"]) for r in rows(settings)] == [("c0", "typical")]
+
+
+def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_path):
+    """Drafts go to the server with the reviewer's place in the queue (a reload or another browser
+    finds them); values a form cannot hold (a raw call) make no draft."""
+    from skinnet.corrections import CorrectionsLog
+    from skinnet.ui import review
+
+    write_queue(tmp_path / "queues" / "queue", n=3)
+    log = CorrectionsLog(tmp_path / "log")
+    name = "queue/manifest.csv"
+    state, _, _ = review.open_queue_handler(review.new_state(), str(tmp_path / "queues" / name),
+                                            tmp_path / "queues", log, "dr_a", name)
+    state = review.move(state, "next", log, "dr_a")
+    values = ("correct", "SK", *["no change"] * 7, 3, "half done")
+    state = review.keep_draft(state, values, log, "dr_a")
+    assert state["left_draft"] == "c0" and state["drafts"] == {"c0": list(values)}
+    state = review.move(state, "next", log, "dr_a")
+    review.remember(state, log.folder, "dr_a")
+    back = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")
+    assert back["case"]["case_id"] == "c1" and back["drafts"] == {"c0": list(values)}
+    back = review.move(back, "prev", log, "dr_a")
+    shown, status = review.form_for_case(back, None)
+    assert shown == values and "Draft: your unsaved changes" in status
+    for hostile in (("correct", "<script>", *["no change"] * 7, 3, ""), ("approve", *["no change"] * 8, None, ""),
+                    ("agree", *["no change"] * 8, 9, ""), ("agree", *["no change"] * 8, None, "x" * 5000), "x", None):
+        assert review.keep_draft(back, hostile, log, "dr_a")["drafts"] == {}  # dropped, nothing stored
+    assert review.keep_draft(back, review.form_values(None), log, "dr_a")["drafts"] == {}  # back to blank: no draft
