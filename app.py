@@ -17,12 +17,16 @@ Flags override environment variables, which override the defaults:
                                        ("dr_a,hf:alice"); none: export from the command line only
     --examples    SKINNET_EXAMPLES     a folder of example pairs to show (NAME_clinical.png,
                                        NAME_dermoscopy.png); none: no examples
+    --backup      SKINNET_BACKUP       back the review log up to a private Hugging Face dataset
+                                       ("owner/name", token from HF_TOKEN) or a folder ("file:PATH"):
+                                       restored at start, pushed every 5 minutes and at shutdown
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated reviewer identities (user, hf:user) who may export everyone's labels")
     p.add_argument("--examples", default=env.get("SKINNET_EXAMPLES"),
                    help="folder of example pairs (NAME_clinical.EXT, NAME_dermoscopy.EXT) shown to every visitor")
+    p.add_argument("--backup", default=env.get("SKINNET_BACKUP"),
+                   help="private dataset 'owner/name' (token: HF_TOKEN) or 'file:PATH' to back the review log up to")
     p.add_argument("--device", default=env.get("SKINNET_DEVICE", "cpu"))
     return p.parse_args(argv)
 
@@ -111,11 +117,14 @@ def main(argv: list[str] | None = None) -> None:
                            hf_reviewers=read_hf_reviewers(args.hf_reviewers),
                            queue_root=Path(args.queue_root) if args.queue_root else None,
                            admins=read_names(args.admins),
-                           examples=Path(args.examples) if args.examples else None)
+                           examples=Path(args.examples) if args.examples else None, backup=args.backup)
     try:
         examples = read_examples(settings.examples)
     except ValueError as err:
         raise SystemExit(f"skinnet: {err}") from None
+    # a Space stops its container with SIGTERM: exit as from Ctrl+C, so the review log's last
+    # backup runs (atexit) before the process goes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     launch(build_app(predictor, settings, examples), settings)
 
 

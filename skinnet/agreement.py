@@ -1,6 +1,6 @@
 """How much reviewers agree: with the model, with each other, with Derm7pt's reference labels.
 
-    python -m skinnet.agreement corrections/corrections.csv [--reference meta/meta.csv] --out DIR
+    python -m skinnet.agreement corrections/ [--reference meta/meta.csv] --out DIR
 
 Per task (DIAG and the seven criteria, compared as classes, so "melanoma (in situ)" and
 "melanoma" agree): Cohen's kappa and raw agreement of each reviewer with the model's
@@ -236,7 +236,7 @@ def read_reference(meta_csv: str | Path) -> dict[str, tuple[int, ...]]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m skinnet.agreement", description=__doc__.split("\n")[0])
-    parser.add_argument("log", help="corrections.csv")
+    parser.add_argument("log", help="the corrections log folder (or a file in it)")
     parser.add_argument("--reference", default=None, help="a Derm7pt meta.csv: each reviewer against its labels")
     parser.add_argument("--out", required=True, help="folder for agreement.json, agreement.md and PNGs")
     args = parser.parse_args(argv)

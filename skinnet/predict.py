@@ -92,6 +92,8 @@ class Predictor:
         self.transform = eval_transform(card.image_size, card.mean, card.std)
         self.guards = guards
         self.lock = threading.RLock()
+        self._recent_lock = threading.Lock()
+        """Guards the remembered predictions only: a remembered one is read while the model runs."""
         self._recent: OrderedDict[tuple, tuple[Prediction, PairEncoding | None]] = OrderedDict()
         """Pixel hashes of a pair -> its prediction and its unflipped encoding (for the explanation)."""
         self.batcher: MicroBatcher | None = None
@@ -193,7 +195,7 @@ class Predictor:
         if clinical is None and dermoscopy is None:
             raise ValueError("need a clinical image, a dermoscopy image, or both")
         key = tuple(None if im is None else pixel_sha256(im) for im in (clinical, dermoscopy))
-        with self.lock:
+        with self._recent_lock:
             found = self._recent.get(key)
             if found is not None and (found[1] is not None or not need_encoding):
                 self._recent.move_to_end(key)
@@ -205,7 +207,7 @@ class Predictor:
                 self.to_tensor(clinical), self.to_tensor(dermoscopy), keep_encoding=True)
             found = self._prediction({h: v[0] for h, v in logits.items()},
                                      {m: v[0] for m, v in features.items()}), encoding
-        with self.lock:
+        with self._recent_lock:
             self._recent[key] = found
             while len(self._recent) > RECENT_PREDICTIONS:
                 self._recent.popitem(last=False)
@@ -213,7 +215,7 @@ class Predictor:
 
     def forget(self) -> None:
         """Drop remembered predictions (benchmarks measure cold calls)."""
-        with self.lock:
+        with self._recent_lock:
             self._recent.clear()
 
     def predict_batch(self, pairs: list[tuple[Image.Image | None, Image.Image | None]],

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from app_helpers import jpeg_with_gps
-from skinnet.corrections import (BASE_COLUMNS, COLUMNS, CorrectionsError, CorrectionsLog, NO_CHANGE, Review,
-                                 current_labels, export_meta_csv, new_event_id, read_corrections, task_labels)
+from skinnet.corrections import (BASE_COLUMNS, COLUMNS, CorrectionsError, CorrectionsLog, NO_CHANGE, Review, neutralise,
+                                 current_labels, export_meta_csv, new_event_id, read_corrections, read_events,
+                                 task_labels)
 from skinnet.imaging import load_rgb
 from skinnet.labels import TASK_NAMES, TASKS
 
@@ -51,9 +52,10 @@ def test_rows_store_what_the_reviewer_said_task_by_task(tmp_path):
     assert task_labels(rows[1]) == {"DIAG": "MEL", "PN": "TYP", "VS": "IR"}
 
 
-def test_a_first_version_log_is_read_and_upgraded_with_a_backup(tmp_path):
+def test_a_first_version_log_is_read_as_upgraded_and_never_rewritten(tmp_path):
     """Logs written before per-task status: raw values were invented for every task, so the
-    class stays (confirmed or changed) and the invented raw value goes; the original is kept."""
+    class stays (confirmed or changed) and the invented raw value goes. The file stays as it was:
+    new rows go to a writer's own shard."""
     header = [*BASE_COLUMNS, *(f"model_{t.column}" for t in TASKS), *(t.column for t in TASKS)]
     model = ["clark nevus", "typical", "absent", "diffuse regular", "absent", "regular", "absent", "absent"]
     base = {"logged_at": "2026-01-01T00:00:00+00:00", "reviewer": "dr_a", "source": "derm7pt", "clinic": "",
@@ -66,18 +68,19 @@ def test_a_first_version_log_is_read_and_upgraded_with_a_backup(tmp_path):
         lines.append(",".join([*(row[c] for c in BASE_COLUMNS), *model, *labels]))
     lines.append("cut,short")
     original = "\n".join(lines) + "\n"
-    log = CorrectionsLog(tmp_path)
-    log.path.write_text(original)
-    rows, problems = read_corrections(log.path)
+    (tmp_path / "corrections.csv").write_text(original)
+    rows, problems = read_corrections(tmp_path / "corrections.csv")
     assert [r["DIAG"] for r in rows] == ["MEL", "NEV"] and [r["status_DIAG"] for r in rows] == ["changed", "confirmed"]
     assert rows[0]["status_PN"] == "confirmed" and rows[0]["diagnosis"] == "" and len(problems) == 1
+    log = CorrectionsLog(tmp_path)
     assert log.append(review("agree", case_id="9"))
-    backup = next(tmp_path.glob("corrections.legacy-*.csv"))
-    assert backup.read_text() == original  # byte for byte
-    upgraded, problems = read_corrections(log.path)
-    assert [r["case_id"] for r in upgraded] == ["7", "8", "9"] and problems == []
+    assert (tmp_path / "corrections.csv").read_text() == original  # byte for byte
+    merged, problems = read_corrections(tmp_path)
+    assert [r["case_id"] for r in merged] == ["7", "8", "9"] and [str(p) for p in problems] == [
+        "corrections.csv line 4: expected 31 cells, found 2 cells"]
     assert list(pd.read_csv(log.path, dtype=str).columns) == list(COLUMNS)
     assert not log.append(review("agree", case_id="7", event_id="a" * 32))  # old event ids still count
+    assert log.latest_review("dr_a", "7")["DIAG"] == "MEL"
 
 
 def test_same_event_logs_once(tmp_path):
@@ -205,36 +208,48 @@ def run_writers(folder: Path, n_workers: int, n_rows: int) -> list[subprocess.Po
 def test_eight_processes_fifty_reviews_each(tmp_path):
     writers = run_writers(tmp_path, 8, 50)
     assert all(w.wait(timeout=300) == 0 for w in writers)
-    path = tmp_path / "log" / "corrections.csv"
-    rows, problems = read_corrections(path)
+    rows, problems = read_corrections(tmp_path / "log")
     assert problems == []
     assert len(rows) == 400
     assert len({r["event_id"] for r in rows}) == 400
     assert sorted(r["case_id"] for r in rows) == sorted(f"{w}-{i}" for w in range(8) for i in range(50))
-    with open(path, newline="") as handle:
-        lengths = {len(cells) for cells in csv.reader(handle)}
-    assert lengths == {len(COLUMNS)}  # no interleaved lines
+    for w in range(8):  # each writer's rows in the order it wrote them
+        assert [r["case_id"] for r in rows if r["reviewer"] == f"dr_{w}"] == [f"{w}-{i}" for i in range(50)]
+    shards = list((tmp_path / "log" / "shards").glob("*.csv"))
+    assert len(shards) == 8  # one file per writer: nobody appends to another's
+    for shard in shards:
+        with open(shard, newline="") as handle:
+            assert {len(cells) for cells in csv.reader(handle)} == {len(COLUMNS)}  # no interleaved lines
 
 
 def test_writer_killed_mid_write_leaves_a_readable_file(tmp_path):
     writers = run_writers(tmp_path, 2, 100000)
-    path = tmp_path / "log" / "corrections.csv"
+    folder = tmp_path / "log"
     deadline = time.time() + 120
-    while time.time() < deadline and (not path.is_file() or path.read_text().count("\n") < 30):
+    while time.time() < deadline and sum(p.read_bytes().count(b"\n") for p in folder.glob("shards/*.csv")) < 30:
         time.sleep(0.2)
     for w in writers:
         w.send_signal(signal.SIGKILL)
         w.wait()
-    before, problems = read_corrections(path)
+    before, problems = read_corrections(folder)
     assert len(before) > 0 and all(p.message.startswith("row cut short") for p in problems)
     # a crash can also cut a row mid-line (e.g. a full disk): simulate the worst case
-    with open(path, "a") as handle:
+    shard = sorted(folder.glob("shards/*.csv"))[0]
+    with open(shard, "a") as handle:
         handle.write('deadbeef,2026-01-01,dr_x,"unterminated quote')
-    log = CorrectionsLog(tmp_path / "log")
+    log = CorrectionsLog(folder)
     assert log.append(review(case_id="after-crash"))
-    rows, problems = read_corrections(path)
+    rows, problems = read_corrections(folder)
     assert [r["case_id"] for r in rows] == [r["case_id"] for r in before] + ["after-crash"]
-    assert len(problems) == 1 and problems[0].line == len(before) + 2
+    assert [p.file for p in problems if "unterminated" in p.message or "cut short" in p.message] in (
+        [shard.relative_to(folder).as_posix()], [shard.relative_to(folder).as_posix()] * 2)
+    # the next writer to open that file closes the cut row before its own (never joined to it)
+    relog = CorrectionsLog(folder)
+    relog.path = shard
+    assert relog.append(review(case_id="after-cut"))
+    rows, problems = read_corrections(folder)
+    assert rows[-1]["case_id"] == "after-cut" and any(p.file == shard.relative_to(folder).as_posix()
+                                                     and "cells" in p.message for p in problems)
 
 
 def test_command_line_export_and_check(tmp_path):
@@ -341,6 +356,7 @@ def test_idempotency_holds_in_the_file_even_for_a_bad_row(tmp_path):
 @pytest.mark.parametrize("start", [b"\n", b"\n\n  \n", "\ufeff".encode() + b",".join(c.encode() for c in COLUMNS) + b"\n"])
 def test_blank_or_bom_started_log_keeps_every_later_row(tmp_path, start):
     log = CorrectionsLog(tmp_path)
+    log.path.parent.mkdir(parents=True)
     log.path.write_bytes(start)
     assert log.append(review(case_id="a")) and log.append(review(case_id="b"))
     rows, problems = read_corrections(log.path)
@@ -348,11 +364,15 @@ def test_blank_or_bom_started_log_keeps_every_later_row(tmp_path, start):
 
 
 def test_a_foreign_file_is_refused_not_appended_to(tmp_path):
-    log = CorrectionsLog(tmp_path)
-    log.path.write_text("name,salary\nbob,1\n")
-    with pytest.raises(CorrectionsError, match="not a skinnet corrections file"):
-        log.append(review())
-    assert log.path.read_text() == "name,salary\nbob,1\n"
+    for foreign in (tmp_path / "corrections.csv", tmp_path / "shards" / "x.csv"):
+        foreign.parent.mkdir(exist_ok=True)
+        foreign.write_text("name,salary\nbob,1\n")
+        log = CorrectionsLog(tmp_path)
+        with pytest.raises(CorrectionsError, match="not a corrections file") as refused:
+            log.append(review())
+        assert str(tmp_path) not in str(refused.value)  # no server path in what a reviewer may read
+        assert foreign.read_text() == "name,salary\nbob,1\n" and not log.path.exists()
+        foreign.unlink()
 
 
 def test_a_retraction_withdraws_one_row_of_its_own_reviewer(tmp_path):
@@ -386,3 +406,158 @@ def test_a_later_unsure_withdraws_the_reviewers_labels(tmp_path):
     assert log.append(review("unsure", case_id="9"))
     rows, _ = read_corrections(log.path)
     assert "9" not in current_labels(rows)
+
+
+RACER = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from test_corrections import review
+from skinnet.corrections import CorrectionsError, CorrectionsLog
+log = CorrectionsLog(sys.argv[1])
+worker, rounds, start = int(sys.argv[2]), int(sys.argv[4]), float(sys.argv[5])
+log.event_ids()  # the log read once before the race: a check outside the lock would use this view
+while time.time() < start:
+    time.sleep(0.001)
+for r in range(rounds):
+    claim = review(reviewer=f"dr_{worker}", case_id=f"race{r}")
+    claim.source = ("derm7pt", "manifest", "upload")[worker % 3]
+    try:
+        log.append(claim)
+    except CorrectionsError as err:
+        assert "one id must name one case" in str(err), err
+"""
+
+
+def test_one_case_id_names_one_case_even_when_processes_race_for_it(tmp_path):
+    """Four processes (three sources) save the same new case ids at the same instant: the rule is
+    checked under the log's lock, so each id ends up with the rows of one source only."""
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(tests.parent)}
+    start = time.time() + 15  # every racer has imported and read the log by then
+    racers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "log"), str(w), str(tests), "30",
+                                str(start)], env=env) for w in range(4)]
+    assert all(r.wait(timeout=300) == 0 for r in racers)
+    rows, problems = read_corrections(tmp_path / "log")
+    sources = {}
+    for row in rows:
+        sources.setdefault(row["case_id"], set()).add(row["source"])
+    assert problems == [] and len(sources) == 30
+    assert all(len(s) == 1 for s in sources.values()), {c: s for c, s in sources.items() if len(s) > 1}
+    won_by_two = sum(sources[c] == {"derm7pt"} for c in sources)  # racers 0 and 3 share a source
+    assert sum(sum(r["case_id"] == c for r in rows) for c in sources) == 30 + won_by_two
+
+
+REVEALER = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from test_corrections import review
+from skinnet.corrections import CorrectionsLog
+from skinnet.imaging import load_rgb
+log = CorrectionsLog(sys.argv[1])
+saved = review("agree", reviewer="dr_t", case_id="42")
+assert log.append(saved, clinical=load_rgb(sys.argv[2] + "/clin.png"), dermoscopy=load_rgb(sys.argv[2] + "/derm.png"))
+assert log.record_reveal("dr_t", "42", log.latest_review("dr_t", "42"))
+assert not log.record_reveal("dr_t", "42", log.latest_review("dr_t", "42"))  # recorded once
+"""
+
+
+def test_a_reveal_in_one_process_locks_the_case_and_its_images_in_another(tmp_path):
+    """The teaching lock is a rule of the log: another process (another replica) that had read
+    the log before the reveal refuses a changed review of the case, an undo of it, and the same
+    images saved under another case id (the reviewer's "own pair"); other reviewers are free."""
+    from skinnet.corrections import RETRACT
+    from synthetic import lesion_image
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    lesion_image(rng, (60, 50), tint=1).save(tmp_path / "clin.png")
+    lesion_image(rng, (50, 50), tint=2).save(tmp_path / "derm.png")
+    other = CorrectionsLog(tmp_path / "log")
+    assert other.event_ids() == set()
+    script = tmp_path / "revealer.py"
+    script.write_text(REVEALER)
+    tests = Path(__file__).parent
+    subprocess.run([sys.executable, str(script), str(tmp_path / "log"), str(tmp_path), str(tests)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(tests.parent)})
+    clinical, derm = load_rgb(tmp_path / "clin.png"), load_rgb(tmp_path / "derm.png")
+    with pytest.raises(CorrectionsError, match="seen the Derm7pt reference labels of case 42: a new review"):
+        other.append(review("correct", reviewer="dr_t", case_id="42", DIAG="MEL"))
+    own_pair = review("correct", reviewer="dr_t", case_id="upload:abc", DIAG="MEL")
+    own_pair.source = "upload"
+    for pair in ((clinical, derm), (None, derm), (clinical, None)):
+        with pytest.raises(CorrectionsError, match="reference labels of case 42, whose image"):
+            other.append(own_pair, *pair)
+    standing = other.latest_review("dr_t", "42")
+    undo = Review(event_id=new_event_id(), reviewer="dr_t", case_id="42", source="derm7pt", verdict=RETRACT,
+                  predicted=dict(PREDICTED), corrected={}, note=standing["event_id"])
+    with pytest.raises(CorrectionsError, match="stays as it was saved before the reveal"):
+        other.append(undo)
+    assert other.revealed("dr_t") == {"42"} and other.revealed("dr_b") == set()
+    assert other.append(review("correct", reviewer="dr_b", case_id="42", DIAG="MEL"), clinical, derm)
+    images = sorted(p.name for p in (tmp_path / "log" / "images").iterdir())
+    assert len(images) == 2  # the refused saves stored nothing
+    events = [r["verdict"] for r in read_events(tmp_path / "log")[0]]
+    assert events == ["agree", "reveal", "correct"]
+    assert [r["case_id"] for r in read_corrections(tmp_path / "log")[0]] == ["42", "42"]  # reveals are not reviews
+
+
+def test_reveals_recorded_by_the_first_versions_file_keep_their_cases_locked(tmp_path):
+    """reference_revealed.csv of earlier versions (reviewer, [source,] case id, time) still counts."""
+    (tmp_path / "reference_revealed.csv").write_text("dr_t,17,2026-11-28T20:00:00+0000\n"
+                                                     "dr_t,derm7pt,42,2026-11-29T01:00:00+0000\n"
+                                                     "dr_b,derm7pt,5,2026-11-29T01:00:00+0000\nbroken\n")
+    log = CorrectionsLog(tmp_path)
+    assert log.revealed("dr_t") == {"17", "42"} and log.revealed("dr_b") == {"5"}
+    with pytest.raises(CorrectionsError, match="reference labels of case 17"):
+        log.append(review(reviewer="dr_t", case_id="17"))
+
+
+def test_an_event_in_two_shards_counts_once_and_shards_merge_in_time_order(tmp_path):
+    a, b = CorrectionsLog(tmp_path), CorrectionsLog(tmp_path)
+    first = review(case_id="1")
+    assert a.append(first)
+    assert b.append(review(case_id="2", reviewer="dr_b"))
+    assert not b.append(review(case_id="1", event_id=first.event_id))  # b sees a's rows under the lock
+    b.path.parent.mkdir(exist_ok=True)
+    with open(b.path, "a") as handle:  # as if a retried save had reached a replica with its own disk
+        handle.write(a.path.read_text().splitlines()[1] + "\n")
+    assert a.append(review(case_id="3"))
+    rows, problems = read_corrections(tmp_path)
+    assert problems == [] and [r["case_id"] for r in rows] == ["1", "2", "3"]
+
+
+def test_a_save_reads_only_what_the_log_gained(tmp_path, monkeypatch):
+    """The index follows the files' growth: with 3,000 rows already logged (another writer's), a
+    save reads a few kilobytes, not the log."""
+    import builtins
+
+    from skinnet.corrections import storage
+    from skinnet.corrections.schema import csv_line
+
+    writer = CorrectionsLog(tmp_path)
+    writer.append(review(case_id="first"))
+    with open(writer.path, "a") as handle:
+        for i in range(3000):
+            r = review(case_id=f"bulk{i}", reviewer=f"dr_{i % 7}")
+            handle.write(csv_line([neutralise(r.row({})[c]) for c in COLUMNS]))
+    log = CorrectionsLog(tmp_path)
+    assert log.append(review(case_id="warm"))  # the first look reads everything once
+    size = writer.path.stat().st_size
+    read = []
+    real_open = builtins.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "b" in mode and "r" in mode:
+            real_read = handle.read
+            handle.read = lambda *a: read.append(len(data := real_read(*a))) or data
+        return handle
+
+    monkeypatch.setattr(storage, "open", counting_open, raising=False)
+    for i in range(10):
+        assert log.append(review(case_id=f"new{i}"))
+        assert log.latest_review("dr_a", f"new{i}")["case_id"] == f"new{i}"
+    assert sum(read) < 10 * 1000 and size > 250 * 3000, (sum(read), size)
+    assert len(read_corrections(tmp_path)[0]) == 3012

@@ -175,7 +175,7 @@ def test_uploaded_case_saved_without_metadata_or_name(session, tmp_path):
             page.locator("#export-file a").first.click(timeout=60_000)
         exported = download.value.path().read_text()
     assert exported.startswith("case_num,source,clinic,derm,DIAG,")
-    log_text = (settings.log_dir / "corrections.csv").read_text()
+    log_text = "".join(p.read_text() for p in settings.log_dir.glob("shards/*.csv"))
     assert "jane_doe" not in log_text and "shoulder" not in log_text
     rows, _ = read_corrections(settings.log_dir / "corrections.csv")
     upload = [r for r in rows if r["case_id"].startswith("upload:")][-1]
@@ -273,7 +273,7 @@ def test_edit_after_saving_supersedes_undo_withdraws_and_reopening_shows_your_re
     mine = [r for r in rows if r["case_id"] == "c2"]
     assert problems == [] and [(r["DIAG"], r["diagnosis"]) for r in mine] == [("SK", ""), ("NEV", "dermal nevus")]
     assert mine[-1]["status_PN"] == "not reviewed" and mine[-1]["PN"] == ""
-    raw = (settings.log_dir / "corrections.csv").read_text()
+    raw = "".join(p.read_text() for p in settings.log_dir.glob("shards/*.csv"))
     assert raw.count(",c2,") == 4  # SK, MEL, the retraction of MEL, dermal nevus: appended, never edited
 
 
@@ -347,7 +347,7 @@ def test_queue_images_are_read_only_keys_fill_the_form_and_question_mark_lists_t
         expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=60_000)
 
         page.locator("#case-header").click()
-        page.keyboard.press("t")
+        expect(page.locator("#correct-DIAG")).to_have_class(re.compile("task-cursor"))  # each case starts on DIAG
         page.keyboard.press("t")  # the second task, PN, is outlined
         expect(page.locator("#correct-PN")).to_have_class(re.compile("task-cursor"))
         page.keyboard.press("2")  # its second class
@@ -402,13 +402,22 @@ def derm7pt_session(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("teaching")
     release = make_release(root / "queues" / "derm7pt", n_cases=12)
-    predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
+    with reviewer_app(Predictor.from_checkpoint(tiny_checkpoint(root)), root) as settings:
+        yield settings, release
+
+
+@contextmanager
+def reviewer_app(predictor, root):
+    """The app around ``predictor`` launched in this process: dr_a its reviewer, ``root/queues``
+    its queue folder, ``root/log`` its log; closed afterwards."""
     settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
                            users={"dr_a": "s3cret-pass"}, queue_root=root / "queues")
     app = build_app(predictor, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
-    yield settings, release
-    app.close()
+    try:
+        yield settings
+    finally:
+        app.close()
 
 
 def test_a_derm7pt_queue_opens_on_test_filters_by_split_and_teaching_reveals_labels_after_saving(

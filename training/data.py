@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from skinnet.checkpoint import file_sha256
-from skinnet.corrections import CorrectionsError, correction_case, current_labels, read_corrections
+from skinnet.checkpoint import file_sha256, read_card
+from skinnet.corrections import (CorrectionsError, correction_case, current_labels, log_files, log_folder,
+                                 read_corrections, where)
 from skinnet.data import SPLITS, Case, Derm7pt
 from skinnet.labels import TASKS
 from skinnet.imaging import hash_distance, load_rgb, perceptual_hashes, pixel_sha256
@@ -21,6 +23,13 @@ log = logging.getLogger("skinnet.train")
 def trained_splits(refit: bool) -> tuple[str, ...]:
     """The splits a run learns from: train, and valid too in a refit (once valid chose the recipe)."""
     return ("train", "valid") if refit else ("train",)
+
+
+def init_learnt_valid(init: str | None) -> bool:
+    """Whether ``--init`` names a model that has learnt the valid split (a refit, like the shipped
+    model). Fine-tuning it is a refit too: valid can no longer choose an epoch or fit a
+    calibration, and its reviewed cases are trained on like train's (test never is)."""
+    return bool(init) and read_card(init).trained_on_valid
 
 
 def held_out_splits(refit: bool) -> tuple[str, ...]:
@@ -112,24 +121,30 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
     held_out_ids = {case.case_id for case in held_out}
     known = {c.case_id: c for c in data.cases()}
     position = {c.case_id: i for i, c in enumerate(cases)}
+    folder = log_folder(path)
     held_out_images = None  # hashed only if an upload needs it
-    counts = {"corrected_derm7pt": 0, "new_cases": 0, "skipped_held_out": 0, "skipped_other": 0}
+    used: dict[str, list[str]] = {"derm7pt": [], "new": []}
+    skipped: dict[str, str] = {}
+    skipped_held_out = 0
     for case_id, entry in current_labels(rows, args.corrections_rule).items():
         row = entry.latest
-        where = f"{path} line {row['line']} (case {case_id})"
+        place = f"{path} {where(row)} (case {case_id})"
+
+        def skip(reason: str, held: bool = False) -> None:
+            nonlocal skipped_held_out
+            log.warning("%s: %s; skipped", place, reason)
+            skipped[case_id] = reason
+            skipped_held_out += held
+
         if not entry.labels:  # every labelled task tied, or none labelled
-            log.warning("%s: no task has a decided label; skipped", where)
-            counts["skipped_other"] += 1
+            skip("no task has a decided label")
             continue
         if row["source"] == "derm7pt":
             if case_id in held_out_ids:
-                log.warning("%s: a held-out %s-split case is never trained on; skipped", where,
-                            split_of.get(case_id))
-                counts["skipped_held_out"] += 1
+                skip(f"a held-out {split_of.get(case_id)}-split case is never trained on", held=True)
                 continue
             if case_id not in known:
-                log.warning("%s: no such Derm7pt case; skipped", where)
-                counts["skipped_other"] += 1
+                skip("no such Derm7pt case")
                 continue
             # a task no reviewer labelled keeps the reference label
             labels = tuple(t.classes.index(entry.labels[t.name]) if t.name in entry.labels else reference
@@ -139,24 +154,35 @@ def training_cases(data: Derm7pt, args) -> tuple[list[Case], dict]:
                 cases[position[case_id]] = corrected
             else:
                 cases.append(corrected)
-            counts["corrected_derm7pt"] += 1
+            used["derm7pt"].append(case_id)
             continue
         if held_out_images is None:
             held_out_images = HeldOutImages(held_out)
-        reason = held_out_images.match(row, path.parent)
+        reason = held_out_images.match(row, folder)
         if reason:
-            log.warning("%s: %s; skipped", where, reason)
-            counts["skipped_held_out"] += 1
+            skip(reason, held=True)
             continue
         try:
-            cases.append(correction_case(entry, path.parent))
+            cases.append(correction_case(entry, folder))
         except CorrectionsError as err:
-            log.warning("%s: %s; skipped", path, err)
-            counts["skipped_other"] += 1
+            skip(str(err))
             continue
-        counts["new_cases"] += 1
+        used["new"].append(case_id)
+    counts = {"corrected_derm7pt": len(used["derm7pt"]), "new_cases": len(used["new"]),
+              "skipped_held_out": skipped_held_out, "skipped_other": len(skipped) - skipped_held_out}
     stats = {"n_corrections": counts["corrected_derm7pt"] + counts["new_cases"],
              **{f"n_{k}": v for k, v in counts.items()}, "n_bad_rows": len(problems),
-             "corrections_rule": args.corrections_rule, "corrections_sha256": file_sha256(path)}
-    log.info("corrections: %s", stats)
+             "corrections_rule": args.corrections_rule,
+             "corrections_used": {"derm7pt": sorted(used["derm7pt"]), "new": sorted(used["new"])},
+             "corrections_skipped": dict(sorted(skipped.items())),
+             "corrections_sha256": log_sha256(folder)}
+    log.info("corrections: %s", {k: v for k, v in stats.items() if k.startswith("n_")})
     return cases, stats
+
+
+def log_sha256(folder: Path) -> str:
+    """One hash of every file of a corrections log (names and bytes), for the model card."""
+    digest = hashlib.sha256()
+    for name, file in log_files(folder):
+        digest.update(f"{name}\0{file_sha256(file)}\0".encode())
+    return digest.hexdigest()

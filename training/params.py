@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from skinnet.checkpoint import read_card
 from skinnet.loss import parse_task_weights, parse_weights
 
 from .config import TrainConfig, read_recipe
+from .data import init_learnt_valid
 from .precision import PRECISIONS
 
 
@@ -21,14 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-root", required=True, help="Derm7pt release_v0 folder (meta/ and images/)")
     data.add_argument("--out", required=True, help="output folder: checkpoint, card, metrics, curves")
     data.add_argument("--corrections", default=None,
-                      help="reviewers' corrections CSV (skinnet.corrections) to train on as well")
+                      help="reviewers' corrections log (skinnet.corrections: the log folder, or a file in "
+                           "it) to train on as well")
     data.add_argument("--corrections-rule", default="latest", choices=["latest", "majority"],
                       help="which label wins when reviewers disagree on a case")
     data.add_argument("--strict-corrections", action="store_true",
                       help="refuse a corrections CSV with bad rows instead of skipping them")
     data.add_argument("--refit", action="store_true",
                       help="final fit on train + valid: exactly --epochs, the last epoch is kept (no "
-                           "selection) and not calibrated; choose the recipe and epochs without it first")
+                           "selection) and not calibrated; choose the recipe and epochs without it first "
+                           "(implied by an --init model that learnt valid, like the shipped one)")
     data.add_argument("--fold", type=int, default=None,
                       help="cross-fitting (set by training.crossval): train on train + valid less this "
                            "fold of --folds-file, keep the last epoch, predict the fold (out-of-fold)")
@@ -39,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-fraction", type=float, default=1.0,
                       help="learn from this fraction of the training cases (stratified by diagnosis, fixed by "
                            "--seed): the points of a learning curve")
-    data.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
+    data.add_argument("--image-size", type=int, default=None,
+                      help="square input side in pixels (default 224, or the --init model's)")
     data.add_argument("--cache-size", type=int, default=None,
                       help="side of the decoded image cache (default: image size * 8/7)")
 
@@ -148,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if args.precision not in ("auto", "bf16"):
             parser.error("--amp means --precision bf16; drop one of them")
         args.precision = "bf16"
+    if args.image_size is None:  # a fine-tuned model keeps the input size it learnt
+        args.image_size = read_card(args.init).image_size if args.init else 224
     if args.image_size < 32:
         parser.error("--image-size must be at least 32")
     if args.cache_size is None:
@@ -170,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--swa-start must be an epoch between 1 and --epochs (0 disables)")
     if args.shift < 0 or not 0 <= args.color < 1:
         parser.error("--shift must be at least 0 and --color in [0, 1)")
+    if args.init and args.fold is None and not args.refit and init_learnt_valid(args.init):
+        args.refit = True  # fine-tuning a model that learnt valid (the shipped one) is a refit too
     return TrainConfig(**vars(args))
 
 

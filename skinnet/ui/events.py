@@ -11,7 +11,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..corrections import CorrectionsLog
+from ..backup import Backup
+from ..corrections import NO_CHANGE, CorrectionsLog
 from ..imaging import ImageError
 from ..labels import TASKS
 from ..predict import Predictor
@@ -19,8 +20,10 @@ from ..review_queue import list_queues
 from . import access, review
 from .examples import Example
 from .handlers import explain_handler, form_labels, predict_handler
+from .prepare import Preparer
 from .settings import AppSettings
 from .uploads import CleanStore, SessionImages
+from .views import form_ready, task_label
 
 CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
 """What a new pair does to the last pair's results: no 'show anyway', no summary, tables or maps."""
@@ -29,8 +32,9 @@ CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=Fals
 class AppEvents:
     def __init__(self, predictor: Predictor, settings: AppSettings, log: CorrectionsLog,
                  reviewers: access.Reviewers, store: CleanStore, images_in: SessionImages,
-                 examples: list[Example] = ()):
-        self.predictor, self.settings, self.log = predictor, settings, log
+                 examples: list[Example] = (), backup: Backup | None = None):
+        self.predictor, self.settings, self.log, self.backup = predictor, settings, log, backup
+        self.preparer = Preparer(predictor, store)
         self.reviewers, self.store, self.images_in = reviewers, store, images_in
         self.queue_root = settings.queue_root
         self.examples = list(examples)
@@ -77,37 +81,70 @@ class AppEvents:
         state, owner, reviewer = self.act(state, request, profile)
         paths = [self.store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
         state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
-        # the form shows this pair's saved review (its id is its pixels' hash), or a blank form
-        saved, status = self.saved_review(reviewer, state)
-        return (state, review.case_header(state, self.log, reviewer), *review.form_values(saved), status,
-                state.get("event_id") or "")
+        # the form shows this pair's draft or saved review (its id is its pixels' hash), or a blank form
+        values, status = review.form_for_case(state, self.saved(reviewer, state))
+        token = state.get("event_id") or ""
+        return (state, review.case_header(state, self.log, reviewer), *values, status, form_ready(token), token)
 
-    def saved_review(self, reviewer, state):
-        """(your latest review of the open case or None, the line that says it is shown)."""
-        saved = self.log.latest_review(reviewer, state["case"]["case_id"]) if reviewer and state.get("case") else None
-        status = (f"Showing your saved review ({saved['verdict']}, {saved['logged_at']}): change it and save to "
-                  "replace it." if saved else "")
-        return saved, status
+    def saved(self, reviewer, state) -> dict | None:
+        """Your latest review of the open case, if any."""
+        case = state.get("case")
+        return self.log.latest_review(reviewer, case["case_id"]) if reviewer and case else None
+
+    def keep_draft(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+                   confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
+        """Before a move away from the open case: unsaved changes in the form stay as the case's draft."""
+        state, _, reviewer = self.act(state, request, profile)
+        values = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
+                  note_value)
+        return review.keep_draft(state, values, self.log, reviewer)
 
     def show_case(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
+        """The open case, ready to review in one step: its images, the model's answer (summary,
+        tables, the form's "model says" labels, the guards' buttons), the form (the case's draft,
+        the saved review, or blank) and the case token. The token comes only with that form, so a
+        save sent before it names the case before and is refused. Then the cases ``n`` and the
+        right arrow lead to are prepared (:mod:`skinnet.ui.prepare`); the maps follow this case."""
         state, owner, reviewer = self.act(state, request, profile)
         images = review.load_case_images(state)
-        saved, status = self.saved_review(reviewer, state)
+        values, status = review.form_for_case(state, self.saved(reviewer, state))
+        state = {**state, "left_draft": None}
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)
         editable = (state.get("case") or {}).get("source", "upload") == "upload"
         shown = [gr.update(value=self.store.add(owner, im) if im is not None else None, interactive=editable)
                  for im in images]
-        return (state, *shown, review.case_header(state, self.log, reviewer), *review.form_values(saved), status,
-                False, state.get("event_id") or "")
+        summary, diagnosis, criteria, labels, anyway, swap = self.answer(images)
+        if reviewer and state.get("case"):
+            self.preparer.prepare(owner, review.cases_ahead(state, self.log, reviewer))
+        verdict, *corrected, confidence, note = values
+        token = state.get("event_id") or ""
+        return (state, *shown, review.case_header(state, self.log, reviewer), verdict,
+                *(gr.update(value=value, **label) for value, label in zip(corrected, labels)), confidence, note,
+                status, False, summary, diagnosis, criteria, anyway, swap, form_ready(token), token)
+
+    def answer(self, pair):
+        """(summary, DIAG table, criteria table, the form's label per task, 'show anyway' and
+        'swap' buttons) for a pair, as an analysis gives them (the predictor computes it once)."""
+        if all(image is None for image in pair):
+            blank = [{"label": task_label(t)} for t in TASKS]
+            return "", None, None, blank, gr.update(visible=False), gr.update(visible=False)
+        summary, diagnosis, criteria = predict_handler(self.predictor, *pair)
+        labels = [{"label": update["label"]} for update in form_labels(self.predictor, *pair)]
+        return (summary, diagnosis, criteria, labels, *self._guard_updates(pair, False))
 
     def own_images(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
         """Close the open case and give back two empty image slots for the reviewer's own pair."""
         state, _, reviewer = self.act(state, request, profile)
-        state = review.start_upload_case(state, None, None)
+        left = state.get("left_draft")
+        state = {**review.start_upload_case(state, None, None), "left_draft": None}
         blank = gr.update(value=None, interactive=True)
-        return (state, blank, blank, review.case_header(state, self.log, reviewer),
-                *review.form_values(None), "", False, "")
+        status = (f"Your unsaved changes to case {left} are kept as a draft: open it again to finish."
+                  if left else "")
+        hidden = gr.update(visible=False)
+        return (state, blank, blank, review.case_header(state, self.log, reviewer), None,
+                *(gr.update(value=NO_CHANGE, label=task_label(t)) for t in TASKS), None, "", status, False, "",
+                None, None, hidden, hidden, form_ready(""), "")
 
     def open_example(self, state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
         """The clicked example pair in the image slots (this session's own clean copies)."""
@@ -138,7 +175,9 @@ class AppEvents:
                       profile: gr.OAuthProfile | None):
         """Show 'show anyway' for a hidden prediction and 'swap' for images in the wrong slots."""
         _, owner, _ = self.act(state, request, profile)
-        pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
+        return self._guard_updates(self.open_images(owner, (clinical_value, dermoscopy_value), True), anyway)
+
+    def _guard_updates(self, pair, anyway):
         checks = self._checks(pair)
         if checks is None:
             return gr.update(visible=False), gr.update(visible=False)
@@ -174,6 +213,17 @@ class AppEvents:
             review.remember(state, self.log.folder, reviewer)
             return state
         handler.__name__ = "step_" + direction.replace(" ", "_")
+        return handler
+
+    def go(self, direction):
+        """A move as the reviewer makes it (n, the arrows, the buttons), in one round trip: the
+        open case's unsaved changes kept as its draft, the step, and the new case shown."""
+        def handler(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
+            state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+                                    vascular, confidence_value, note_value, request, profile)
+            return self.show_case(self.step(direction)(state, request, profile), request, profile)
+        handler.__name__ = "go_" + direction.replace(" ", "_")
         return handler
 
     @staticmethod
@@ -255,22 +305,27 @@ class AppEvents:
         return message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer)
 
     def undo(self, state, token, request: gr.Request, profile: gr.OAuthProfile | None):
+        """Withdraw your latest review of the case on screen. What cannot be undone is said in the
+        status line, and the form keeps what it shows (no error marks on its fields)."""
         state, _, reviewer = self.act(state, request, profile, "Undo")
+        unchanged = (gr.skip(),) * (2 + len(TASKS) + 3)  # header, table, verdict, corrections, confidence, note
         if not state.get("event_id") or token != state["event_id"]:
-            raise gr.Error("The case changed before this undo reached the server; nothing was undone. "
-                           "Check the case on screen and undo again.")
-        message, standing = review.undo_last_save(state, self.log, reviewer)
+            return ("The case changed before this undo reached the server; nothing was undone. Check the case on "
+                    "screen and undo again.", *unchanged)
+        message, standing, undone = review.undo_last_save(state, self.log, reviewer)
+        if not undone:
+            return (message, *unchanged)
         return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),
                 *review.form_values(standing))
 
     def agreement(self, request: gr.Request, profile: gr.OAuthProfile | None):
         _, _, reviewer = self.act({}, request, profile, "Seeing reviewers' agreement")
         from ..agreement import agreement_report, kappa_table
-        from ..corrections import read_corrections
+        from ..corrections import log_files, read_corrections
 
-        if not self.log.path.is_file():
+        if not log_files(self.log.folder):
             raise gr.Error("No reviews are saved yet.")
-        rows, _ = read_corrections(self.log.path)
+        rows, _ = read_corrections(self.log.folder)
         admin = reviewer in self.reviewers.admins
         table = kappa_table(agreement_report(rows, intervals=False), only=None if admin else reviewer)
         if not table:
@@ -283,6 +338,15 @@ class AppEvents:
         if rule not in ("latest", "majority"):
             raise gr.Error("Choose 'latest' or 'majority'.")
         return review.export_labels(self.log, rule)
+
+    def backup_status(self, request: gr.Request, profile: gr.OAuthProfile | None):
+        """When the review log was last backed up (for reviewers: it says where it goes)."""
+        if not self.reviewers.of(request, profile):
+            return ""
+        if self.backup is None:
+            return ("No backup of the review log is configured (--backup): it lives on this server's disk only, "
+                    "which a Space loses at every restart (see docs/security.md).")
+        return self.backup.status.sentence()
 
     def who_is_signed_in(self, request: gr.Request, profile: gr.OAuthProfile | None):
         reviewer = self.reviewers.of(request, profile)

@@ -1,15 +1,65 @@
 (() => {
   const TASKS = __TASKS__;
+  const CHOICES = __CHOICES__;  // per task, the labels of its form choices in order: the digit keys' targets
   const HELP = __SHORTCUTS__;
-  let cursor = -1;
+  const NAVIGATION = '#next-case, #prev-case, #next-unreviewed, #own-images, #open-queue, #order-queue, ' +
+    '#queue-table tbody td';
+  let cursor = 0;  // each case starts on DIAG
+  let readyToken = null;
+  let loadingTimer = null;
+
   const outline = () => TASKS.forEach((t, i) => {
     const el = document.querySelector(`#correct-${t}`);
     if (el) el.classList.toggle('task-cursor', i === cursor);
   });
+
+  // -- a move to another case: the form is not the new case's until the server says so --------
+  const loading = () => document.body.classList.contains('case-loading');
+  const startLoading = () => {
+    document.body.classList.add('case-loading');
+    clearTimeout(loadingTimer);
+    loadingTimer = setTimeout(stopLoading, 60000);  // never stuck, whatever happened to the move
+  };
+  const stopLoading = () => { clearTimeout(loadingTimer); document.body.classList.remove('case-loading'); };
+  const checkReady = () => {
+    const marker = document.querySelector('#form-state .form-ready');
+    const token = marker && marker.dataset.token;
+    if (token && token !== readyToken) {  // the form now shows the case this token names
+      readyToken = token;
+      cursor = 0;
+      stopLoading();
+    }
+    outline();
+    const toast = document.querySelector('[data-testid="toast-body"].error');
+    if (toast && loading() && !toast.dataset.seen) { toast.dataset.seen = '1'; stopLoading(); }  // the move failed
+    labelOptions();
+  };
+  new MutationObserver(checkReady).observe(document.documentElement, {childList: true, subtree: true});
+  document.addEventListener('click', (event) => {
+    const target = event.target instanceof Element ? event.target : null;
+    if (!target) return;
+    if (loading() && target.closest('#save-review, #undo-save, #review-form')) {
+      event.preventDefault(); event.stopImmediatePropagation(); return;  // not the new case's form yet
+    }
+    if (target.closest(NAVIGATION)) startLoading();
+  }, true);
+
+  // -- the digit keys, shown next to the choices they pick ------------------------------------
+  const labelOptions = () => TASKS.forEach((t, i) => {
+    document.querySelectorAll(`#correct-${t} [role="option"]`).forEach((option) => {
+      const text = option.textContent.replace('✓', '').trim();
+      const key = CHOICES[i].indexOf(text);
+      if (key >= 0 && key <= 9) { if (option.dataset.key !== String(key)) option.dataset.key = String(key); }
+      else if (option.dataset.key) delete option.dataset.key;
+    });
+  });
   const press = (el) => ['mousedown', 'mouseup', 'click'].forEach(
     (type) => el.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true})));
+  const markCorrect = () => {
+    const correct = document.querySelector('#verdict input[value="correct"]');
+    if (correct && !correct.checked) correct.click();
+  };
   const pick = (n) => {
-    if (cursor < 0) return;
     const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
     if (!input) return;
     input.focus(); press(input);
@@ -17,16 +67,34 @@
     let tries = 0;
     const choose = () => {
       const list = document.getElementById(input.getAttribute('aria-controls') || '');
-      const options = list ? list.querySelectorAll('[role="option"]') : [];
+      const options = list ? Array.from(list.querySelectorAll('[role="option"]')) : [];
       if (!options.length && ++tries < 50) { setTimeout(choose, 40); return; }
-      if (options[n]) {
-        press(options[n]);
-        if (n > 0) { const correct = document.querySelector('#verdict input[value="correct"]'); if (correct && !correct.checked) correct.click(); }
-      }
+      const wanted = CHOICES[cursor][n];
+      const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
+      if (option) { press(option); if (n > 0) markCorrect(); }
       input.blur();
     };
     setTimeout(choose, 40);
   };
+  // f: type to filter the outlined task's values (DIAG has 24), arrows and Enter to pick one
+  let filtering = null;
+  const filter = () => {
+    const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
+    if (!input) return;
+    filtering = input;
+    input.focus(); press(input);
+    input.value = '';  // what is typed next filters the list (the dropdown listens to its input events)
+    input.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  const endFilter = (picked) => {
+    const input = filtering;
+    filtering = null;
+    setTimeout(() => {  // after the dropdown took the key
+      if (picked && input.value && input.value !== 'no change') markCorrect();
+      input.blur();
+    }, 60);
+  };
+
   const toggleHelp = () => {
     let panel = document.querySelector('#shortcut-help');
     if (panel) { panel.remove(); return; }
@@ -39,9 +107,24 @@
   };
   document.addEventListener('keydown', (event) => {
     const target = event.target;
+    if (filtering && target === filtering) {
+      if (event.key === 'Enter') endFilter(true);
+      else if (event.key === 'Escape' || event.key === 'Tab') endFilter(false);
+      return;
+    }
     const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
+    if (event.key === '?' && !typing) { toggleHelp(); event.preventDefault(); return; }
+    if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
+    if (loading()) {  // a move is under way: nothing acts on the form until the new case is in it
+      if (event.key === 'Enter' || (!typing && !event.ctrlKey && !event.metaKey && !event.altKey)) event.preventDefault();
+      return;
+    }
     const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); event.preventDefault(); } };
-    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { click('#save-review'); return; }
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      click('#save-review');
+      if (typing) target.blur();  // the keys after a save are the review keys again, not text
+      return;
+    }
     if (typing || event.altKey || event.ctrlKey || event.metaKey) return;
     const verdicts = {a: 'agree', c: 'correct', u: 'unsure', s: 'skip'};
     if (verdicts[event.key]) click(`#verdict input[value="${verdicts[event.key]}"]`);
@@ -53,8 +136,7 @@
       cursor = event.key === 't' ? (cursor + 1) % TASKS.length : (cursor - 1 + TASKS.length) % TASKS.length;
       outline(); event.preventDefault();
     } else if (/^[0-9]$/.test(event.key)) { pick(Number(event.key)); event.preventDefault(); }
-    else if (event.key === '?') { toggleHelp(); event.preventDefault(); }
-    else if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
+    else if (event.key === 'f') { filter(); event.preventDefault(); }
   });
 
   // zoom (Ctrl + wheel, or a trackpad pinch, which browsers send as one) and pan (drag) on the

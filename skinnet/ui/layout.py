@@ -3,11 +3,13 @@ method. Two public endpoints (``/predict``, ``/explain``); every other event is 
 the page but still reachable by raw HTTP, hence the checks in ``events``."""
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 
 import gradio as gr
 
-from ..corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog, fine_choices
+from ..backup import backup_for
+from ..corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog
 from ..labels import TASK_BY_NAME, TASKS
 from ..model import HEADS
 from ..predict import Predictor
@@ -15,7 +17,9 @@ from . import access, review, uploads
 from .events import CLEARED_OUTPUTS, AppEvents
 from .examples import Example, read_examples
 from .handlers import AUTO_HEAD, PREDICTED, class_choices
+from .keys import form_choices
 from .settings import PREDICT_CONCURRENCY, AppSettings
+from . import views
 from .views import DISCLAIMER, DEMO_FORM_NOTE, DEMO_QUEUE_NOTE, model_markdown, review_help, task_label
 
 
@@ -36,6 +40,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         # batch of flipped pairs costs more per pair than one pair (benchmarks/latency.py)
         predictor.batch_concurrent_calls(PREDICT_CONCURRENCY)
     log = CorrectionsLog(settings.log_dir)
+    try:
+        backup = backup_for(settings.backup, log)
+    except ValueError as err:
+        raise SystemExit(f"skinnet: {err}") from None
     reviewers = access.Reviewers(password_logins=bool(settings.users), hf_accounts=settings.hf_reviewers,
                                  admins=settings.admins)
     saving = reviewers.configured
@@ -44,7 +52,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
 
     with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
         images_in = uploads.SessionImages(store, lambda: app.upload_file_set)
-        events = AppEvents(predictor, settings, log, reviewers, store, images_in, examples)
+        events = AppEvents(predictor, settings, log, reviewers, store, images_in, examples, backup)
         state = gr.State(review.new_state())
         with gr.Row():
             gr.Markdown("### skinnet · multi-modal skin lesion review")
@@ -105,7 +113,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                     with gr.Row():
                                         for t in pair_of_tasks:
                                             corrections.append(gr.Dropdown(
-                                                [NO_CHANGE, *t.classes, *fine_choices(t)], value=NO_CHANGE,
+                                                form_choices(t), value=NO_CHANGE,
                                                 label=task_label(t), elem_id=f"correct-{t.name}", min_width=160))
                             with gr.Row():
                                 confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)",
@@ -119,6 +127,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                  elem_id="save-review", scale=2)
                                 undo = gr.Button("Undo last save", interactive=saving, elem_id="undo-save", scale=1)
                             save_status = gr.Markdown(elem_id="save-status")
+                            # which case the form shows (keys.js: the review keys wait for it after a move)
+                            form_state = gr.HTML(views.form_ready(""), elem_id="form-state", padding=False)
                             gr.Markdown(review_help(reviewers), elem_classes=["form-help"])
                 with gr.Row():
                     diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
@@ -140,7 +150,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                     attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
                                            format="png", columns=4, object_fit="contain", height="auto",
                                            elem_id="attention")
-            with gr.Tab("Queue", id="queue"):
+            with gr.Tab("Queue", id="queue") as queue_tab:
                 if demo:
                     gr.Markdown(DEMO_QUEUE_NOTE, elem_id="queue-demo-note")
                 queue_box = (gr.Accordion("Queue controls (reviewers only)", open=False) if demo
@@ -162,10 +172,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                        label="Predicted diagnosis (after 'Least sure first')",
                                                        elem_id="filter-predicted", scale=1)
                     reveal = gr.Checkbox(False, label="Teaching: show me a Derm7pt case's reference labels (all 8 tasks) "
-                                         "after I save my review of it (my later changes to that case are then "
-                                         "refused)",
+                                         "after I save my review of it (my later changes to that case, or to its "
+                                         "images under another id, are then refused)",
                                          elem_id="reveal-reference")
                     queue_status = gr.Markdown(elem_id="queue-status")
+                    backup_status = gr.Markdown(elem_id="backup-status", elem_classes=["form-help"])
                     queue_view = gr.Dataframe(headers=review.QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
                     with gr.Row():
                         export_rule = gr.Radio(["latest", "majority"], value="latest", scale=2,
@@ -179,7 +190,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                     "Derm7pt reference labels); admins also see each pair of reviewers. Over the "
                                     "cases both labelled (latest labelled review each; 1 = perfect, 0 = chance). "
                                     "Intervals, Fleiss' kappa and confusion matrices: "
-                                    "`python -m skinnet.agreement corrections.csv --out DIR`.")
+                                    "`python -m skinnet.agreement corrections/ --out DIR`.")
                         agreement_button = gr.Button("Show agreement", size="sm", interactive=saving,
                                                      elem_id="agreement")
                         agreement_view = gr.Dataframe(interactive=False, elem_id="agreement-table")
@@ -192,19 +203,37 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         explain_outputs = [cam_clinical, cam_dermoscopy, attention]
         predicted = [summary, diagnosis, criteria]
         form = [verdict, *corrections, confidence, note, save_status]
+        form_inputs = [state, verdict, *corrections, confidence, note]
         private = {"api_visibility": "private", "preprocess": False}
         # the case token comes last in every output list that opens a case (API callers read data[-1])
-        uploaded = [state, header, *form, case_token]
+        uploaded = [state, header, *form, form_state, case_token]
         cleared = [show_anyway, *predicted, *explain_outputs, anyway_button, swap_button]
+        # a queue case opens in one step (images, the model's answer, the form, the token); its maps follow
+        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, *predicted, anyway_button,
+                        swap_button, form_state, case_token]
 
-        def after_predict(event):  # each step only after the one before succeeded
+        def after_predict(event):  # each step only after the one before succeeded; the form before the maps
             return (event.success(events.guard_buttons, [*images, show_anyway], [anyway_button, swap_button],
                                   **private)
-                    .success(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs, **private)
-                    .success(events.form_labels, [*images, show_anyway], corrections, **private))
+                    .success(events.form_labels, [*images, show_anyway], corrections, **private)
+                    .success(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs,
+                             **private))
 
         def analyse_chain(event):
             return after_predict(event.success(events.predict, [*images, show_anyway], predicted, **private))
+
+        def with_maps(shown):  # after the case is on screen
+            return shown.success(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs,
+                                 **private)
+
+        def open_case(event):
+            return with_maps(event.success(events.show_case, state, case_outputs, **private))
+
+        def leaving(trigger, *then):  # unsaved changes stay with the case as its draft, then the move
+            event = trigger(events.keep_draft, form_inputs, state, **private)
+            for fn, inputs, outputs in then:
+                event = event.success(fn, inputs, outputs, **private)
+            return event
 
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
             component.upload(events.on_upload(name), [state, component], [component, *cleared], **private).success(
@@ -220,29 +249,28 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                  **private)
                           .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
         explain_button.click(events.explain, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
-        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, case_token]
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
-            analyse_chain(button.click(events.step(direction), state, state, **private)
-                          .success(events.show_case, state, case_outputs, **private))
+            with_maps(button.click(events.go(direction), form_inputs, case_outputs, **private))
         filters = [split_filter, status_filter, predicted_filter]
-        analyse_chain(open_button.click(events.open_queue, [state, queue_file],
-                                        [state, queue_view, queue_status, *filters], **private)
-                      .success(events.step("next"), state, state, **private)
-                      .success(events.show_case, state, case_outputs, **private))
-        analyse_chain(order_button.click(events.order_queue, state, [state, queue_view, queue_status, *filters],
-                                         **private)
-                      .success(events.show_case, state, case_outputs, **private))
+        open_case(open_button.click(events.open_queue, [state, queue_file],
+                                    [state, queue_view, queue_status, *filters], **private)
+                  .success(events.step("next"), state, state, **private))
+        open_case(order_button.click(events.order_queue, state, [state, queue_view, queue_status, *filters],
+                                     **private))
         for filter_ in filters:  # a user's pick (not the values a queue opening sets)
             filter_.input(events.filter_queue, [state, *filters], [state, queue_view, queue_status, header],
                           **private)
         # a reload finds the reviewer's queue where they left it (the marker changes only then)
         restored = gr.Textbox(visible=False, elem_id="restored-marker")
         app.load(events.restore_queue, state, [state, queue_view, queue_status, *filters, restored], **private)
-        analyse_chain(restored.change(events.show_case, state, case_outputs, **private))
-        analyse_chain(queue_view.select(events.open_queue_row, state, state, **private)
-                      .success(events.show_case, state, case_outputs, **private)
-                      .success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private"))
-        own_button.click(events.own_images, state, case_outputs, **private).success(
+        with_maps(restored.change(events.show_case, state, case_outputs, **private))
+        # the form is on the other tab: leaving it for the queue keeps its unsaved changes as a draft
+        queue_tab.select(events.keep_draft, form_inputs, state, **private)
+        row_opened = queue_view.select(events.open_queue_row, state, state, **private).success(
+            events.show_case, state, case_outputs, **private)
+        row_opened.success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private")
+        with_maps(row_opened)
+        leaving(own_button.click, (events.own_images, state, case_outputs)).success(
             lambda: CLEARED_OUTPUTS, None, cleared, api_visibility="private")
         export_button.click(events.export_labels, export_rule, export_file, **private)
         agreement_button.click(events.agreement, None, agreement_view, **private)
@@ -254,6 +282,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,
                          api_visibility="private", queue=False)
         app.load(events.refresh_queues, None, queue_file, **private)
+        app.load(events.backup_status, None, backup_status, **private)
+        queue_tab.select(events.backup_status, None, backup_status, **private)
         app.load(events.who_is_signed_in, None, signed_in, **private)
     app.skinnet_sweeper = uploads.start_sweeper(images_in)
+    app.skinnet_backup = backup
+    if backup is not None:
+        backup.start()
+        atexit.register(backup.stop)  # the last push, when the process exits (app.py turns SIGTERM into an exit)
     return app

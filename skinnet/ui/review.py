@@ -6,11 +6,9 @@ once) and when it was opened (time spent is measured, never typed).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -20,13 +18,15 @@ import gradio as gr
 import pandas as pd
 from PIL.Image import Image
 
-from ..corrections import (CHANGED, CONFIRMED, LABELLED_VERDICTS, NO_CHANGE, RETRACT, VERDICTS, CorrectionsError,
-                          CorrectionsLog, Review, export_meta_csv, new_event_id, read_corrections, task_labels)
+from ..corrections import (CHANGED, CONFIRMED, LABELLED_VERDICTS, MAX_NOTE, NO_CHANGE, RETRACT, VERDICTS,
+                          CorrectionsError, CorrectionsLog, Review, export_meta_csv, is_answer, log_files,
+                          new_event_id, read_corrections, task_labels)
 from ..data import DatasetError
 from ..imaging import ImageError, load_rgb, pixel_sha256
 from ..labels import TASKS
 from ..predict import Predictor
 from ..review_queue import list_queues, open_queue, uncertainty
+from .prepare import case_images
 
 QUEUE_COLUMNS = ["#", "case", "source", "your review", "uncertainty"]
 
@@ -35,7 +35,7 @@ def new_state() -> dict:
     """``all``: the queue file's cases (in the chosen order); ``queue``: those the filters keep,
     the ones the reviewer walks through."""
     return {"all": [], "queue": [], "index": None, "case": None, "event_id": None, "opened_at": None,
-            "uncertainty": {}, "predicted": {}, "filters": dict(NO_FILTERS), "queue_file": None}
+            "uncertainty": {}, "predicted": {}, "filters": dict(NO_FILTERS), "queue_file": None, "drafts": {}}
 
 
 NO_FILTERS = {"split": "all", "status": "all", "predicted": "any"}
@@ -95,6 +95,8 @@ def case_header(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
         parts.append(f"{state['index'] + 1} of {len(state['queue'])}, {reviewed} reviewed by you")
     status = done.get(case["case_id"])
     parts.append(f"your review: **{status}**" if status else "not reviewed by you yet")
+    if case["case_id"] in (state.get("drafts") or {}):
+        parts.append("unsaved draft")
     return " · ".join(parts)
 
 
@@ -134,7 +136,7 @@ def remember(state: dict, folder: Path, reviewer: str | None) -> None:
     record = {"queue_file": state["queue_file"], "queue_sha256": state.get("queue_sha256"),
               "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
               "case_id": case.get("case_id") if case.get("source") != "upload" else None,
-              "uncertainty": state["uncertainty"], "predicted": state["predicted"]}
+              "uncertainty": state["uncertainty"], "predicted": state["predicted"], "drafts": state.get("drafts", {})}
     path = _session_file(folder, reviewer)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
@@ -161,6 +163,7 @@ def restore(state: dict, folder: Path, root: Path | None, log: CorrectionsLog, r
     opened["all"] = sorted(opened["all"], key=lambda c: rank.get(c["case_id"], len(rank)))
     opened["uncertainty"] = {k: float(v) for k, v in record.get("uncertainty", {}).items()}
     opened["predicted"] = {k: str(v) for k, v in record.get("predicted", {}).items()}
+    opened["drafts"] = {k: list(v) for k, v in record.get("drafts", {}).items() if clean_form(v) is not None}
     at = next((c for c in opened["all"] if c["case_id"] == record.get("case_id")), None)
     if at is not None:
         opened = _open_case(opened, dict(at))
@@ -240,26 +243,39 @@ def open_case_id(state: dict, case_id) -> dict:
     return _open_case({**state, "index": index}, dict(state["queue"][index]))
 
 
-def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> dict:
-    """Open the previous, next, or next case this reviewer has not reviewed."""
-    queue = state["queue"]
-    if not queue:
-        raise gr.Error("Open a queue first.")
-    index = state["index"]
+def step_target(state: dict, step: str, done: dict[str, str]) -> int | None:
+    """Where ``step`` (prev, next, next unreviewed) leads from the open case: an index of the queue
+    view, or None when every case has this reviewer's review (``done``)."""
+    queue, index = state["queue"], state["index"]
     if step == "prev":
-        target = 0 if index is None else max(index - 1, 0)
-    elif step == "next":
-        target = 0 if index is None else min(index + 1, len(queue) - 1)
-    elif step == "next unreviewed":
-        done = log.reviewed_cases(reviewer) if reviewer else {}
+        return 0 if index is None else max(index - 1, 0)
+    if step == "next":
+        return 0 if index is None else min(index + 1, len(queue) - 1)
+    if step == "next unreviewed":
         start = -1 if index is None else index
         order = list(range(start + 1, len(queue))) + list(range(0, start + 1))
-        target = next((i for i in order if queue[i]["case_id"] not in done), None)
-        if target is None:
-            raise gr.Error("Every case of this queue has your review.")
-    else:
-        raise ValueError(step)
-    return _open_case({**state, "index": target}, dict(queue[target]))
+        return next((i for i in order if queue[i]["case_id"] not in done), None)
+    raise ValueError(step)
+
+
+def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> dict:
+    """Open the previous, next, or next case this reviewer has not reviewed."""
+    if not state["queue"]:
+        raise gr.Error("Open a queue first.")
+    target = step_target(state, step, log.reviewed_cases(reviewer) if reviewer else {})
+    if target is None:
+        raise gr.Error("Every case of this queue has your review.")
+    return _open_case({**state, "index": target}, dict(state["queue"][target]))
+
+
+def cases_ahead(state: dict, log: CorrectionsLog, reviewer: str | None) -> list[dict]:
+    """The cases that ``n`` and the right arrow open from here (usually one): worth preparing now."""
+    if not state["queue"] or state.get("index") is None:
+        return []
+    done = log.reviewed_cases(reviewer) if reviewer else {}
+    done = {**done, state["case"]["case_id"]: "(this one)"}  # saving it is what the reviewer is doing
+    targets = [step_target(state, step, done) for step in ("next unreviewed", "next")]
+    return [state["queue"][i] for i in dict.fromkeys(t for t in targets if t is not None and t != state["index"])]
 
 
 def start_upload_case(state: dict, clinical: str | None, dermoscopy: str | None) -> dict:
@@ -290,6 +306,64 @@ def form_values(row: dict | None) -> tuple:
         corrected.append((row.get(task.column) or row[task.name]) if reviewed else NO_CHANGE)
     confidence = int(row["confidence"]) if row.get("confidence") else None
     return (row["verdict"], *corrected, confidence, row.get("note", ""))
+
+
+MAX_DRAFTS = 200
+"""Drafts kept per reviewer (the oldest go first)."""
+
+
+def clean_form(values) -> tuple | None:
+    """The review form's values as sent by a browser (verdict, the 8 corrections, confidence,
+    note), or None when they are not values the form can hold (a raw call)."""
+    if not isinstance(values, (list, tuple)) or len(values) != len(TASKS) + 3:
+        return None
+    verdict, *corrected, confidence, note = values
+    if verdict not in (None, *VERDICTS) or confidence not in (None, 1, 2, 3, 4, 5) or isinstance(confidence, bool):
+        return None
+    if not isinstance(note, (str, type(None))) or len(note or "") > MAX_NOTE:
+        return None
+    if any(not isinstance(v, str) or (v != NO_CHANGE and not is_answer(t, v)) for t, v in zip(TASKS, corrected)):
+        return None
+    return (verdict, *corrected, confidence, note or "")
+
+
+def keep_draft(state: dict, values, log: CorrectionsLog, reviewer: str | None) -> dict:
+    """Before the reviewer leaves the open case: the form's values become the case's draft when
+    they differ from what is saved (the latest review, or the blank form), and any draft of it
+    goes when they do not. ``left_draft`` names the case left with a draft, for the next message."""
+    case = state.get("case") or {}
+    if not reviewer or not case.get("case_id"):
+        return {**state, "left_draft": None}
+    values = clean_form(values)
+    drafts = dict(state.get("drafts") or {})
+    unsaved = values is not None and values != form_values(log.latest_review(reviewer, case["case_id"]))
+    drafts.pop(case["case_id"], None)
+    if unsaved:
+        drafts[case["case_id"]] = list(values)
+        while len(drafts) > MAX_DRAFTS:
+            drafts.pop(next(iter(drafts)))
+    return {**state, "drafts": drafts, "left_draft": case["case_id"] if unsaved else None}
+
+
+def form_for_case(state: dict, saved: dict | None) -> tuple[tuple, str]:
+    """(the form's values, the status line) for the case just opened: its draft if the reviewer
+    left unsaved changes in it (and saved nothing newer), else the saved review or a blank form;
+    the line also says where the draft of the case just left is."""
+    case_id = (state.get("case") or {}).get("case_id")
+    draft = (state.get("drafts") or {}).get(case_id)
+    draft = clean_form(draft) if draft is not None else None
+    lines = []
+    left = state.get("left_draft")
+    if left and left != case_id:
+        lines.append(f"Your unsaved changes to case {left} are kept as a draft: open it again to finish.")
+    if draft is not None and draft != form_values(saved):
+        lines.append("✎ Draft: your unsaved changes to this case from before, not saved yet: press Save (Enter) "
+                     "to keep them.")
+        return draft, " ".join(lines)
+    if saved:
+        lines.append(f"Showing your saved review ({saved['verdict']}, {saved['logged_at'][:16].replace('T', ' ')} "
+                     "UTC): change it and save to replace it.")
+    return form_values(saved), " ".join(lines)
 
 
 def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
@@ -331,23 +405,12 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
         model_version=predictor.version, checkpoint_sha256=predictor.checkpoint_sha256,
         seconds_spent=time.time() - (state.get("opened_at") or time.time()),
         confidence=confidence if confidence not in (None, "") else None, note=note or "")
-    try:
-        review.validate()
-        previous = log.latest_review(reviewer, review.case_id)
-        if previous is not None and log.same_content(review, previous):
-            return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
-        other_sources = log.case_sources(review.case_id) - {review.source}
-        if other_sources:
-            raise gr.Error(f"Case id {review.case_id} is already in the review log as a case of a "
-                           f"{', '.join(sorted(other_sources))} queue: one id must name one case, so this review "
-                           "is not saved. Give this queue's cases ids of their own (for example with a prefix).")
-        if review.case_id in revealed_cases(log.folder, reviewer):
-            raise gr.Error(f"You have seen the Derm7pt reference labels of case {review.case_id}: a new review of it "
-                           "would no longer be your own reading, so it is not saved.")
-        # the log's size enters the id: after an undo the same answer is a new save, not a repeat
-        review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
-                                           len(log.event_ids()), verdict, review.corrected, review.confidence,
-                                           review.note)
+    previous = log.latest_review(reviewer, review.case_id)
+    # the log's size enters the id: after an undo the same answer is a new save, not a repeat
+    review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
+                                       len(log.event_ids()), verdict, review.corrected, review.confidence,
+                                       review.note)
+    try:  # the log checks its rules (one case per id, the teaching lock) against every writer, under its lock
         logged = log.append(review, clinical, dermoscopy)
     except CorrectionsError as err:
         raise gr.Error(str(err)) from None
@@ -357,33 +420,32 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
     return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s){replaced}."
 
 
-def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tuple[str, dict | None]:
+def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tuple[str, dict | None, bool]:
     """Withdraw your latest review of the open case with an appended retraction row (the log
-    stays append-only; readers drop both). Returns (message, the review that now stands)."""
+    stays append-only; readers drop both). Returns (message, the review that now stands, whether
+    anything was undone): an undo with nothing to withdraw is a message, not an error, so the form
+    keeps what it shows."""
     if reviewer is None:
         raise gr.Error("Undo needs a signed-in reviewer.")
     case = state.get("case")
     if case is None:
-        raise gr.Error("No case is open.")
+        return "Nothing to undo: no case is open.", None, False
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
-        raise gr.Error(f"Nothing to undo: you have no saved review of case {case['case_id']}.")
-    if case["case_id"] in revealed_cases(log.folder, reviewer):
-        raise gr.Error(f"You have seen the Derm7pt reference labels of case {case['case_id']}: your review of it "
-                       "stays as it was saved before the reveal.")
+        return f"Nothing to undo: you have no saved review of case {case['case_id']}.", None, False
     predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
     retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
                         case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
                         corrected={}, model_version=latest["model_version"],
                         checkpoint_sha256=latest["checkpoint_sha256"], note=latest["event_id"])
-    try:
+    try:  # the log refuses it after a teaching reveal
         log.append(retraction, images={"clinic": (latest["clinic"], latest["clinic_sha256"]),
                                        "derm": (latest["derm"], latest["derm_sha256"])})
     except CorrectionsError as err:
-        raise gr.Error(str(err)) from None
+        return f"Not undone: {err}", None, False
     standing = log.latest_review(reviewer, case["case_id"])
     back = f"your earlier review ({standing['verdict']}) stands again" if standing else "the case is unreviewed by you"
-    return f"Undone: your {latest['verdict']} review of case {case['case_id']} is withdrawn; {back}.", standing
+    return f"Undone: your {latest['verdict']} review of case {case['case_id']} is withdrawn; {back}.", standing, True
 
 
 EXPORT_TTL_S = 600.0
@@ -404,9 +466,9 @@ def _export_folder() -> Path:
 
 def export_labels(log: CorrectionsLog, rule: str) -> str:
     """The current labels of every reviewed case as a Derm7pt-style meta.csv (a temporary file)."""
-    if not log.path.is_file():
+    if not log_files(log.folder):
         raise gr.Error("No review has been saved yet.")
-    rows, problems = read_corrections(log.path)
+    rows, problems = read_corrections(log.folder)
     target = _export_folder() / f"labels_{rule}_{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}.csv"
     export_meta_csv(rows, target, rule)
     if problems:
@@ -416,34 +478,16 @@ def export_labels(log: CorrectionsLog, rule: str) -> str:
 
 def load_case_images(state: dict) -> tuple:
     """The open case's images as clean RGB images (None where the case has none)."""
-    case = state.get("case") or {}
     try:
-        return tuple(load_rgb(case[k], k) if case.get(k) else None for k in ("clinical", "dermoscopy"))
+        return case_images(state.get("case") or {})
     except ImageError as err:
         raise gr.Error(str(err)) from None
 
-
-
-REVEALED_FILE = "reference_revealed.csv"
-"""Who saw the reference labels of which case, when: rows ``reviewer, source, case id, time``
-(first version: ``reviewer, case id, time``), append-only, in the log folder. A case id names
-one case in the whole log (:func:`save_review` refuses a second source for an id)."""
-_revealed_lock = threading.Lock()
-
-
-def revealed_cases(folder: Path, reviewer: str | None) -> set[str]:
-    """The case ids whose reference labels this reviewer has seen."""
-    path = Path(folder) / REVEALED_FILE
-    if not reviewer or not path.is_file():
-        return set()
-    with _revealed_lock, path.open(newline="") as f:
-        return {row[-2] for row in csv.reader(f) if len(row) in (3, 4) and row[0] == reviewer}
-
-
 def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
     """For teaching: the open Derm7pt case's reference labels next to the reviewer's own, once
-    the reviewer has saved a labelled review of it (never before). The reveal is recorded, and
-    the reviewer's later changes to the case are refused (:func:`save_review`)."""
+    the reviewer has saved a labelled review of it (never before). The reveal is recorded in the
+    log first, and the log then refuses the reviewer's later changes to the case and to its images
+    under any case id."""
     case = state.get("case") or {}
     reference = case.get("reference") or ()
     if not reviewer or case.get("source") != "derm7pt" or len(reference) != len(TASKS):
@@ -451,8 +495,10 @@ def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> 
     saved = log.latest_review(reviewer, case["case_id"])
     if saved is None or saved["source"] != "derm7pt" or saved["verdict"] not in LABELLED_VERDICTS:
         return "(The reference labels are shown after you save an 'agree' or 'correct' review of the case.)"
-    with _revealed_lock, (Path(log.folder) / REVEALED_FILE).open("a", newline="") as f:
-        csv.writer(f).writerow([reviewer, "derm7pt", case["case_id"], time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+    try:
+        log.record_reveal(reviewer, case["case_id"], saved)
+    except CorrectionsError as err:  # not recorded: not shown either
+        return f"(The reference labels are not shown: {err})"
     yours = task_labels(saved)
     lines = ["**Derm7pt reference labels** of all 8 tasks (teaching; your later changes to this case and an "
              "undo are refused)", "",

@@ -35,6 +35,9 @@ class AppSettings:
     examples: Path | None = None
     """A folder of example pairs the app's owner provides (``NAME_clinical.png``,
     ``NAME_dermoscopy.png``), shown to every visitor (None: no examples)."""
+    backup: str | None = None
+    """Where the review log is backed up (:func:`skinnet.backup.backup_for`: a private dataset
+    ``owner/name``, or ``file:PATH``); None: no backup."""
 
     @property
     def public_demo(self) -> bool:

@@ -2,6 +2,9 @@
 and the review form's labels, as Markdown text and DataFrames (no Gradio here)."""
 from __future__ import annotations
 
+import html
+import uuid
+
 import pandas as pd
 
 from ..guards import Checks
@@ -177,6 +180,12 @@ def model_markdown(predictor: Predictor) -> str:
                      f"({data.get('n_train_cases', '?')} cases, {data.get('n_corrections', 0)} corrections)")
     lines.append("- Derm7pt is for research use only; so are these weights.")
     return "\n".join(lines)
+
+
+def form_ready(token: str) -> str:
+    """The marker the page's script watches: the form now shows the case this token names (an
+    empty token: no case). Until it changes after a move, the review keys and Save do nothing."""
+    return f'<span class="form-ready" data-token="{html.escape(token or "none-" + uuid.uuid4().hex[:8])}"></span>'
 
 
 def task_label(task, predicted: str | None = None, hidden: bool = False) -> str:
