@@ -30,8 +30,9 @@ import signal
 import sys
 from pathlib import Path
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "skinnet_lite2.safetensors"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,6 +25,8 @@ from .calibration import TEMPERATURE_RANGE, from_temperature
 from .labels import TASK_BY_NAME, schema
 from .model import HEADS, ModelConfig, SingleSharedNet, count_parameters
 
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "skinnet_lite2.safetensors"
+"""The shipped model: what the app, the benchmarks and the tests load unless told otherwise."""
 CARD_FORMAT = 3  # 3: an inference section; 2: per-task temperature and class bias (1: one temperature per head)
 
 
