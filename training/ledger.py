@@ -418,7 +418,7 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
     folds' own minutes on this kind of machine, scaled by each entry's ``cost``)."""
     entries = experiments(root)
     measured = [(fold_minutes(e, k), e.cost) for e in entries for k in e.planned_folds() if e.done(k)]
-    per_unit = [m / c for m, c in measured if m]
+    per_unit = [m / c for m, c in measured if m is not None]
     unit = fold_minutes_estimate or (sorted(per_unit)[len(per_unit) // 2] if per_unit else None)
     lines, hours = [], 0.0
     for e in entries:
@@ -426,9 +426,9 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
         pending = e.pending()
         state = "complete" if e.complete() else ("done" if not pending else f"pending folds {pending}")
         lines.append(f"{e.name:28s} {len(done)}/{len(e.planned_folds())} folds  {state}")
-        if unit:
+        if unit is not None:
             hours += len(pending) * unit * e.cost / 60
-    if unit:
+    if unit is not None:
         lines.append(f"pending: {sum(len(e.pending()) for e in entries)} folds, about {hours:.1f} CPU hours "
                      f"({unit:.0f} min per shipped-recipe fold, the median of the finished ones)")
     else:
