@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,18 @@ class Result:
     raw: dict
 
 
+def fns(config: dict, name: str) -> list[int]:
+    """fn_index of every event whose function is ``name`` (Gradio numbers repeats name_1, name_2)."""
+    return [i for i, d in enumerate(config["dependencies"]) if re.fullmatch(rf"{name}(_\d+)?", d["api_name"] or "")]
+
+
 class RawClient:
-    def __init__(self, base: str, username: str | None = None, password: str | None = None):
+    def __init__(self, base: str, username: str | None = None, password: str | None = None,
+                 cookies: dict[str, str] | None = None):
         self.base = base.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, timeout=120)
+        # cookies are sent as a header: a browser's Secure cookie goes over plain http here too
+        headers = {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else None
+        self.http = httpx.Client(base_url=self.base, timeout=120, headers=headers)
         if username is not None:
             response = self.http.post("/login", data={"username": username, "password": password})
             assert response.status_code == 200, response.text
