@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .calibration import TEMPERATURE_RANGE, from_temperature
+from .files import write_atomically
 from .labels import TASK_BY_NAME, schema
 from .model import HEADS, ModelConfig, SingleSharedNet, count_parameters
 
@@ -94,19 +93,6 @@ class ModelCard:
 
 def card_path(weights_path: Path) -> Path:
     return weights_path.with_suffix(".json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 CONTRACT_KEY = "skinnet_inference"
@@ -244,8 +230,9 @@ def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
         state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in model.state_dict().items()}
     metadata = {"format": "pt", CONTRACT_KEY: json.dumps(inference_contract(card), sort_keys=True)}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
-    _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
+    # 0644: a checkpoint is meant to be shared
+    write_atomically(weights, lambda tmp: save_file(state, tmp, metadata=metadata), mode=0o644)
+    write_atomically(card_path(weights), card.to_json(), mode=0o644)
     return weights
 
 

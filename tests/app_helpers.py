@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -111,6 +112,21 @@ def stop_app(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def launched(settings, predictor=None):
+    """The app of ``settings`` launched in this process (the tiny checkpoint's predictor unless
+    given); yields it, closes it after."""
+    from skinnet.predict import Predictor
+    from skinnet.ui import build_app, launch
+
+    app = build_app(predictor or Predictor.from_checkpoint(settings.checkpoint), settings)
+    launch(app, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        yield app
+    finally:
+        app.close()
 
 
 def png_is_not_blank(data: bytes, min_std: float = 10.0) -> bool:

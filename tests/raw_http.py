@@ -7,7 +7,7 @@ import io
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,8 @@ class Result:
     data: list | None
     error: str | None
     raw: dict
+    warnings: list[str] = field(default_factory=list)
+    """What the event told the user on the way (``gr.Warning`` and ``gr.Info``)."""
 
 
 def fns(config: dict, name: str) -> list[int]:
@@ -58,15 +60,20 @@ class RawClient:
         if joined.status_code != 200:
             return Result(False, None, joined.text, {"status": joined.status_code})
         event_id = joined.json()["event_id"]
+        told = []
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 message = json.loads(line[5:])
-                if message.get("event_id") != event_id or message.get("msg") != "process_completed":
+                if message.get("event_id") != event_id:
+                    continue
+                if message.get("msg") == "log":
+                    told.append(message.get("log") or "")
+                if message.get("msg") != "process_completed":
                     continue
                 output = message.get("output") or {}
-                return Result(bool(message.get("success")), output.get("data"), output.get("error"), message)
+                return Result(bool(message.get("success")), output.get("data"), output.get("error"), message, told)
         raise AssertionError(f"no result for event {event_id}")
 
     def files_in(self, value) -> list[bytes]:
