@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from app_helpers import app_env, free_port, launched, start_app, stop_app, tiny_checkpoint, write_examples
-from conftest import small_disk
+from conftest import REAL_DERM7PT, small_disk
 from raw_http import RawClient, Result, fns, noise_png, resembles
 from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections
 from skinnet.imaging import load_rgb, pixel_sha256
@@ -688,6 +688,43 @@ def test_visitors_inventing_sessions_cannot_push_a_reviewers_images_out(tmp_path
     assert store.path_for(visitors[0], store.add(visitors[-1], example)) is None  # the oldest visitor's went
     store.sweep(now=time.monotonic() + 1)
     assert Path(mine).is_file()
+
+
+@pytest.mark.skipif(not REAL_DERM7PT.is_dir(), reason="needs the real Derm7pt release at ../shared/derm7pt")
+def test_a_test_image_cropped_and_uploaded_as_an_own_pair_is_never_trained_on(server, tmp_path, caplog):
+    """The attack as reported: Derm7pt test case 232, both images cropped by 10% per side,
+    uploaded as "My own pair" and saved with DIAG = MEL by raw HTTP; then a training run on the
+    log must leave it out as a held-out case."""
+    from skinnet.data import Derm7pt
+    from training.data import training_cases
+    from training.params import parse_args
+
+    data = Derm7pt(REAL_DERM7PT)
+    case = next(c for c in data.cases() if c.case_id == "232")
+    assert data.split_of()["232"] == "test"
+    client, session = RawClient(server["url"], "dr_a", USERS["dr_a"]), secrets.token_hex(6)
+    config = client.config()
+    clean = []
+    for name, path in (("clinical", case.clinical_path), ("dermoscopy", case.dermoscopy_path)):
+        image = load_rgb(path)
+        w, h = image.size
+        image.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(tmp_path / f"mine_{name}.jpg", quality=92)
+        uploaded = client.call(fns(config, f"upload_{name}")[0], [None, {"path": client.upload(tmp_path / f"mine_{name}.jpg")}],
+                               session)
+        assert uploaded.success, uploaded.error
+        clean.append(uploaded.data[0])
+    made = client.call(fns(config, "case_from_upload")[0], [None, *clean], session)
+    case_id = re.search(r"\*\*case (\S+)\*\*", made.data[1]).group(1)
+    saved = client.call(fns(config, "save")[0], save_data(made.data[-1], "correct", corrections=["MEL"] + [NO_CHANGE] * 7),
+                        session)
+    assert saved.success and "Saved: correct" in saved.data[0], saved.error
+    with caplog.at_level("WARNING", logger="skinnet.train"):
+        cases, stats = training_cases(data, parse_args(["--data-root", str(REAL_DERM7PT), "--out", str(tmp_path / "o"),
+                                                        "--corrections", str(server["log"] / "corrections.csv")]))
+    assert case_id.startswith("upload:") and case_id not in {c.case_id for c in cases}
+    why = [r.getMessage() for r in caplog.records if f"(case {case_id})" in r.getMessage()]
+    assert len(why) == 1 and "an edited copy of a held-out Derm7pt image of case 232" in why[0], why
+    assert stats["n_skipped_held_out"] >= 1
 
 
 def export_link(client: RawClient, result: Result) -> str:
