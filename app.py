@@ -82,17 +82,26 @@ def read_users(source: str | None) -> dict[str, str]:
     return users
 
 
-SPACE_OAUTH_VARIABLES = ("SPACE_ID", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OPENID_PROVIDER_URL")
-"""What a Space with `hf_oauth: true` sets. Without them Gradio signs every visitor in as the
-host's own Hugging Face account (its local mock), so the allow-list would admit anyone."""
+SPACE_OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
+"""What a Space with `hf_oauth: true` sets, and what Gradio's real sign-in routes need."""
 
 
 def read_hf_reviewers(source: str | None) -> frozenset[str]:
-    """The Hugging Face allow-list; refused where Hugging Face sign-in cannot work."""
+    """The Hugging Face allow-list; refused unless Gradio will use its real sign-in routes.
+
+    Gradio picks them only where its own Space test passes (``SYSTEM=spaces`` and a
+    ``SPACE_ID``); anywhere else it installs a mock that signs every visitor in as the host's
+    own Hugging Face account (from the host's token), which the allow-list would then admit.
+    """
     names = frozenset(n.strip().lstrip("@") for n in (source or "").split(",") if n.strip())
-    missing = [v for v in SPACE_OAUTH_VARIABLES if not os.environ.get(v)]
-    if names and missing:
-        raise SystemExit("--hf-reviewers needs Hugging Face sign-in, which a Space provides when its README "
+    if not names:
+        return names
+    from gradio.utils import get_space  # the very test Gradio's sign-in uses
+
+    missing = ([] if get_space() else ["SYSTEM=spaces with SPACE_ID"]) + \
+        [v for v in SPACE_OAUTH_VARIABLES if not os.environ.get(v)]
+    if missing:
+        raise SystemExit("--hf-reviewers needs Hugging Face sign-in, which only a Space provides when its README "
                          f"metadata says `hf_oauth: true` (missing here: {', '.join(missing)}). "
                          "Elsewhere use --users.")
     return names

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .calibration import TEMPERATURE_RANGE, from_temperature
+from .files import write_atomically
 from .labels import TASK_BY_NAME, schema
 from .model import HEADS, ModelConfig, SingleSharedNet, count_parameters
 
@@ -90,6 +89,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "card") -> "ModelCard":
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: not a skinnet model card (not a JSON object)")
         known = set(cls.__dataclass_fields__)
         if "temperatures" in data and "calibration" not in data:  # format 1
             data = {**data, "calibration": {h: from_temperature(t) for h, t in data["temperatures"].items()}}
@@ -108,19 +109,6 @@ def card_path(weights_path: Path) -> Path:
     return weights_path.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 CONTRACT_KEY = "skinnet_inference"
 """safetensors metadata key: the card fields that decide what the weights predict, written
 with the weights, so that a card edited by hand or copied from another checkpoint is caught."""
@@ -134,8 +122,29 @@ def inference_contract(card: ModelCard) -> dict:
                                   "tta": card.tta}))
 
 
+BACKBONE_ARGUMENTS = {"drop_path_rate": float, "drop_rate": float, "embed_dim": int, "depths": list,
+                      "num_heads": list, "img_size": int, "window_size": int}
+"""The timm arguments a card may pass (architecture sizes and regularisation); any other, such as
+``checkpoint_path`` or ``pretrained_cfg_overlay``, would make timm open files or the network."""
+FIELD_TYPES = {"name": str, "model": dict, "labels": list, "loss_weights": dict, "calibration": dict,
+               "training": dict, "metrics": dict, "params": int, "weights": str, "int8_min_elements": int}
+
+
+def _validate_backbone_arguments(arguments, where: str) -> None:
+    if not isinstance(arguments, dict):
+        raise ValueError(f"{where}: model.backbone_kwargs must be a mapping")
+    for key, value in arguments.items():
+        kind = BACKBONE_ARGUMENTS.get(key)
+        numbers = list(value) if kind is list and isinstance(value, (list, tuple)) else [value]
+        if kind is None or not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  and math.isfinite(v) and 0 <= v <= 4096 for v in numbers):
+            raise ValueError(f"{where}: model.backbone_kwargs {key!r} is not an architecture setting skinnet "
+                             f"accepts ({', '.join(BACKBONE_ARGUMENTS)}: numbers from 0 to 4096)")
+
+
 def validate_card(card: ModelCard, where: str) -> None:
-    """Values a model can run with: sizes, normalisation, calibration shapes.
+    """Values a model can run with: field types, sizes, normalisation, calibration shapes, and
+    only architecture settings in the model's timm arguments.
 
     Raises:
         ValueError: the first value that is out of range, with where it is.
@@ -143,6 +152,14 @@ def validate_card(card: ModelCard, where: str) -> None:
     def finite(values) -> bool:
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
+    for name, kind in FIELD_TYPES.items():
+        if not isinstance(getattr(card, name), kind) or isinstance(getattr(card, name), bool):
+            raise ValueError(f"{where}: {name} must be a {kind.__name__}")
+    unknown = sorted(set(card.model) - set(ModelConfig.__dataclass_fields__))
+    if unknown or not isinstance(card.model.get("backbone", ""), str):
+        raise ValueError(f"{where}: model has settings skinnet does not know ({unknown[:3]}) or a backbone "
+                         "that is not a name")
+    _validate_backbone_arguments(card.model.get("backbone_kwargs", {}), where)
     if not isinstance(card.mean, (tuple, list)) or not isinstance(card.std, (tuple, list)):
         raise ValueError(f"{where}: mean and std must be lists of 3 numbers")
     if not isinstance(card.image_size, int) or not 32 <= card.image_size <= 2048:
@@ -227,8 +244,9 @@ def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
         state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in model.state_dict().items()}
     metadata = {"format": "pt", CONTRACT_KEY: json.dumps(inference_contract(card), sort_keys=True)}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
-    _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
+    # 0644: a checkpoint is meant to be shared
+    write_atomically(weights, lambda tmp: save_file(state, tmp, metadata=metadata), mode=0o644)
+    write_atomically(card_path(weights), card.to_json(), mode=0o644)
     return weights
 
 
@@ -247,6 +265,8 @@ def read_card(path: str | Path) -> ModelCard:
         data = json.loads(json_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{json_path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{json_path} is not valid JSON for a card: it is nested too deeply") from None
     card = ModelCard.from_dict(data, str(json_path))
     validate_card(card, str(json_path))
     if card.labels != schema():
@@ -273,17 +293,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
-    if CONTRACT_KEY in metadata:
+    try:
         written = json.loads(metadata[CONTRACT_KEY])
-        # files written before "tta" joined the contract are not checked on it
-        differ = sorted(k for k, v in inference_contract(card).items() if written.get(k, v if k == "tta" else None) != v)
-        if differ:
-            raise ValueError(f"{card_path(weights)} disagrees with its weights file on {differ}: the card was "
-                             "edited or belongs to other weights")
+        assert isinstance(written, dict)
+    except (KeyError, ValueError, RecursionError, AssertionError):
+        raise ValueError(f"{weights} says nothing about the card it belongs to (no {CONTRACT_KEY} metadata): "
+                         "re-save it with skinnet (save_checkpoint) from a card you trust") from None
+    # files written before "tta" joined the contract are not checked on it
+    differ = sorted(k for k, v in inference_contract(card).items() if written.get(k, v if k == "tta" else None) != v)
+    if differ:
+        raise ValueError(f"{card_path(weights)} disagrees with its weights file on {differ}: the card was "
+                         "edited or belongs to other weights")
     try:
         model = SingleSharedNet(card.model_config, pretrained=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{card_path(weights)}: cannot build its model ({err})") from None
+    except Exception as err:  # timm and torch raise many kinds for an architecture they cannot build
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ValueError(f"{card_path(weights)}: cannot build its model ({reason})") from None
     state = dequantize(state)
     reference = model.state_dict()
     missing = sorted(set(reference) - set(state))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from safetensors.torch import save_file
 from .model import MODALITIES
 
 GUARDS_SUFFIX = ".guards.safetensors"
+MAX_OOD_THRESHOLD = 100.0
+"""Distances are root-mean-square standard deviations from the training images (about 1 for
+them; the shipped threshold is 1.27): a threshold above this would flag nothing."""
 SETTINGS_KEY = "skinnet.guards"
 
 
@@ -162,6 +166,36 @@ class Guards:
                       wrong_slot=wrong_slot, uncertain=margin < limit, margin=margin, margin_limit=limit,
                       accuracy_below=self.uncertain_accuracy.get(head))
 
+    def validate(self, where: str) -> None:
+        """Refuse settings that would switch a check off or break it: a threshold no image can
+        pass (1e30), NaN (every comparison false), margins outside 0..1, shapes that disagree.
+
+        Raises:
+            ValueError: the first setting out of range, named.
+        """
+        def number(value, low: float, high: float, low_open: bool = False) -> bool:
+            return isinstance(value, float) and math.isfinite(value) and (low < value if low_open else low <= value) \
+                and value <= high
+
+        dims = self.modality_weight.shape
+        checks = {
+            "ood_threshold": number(self.ood_threshold, 0.0, MAX_OOD_THRESHOLD, low_open=True),
+            "residual_scale": all(number(float(v), 0.0, 1e12, low_open=True) for v in self.residual_scale.values()),
+            "modality_bias": number(self.modality_bias, -1e6, 1e6),
+            "uncertain_margin": all(number(float(v), 0.0, 1.0) for v in self.uncertain_margin.values()),
+            "uncertain_accuracy": all(number(float(v), 0.0, 1.0) for v in self.uncertain_accuracy.values()),
+            "tensors": len(dims) == 1 and all(
+                self.means[m].shape == dims and self.basis[m].ndim == 2 and self.basis[m].shape[0] == dims[0]
+                and self.scale[m].shape == self.basis[m].shape[1:]
+                and all(bool(torch.isfinite(t).all()) for t in (self.means[m], self.basis[m], self.scale[m]))
+                for m in MODALITIES) and bool(torch.isfinite(self.modality_weight).all()),
+        }
+        wrong = next((name for name, ok in checks.items() if not ok), None)
+        if wrong:
+            raise ValueError(f"{where}: the guards setting {wrong} is out of range or not finite "
+                             f"(ood_threshold must be above 0 and at most {MAX_OOD_THRESHOLD:g}, margins and "
+                             "accuracies from 0 to 1); refit it with python -m training.fit_guards")
+
     # -- storage --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         tensors = {"modality_weight": self.modality_weight.float().contiguous()}
@@ -201,6 +235,7 @@ class Guards:
                          fingerprint=str(settings["fingerprint"]), notes=settings.get("notes", {}))
         except Exception as err:  # safetensors, JSON and missing keys all mean "not a guards file"
             raise ValueError(f"{path} is not a readable guards file ({type(err).__name__})") from None
+        guards.validate(str(path))
         if model is not None and guards.fingerprint != weights_fingerprint(model):
             raise ValueError(f"{path} was fitted on other weights than the loaded checkpoint; "
                              "refit it with python -m training.fit_guards")

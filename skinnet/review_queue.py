@@ -8,12 +8,15 @@ handling.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from .data import CaseInsensitivePaths, DatasetError, Derm7pt
+from .imaging import ImageError, load_rgb
 from .labels import TASKS
 
 MANIFEST_COLUMNS = ("case_id", "clinical", "dermoscopy")
@@ -36,6 +39,35 @@ class QueueCase:
 def _inside(path: Path, root: Path) -> bool:
     resolved, root = path.resolve(), root.resolve()
     return resolved == root or root in resolved.parents
+
+
+def queue_image_path(path: str | Path, root: str | Path | None, name: str = "image") -> Path:
+    """Where a queue image is now, refused if that is no longer inside the queue folder.
+
+    Raises:
+        ImageError: outside the queue folder (said without paths).
+    """
+    resolved = Path(path).resolve()
+    if root is not None and not _inside(resolved, Path(root)):
+        raise ImageError(f"{name}: the file is no longer inside the queue folder; tell the administrator")
+    return resolved
+
+
+def read_queue_image(path: str | Path, root: str | Path | None, name: str = "image") -> Image.Image:
+    """A queue case's image, checked to lie inside the queue folder when it is read, not only
+    when the queue opened: a link put in place of the file later is refused. The file opened is
+    the resolved path, with its last part not followed if it has become a link since.
+
+    Raises:
+        ImageError: outside the queue folder, missing, or not a readable image (said without paths).
+    """
+    resolved = queue_image_path(path, root, name)
+    try:
+        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise ImageError(f"{name}: the file is missing from the queue folder; tell the administrator") from None
+    with os.fdopen(fd, "rb") as handle:
+        return load_rgb(handle, name)
 
 
 def open_queue(path: str | Path, root: str | Path | None = None, split: str | None = None) -> list[QueueCase]:

@@ -1,4 +1,6 @@
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,3 +21,17 @@ os.environ["SKINNET_TEST_LOG"] = str(Path(tempfile.mkdtemp(prefix="skinnet-test-
 def release(tmp_path_factory) -> Path:
     """A synthetic Derm7pt release_v0 (24 cases), shared by the session: do not modify."""
     return make_release(tmp_path_factory.mktemp("derm7pt"))
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """``folder`` as a tmpfs of ``size`` (``96k``): a disk that fills up. Needs root; skips the
+    test elsewhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,12 +21,22 @@ class Result:
     data: list | None
     error: str | None
     raw: dict
+    warnings: list[str] = field(default_factory=list)
+    """What the event told the user on the way (``gr.Warning`` and ``gr.Info``)."""
+
+
+def fns(config: dict, name: str) -> list[int]:
+    """fn_index of every event whose function is ``name`` (Gradio numbers repeats name_1, name_2)."""
+    return [i for i, d in enumerate(config["dependencies"]) if re.fullmatch(rf"{name}(_\d+)?", d["api_name"] or "")]
 
 
 class RawClient:
-    def __init__(self, base: str, username: str | None = None, password: str | None = None):
+    def __init__(self, base: str, username: str | None = None, password: str | None = None,
+                 cookies: dict[str, str] | None = None):
         self.base = base.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, timeout=120)
+        # cookies are sent as a header: a browser's Secure cookie goes over plain http here too
+        headers = {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else None
+        self.http = httpx.Client(base_url=self.base, timeout=120, headers=headers)
         if username is not None:
             response = self.http.post("/login", data={"username": username, "password": password})
             assert response.status_code == 200, response.text
@@ -49,15 +60,20 @@ class RawClient:
         if joined.status_code != 200:
             return Result(False, None, joined.text, {"status": joined.status_code})
         event_id = joined.json()["event_id"]
+        told = []
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 message = json.loads(line[5:])
-                if message.get("event_id") != event_id or message.get("msg") != "process_completed":
+                if message.get("event_id") != event_id:
+                    continue
+                if message.get("msg") == "log":
+                    told.append(message.get("log") or "")
+                if message.get("msg") != "process_completed":
                     continue
                 output = message.get("output") or {}
-                return Result(bool(message.get("success")), output.get("data"), output.get("error"), message)
+                return Result(bool(message.get("success")), output.get("data"), output.get("error"), message, told)
         raise AssertionError(f"no result for event {event_id}")
 
     def files_in(self, value) -> list[bytes]:

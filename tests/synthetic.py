@@ -120,3 +120,22 @@ def restyle_release(root: Path, seed: int = 1) -> Path:
             draw = dermoscopy_like_image if path.name.endswith("d.jpg") else clinical_like_image
             draw(rng).save(path, quality=90)
     return Path(root)
+
+
+def textured_lesion_image(rng: np.random.Generator, size=(336, 224)) -> Image.Image:
+    """A photo-sized lesion: skin with texture at several scales and an irregular dark blob
+    (local-feature matching needs what a photo has; :func:`lesion_image`'s 72 px of per-pixel
+    noise changes wholly under any rotation)."""
+    w, h = size
+
+    def smooth_noise(cell: int) -> np.ndarray:
+        small = rng.normal(0, 1, (max(2, h // cell), max(2, w // cell))).astype(np.float32)
+        return np.asarray(Image.fromarray(small, "F").resize((w, h), Image.Resampling.BICUBIC))
+
+    texture = 6 * smooth_noise(3) + 10 * smooth_noise(12) + 14 * smooth_noise(40)
+    yy, xx = np.mgrid[0:h, 0:w]
+    radius = np.hypot((xx - w * 0.5) / (w * 0.22), (yy - h * 0.5) / (h * 0.3)) + 0.25 * smooth_noise(30)
+    blob = np.clip((1.0 - radius) * 4, 0, 1)[..., None]
+    skin = np.array([215, 165, 140.0]) + texture[..., None]
+    lesion = np.array([95, 55, 40.0]) + 1.5 * texture[..., None]
+    return Image.fromarray(np.clip(skin * (1 - blob) + lesion * blob, 0, 255).astype(np.uint8))

@@ -423,7 +423,7 @@ def test_queue_filters_and_a_reviewers_place_survive_a_new_page(release, predict
     with pytest.raises(gr.Error, match="Unknown filter"):
         review.apply_filters(state, log, "dr_a", {"split": "../../etc"})
 
-    state, _, _ = review.order_by_uncertainty(state, predictor, log, "dr_a")
+    state, _, _ = review.order_by_uncertainty(state, predictor, log, "dr_a", root)
     order = [c["case_id"] for c in state["queue"]]
     scores = [state["uncertainty"][c] for c in order]
     assert sorted(order) == sorted(test_ids) and scores == sorted(scores, reverse=True)

@@ -133,3 +133,54 @@ def test_truncated_weights_give_a_sentence_not_a_traceback(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
         load_checkpoint(path)
+
+
+def _rewrite_weights(path, card_data=None, bind=True):
+    """Write the weights file again as someone placing a checkpoint would: the same tensors,
+    bound to ``card_data`` (the card as JSON), or bound to nothing."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from skinnet.checkpoint import CONTRACT_KEY, ModelCard, inference_contract
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    metadata = {"format": "pt"}
+    if bind:
+        metadata[CONTRACT_KEY] = json.dumps(inference_contract(ModelCard.from_dict(card_data)), sort_keys=True)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("attack, message", [
+    ("weights bound to no card, any card beside them", "says nothing about the card it belongs to"),
+    ("a card nested 100,000 levels deep", "not valid JSON"),
+    ("a card whose model loads a file through timm (checkpoint_path)", "backbone_kwargs"),
+    ("a card whose training field is a list", "training must be"),
+])
+def test_a_placed_checkpoint_is_refused_with_one_sentence(tmp_path, attack, message):
+    """Checkpoints made by someone who can place files (issue 27): each is refused with one
+    sentence, never loaded and never a traceback."""
+    model = create_model(**TINY)
+    path = save_checkpoint(model, card_for(model), tmp_path / "m")
+    card_file = path.with_suffix(".json")
+    data = json.loads(card_file.read_text())
+    if attack.startswith("weights bound to no card"):
+        _rewrite_weights(path, bind=False)
+        card_file.write_text(json.dumps({**data, "image_size": 96}))
+    elif attack.startswith("a card nested"):
+        card_file.write_text('{"name": "m", "training": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif attack.startswith("a card whose model loads"):
+        data["model"]["backbone_kwargs"] = {"checkpoint_path": str(tmp_path / "elsewhere.pth")}
+        card_file.write_text(json.dumps(data))
+        _rewrite_weights(path, data)  # bound to the edited card: the attacker writes both files
+    else:
+        data["training"] = ["tta"]
+        card_file.write_text(json.dumps(data))
+        _rewrite_weights(path, {**data, "training": {}})
+    try:
+        load_checkpoint(path)
+    except ValueError as err:
+        said = str(err)
+    else:
+        pytest.fail(f"{attack}: loaded")
+    assert message in said and "\n" not in said and "Traceback" not in said, said

@@ -158,3 +158,19 @@ def test_the_app_hides_a_prediction_for_a_picture_that_is_not_a_lesion(guarded, 
         assert "swapped" not in summary and "does not look like" not in summary
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("setting, value", [("ood_threshold", 1e30), ("ood_threshold", float("nan")),
+                                            ("ood_threshold", -1.0), ("uncertain_margin", {"fused": float("inf")}),
+                                            ("residual_scale", {"clinical": 0.0, "dermoscopy": 1.0})])
+def test_guards_with_settings_that_switch_them_off_are_refused(guarded, tmp_path, setting, value):
+    """Guards files placed beside a checkpoint with a threshold that flags nothing (1e30), NaN
+    (every comparison false: nothing flagged) or another setting out of range are refused with
+    one sentence, not loaded silently."""
+    import dataclasses
+
+    placed = dataclasses.replace(guarded.guards, **{setting: value})
+    path = placed.save(tmp_path / "g.guards.safetensors")
+    with pytest.raises(ValueError, match=setting) as refused:
+        Guards.load(path, guarded.model)
+    assert "\n" not in str(refused.value)

@@ -7,48 +7,27 @@ here, so instead of the round trip through its login page the browser carries th
 cookie Gradio's ``/login/callback`` stores after it: ``{"oauth_info": {... "userinfo": ...}}``
 signed the way Gradio's middleware signs it. Everything after that is the app's own code.
 """
-import base64
-import hashlib
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from app_helpers import free_port, tiny_checkpoint, write_pair
+from app_helpers import SPACE_OAUTH_ENV, free_port, hf_session_cookie, tiny_checkpoint, write_pair
 from skinnet.corrections import read_corrections
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
 from test_entry_point import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT_SECRET = "space-oauth-secret"
 ALLOWED = "dr-hf"
-
-
-def signed_session(username: str) -> str:
-    """The ``session`` cookie Gradio keeps after a Hugging Face sign-in of ``username``."""
-    import itsdangerous
-
-    # gradio.oauth.attach_oauth: SessionMiddleware(secret_key=sha256(OAUTH_CLIENT_SECRET + "-v4"))
-    secret = hashlib.sha256((CLIENT_SECRET + "-v4").encode()).hexdigest()
-    userinfo = {"sub": "1", "name": f"Dr {username}", "preferred_username": username,
-                "profile": f"https://huggingface.co/{username}", "picture": "https://huggingface.co/a.png"}
-    session = {"oauth_info": {"access_token": "token", "token_type": "bearer", "scope": "openid profile",
-                              "expires_at": int(time.time()) + 3600, "userinfo": userinfo}}
-    data = base64.b64encode(json.dumps(session).encode())
-    return itsdangerous.TimestampSigner(secret).sign(data).decode()
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
     port = free_port()
-    env = {**os.environ, "SYSTEM": "spaces", "SPACE_ID": "skinnet/review", "OAUTH_CLIENT_ID": "client-id",
-           "OAUTH_CLIENT_SECRET": CLIENT_SECRET, "OAUTH_SCOPES": "openid profile",
-           "OPENID_PROVIDER_URL": "http://127.0.0.1:9", "GRADIO_SERVER_NAME": "127.0.0.1",
+    env = {**os.environ, **SPACE_OAUTH_ENV, "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_SERVER_PORT": str(port), "SKINNET_LOG_DIR": str(root / "log"),
            "SKINNET_HF_REVIEWERS": f"{ALLOWED},@other-dr"}
     env.pop("SKINNET_USERS", None)
@@ -68,7 +47,7 @@ def review_upload(browser, url, pair, username: str | None, screenshot: Path | N
 
     context = browser.new_context(viewport={"width": 1400, "height": 2000})
     if username:
-        context.add_cookies([{"name": "session", "value": signed_session(username), "url": url}])
+        context.add_cookies([{"name": "session", "value": hf_session_cookie(username), "url": url}])
     page = context.new_page()
     page.goto(url)
     login = page.locator("#hf-login")
@@ -110,7 +89,7 @@ def test_hf_signed_in_reviewer_saves_under_their_account(space, tmp_path):
 
 
 def test_hf_reviewers_need_a_space_with_oauth(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_") and k != "SPACE_ID"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_") and k not in ("SPACE_ID", "SYSTEM")}
     checkpoint = str(tiny_checkpoint(tmp_path))
     result = subprocess.run([sys.executable, "app.py", "--checkpoint", checkpoint, "--hf-reviewers", "dr-hf"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -119,7 +98,8 @@ def test_hf_reviewers_need_a_space_with_oauth(tmp_path):
     result = subprocess.run([sys.executable, "app.py", "--checkpoint", checkpoint, "--hf-reviewers", "dr-hf"],
                             cwd=ROOT, env={**env, "OAUTH_CLIENT_ID": "x"}, capture_output=True, text=True,
                             timeout=120)
-    assert result.returncode != 0 and "missing here: SPACE_ID, OAUTH_CLIENT_SECRET, OPENID_PROVIDER_URL" in result.stderr
+    assert result.returncode != 0 and ("missing here: SYSTEM=spaces with SPACE_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPES, "
+                                       "OPENID_PROVIDER_URL") in result.stderr
 
 
 def test_reviewer_identity_rules():

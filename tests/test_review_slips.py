@@ -38,7 +38,7 @@ def app_(tmp_path_factory):
 @pytest.fixture
 def page(app_):
     """A fresh browser and log for each test: dr_a signed in, the queue open on c0, its form ready."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     settings, root = app_
     for path in sorted((settings.log_dir).rglob("*"), reverse=True):  # each slip on a log of its own

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from app_helpers import free_port, tiny_checkpoint, write_examples
-from raw_http import RawClient, Result, noise_png, resembles
+from app_helpers import app_env, free_port, launched, start_app, stop_app, tiny_checkpoint, write_examples
+from conftest import REAL_DERM7PT, small_disk
+from raw_http import RawClient, Result, fns, noise_png, resembles
 from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections, read_events
 from skinnet.imaging import load_rgb, pixel_sha256
 from skinnet.labels import TASK_NAMES
-from skinnet.predict import Predictor
-from skinnet.ui import AppSettings, build_app, launch
+from skinnet.ui import AppSettings
 from synthetic import lesion_image, make_release
 
 # dr_locked is only for the lockout test, dr_t for the teaching test, dr_k for the agreement
@@ -58,19 +58,11 @@ def server(tmp_path_factory):
                       {t: NO_CHANGE for t in TASK_NAMES}), dermoscopy=stored)
     others = root / "log" / "images" / f"{pixel_sha256(stored)}.png"  # dr_a's stored image
     assert others.is_file()
-    predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
-    settings = AppSettings(checkpoint=root / "tiny.safetensors", port=free_port(), log_dir=root / "log",
+    settings = AppSettings(checkpoint=tiny_checkpoint(root), port=free_port(), log_dir=root / "log",
                            users=USERS, queue_root=queues, admins=frozenset({"dr_a"}), examples=examples)
-    app = build_app(predictor, settings)
-    launch(app, settings, prevent_thread_lock=True, quiet=True)
-    yield {"url": f"http://127.0.0.1:{settings.port}", "secret": secret, "stored": others, "root": root,
-           "log": settings.log_dir, "release": release, "examples": examples}
-    app.close()
-
-
-def fns(config: dict, name: str) -> list[int]:
-    """fn_index of every event whose function is ``name`` (Gradio numbers repeats name_1, name_2)."""
-    return [i for i, d in enumerate(config["dependencies"]) if re.fullmatch(rf"{name}(_\d+)?", d["api_name"] or "")]
+    with launched(settings) as app:
+        yield {"url": f"http://127.0.0.1:{settings.port}", "secret": secret, "stored": others, "root": root,
+               "log": settings.log_dir, "release": release, "examples": examples, "app": app}
 
 
 def test_issue_attack_upload_event_then_case_display_reads_no_server_file(server):
@@ -144,8 +136,8 @@ def test_the_public_api_still_works_with_gradio_uploads(server):
     assert "Fused head" in summary
 
 
-def open_first_case(client: RawClient, config: dict, session: str) -> Result:
-    opened = client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session)
+def open_first_case(client: RawClient, config: dict, session: str, queue: str = "clinic/manifest.csv") -> Result:
+    opened = client.call(fns(config, "open_queue")[0], [None, queue], session)
     assert opened.success, opened.error
     assert client.call(fns(config, "step_next")[0], [None], session).success
     return client.call(fns(config, "show_case")[0], [None], session)
@@ -288,7 +280,7 @@ def test_oversized_and_malformed_fields_are_refused_on_the_server(server, field,
     assert read_events(server["log"])[0] == before
 
 
-def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server, tmp_path, monkeypatch):
+def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server):
     client = RawClient(server["url"], "dr_b", USERS["dr_b"])
     config = client.config()
     open_fn = fns(config, "open_queue")[0]
@@ -298,16 +290,6 @@ def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server,
         assert not result.success and "Choose a queue file from the list" in result.error
     export = client.call(fns(config, "export_labels")[0], ["latest"])
     assert not export.success and "Exporting everyone's labels is for admins" in export.error
-    admin = RawClient(server["url"], "dr_a", USERS["dr_a"])
-    first = admin.call(fns(config, "export_labels")[0], ["latest"])
-    assert first.success
-    # the app's own export files stay for their download only (Gradio serves a copy from its
-    # cache, which delete_cache clears): one folder, older files removed at the next export
-    from skinnet.ui import review
-    monkeypatch.setattr(review, "EXPORT_TTL_S", 0.0)
-    time.sleep(0.01)
-    assert admin.call(fns(config, "export_labels")[0], ["majority"]).success
-    assert [p.name[:15] for p in review._exports[0].glob("labels_*.csv")] == ["labels_majority"]
     anonymous = RawClient(server["url"])
     assert anonymous.http.post("/gradio_api/queue/join", json={"data": ["latest"], "fn_index": 0,
                                                                 "session_hash": "x"}).status_code == 401
@@ -458,23 +440,11 @@ def test_concurrent_saves_through_the_http_api_are_each_on_disk_once(server):
 def test_six_40_megapixel_images_at_once_keep_the_app_small_and_answering(tmp_path):
     """The memory attack: six tiny PNGs of 39.7 MP each, sent anonymously to several image events
     at once. The app must stay under 2.5 GB (peak RSS) and answer a normal /predict meanwhile."""
-    import os
-    import subprocess
-    import sys
-
     from gradio_client import Client, handle_file
     from app_helpers import write_pair
-    from test_entry_point import wait_for
 
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "SKINNET_LOG_DIR": str(tmp_path / "log")}
-    env.pop("SKINNET_USERS", None)
-    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(tiny_checkpoint(tmp_path))],
-                               cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process, url = start_app(app_env(tmp_path))
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(url + "/", process)
         bombs = []
         for i in range(6):
             image = Image.new("RGB", (6300, 6300), (40 * i, 90, 200 - 30 * i))
@@ -512,8 +482,7 @@ def test_six_40_megapixel_images_at_once_keep_the_app_small_and_answering(tmp_pa
         assert "Fused head" in summary
         assert len(results) == 24 and peak_gb < 2.5
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_app(process)
 
 
 def case_shown(client: RawClient, config: dict, session: str) -> tuple[str, str]:
@@ -699,13 +668,327 @@ def test_visitors_inventing_sessions_cannot_push_a_reviewers_images_out(tmp_path
     monkeypatch.setattr(uploads, "MAX_GRANTS", 8)
     store = uploads.CleanStore(tmp_path / "clean")
     rng = np.random.default_rng(3)
-    reviewer = ("abc123", "dr_a")
+    reviewer = uploads.Owner("abc123", "dr_a", reviewer=True)
     mine = store.add(reviewer, Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)))
     example = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
-    visitors = [(secrets.token_hex(6), ANONYMOUS) for _ in range(50)]
+    visitors = [uploads.Owner(secrets.token_hex(6), ANONYMOUS) for _ in range(50)]
     for visitor in visitors:
         store.add(visitor, example)
     assert store.path_for(reviewer, mine) == Path(mine)
     assert store.path_for(visitors[0], store.add(visitors[-1], example)) is None  # the oldest visitor's went
     store.sweep(now=time.monotonic() + 1)
     assert Path(mine).is_file()
+
+
+@pytest.mark.skipif(not REAL_DERM7PT.is_dir(), reason="needs the real Derm7pt release at ../shared/derm7pt")
+def test_a_test_image_cropped_and_uploaded_as_an_own_pair_is_never_trained_on(server, tmp_path, caplog):
+    """The attack as reported: Derm7pt test case 232, both images cropped by 10% per side,
+    uploaded as "My own pair" and saved with DIAG = MEL by raw HTTP; then a training run on the
+    log must leave it out as a held-out case."""
+    from skinnet.data import Derm7pt
+    from training.data import training_cases
+    from training.params import parse_args
+
+    data = Derm7pt(REAL_DERM7PT)
+    case = next(c for c in data.cases() if c.case_id == "232")
+    assert data.split_of()["232"] == "test"
+    client, session = RawClient(server["url"], "dr_a", USERS["dr_a"]), secrets.token_hex(6)
+    config = client.config()
+    clean = []
+    for name, path in (("clinical", case.clinical_path), ("dermoscopy", case.dermoscopy_path)):
+        image = load_rgb(path)
+        w, h = image.size
+        image.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(tmp_path / f"mine_{name}.jpg", quality=92)
+        uploaded = client.call(fns(config, f"upload_{name}")[0], [None, {"path": client.upload(tmp_path / f"mine_{name}.jpg")}],
+                               session)
+        assert uploaded.success, uploaded.error
+        clean.append(uploaded.data[0])
+    made = client.call(fns(config, "case_from_upload")[0], [None, *clean], session)
+    case_id = re.search(r"\*\*case (\S+)\*\*", made.data[1]).group(1)
+    saved = client.call(fns(config, "save")[0], save_data(made.data[-1], "correct", corrections=["MEL"] + [NO_CHANGE] * 7),
+                        session)
+    assert saved.success and "Saved: correct" in saved.data[0], saved.error
+    with caplog.at_level("WARNING", logger="skinnet.train"):
+        cases, stats = training_cases(data, parse_args(["--data-root", str(REAL_DERM7PT), "--out", str(tmp_path / "o"),
+                                                        "--corrections", str(server["log"] / "corrections.csv")]))
+    assert case_id.startswith("upload:") and case_id not in {c.case_id for c in cases}
+    why = [r.getMessage() for r in caplog.records if f"(case {case_id})" in r.getMessage()]
+    assert len(why) == 1 and "an edited copy of a held-out Derm7pt image of case 232" in why[0], why
+    assert stats["n_skipped_held_out"] >= 1
+
+
+def export_link(client: RawClient, result: Result) -> str:
+    """The URL an admin's page gets for an export, whatever form the app gives it in (a download
+    link, or a file Gradio serves)."""
+    value = result.data[0]
+    if isinstance(value, dict):
+        return value.get("url") or f"{client.base}/gradio_api/file={value['path']}"
+    href = re.search(r'href="([^"]+)"', value).group(1)
+    return f"{client.base}/{href}"
+
+
+def test_an_export_is_for_its_admin_only_and_only_for_ten_minutes(server, monkeypatch):
+    """Everyone's labels, exported by an admin: another signed-in reviewer and an anonymous
+    visitor who get the link fetch nothing; the admin can, until EXPORT_TTL_S, then the file
+    is gone from the server."""
+    admin = RawClient(server["url"], "dr_a", USERS["dr_a"])
+    exported = admin.call(fns(admin.config(), "export_labels")[0], ["majority"])
+    assert exported.success, exported.error
+    url = export_link(admin, exported)
+    for stranger in (RawClient(server["url"], "dr_b", USERS["dr_b"]), RawClient(server["url"])):
+        fetched = stranger.http.get(url)
+        assert fetched.status_code == 404 and b"case_num" not in fetched.content, (url, fetched.status_code)
+    mine = admin.http.get(url)
+    assert mine.status_code == 200 and mine.text.startswith("case_num,source,clinic,derm,DIAG,")
+    assert "attachment" in mine.headers["content-disposition"] and mine.headers["cache-control"] == "no-store"
+
+    from skinnet.ui import exports
+    files = list((server["log"] / "exports").iterdir())
+    assert len(files) == 1 and str(server["log"]) not in exported.data[0]
+    monkeypatch.setattr(exports, "EXPORT_TTL_S", 0.0)  # ten minutes later
+    assert admin.http.get(url).status_code == 404
+    deadline = time.time() + 30  # the app's sweeper runs every 5 s
+    while files[0].exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not files[0].exists()
+
+
+def test_a_killed_apps_exports_are_removed_when_it_starts_again(tmp_path):
+    """An export made, the app killed with SIGKILL: once it starts again no copy of the export
+    is left on the server (its log folder, the temporary folder Gradio and Python use)."""
+    import tempfile
+
+    marker = f"killed-export-{secrets.token_hex(4)}"
+    log = CorrectionsLog(tmp_path / "log")
+    predicted = {t: "ABS" for t in TASK_NAMES} | {"DIAG": "NEV", "PN": "TYP"}
+    log.append(Review(new_event_id(), "dr_a", marker, "upload", "correct", predicted,
+                      {t: NO_CHANGE for t in TASK_NAMES} | {"DIAG": "MEL"}), dermoscopy=Image.new("RGB", (8, 8)))
+    started = time.time()
+    env = app_env(tmp_path, SKINNET_USERS="dr_a:pass-a-123", SKINNET_ADMINS="dr_a")
+
+    def copies() -> list[Path]:
+        found = []
+        for folder in (tmp_path / "log", Path(tempfile.gettempdir())):
+            for path in folder.rglob("*.csv"):
+                try:
+                    if path.stat().st_mtime >= started and marker in path.read_text(errors="replace"):
+                        found.append(path)
+                except OSError:
+                    pass
+        return [p for p in found if p != log.path]
+
+    process, url = start_app(env)
+    try:
+        admin = RawClient(url, "dr_a", "pass-a-123")
+        exported = admin.call(fns(admin.config(), "export_labels")[0], ["latest"])
+        assert exported.success and marker in admin.http.get(export_link(admin, exported)).text
+        assert copies(), "the export should be on disk while the app runs"
+        process.kill()
+        process.wait(timeout=30)
+        process, _ = start_app(env)
+        assert copies() == []
+    finally:
+        stop_app(process)
+
+
+OPEN_ROUTES = {("GET", "/"), ("HEAD", "/"), ("GET", "/config"), ("GET", "/config/"), ("GET", "/theme.css"),
+               ("GET", "/favicon.ico"), ("GET", "/robots.txt"), ("GET", "/manifest.json"), ("GET", "/pwa_icon"),
+               ("GET", "/pwa_icon/{size}"), ("GET", "/static/{path:path}"), ("GET", "/assets/{path:path}"),
+               ("GET", "/gradio_api/info"), ("GET", "/gradio_api/info/"), ("GET", "/gradio_api/queue/data"),
+               ("GET", "/gradio_api/upload_progress"), ("GET", "/gradio_api/startup-events"),
+               ("GET", "/gradio_api/heartbeat/{session_hash}"), ("GET", "/gradio_api/file={path_or_url:path}"),
+               ("HEAD", "/gradio_api/file={path_or_url:path}"), ("GET", "/logout"), ("POST", "/login"),
+               ("POST", "/login/"), ("POST", "/gradio_api/upload"), ("POST", "/gradio_api/queue/join"),
+               ("POST", "/gradio_api/run/{api_name}"), ("POST", "/gradio_api/run/{api_name}/")}
+"""What the page, gradio_client and the logins use (recorded from a browser and a client); the
+Hugging Face sign-in routes exist only on a Space (tests/test_space_security.py)."""
+
+
+def app_routes(routes) -> list[tuple[str, str]]:
+    """(method, path template) of every route of a launched Gradio app, included routers too."""
+    found = []
+    for route in routes:
+        if hasattr(route, "path"):
+            found += [(method, route.path) for method in sorted(getattr(route, "methods", None) or ["GET"])]
+        else:  # FastAPI's included router
+            found += app_routes(route.original_router.routes)
+    return found
+
+
+def test_only_the_routes_the_app_uses_answer(server):
+    """Every route of the launched app, called anonymously and signed in: only the allow-list
+    answers; ``/gradio_api/dev/reload`` (a stream held open forever, polled 20 times a second)
+    and every other route of Gradio's is refused at once."""
+    import httpx
+
+    routes = app_routes(server["app"].server_app.routes)
+    assert len(routes) > 60
+    values = {"path": "x/y.png", "path_or_url": "x.png", "api_name": "predict", "size": "192",
+              "session_hash": "abc", "event_id": "e1", "run": "1", "component_id": "1", "segment_id": "1",
+              "ext": "ts", "id": "1", "key": "k", "environment": "prod", "type": "index", "file_name": "x.js", "url_path": "x"}
+    clients = {"anonymous": httpx.Client(base_url=server["url"], timeout=10),
+               "signed in": RawClient(server["url"], "dr_a", USERS["dr_a"]).http}
+    for who, http in clients.items():
+        answered = set()
+        for method, template in routes:
+            path = re.sub(r"\{(\w+)(:\w+)?\}", lambda m: values[m.group(1)], template)
+            with http.stream(method, path, content=b"{}" if method == "POST" else None,
+                             headers={"content-type": "application/json"}) as response:  # some are endless streams
+                refused = response.status_code == 404 and response.headers.get("content-type") == "text/plain" \
+                    and (method == "HEAD" or response.read() == b"Not found")  # a HEAD answer has no body
+            if not refused:
+                answered.add((method, template))
+        assert answered == OPEN_ROUTES, (who, sorted(answered ^ OPEN_ROUTES))
+    started = time.time()
+    reload = clients["anonymous"].get("/gradio_api/dev/reload")
+    assert reload.status_code == 404 and time.time() - started < 5
+
+
+def resident_mb(pid: int) -> float:
+    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+@pytest.mark.timeout(900)
+def test_invented_sessions_do_not_grow_the_apps_memory(tmp_path):
+    """Anonymous visitors, each with a new session hash, upload two images and ask /predict.
+    After a warm-up of 60 such sessions, 240 more grow the app's resident memory by less than
+    30 MB (Gradio kept about 170 KB per session, up to 10,000 sessions: 1.7 GB)."""
+    from app_helpers import write_pair
+
+    process, url = start_app(app_env(tmp_path))
+    try:
+        pairs = [write_pair(tmp_path, seed) for seed in range(4)]
+        client = RawClient(url)
+        config = client.config()
+        upload = {name: fns(config, f"upload_{name}")[0] for name in ("clinical", "dermoscopy")}
+        predict = fns(config, "predict")[0]
+
+        def visitor(i: int) -> None:
+            session = secrets.token_hex(8)
+            clean = []
+            for name, path in zip(("clinical", "dermoscopy"), pairs[i % len(pairs)]):
+                uploaded = client.call(upload[name], [None, {"path": client.upload(path)}], session)
+                assert uploaded.success, uploaded.error
+                clean.append(uploaded.data[0])
+            assert client.call(predict, [None, *clean, False], session).success
+
+        for i in range(60):
+            visitor(i)
+        before = resident_mb(process.pid)
+        for i in range(240):
+            visitor(i)
+        grown = resident_mb(process.pid) - before
+        print(f"240 more sessions: resident memory {before:.0f} MB -> +{grown:.1f} MB")
+        assert grown < 30
+    finally:
+        stop_app(process)
+
+
+def test_invented_sessions_push_out_visitors_sessions_never_a_reviewers(server, monkeypatch):
+    """The session store's caps: past VISITOR_SESSIONS the least recently used visitors' sessions
+    go, a reviewer's stays (a reviewer's case lives in it); each keeps every field Gradio's own
+    session state has."""
+    from gradio.state_holder import SessionState
+
+    from skinnet.ui import sessions
+
+    store = server["app"].server_app.state_holder
+    assert isinstance(store, sessions.SessionStore)
+    assert set(vars(sessions.LeanSessionState(server["app"]))) == set(vars(SessionState(server["app"])))
+    monkeypatch.setattr(sessions, "VISITOR_SESSIONS", 5)
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    reviewer_session = secrets.token_hex(6)
+    assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], reviewer_session).success
+    visitor = RawClient(server["url"], "dr_c", USERS["dr_c"])  # sessions where no reviewer acted count as visitors'
+    for _ in range(12):
+        assert visitor.call(fns(config, "who_is_signed_in")[0], [], secrets.token_hex(6)).success
+    assert reviewer_session in store.session_data
+    assert len([s for s in store.session_data if s not in store.reviewer_sessions]) == 5
+    assert client.call(fns(config, "step_next")[0], [None], reviewer_session).success  # its queue is still open
+
+
+def test_a_queue_image_swapped_for_a_link_after_the_queue_opened_is_not_served(server):
+    """The queue folder's files are checked when a queue opens; a link put in place of a case's
+    image afterwards (pointing at a server file outside the folder) must not be read when the
+    case is shown, scored or saved."""
+    folder = server["root"] / "queues" / "swap"
+    (folder / "img").mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(2):
+        lesion_image(rng, (64, 64), tint=i).save(folder / "img" / f"s{i}.png")
+    (folder / "manifest.csv").write_text("case_id,clinical,dermoscopy\nswap0,,img/s0.png\nswap1,,img/s1.png\n")
+    client, session = RawClient(server["url"], "dr_b", USERS["dr_b"]), secrets.token_hex(6)
+    config = client.config()
+    assert open_first_case(client, config, session, "swap/manifest.csv").success
+    (folder / "img" / "s1.png").unlink()
+    (folder / "img" / "s1.png").symlink_to(server["secret"])  # swapped in after the queue opened
+    assert client.call(fns(config, "step_next")[0], [None], session).success
+    shown = client.call(fns(config, "show_case")[0], [None], session)
+    assert not any(resembles(f, server["secret"]) for f in client.files_in(shown.data))
+    assert not shown.success and "no longer inside the queue folder" in shown.error
+    assert str(server["root"]) not in shown.error
+    ordered = client.call(fns(config, "order_queue")[0], [None], session)
+    assert not ordered.success and "no longer inside the queue folder" in ordered.error
+
+
+def fill(folder: Path) -> None:
+    """Write to the folder's disk until it is full."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_while_moving_through_a_queue_says_so_and_leaves_nothing(tmp_path):
+    """The log folder's disk fills up while a reviewer walks a queue (the app keeps each
+    reviewer's place there): moving on still works, the reviewer is told in words that the
+    place was not kept, and no half-written file is left behind."""
+    write_manifest(tmp_path / "queues" / "clinic")
+    with small_disk(tmp_path / "log", "256k") as log_dir:
+        settings = AppSettings(checkpoint=tiny_checkpoint(tmp_path), port=free_port(), log_dir=log_dir,
+                               users={"dr_a": USERS["dr_a"]}, queue_root=tmp_path / "queues")
+        with launched(settings):
+            client = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", USERS["dr_a"])
+            session, config = secrets.token_hex(6), client.config()
+            assert open_first_case(client, config, session).success
+            fill(log_dir)
+            blank_form = [None, None, *[NO_CHANGE] * len(TASK_NAMES), None, ""]  # state, verdict, tasks, confidence, note
+            for move in ("go_next", "go_prev", "go_next_unreviewed"):
+                moved = client.call(fns(config, move)[0], blank_form, session)
+                assert moved.success, (move, moved.error)
+                assert any("disk is full" in w for w in moved.warnings), (move, moved.warnings)
+            ordered = client.call(fns(config, "order_queue")[0], [None], session)
+            assert ordered.success, ordered.error
+        assert [p.name for p in log_dir.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+def test_a_foreign_review_log_is_named_in_words_not_by_its_server_path(tmp_path):
+    """The log folder's file is replaced by one that is not a skinnet log (a spreadsheet saved
+    over it) while a reviewer has a case open: saving and every other answer that reads the log
+    say so in words, with no server path, and the file is left as it was."""
+    write_manifest(tmp_path / "queues" / "clinic")
+    settings = AppSettings(checkpoint=tiny_checkpoint(tmp_path), port=free_port(), log_dir=tmp_path / "log",
+                           users={"dr_a": USERS["dr_a"]}, queue_root=tmp_path / "queues", admins=frozenset({"dr_a"}))
+    foreign = tmp_path / "log" / "corrections.csv"
+    with launched(settings):
+        client, session = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", USERS["dr_a"]), secrets.token_hex(6)
+        config = client.config()
+        clean = client.call(fns(config, "upload_dermoscopy")[0],
+                            [None, {"path": client.upload(tmp_path / "queues" / "clinic" / "img" / "c0_derm.png")}],
+                            session)
+        made = client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session)
+        assert made.success, made.error
+        foreign.parent.mkdir(exist_ok=True)
+        foreign.write_text("patient,diagnosis\nJane Doe,MEL\n")
+        answers = [client.call(fns(config, "save")[0], save_data(made.data[-1], "unsure"), session),
+                   client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session),
+                   client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session),
+                   client.call(fns(config, "agreement")[0], []),
+                   client.call(fns(config, "export_labels")[0], ["latest"])]
+    for answer in answers:
+        assert not answer.success and "review log" in (answer.error or ""), answer.raw
+        assert str(tmp_path) not in json.dumps(answer.raw), answer.error
+    assert foreign.read_text() == "patient,diagnosis\nJane Doe,MEL\n"

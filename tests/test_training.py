@@ -352,34 +352,43 @@ def test_shipped_checkpoint_reproduces_its_card_on_real_test_split(tmp_path):
     assert SHIPPED.stat().st_size < 10_000_000  # the issue's "under 10 MB"
 
 
-def test_held_out_images_edited_slightly_are_never_trained_on(release, tmp_path):
-    """A test image re-saved as JPEG q95, mirrored, cropped by 1 px or shrunk is still that image."""
+def test_held_out_images_edited_are_never_trained_on(release, tmp_path):
+    """A test image re-saved as JPEG q95, mirrored, cropped by 1 px or shrunk is still that image,
+    and so is one cropped by 3-20% per side, turned by 5 or 15 degrees, framed, sheared, or
+    mirrored and cropped (issue 27: the perceptual hash alone let these through)."""
     import io
     from PIL import Image
+    from near_duplicates import HARD_EDITS
     from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
     from skinnet.data import Derm7pt
     from skinnet.imaging import load_rgb
-    from synthetic import other_lesion_image
+    from synthetic import other_lesion_image, textured_lesion_image
     from training.data import training_cases
     import numpy as np
 
-    data = Derm7pt(release)
-    original = load_rgb(data.split("test")[1].dermoscopy_path)
+    copy = shutil.copytree(release, tmp_path / "release")
+    held_out = Derm7pt(copy).split("test")[1].dermoscopy_path
+    textured_lesion_image(np.random.default_rng(8)).save(held_out, quality=90)  # a photo-sized image
+    data = Derm7pt(copy)
+    original = load_rgb(held_out)
     w, h = original.size
     buffer = io.BytesIO()
     original.save(buffer, "JPEG", quality=95)
     edits = {"jpeg95": Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"),
              "mirrored": original.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-             "cropped": original.crop((1, 1, w - 1, h - 1)), "shrunk": original.resize((w // 2, h // 2))}
+             "cropped": original.crop((1, 1, w - 1, h - 1)), "shrunk": original.resize((w // 2, h // 2)),
+             **{name: edit(original) for name, edit in HARD_EDITS.items()}}
     predicted = {t: "ABS" for t in TASK_NAMES} | {"DIAG": "NEV", "PN": "TYP"}
     log = CorrectionsLog(tmp_path / "log")
-    for name, image in [*edits.items(), ("new", other_lesion_image(np.random.default_rng(42)))]:
+    new = {"new": other_lesion_image(np.random.default_rng(42)),  # and one made like the held-out image
+           "new-textured": textured_lesion_image(np.random.default_rng(9))}
+    for name, image in [*edits.items(), *new.items()]:
         log.append(Review(new_event_id(), "dr_a", f"upload:{name}", "upload", "agree", predicted,
                           {t: NO_CHANGE for t in TASK_NAMES}), dermoscopy=image)
-    cases, stats = training_cases(data, parse_args(["--data-root", str(release), "--out", "o",
+    cases, stats = training_cases(data, parse_args(["--data-root", str(copy), "--out", "o",
                                                     "--corrections", str(log.path)]))
-    assert stats["n_skipped_held_out"] == 4 and stats["n_new_cases"] == 1
-    assert [c.case_id for c in cases if c.case_id.startswith("upload:")] == ["upload:new"]
+    assert [c.case_id for c in cases if c.case_id.startswith("upload:")] == ["upload:new", "upload:new-textured"]
+    assert stats["n_skipped_held_out"] == len(edits) and stats["n_new_cases"] == 2
 
 
 def test_fine_tuning_a_refit_is_a_refit(release, tmp_path):
@@ -471,3 +480,20 @@ def test_an_older_card_keeps_its_prediction_setting_in_the_inference_section():
     shipped = read_card(ROOT / "checkpoints" / "skinnet_lite2.json")  # written as card format 2
     assert shipped.inference == {"tta": False} and shipped.tta is False
     assert shipped.training["tta"] is False
+
+
+def test_the_near_duplicate_check_takes_any_picture():
+    """Flat, tiny, noisy or unrelated uploads: an answer, never an exception (a training run
+    must not stop at an odd upload)."""
+    import numpy as np
+    from PIL import Image
+    from skinnet.near_duplicates import ReferenceImages
+    from synthetic import textured_lesion_image
+
+    rng = np.random.default_rng(3)
+    noise = Image.fromarray(rng.integers(0, 256, (224, 336, 3), dtype=np.uint8))
+    references = ReferenceImages([textured_lesion_image(rng), noise])
+    odd = [Image.new("RGB", (3, 3)), Image.new("RGB", (400, 300), (90, 90, 90)), textured_lesion_image(rng),
+           Image.fromarray(rng.integers(0, 256, (224, 336, 3), dtype=np.uint8))]
+    assert [references.match(image) for image in odd] == [None] * 4
+    assert references.match(noise).check == "exact" and ReferenceImages([]).match(noise) is None

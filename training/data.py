@@ -6,14 +6,14 @@ import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from skinnet.checkpoint import file_sha256, read_card
 from skinnet.corrections import (CorrectionsError, correction_case, current_labels, log_files, log_folder,
                                  read_corrections, where)
 from skinnet.data import SPLITS, Case, Derm7pt
 from skinnet.labels import TASKS
-from skinnet.imaging import hash_distance, load_rgb, perceptual_hashes, pixel_sha256
+from skinnet.imaging import load_rgb
+from skinnet.near_duplicates import ReferenceImages
 
 from .folds import pool_cases, read_folds, stratified_subset
 
@@ -61,36 +61,26 @@ def base_cases(data: Derm7pt, args) -> tuple[list[Case], list[Case], list[Case]]
     return stratified_subset(learnt, args.train_fraction, args.seed), data.split("valid")[:args.limit_cases], held_out
 
 
-NEAR_DUPLICATE_BITS = 32
-"""Perceptual-hash distance (of 255 bits) at or under which an uploaded image counts as a copy
-of a held-out one. Measured on Derm7pt: a held-out image re-saved as JPEG q95 is within 4 bits,
-mirrored or rotated 0-4, shrunk to half 4, cropped by 1 px 22; two different Derm7pt images
-are never closer than 44 (train vs valid + test)."""
-
-
 class HeldOutImages:
-    """Every held-out image, by exact pixel hash and by perceptual hash, to catch a held-out
-    case uploaded by hand, re-encoded, mirrored, resized or slightly cropped."""
+    """Every held-out image (:class:`~skinnet.near_duplicates.ReferenceImages`), to catch a held-out
+    case uploaded by hand: re-encoded, mirrored, resized, cropped, turned, framed or sheared."""
 
     def __init__(self, cases: list[Case]):
-        self.exact, hashes = set(), []
-        for case in cases:
-            for path in {case.clinical_path, case.dermoscopy_path}:
-                image = load_rgb(path)
-                self.exact.add(pixel_sha256(image))
-                hashes.append(perceptual_hashes(image)[0])
-        self.perceptual = np.array(hashes)
+        paths = [(case.case_id, path) for case in cases
+                 for path in dict.fromkeys((case.clinical_path, case.dermoscopy_path))]
+        self.case_of = [case_id for case_id, _ in paths]
+        self.references = ReferenceImages(load_rgb(path) for _, path in paths)  # one image in memory at a time
 
     def match(self, row: dict[str, str], folder: Path) -> str | None:
         """Why a corrections row's images are held-out ones, or None."""
-        if {row["clinic_sha256"], row["derm_sha256"]} & self.exact:
-            return "its image is a held-out Derm7pt image"
         for column in ("clinic", "derm"):
-            if row[column] and (folder / row[column]).is_file() and len(self.perceptual):
-                distance = int(hash_distance(perceptual_hashes(load_rgb(folder / row[column])), self.perceptual).min())
-                if distance <= NEAR_DUPLICATE_BITS:
-                    return (f"its {column} image is a near-duplicate of a held-out Derm7pt image "
-                            f"({distance} of 255 perceptual-hash bits differ)")
+            if row[f"{column}_sha256"] in self.references.exact:
+                return f"its {column} image is a held-out Derm7pt image"
+            if row[column] and (folder / row[column]).is_file():
+                verdict = self.references.match(load_rgb(folder / row[column]))
+                if verdict is not None:
+                    return (f"its {column} image is an edited copy of a held-out Derm7pt image of case "
+                            f"{self.case_of[verdict.reference]} ({verdict})")
         return None
 
 

@@ -15,7 +15,7 @@ import torch
 
 from skinnet.agreement import plot_confusion
 from skinnet.calibration import calibrate, fit_head
-from skinnet.checkpoint import WEIGHT_FORMATS, ModelCard, file_sha256, load_checkpoint, read_card, save_checkpoint
+from skinnet.checkpoint import WEIGHT_FORMATS, ModelCard, load_checkpoint, read_card, save_checkpoint
 from skinnet.data import Derm7pt, SPLITS
 from skinnet.labels import TASK_BY_NAME, TASK_NAMES
 from skinnet.model import count_parameters

@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 
 from skinnet.data import Derm7pt
-from skinnet.labels import NUM_OUTPUTS, TASKS, split_logits
+from skinnet.labels import TASKS, split_logits
 
 log = logging.getLogger("skinnet.ledger")
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,26 +4,77 @@ Every event, public or not, can be called by raw HTTP with any session hash and 
 method here takes its images through :class:`~skinnet.ui.uploads.SessionImages` (never a path
 the client chose), binds the session to its first identity and checks who may act, all
 through :meth:`AppEvents.act`. Gradio fills ``request`` and ``profile`` (the Hugging Face
-sign-in, if any) by annotation; tests call the methods with their own.
+sign-in, if any) by annotation; tests call the methods with their own. Whatever fails in an
+event reaches the user as one sentence without server paths (:func:`said_plainly`).
 """
 from __future__ import annotations
+
+import errno
+import functools
+import logging
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from ..backup import Backup
-from ..corrections import NO_CHANGE, CorrectionsLog
+from ..corrections import NO_CHANGE, CorrectionsError, CorrectionsLog
+from ..data import DatasetError
 from ..imaging import ImageError
 from ..labels import TASKS
 from ..predict import Predictor
 from ..review_queue import list_queues
 from . import access, review
 from .examples import Example
+from .exports import ExportError, Exports, download_link
 from .handlers import explain_handler, form_labels, predict_handler
 from .prepare import Preparer
 from .settings import AppSettings
-from .uploads import CleanStore, SessionImages
+from .sessions import mark_reviewer_session
+from .uploads import CleanStore, Owner, SessionImages
 from .views import form_ready, task_label
+
+logger = logging.getLogger(__name__)
+
+SOMETHING_FAILED = "Something went wrong on the server; please try again, or tell the administrator."
+
+
+def said_plainly(handler, public):
+    """``handler`` with every failure turned into one sentence for the user: messages with the
+    server's folders named in words (``public``), a failing disk said as such, anything
+    unexpected logged here and reported as SOMETHING_FAILED (Gradio would send an empty error)."""
+    @functools.wraps(handler)
+    def run(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error as err:
+            raise gr.Error(public(err.message), duration=err.duration, title=err.title) from None
+        except CorrectionsError as err:
+            message = public(str(err))
+            if "review log" not in message:  # a shard's own name says nothing to a user
+                message = f"The review log on the server cannot be used: {message}"
+            raise gr.Error(message) from None
+        except (DatasetError, ImageError) as err:
+            raise gr.Error(public(str(err))) from None
+        except OSError as err:
+            logger.warning("event %s: %s", getattr(handler, "__name__", "?"), err)
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise gr.Error("The server's disk is full; please tell the administrator." if full
+                           else SOMETHING_FAILED) from None
+        except Exception:
+            logger.exception("event %s", getattr(handler, "__name__", "?"))
+            raise gr.Error(SOMETHING_FAILED) from None
+    return run
+
+
+def event(method):
+    """An :class:`AppEvents` method that Gradio calls: its failures are :func:`said_plainly`."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        return said_plainly(method, self.public)(self, *args, **kwargs)
+    return run
+
 
 CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
 """What a new pair does to the last pair's results: no 'show anyway', no summary, tables or maps."""
@@ -32,12 +83,25 @@ CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=Fals
 class AppEvents:
     def __init__(self, predictor: Predictor, settings: AppSettings, log: CorrectionsLog,
                  reviewers: access.Reviewers, store: CleanStore, images_in: SessionImages,
-                 examples: list[Example] = (), backup: Backup | None = None):
+                 exports: Exports, examples: list[Example] = (), backup: Backup | None = None):
         self.predictor, self.settings, self.log, self.backup = predictor, settings, log, backup
-        self.preparer = Preparer(predictor, store)
-        self.reviewers, self.store, self.images_in = reviewers, store, images_in
+        self.preparer = Preparer(predictor, store, settings.queue_root)
+        self.reviewers, self.store, self.images_in, self.exports = reviewers, store, images_in, exports
         self.queue_root = settings.queue_root
         self.examples = list(examples)
+        # the server's folders, longest first, and how a user reads them
+        places = {log.path: "the review log", log.folder: "the review log's folder",
+                  self.queue_root: "the queue folder", store.folder: "the server's image store",
+                  Path(tempfile.gettempdir()): "the server's temporary folder"}
+        self.places = sorted(((str(Path(p)), words) for p, words in places.items() if p), key=lambda x: -len(x[0]))
+
+    def public(self, message: str) -> str:
+        """A message as a user may read it: the server's folders named in words."""
+        for path, words in self.places:
+            if message.startswith(path):  # a sentence that began with the path begins with its name
+                message = words[:1].upper() + words[1:] + message[len(path):]
+            message = message.replace(path, words)
+        return message
 
     # -- who may do this ------------------------------------------------------------------------
     def act(self, state, request: gr.Request, profile, action: str | None = None):
@@ -49,8 +113,10 @@ class AppEvents:
         reviewer = (self.reviewers.require(request, profile, action) if action
                     else self.reviewers.of(request, profile))
         who = access.identity(request, profile)
-        owner = (str(getattr(request, "session_hash", "") or ""), who)
-        return access.claim_session(state, who), owner, reviewer
+        session = str(getattr(request, "session_hash", "") or "")
+        if reviewer is not None:
+            mark_reviewer_session(request, session)
+        return access.claim_session(state, who), Owner(session, who, reviewer is not None), reviewer
 
     def open_images(self, owner, values, originals: bool):
         try:
@@ -64,6 +130,7 @@ class AppEvents:
 
     # -- images and cases -----------------------------------------------------------------------
     def on_upload(self, name):
+        @functools.partial(said_plainly, public=self.public)
         def handler(state, value, request: gr.Request, profile: gr.OAuthProfile | None):
             state, owner, _ = self.act(state, request, profile)
             try:
@@ -76,6 +143,7 @@ class AppEvents:
         handler.__name__ = f"upload_{name.split()[0]}"
         return handler
 
+    @event
     def case_from_upload(self, state, clinical_value, dermoscopy_value, request: gr.Request,
                          profile: gr.OAuthProfile | None):
         state, owner, reviewer = self.act(state, request, profile)
@@ -91,6 +159,7 @@ class AppEvents:
         case = state.get("case")
         return self.log.latest_review(reviewer, case["case_id"]) if reviewer and case else None
 
+    @event
     def keep_draft(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
         """Before a move away from the open case: unsaved changes in the form stay as the case's draft."""
@@ -99,6 +168,7 @@ class AppEvents:
                   note_value)
         return review.keep_draft(state, values, self.log, reviewer)
 
+    @event
     def show_case(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
         """The open case, ready to review in one step: its images, the model's answer (summary,
         tables, the form's "model says" labels, the guards' buttons), the form (the case's draft,
@@ -106,7 +176,7 @@ class AppEvents:
         save sent before it names the case before and is refused. Then the cases ``n`` and the
         right arrow lead to are prepared (:mod:`skinnet.ui.prepare`); the maps follow this case."""
         state, owner, reviewer = self.act(state, request, profile)
-        images = review.load_case_images(state)
+        images = review.load_case_images(state, self.queue_root)
         values, status = review.form_for_case(state, self.saved(reviewer, state))
         state = {**state, "left_draft": None}
         # a queue case's images come from its queue file: read-only (one stray click on the
@@ -133,6 +203,7 @@ class AppEvents:
         labels = [{"label": update["label"]} for update in form_labels(self.predictor, *pair)]
         return (summary, diagnosis, criteria, labels, *self._guard_updates(pair, False))
 
+    @event
     def own_images(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
         """Close the open case and give back two empty image slots for the reviewer's own pair."""
         state, _, reviewer = self.act(state, request, profile)
@@ -146,6 +217,7 @@ class AppEvents:
                 *(gr.update(value=NO_CHANGE, label=task_label(t)) for t in TASKS), None, "", status, False, "",
                 None, None, hidden, hidden, form_ready(""), "")
 
+    @event
     def open_example(self, state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
         """The clicked example pair in the image slots (this session's own clean copies)."""
         state, owner, _ = self.act(state, request, profile)
@@ -156,6 +228,7 @@ class AppEvents:
         return (*(gr.update(value=self.store.add(owner, im) if im is not None else None, interactive=True)
                   for im in (example.clinical, example.dermoscopy)), *CLEARED_OUTPUTS)
 
+    @event
     def swap_images(self, state, clinical_value, dermoscopy_value, request: gr.Request,
                     profile: gr.OAuthProfile | None):
         state, owner, _ = self.act(state, request, profile)
@@ -165,12 +238,14 @@ class AppEvents:
         return [self.store.add(owner, image) if image is not None else None for image in reversed(pair)]
 
     # -- the model's answer ---------------------------------------------------------------------
+    @event
     def predict(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                 profile: gr.OAuthProfile | None):
         _, owner, _ = self.act(state, request, profile)
         return predict_handler(self.predictor, *self.open_images(owner, (clinical_value, dermoscopy_value), True),
                                anyway is True)
 
+    @event
     def guard_buttons(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                       profile: gr.OAuthProfile | None):
         """Show 'show anyway' for a hidden prediction and 'swap' for images in the wrong slots."""
@@ -184,12 +259,14 @@ class AppEvents:
         misplaced = checks.swapped or (sum(im is not None for im in pair) == 1 and bool(checks.wrong_slot))
         return gr.update(visible=not checks.trustworthy and anyway is not True), gr.update(visible=misplaced)
 
+    @event
     def explain(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                 request: gr.Request, profile: gr.OAuthProfile | None):
         _, owner, _ = self.act(state, request, profile)
         return explain_handler(self.predictor, *self.open_images(owner, (clinical_value, dermoscopy_value), True),
                                task_value, class_value, head_value)
 
+    @event
     def explain_after_predict(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                               anyway, request: gr.Request, profile: gr.OAuthProfile | None):
         """The maps of an analysis: none while its prediction is hidden (the Explain button still works)."""
@@ -200,6 +277,7 @@ class AppEvents:
             return None, None, []
         return explain_handler(self.predictor, *pair, task_value, class_value, head_value)
 
+    @event
     def form_labels(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                     profile: gr.OAuthProfile | None):
         _, owner, _ = self.act(state, request, profile)
@@ -207,6 +285,7 @@ class AppEvents:
 
     # -- the queue ------------------------------------------------------------------------------
     def step(self, direction):
+        @functools.partial(said_plainly, public=self.public)
         def handler(state, request: gr.Request, profile: gr.OAuthProfile | None):
             state, _, reviewer = self.act(state, request, profile)
             state = review.move(state, direction, self.log, reviewer)
@@ -218,6 +297,7 @@ class AppEvents:
     def go(self, direction):
         """A move as the reviewer makes it (n, the arrows, the buttons), in one round trip: the
         open case's unsaved changes kept as its draft, the step, and the new case shown."""
+        @functools.partial(said_plainly, public=self.public)
         def handler(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                     confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
             state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
@@ -230,6 +310,7 @@ class AppEvents:
     def filter_values(state):
         return state["filters"]["split"], state["filters"]["status"], state["filters"]["predicted"]
 
+    @event
     def open_queue(self, state, chosen, request: gr.Request, profile: gr.OAuthProfile | None):
         state, _, reviewer = self.act(state, request, profile, "Opening a queue")
         if self.queue_root is None:
@@ -240,6 +321,7 @@ class AppEvents:
                                                          self.log, reviewer, chosen)
         return state, table, status, *self.filter_values(state)
 
+    @event
     def filter_queue(self, state, split_value, status_value, predicted_value, request: gr.Request,
                      profile: gr.OAuthProfile | None):
         state, _, reviewer = self.act(state, request, profile, "Filtering a queue")
@@ -251,6 +333,7 @@ class AppEvents:
         return (state, review.queue_table(state, self.log, reviewer), review.view_status(state),
                 review.case_header(state, self.log, reviewer))
 
+    @event
     def restore_queue(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
         """On page load: the signed-in reviewer's queue, order, filters and case, as they left them."""
         state, _, reviewer = self.act(state, request, profile)
@@ -261,12 +344,15 @@ class AppEvents:
         return (restored, review.queue_table(restored, self.log, reviewer), status, *self.filter_values(restored),
                 restored.get("event_id") or "restored")
 
+    @event
     def order_queue(self, state, request: gr.Request, profile: gr.OAuthProfile | None, progress=gr.Progress()):
         state, _, reviewer = self.act(state, request, profile, "Ordering a queue")
-        state, table, status = review.order_by_uncertainty(state, self.predictor, self.log, reviewer, progress)
+        state, table, status = review.order_by_uncertainty(state, self.predictor, self.log, reviewer, self.queue_root,
+                                                                 progress)
         review.remember(state, self.log.folder, reviewer)
         return state, table, status, *self.filter_values(state)
 
+    @event
     def open_queue_row(self, state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
         """The case of the clicked row, found by its case id (the table may be sorted on screen)."""
         state, _, reviewer = self.act(state, request, profile, "Opening a case")
@@ -276,12 +362,14 @@ class AppEvents:
         review.remember(state, self.log.folder, reviewer)
         return state
 
+    @event
     def refresh_queues(self, request: gr.Request, profile: gr.OAuthProfile | None):
         """The queue files, for reviewers only (their names can say more than a visitor should see)."""
         listed = list_queues(self.queue_root) if self.queue_root and self.reviewers.of(request, profile) else []
         return gr.update(choices=listed)
 
     # -- reviews ----------------------------------------------------------------------------------
+    @event
     def save(self, state, token, reveal, verdict_value, confidence_value, note_value, diag, pn, streaks,
              pigmentation, regression, dots, veil, vascular, request: gr.Request, profile: gr.OAuthProfile | None):
         """Append the review of the case on screen; with ``reveal`` (a Derm7pt case), the
@@ -294,7 +382,7 @@ class AppEvents:
         corrected = (diag, pn, streaks, pigmentation, regression, dots, veil, vascular)  # TASKS order
         for key in ("clinical", "dermoscopy"):  # an upload case's copies stay while it is open
             self.store.refresh(owner, state["case"].get(key))
-        images = review.load_case_images(state)  # the server's own images of the open case
+        images = review.load_case_images(state, self.queue_root)  # the server's own images of the open case
         state, message = review.save_review(state, self.predictor, self.log, reviewer, *images, verdict_value,
                                             dict(zip([t.name for t in TASKS], corrected)),
                                             confidence_value, note_value)
@@ -304,6 +392,7 @@ class AppEvents:
         # the state is not an output: a step that finished meanwhile must not be undone by this one
         return message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer)
 
+    @event
     def undo(self, state, token, request: gr.Request, profile: gr.OAuthProfile | None):
         """Withdraw your latest review of the case on screen. What cannot be undone is said in the
         status line, and the form keeps what it shows (no error marks on its fields)."""
@@ -318,6 +407,7 @@ class AppEvents:
         return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),
                 *review.form_values(standing))
 
+    @event
     def agreement(self, request: gr.Request, profile: gr.OAuthProfile | None):
         _, _, reviewer = self.act({}, request, profile, "Seeing reviewers' agreement")
         from ..agreement import agreement_report, kappa_table
@@ -333,12 +423,21 @@ class AppEvents:
                            "You have no labelled reviews yet (reviewer pairs are shown to admins only).")
         return pd.DataFrame(table, columns=["raters", "cases", *(t.name for t in TASKS)])
 
+    @event
     def export_labels(self, rule, request: gr.Request, profile: gr.OAuthProfile | None):
-        self.reviewers.require_admin(request, profile, "Exporting everyone's labels")
+        """A download link to everyone's current labels, for this admin only (:mod:`.exports`)."""
+        admin = self.reviewers.require_admin(request, profile, "Exporting everyone's labels")
         if rule not in ("latest", "majority"):
             raise gr.Error("Choose 'latest' or 'majority'.")
-        return review.export_labels(self.log, rule)
+        try:
+            token, problems = self.exports.create(admin, self.log, rule)
+        except ExportError as err:
+            raise gr.Error(str(err)) from None
+        if problems:
+            gr.Warning(f"{len(problems)} bad rows left out: " + "; ".join(str(p) for p in problems[:3]))
+        return download_link(token)
 
+    @event
     def backup_status(self, request: gr.Request, profile: gr.OAuthProfile | None):
         """When the review log was last backed up (for reviewers: it says where it goes)."""
         if not self.reviewers.of(request, profile):
@@ -348,6 +447,7 @@ class AppEvents:
                     "which a Space loses at every restart (see docs/security.md).")
         return self.backup.status.sentence()
 
+    @event
     def who_is_signed_in(self, request: gr.Request, profile: gr.OAuthProfile | None):
         reviewer = self.reviewers.of(request, profile)
         if reviewer:

@@ -16,6 +16,7 @@ from ..predict import Predictor
 from . import access, review, uploads
 from .events import CLEARED_OUTPUTS, AppEvents
 from .examples import Example, read_examples
+from .exports import Exports
 from .handlers import AUTO_HEAD, PREDICTED, class_choices
 from .keys import form_choices
 from .settings import PREDICT_CONCURRENCY, AppSettings
@@ -49,10 +50,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
     saving = reviewers.configured
     demo = settings.public_demo
     store = uploads.CleanStore()
+    exports = Exports(settings.log_dir / "exports")
 
     with gr.Blocks(title="skinnet", delete_cache=(1800, 3600)) as app:
         images_in = uploads.SessionImages(store, lambda: app.upload_file_set)
-        events = AppEvents(predictor, settings, log, reviewers, store, images_in, examples, backup)
+        events = AppEvents(predictor, settings, log, reviewers, store, images_in, exports, examples, backup)
         state = gr.State(review.new_state())
         with gr.Row():
             gr.Markdown("### skinnet · multi-modal skin lesion review")
@@ -183,8 +185,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                label="When reviewers disagree on a case (admins)")
                         export_button = gr.Button("Export current labels (meta.csv)",
                                                   interactive=bool(settings.admins), elem_id="export-labels", scale=1)
-                        export_file = gr.File(label="Derm7pt-style meta.csv", interactive=False, scale=2, height=110,
-                                              elem_id="export-file")
+                        export_file = gr.HTML(label="Derm7pt-style meta.csv", scale=2, elem_id="export-file")
                     with gr.Accordion("Agreement (reviewers)", open=False):
                         gr.Markdown("Cohen's kappa per task of your labels with the model's prediction (and the "
                                     "Derm7pt reference labels); admins also see each pair of reviewers. Over the "
@@ -285,7 +286,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         app.load(events.backup_status, None, backup_status, **private)
         queue_tab.select(events.backup_status, None, backup_status, **private)
         app.load(events.who_is_signed_in, None, signed_in, **private)
-    app.skinnet_sweeper = uploads.start_sweeper(images_in)
+    app.skinnet_exports = exports  # served by skinnet.ui.server, to the admin who made each one
+    app.skinnet_sweeper = uploads.start_sweeper(images_in.sweep_originals, store.sweep, exports.sweep)
     app.skinnet_backup = backup
     if backup is not None:
         backup.start()

@@ -13,11 +13,13 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 from PIL.Image import Image
 
 from ..imaging import ImageError, load_rgb
 from ..predict import Predictor
+from ..review_queue import queue_image_path, read_queue_image
 from .uploads import CleanStore
 
 log = logging.getLogger(__name__)
@@ -28,23 +30,26 @@ _decoded: OrderedDict[tuple, Image] = OrderedDict()
 _decoded_lock = threading.Lock()
 
 
-def queue_image(path: str, name: str) -> Image:
-    """A queue case's image as a clean RGB image, decoded once while it is in use (the file's
-    size and time are part of the key: a changed file is read again).
+def queue_image(path: str, name: str, root: str | Path | None) -> Image:
+    """A queue case's image as a clean RGB image, checked inside the queue folder at every read
+    (:func:`~skinnet.review_queue.queue_image_path`: a link swapped in later is refused, cached
+    or not) and decoded once while it is in use (the file's size and time are part of the key: a
+    changed file is read again).
 
     Raises:
-        ImageError: not a readable image.
+        ImageError: outside the queue folder, missing, or not a readable image.
     """
+    resolved = queue_image_path(path, root, name)
     try:
-        stat = os.stat(path)
+        stat = os.stat(resolved, follow_symlinks=False)
     except OSError:
-        return load_rgb(path, name)  # says what is wrong, in the words every image error uses
-    key = (path, stat.st_mtime_ns, stat.st_size)
+        return read_queue_image(path, root, name)  # says what is wrong, in the words every image error uses
+    key = (str(resolved), stat.st_mtime_ns, stat.st_size)
     with _decoded_lock:
         if key in _decoded:
             _decoded.move_to_end(key)
             return _decoded[key]
-    image = load_rgb(path, name)
+    image = read_queue_image(path, root, name)
     with _decoded_lock:
         _decoded[key] = image
         while len(_decoded) > DECODED:
@@ -52,21 +57,30 @@ def queue_image(path: str, name: str) -> Image:
     return image
 
 
-def case_images(case: dict) -> tuple[Image | None, Image | None]:
-    """(clinical, dermoscopy) of a queue case (None where it has none).
+def case_images(case: dict, root: str | Path | None) -> tuple[Image | None, Image | None]:
+    """(clinical, dermoscopy) of a case (None where it has none): a queue case's from the queue
+    folder (``root``), checked as they are read; an upload case's from the server's own
+    de-identified copies.
 
     Raises:
-        ImageError: an image cannot be read.
+        ImageError: an image cannot be read, or has left the queue folder.
     """
-    return tuple(queue_image(case[key], key) if case.get(key) else None for key in ("clinical", "dermoscopy"))
+    def one(key: str) -> Image | None:
+        if not case.get(key):
+            return None
+        if case.get("source", "upload") == "upload":
+            return load_rgb(case[key], key)
+        return queue_image(case[key], f"{key} image", root)
+
+    return one("clinical"), one("dermoscopy")
 
 
 class Preparer:
     """Prepares cases in one background thread; a request made while it is busy replaces the
     one waiting (only the latest position of the reviewer matters)."""
 
-    def __init__(self, predictor: Predictor, store: CleanStore):
-        self.predictor, self.store = predictor, store
+    def __init__(self, predictor: Predictor, store: CleanStore, queue_root: str | Path | None):
+        self.predictor, self.store, self.queue_root = predictor, store, queue_root
         self._wanted: tuple | None = None
         self._cv = threading.Condition()
         threading.Thread(target=self._run, name="skinnet-prepare", daemon=True).start()
@@ -85,7 +99,7 @@ class Preparer:
                 self._wanted = None
             for case in cases:
                 try:
-                    pair = case_images(case)
+                    pair = case_images(case, self.queue_root)
                     for image in pair:
                         if image is not None:
                             self.store.add(owner, image)

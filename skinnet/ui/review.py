@@ -6,11 +6,10 @@ once) and when it was opened (time spent is measured, never typed).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import tempfile
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pandas as pd
 from PIL.Image import Image
 
 from ..corrections import (CHANGED, CONFIRMED, LABELLED_VERDICTS, MAX_NOTE, NO_CHANGE, RETRACT, VERDICTS,
-                          CorrectionsError, CorrectionsLog, Review, export_meta_csv, is_answer, log_files,
-                          new_event_id, read_corrections, task_labels)
+                          CorrectionsError, CorrectionsLog, Review, is_answer, new_event_id, task_labels)
 from ..data import DatasetError
+from ..files import write_atomically
 from ..imaging import ImageError, load_rgb, pixel_sha256
 from ..labels import TASKS
 from ..predict import Predictor
@@ -137,11 +136,20 @@ def remember(state: dict, folder: Path, reviewer: str | None) -> None:
               "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
               "case_id": case.get("case_id") if case.get("source") != "upload" else None,
               "uncertainty": state["uncertainty"], "predicted": state["predicted"], "drafts": state.get("drafts", {})}
-    path = _session_file(folder, reviewer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(json.dumps(record))
-    temporary.replace(path)
+    kept_on_disk(_session_file(folder, reviewer), json.dumps(record),
+                 "Your place in this queue was not kept on the server (it comes back on reload only once kept)")
+
+
+def kept_on_disk(path: Path, text: str, what_failed: str) -> bool:
+    """Write a file the app can do without (a reviewer's place, a score cache): on a full or
+    failing disk the reviewer is told in words and nothing half-written is left behind."""
+    try:
+        write_atomically(path, text)
+        return True
+    except OSError as err:
+        reason = "its disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "it could not write the file"
+        gr.Warning(f"{what_failed}: {reason}. Please tell the administrator.")
+        return False
 
 
 def restore(state: dict, folder: Path, root: Path | None, log: CorrectionsLog, reviewer: str | None) -> dict | None:
@@ -178,7 +186,7 @@ SCORE_BATCH = 32
 model is free for other requests)."""
 
 
-def queue_scores(state: dict, predictor: Predictor, cache: Path, progress=None) -> dict[str, float]:
+def queue_scores(state: dict, predictor: Predictor, cache: Path, root: Path | None, progress=None) -> dict[str, float]:
     """Case id -> (uncertainty, predicted diagnosis) for every case of the queue view, from the
     disk cache where this queue file and checkpoint scored it before (by anyone); the rest are
     scored in batches and added to the cache."""
@@ -195,27 +203,24 @@ def queue_scores(state: dict, predictor: Predictor, cache: Path, progress=None) 
         if progress is not None:
             progress((start, len(queue)), desc="scoring cases (shared by every reviewer once done)")
         chunk = queue[start:start + SCORE_BATCH]
-        pairs = [tuple(load_rgb(c[k]) if c[k] else None for k in ("clinical", "dermoscopy")) for c in chunk]
+        pairs = [case_images(c, root) for c in chunk]
         # one view, not the card's flips: a ranking needs a quarter of the work (out of fold on
         # Derm7pt the flips move the shipped recipe's average by 0.06 points)
         for case, prediction in zip(chunk, predictor.predict_batch(pairs, tta=False)):
             diagnosis = prediction.heads[prediction.primary_head].classes["DIAG"]
             scores[case["case_id"]] = [uncertainty(prediction), diagnosis]
-    cache.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(json.dumps(scores))
-    temporary.replace(path)
+    kept_on_disk(path, json.dumps(scores), "The queue's scores were not kept for the next reviewer")
     return scores
 
 
 def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
-                         progress=None):
+                         root: Path | None, progress=None):
     """Sort the queue so that the cases the model is least sure of come first, and open the
     first of them you have not reviewed (``n`` then follows this order)."""
     if not state["queue"]:
         raise gr.Error("Open a queue first.")
     try:
-        scores = queue_scores(state, predictor, log.folder / "queue_scores", progress)
+        scores = queue_scores(state, predictor, log.folder / "queue_scores", root, progress)
     except ImageError as err:
         raise gr.Error(str(err)) from None
     uncertainty_of = {case: float(value[0]) for case, value in scores.items()}
@@ -448,40 +453,13 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     return f"Undone: your {latest['verdict']} review of case {case['case_id']} is withdrawn; {back}.", standing, True
 
 
-EXPORT_TTL_S = 600.0
-"""Seconds an exported meta.csv stays on the server for its download."""
-_exports: list[Path] = []
-
-
-def _export_folder() -> Path:
-    """One folder per process for exports; files older than EXPORT_TTL_S are removed first."""
-    if not _exports:
-        _exports.append(Path(tempfile.mkdtemp(prefix="skinnet-export-")))
-    folder = _exports[0]
-    for old in folder.glob("labels_*.csv"):
-        if time.time() - old.stat().st_mtime > EXPORT_TTL_S:
-            old.unlink(missing_ok=True)
-    return folder
-
-
-def export_labels(log: CorrectionsLog, rule: str) -> str:
-    """The current labels of every reviewed case as a Derm7pt-style meta.csv (a temporary file)."""
-    if not log_files(log.folder):
-        raise gr.Error("No review has been saved yet.")
-    rows, problems = read_corrections(log.folder)
-    target = _export_folder() / f"labels_{rule}_{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}.csv"
-    export_meta_csv(rows, target, rule)
-    if problems:
-        gr.Warning(f"{len(problems)} bad rows left out: " + "; ".join(str(p) for p in problems[:3]))
-    return str(target)
-
-
-def load_case_images(state: dict) -> tuple:
+def load_case_images(state: dict, root: Path | None) -> tuple:
     """The open case's images as clean RGB images (None where the case has none)."""
     try:
-        return case_images(state.get("case") or {})
+        return case_images(state.get("case") or {}, root)
     except ImageError as err:
         raise gr.Error(str(err)) from None
+
 
 def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
     """For teaching: the open Derm7pt case's reference labels next to the reviewer's own, once

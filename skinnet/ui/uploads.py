@@ -22,12 +22,12 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from PIL import Image
 
+from ..files import write_atomically
 from ..imaging import ImageError, load_rgb, pixel_sha256, png_bytes
-from .access import ANONYMOUS
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ CLEAN_TTL_S = 3600.0
 PER_SESSION = 64
 """De-identified copies one session may hold (the oldest are forgotten first)."""
 MAX_GRANTS = 4096
-"""De-identified copies all sessions together may hold (anonymous visitors' and then the longest
-unused go first), so that visitors inventing session hashes cannot fill the disk (a copy is at
-most 1024 px) or push out a signed-in reviewer's images."""
+"""De-identified copies all sessions together may hold (those of visitors who may not review go
+first, then the longest unused), so that visitors inventing session hashes cannot fill the disk
+(a copy is at most 1024 px) or push out a reviewer's images."""
 NOT_YOURS = "{name}: that file is not an upload of this session; upload the image again."
 
 
@@ -55,6 +55,15 @@ def client_path(value) -> str | None:
     if not isinstance(value, str) or len(value) > 4096:
         raise ImageError("image: not a file reference")
     return value
+
+
+class Owner(NamedTuple):
+    """Who holds a copy: a session of one identity, and whether that identity may review (a
+    signed-in Hugging Face account that is not on the reviewer list counts as a visitor)."""
+
+    session: str
+    identity: str
+    reviewer: bool = False
 
 
 class CleanStore:
@@ -70,18 +79,16 @@ class CleanStore:
         self._grants: dict[tuple[str, str], OrderedDict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def add(self, owner: tuple[str, str], image: Image.Image) -> str:
-        """Store an image for ``owner`` (session hash, identity); returns the file's path."""
+    def add(self, owner: Owner, image: Image.Image) -> str:
+        """Store an image for ``owner``; returns the file's path."""
         digest = pixel_sha256(image)
         target = self.folder / f"{digest}.png"
         self.grant(owner, digest)  # before the file exists: a sweep in between must not delete it
         if not target.exists():
-            temporary = target.with_name(f".{digest}.{threading.get_ident()}.tmp")
-            temporary.write_bytes(png_bytes(image))
-            os.replace(temporary, target)
+            write_atomically(target, png_bytes(image))
         return str(target)
 
-    def grant(self, owner: tuple[str, str], digest: str) -> None:
+    def grant(self, owner: Owner, digest: str) -> None:
         """Give (or refresh) ``owner``'s access to a copy."""
         with self._lock:
             held = self._grants.setdefault(owner, OrderedDict())
@@ -91,19 +98,19 @@ class CleanStore:
                 held.popitem(last=False)
             total = sum(len(h) for h in self._grants.values())
             if total > MAX_GRANTS:
-                # anonymous visitors' grants go first (oldest first): visitors inventing session
-                # hashes (a click on an example is two grants) must not push a reviewer's case out
-                oldest = sorted((o[1] != ANONYMOUS, used, o, d) for o, h in self._grants.items() for d, used in h.items())
+                # visitors' grants go first (oldest first): visitors inventing session hashes (a
+                # click on an example is two grants) must not push a reviewer's case out
+                oldest = sorted((o.reviewer, used, o, d) for o, h in self._grants.items() for d, used in h.items())
                 for _, _, o, d in oldest[: total - MAX_GRANTS]:
                     self._grants[o].pop(d, None)
 
-    def refresh(self, owner: tuple[str, str], path: str | None) -> None:
+    def refresh(self, owner: Owner, path: str | None) -> None:
         """Keep ``owner``'s access to a copy of the store it holds in its session state."""
         match = CLEAN_NAME.fullmatch(os.path.basename(path or ""))
         if match and Path(path).parent == self.folder:
             self.grant(owner, match.group(1))
 
-    def path_for(self, owner: tuple[str, str], value) -> Path | None:
+    def path_for(self, owner: Owner, value) -> Path | None:
         """The store's own file that a client value names, if ``owner`` was given it."""
         path = client_path(value)
         match = CLEAN_NAME.fullmatch(os.path.basename(path or ""))
@@ -154,7 +161,7 @@ class SessionImages:
         normal = os.path.normpath(path)
         return any(os.path.normpath(p) == normal for p in list(self.uploaded()))
 
-    def open(self, owner: tuple[str, str], value, name: str, originals: bool = True) -> Image.Image | None:
+    def open(self, owner: Owner, value, name: str, originals: bool = True) -> Image.Image | None:
         """Clean RGB pixels of the image a client value names, or None for an empty value.
 
         Args:
@@ -195,17 +202,18 @@ class SessionImages:
         return deleted
 
 
-def start_sweeper(images: SessionImages, every_s: float = 5.0) -> threading.Event:
-    """A daemon thread that sweeps originals and unused clean copies; set the event to stop it."""
+def start_sweeper(*sweeps: Callable[[], object], every_s: float = 5.0) -> threading.Event:
+    """A daemon thread that runs each sweep (originals, unused clean copies, expired exports)
+    every ``every_s``; set the event to stop it."""
     stop = threading.Event()
 
     def run():
         while not stop.wait(every_s):
-            try:
-                images.sweep_originals()
-                images.store.sweep()
-            except Exception:  # the sweeper must outlive one bad file
-                log.exception("upload sweeper")
+            for sweep in sweeps:
+                try:
+                    sweep()
+                except Exception:  # the sweeper must outlive one bad file
+                    log.exception("sweeper")
 
-    threading.Thread(target=run, name="skinnet-upload-sweeper", daemon=True).start()
+    threading.Thread(target=run, name="skinnet-sweeper", daemon=True).start()
     return stop
