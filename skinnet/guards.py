@@ -12,8 +12,11 @@ with the logits, so the checks cost no extra forward pass):
 - **Which modality does it look like?** A logistic regression on the same features, trained
   on Derm7pt clinical vs dermoscopy images in both slots: a pair whose clinical slot reads as
   dermoscopy and whose dermoscopy slot reads as clinical looks swapped.
-- **Is the answer uncertain?** The margin between the two most probable diagnoses of the
-  primary head; below a threshold chosen on out-of-fold predictions, refer the case.
+- **How sure is the answer?** The margin between the two most probable diagnoses of the
+  primary head puts a case in one of three levels: "uncertain" (the least sure sixth or so of
+  unseen cases: refer it), "low confidence" (the next band) or "confident". The limits are
+  quantiles of out-of-fold margins, and each level keeps how often the model was right there,
+  which the app says beside the answer.
 
 The fitted numbers live in ``<checkpoint>.guards.safetensors`` beside the checkpoint (written
 by ``python -m training.fit_guards``), bound to the weights they were fitted on by a
@@ -65,6 +68,14 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+UNCERTAIN, LOW_CONFIDENCE, CONFIDENT = "uncertain", "low confidence", "confident"
+LEVELS = (UNCERTAIN, LOW_CONFIDENCE, CONFIDENT)
+LEVEL_SHARES = (0.175, 0.40)
+"""Out-of-fold share of cases below the "uncertain" limit and below the "low confidence" limit:
+the least sure 17.5% are uncertain (risk-coverage: that is where accuracy falls to a coin toss),
+the next 22.5% low confidence."""
+
+
 @dataclass
 class Checks:
     """What the guards say about one prediction (shown above it in the app).
@@ -74,10 +85,11 @@ class Checks:
         distance: slot -> distance to the training images, in thresholds (above 1: flagged).
         p_dermoscopy: slot -> probability that the image is a dermoscopy image.
         swapped: the clinical slot holds a dermoscopy image and the dermoscopy slot a clinical one.
-        uncertain: the two most probable diagnoses are too close to call.
+        level: how sure the answer is: uncertain, low confidence or confident (LEVELS).
         margin: the primary head's top-2 diagnosis margin.
-        margin_limit: that head's "uncertain" margin.
-        accuracy_below: how often that head was right, out of fold, on cases below the limit.
+        margin_limit: that head's "uncertain" limit; low_limit: its "low confidence" limit.
+        meaning: what the level meant out of fold: ``share`` of the unseen cases, the head's
+            ``accuracy`` on them, out of ``cases`` (None: not fitted).
     """
 
     not_lesion: tuple[str, ...] = ()
@@ -85,15 +97,22 @@ class Checks:
     p_dermoscopy: dict[str, float] = field(default_factory=dict)
     swapped: bool = False
     wrong_slot: tuple[str, ...] = ()
-    uncertain: bool = False
+    level: str = CONFIDENT
     margin: float = 1.0
     margin_limit: float = 0.0
-    accuracy_below: float | None = None
+    low_limit: float = 0.0
+    meaning: dict | None = None
+
+    @property
+    def uncertain(self) -> bool:
+        return self.level == UNCERTAIN
 
     @property
     def trustworthy(self) -> bool:
-        """False when the prediction should stay hidden until the user asks for it."""
-        return not self.not_lesion
+        """False when the prediction should stay hidden until the user asks for it: an image
+        that is not a lesion photo, or a pair that looks swapped (its diagnosis would read as
+        an answer about the wrong images)."""
+        return not self.not_lesion and not self.swapped
 
 
 @dataclass
@@ -110,7 +129,8 @@ class Guards:
         modality_weight, modality_bias: logistic regression, P(dermoscopy) = sigmoid(x @ w + b).
         uncertain_margin: head -> top-2 diagnosis margin below which its answer is "uncertain"
             (each head on its own out-of-fold predictions: a one-image head is less sure).
-        uncertain_accuracy: head -> out-of-fold accuracy of the cases below that margin.
+        low_confidence_margin: head -> margin below which it is "low confidence" (none: no such level).
+        levels: head -> level -> its out-of-fold ``share``, ``accuracy`` and ``cases``.
         fingerprint: :func:`weights_fingerprint` of the model the guards were fitted on.
         notes: how each number was chosen (shown in the Model tab and the docs).
     """
@@ -125,7 +145,8 @@ class Guards:
     uncertain_margin: dict[str, float]
     fingerprint: str
     notes: dict = field(default_factory=dict)
-    uncertain_accuracy: dict[str, float] = field(default_factory=dict)
+    low_confidence_margin: dict[str, float] = field(default_factory=dict)
+    levels: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """(..., D) features -> (...,) distance to the nearest modality's training images."""
@@ -158,9 +179,11 @@ class Guards:
         top2 = sorted(diagnosis.values(), reverse=True)[:2]
         margin = top2[0] - (top2[1] if len(top2) > 1 else 0.0)
         limit = self.uncertain_margin.get(head, self.uncertain_margin.get("fused", 0.0))
+        low = max(limit, self.low_confidence_margin.get(head, self.low_confidence_margin.get("fused", 0.0)))
+        level = UNCERTAIN if margin < limit else LOW_CONFIDENCE if margin < low else CONFIDENT
         return Checks(not_lesion=not_lesion, distance=distance, p_dermoscopy=p_derm, swapped=swapped,
-                      wrong_slot=wrong_slot, uncertain=margin < limit, margin=margin, margin_limit=limit,
-                      accuracy_below=self.uncertain_accuracy.get(head))
+                      wrong_slot=wrong_slot, level=level, margin=margin, margin_limit=limit, low_limit=low,
+                      meaning=self.levels.get(head, {}).get(level))
 
     # -- storage --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -171,7 +194,8 @@ class Guards:
             tensors[f"scale.{m}"] = self.scale[m].float().contiguous()
         settings = {"ood_threshold": self.ood_threshold, "residual_scale": self.residual_scale,
                     "modality_bias": self.modality_bias,
-                    "uncertain_margin": self.uncertain_margin, "uncertain_accuracy": self.uncertain_accuracy,
+                    "uncertain_margin": self.uncertain_margin, "low_confidence_margin": self.low_confidence_margin,
+                    "levels": self.levels,
                     "fingerprint": self.fingerprint,
                     "notes": self.notes}
         path = Path(path)
@@ -197,7 +221,8 @@ class Guards:
                          modality_weight=tensors["modality_weight"],
                          modality_bias=float(settings["modality_bias"]),
                          uncertain_margin=_per_head(settings["uncertain_margin"]),
-                         uncertain_accuracy=_per_head(settings.get("uncertain_accuracy", {})),
+                         low_confidence_margin=_per_head(settings.get("low_confidence_margin", {})),
+                         levels=settings.get("levels") or _old_levels(settings.get("uncertain_accuracy", {})),
                          fingerprint=str(settings["fingerprint"]), notes=settings.get("notes", {}))
         except Exception as err:  # safetensors, JSON and missing keys all mean "not a guards file"
             raise ValueError(f"{path} is not a readable guards file ({type(err).__name__})") from None
@@ -210,6 +235,11 @@ class Guards:
 def _per_head(value) -> dict[str, float]:
     """A per-head setting; a single number (guards of the first version) is the fused head's."""
     return {"fused": float(value)} if isinstance(value, (int, float)) else {k: float(v) for k, v in value.items()}
+
+
+def _old_levels(uncertain_accuracy) -> dict:
+    """Guards written before the levels kept only the accuracy below the uncertain margin."""
+    return {head: {UNCERTAIN: {"accuracy": accuracy}} for head, accuracy in _per_head(uncertain_accuracy).items()}
 
 
 def fit_gaussian(features: torch.Tensor, components: int
@@ -251,13 +281,15 @@ def fit_modality(features: torch.Tensor, is_dermoscopy: torch.Tensor, c: float =
     return w.float(), b
 
 
-def uncertain_margin_from(margins: torch.Tensor, correct: torch.Tensor, worse_than: float = 0.5) -> float:
-    """The largest margin t such that cases with a margin below t were right less often than
-    ``worse_than`` (out-of-fold): below it, the model's answer is close to a coin toss."""
-    order = margins.argsort()
-    hits = correct[order].float().cumsum(0) / torch.arange(1, len(order) + 1)
-    below = (hits < worse_than).nonzero()
-    if len(below) == 0:
-        return 0.0
-    last = int(below[-1])
-    return float(margins[order][last + 1]) if last + 1 < len(order) else float(margins.max())
+def confidence_levels(margins: torch.Tensor, correct: torch.Tensor, shares: tuple[float, float] = LEVEL_SHARES
+                      ) -> tuple[float, float, dict[str, dict]]:
+    """(uncertain limit, low-confidence limit, level -> share, accuracy and cases) from
+    out-of-fold top-2 margins and whether each case was right: the limits are the margins'
+    ``shares`` quantiles, so the least sure ``shares[0]`` of unseen cases are "uncertain"."""
+    uncertain, low = (float(margins.double().quantile(q)) for q in shares)
+    bands = {UNCERTAIN: margins < uncertain, LOW_CONFIDENCE: (margins >= uncertain) & (margins < low),
+             CONFIDENT: margins >= low}
+    levels = {name: {"share": float(band.float().mean()), "cases": len(margins),
+                     "accuracy": float(correct[band].float().mean()) if band.any() else None}
+              for name, band in bands.items()}
+    return uncertain, low, levels

@@ -8,8 +8,10 @@
   99th percentile of the distances of images whose case was left out of the Gaussians' fit
   (5 folds by case); no test image and no non-lesion image chooses it.
 - Modality: logistic regression on the same images (label: the image's true modality).
-- Uncertain: the top-2 DIAG margin below which out-of-fold predictions of the same recipe
-  (``--oof``, calibrated with the card's calibration) were right less than half the time.
+- Confidence levels: "uncertain" below the top-2 DIAG margin of the least sure 17.5% of the
+  out-of-fold predictions of the same recipe (``--oof``, calibrated with the card's
+  calibration), "low confidence" up to the 40% quantile; each level keeps its out-of-fold
+  accuracy. ``--oof-partial`` fits them on the ledger entry's finished folds (say so).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import torch
 
 from skinnet.calibration import calibrate
 from skinnet.data import Case, Derm7pt
-from skinnet.guards import (Guards, fit_gaussian, fit_modality, guard_features, guards_path,
-                            uncertain_margin_from, weights_fingerprint)
+from skinnet.guards import (LEVELS, Guards, confidence_levels, fit_gaussian, fit_modality, guard_features,
+                            guards_path, weights_fingerprint)
 from skinnet.imaging import load_rgb
 from skinnet.labels import split_logits
 from skinnet.model import HEADS, MODALITIES
@@ -30,7 +32,7 @@ from skinnet.predict import Predictor
 
 from .data import trained_splits
 from .evaluate import oof_tta
-from .ledger import read_oof
+from .ledger import is_ledger_path, ledger_source, read_entry_oof, read_oof
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +104,27 @@ def _guards_from(gaussians: dict[str, tuple], weight: torch.Tensor, bias: float,
                   fingerprint=fingerprint)
 
 
+def read_oof_for_levels(oof_path: str | Path, data: Derm7pt | None, partial: bool = False) -> dict:
+    """The out-of-fold predictions; with ``partial``, a ledger entry's finished folds only (an
+    entry still being built: the levels are then fitted on fewer cases, which the notes say)."""
+    try:
+        if partial and is_ledger_path(Path(oof_path)):
+            entry, views = ledger_source(Path(oof_path))
+            done = [k for k in entry.planned_folds() if entry.done(k)]
+            if not done:
+                raise ValueError(f"{oof_path}: no fold is finished yet")
+            return read_entry_oof(entry, data, views, folds=done)
+        return read_oof(oof_path, data)
+    except ValueError as err:
+        raise SystemExit(f"--oof {err}") from None
+
+
 def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused",
-                data: Derm7pt | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                data: Derm7pt | None = None, partial: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-2 DIAG margin, correct) of one head's out-of-fold predictions (an ``oof.pt`` or a
     ledger entry, which needs ``data``), calibrated as the app calibrates (the clinical head
     only on cases that have a clinical photo)."""
-    try:
-        oof = read_oof(oof_path, data)
-    except ValueError as err:
-        raise SystemExit(f"--oof {err}") from None
+    oof = read_oof_for_levels(oof_path, data, partial)
     if oof.get("hold_out") is not None:
         raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
     card_tta, flips = bool(predictor.card.training.get("tta", False)), oof_tta(oof, oof_path)
@@ -125,9 +139,9 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused",
 
 
 def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *, components: int = 32,
-        ood_factor: float = 1.0, data: Derm7pt | None = None) -> Guards:
-    """Guards of ``predictor``'s model from the images of ``cases`` (without ``oof_path`` no
-    case is ever called uncertain)."""
+        ood_factor: float = 1.0, data: Derm7pt | None = None, oof_partial: bool = False) -> Guards:
+    """Guards of ``predictor``'s model from the images of ``cases`` (without ``oof_path`` every
+    case is called confident)."""
     features = lesion_features(predictor, cases)
     weight, bias = fit_modality(torch.cat([features["clinical"][0], features["dermoscopy"][0]]),
                                 torch.cat([torch.zeros(len(features["clinical"][0])),
@@ -144,27 +158,29 @@ def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *,
                         f"({guards.ood_threshold:.3f})",
         "modality": "logistic regression (C=0.1, standardised features) on the training images in both slots "
                     "and alone",
-        "uncertain": "not fitted (no out-of-fold predictions given): no case is called uncertain",
+        "uncertain": "not fitted (no out-of-fold predictions given): every case is called confident",
     }
-    return guards if oof_path is None else fit_uncertain(guards, predictor, oof_path, data)
+    return guards if oof_path is None else fit_levels(guards, predictor, oof_path, data, oof_partial)
 
 
-def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path, data: Derm7pt | None = None) -> Guards:
-    """Choose the 'uncertain' margin on out-of-fold predictions (calibrated with the card's
-    calibration, so refit this after recalibrating)."""
-    guards.uncertain_margin, guards.uncertain_accuracy, notes = {}, {}, []
+def fit_levels(guards: Guards, predictor: Predictor, oof_path: str | Path, data: Derm7pt | None = None,
+               partial: bool = False) -> Guards:
+    """Choose the confidence levels' limits on out-of-fold predictions (calibrated with the
+    card's calibration, so refit this after recalibrating); each level keeps its accuracy."""
+    guards.uncertain_margin, guards.low_confidence_margin, guards.levels, notes = {}, {}, {}, []
     for head in HEADS:
-        margins, correct = oof_margins(oof_path, predictor, head, data)
-        limit = uncertain_margin_from(margins, correct)
-        flagged = margins < limit
-        guards.uncertain_margin[head] = limit
-        guards.uncertain_accuracy[head] = float(correct[flagged].float().mean()) if flagged.any() else 0.0
-        notes.append(f"{head} head < {limit:.3f} (right {100 * guards.uncertain_accuracy[head]:.0f}% below it, "
-                     f"{int(flagged.sum())} of {len(margins)} cases)")
+        margins, correct = oof_margins(oof_path, predictor, head, data, partial)
+        uncertain, low, levels = confidence_levels(margins, correct)
+        guards.uncertain_margin[head], guards.low_confidence_margin[head], guards.levels[head] = uncertain, low, levels
+        notes.append(f"{head} head: uncertain < {uncertain:.3f} <= low confidence < {low:.3f} <= confident; right "
+                     + ", ".join(f"{100 * levels[n]['accuracy']:.0f}% of the {n}" for n in LEVELS)
+                     + f" ({len(margins)} cases)")
     where = Path(oof_path).name if Path(oof_path).is_dir() else f"{Path(oof_path).parent.name}/{Path(oof_path).name}"
-    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({where}, "
-                                 f"calibrated): "
-                                 + "; ".join(notes))
+    folds = ""
+    if partial and is_ledger_path(Path(oof_path)):
+        entry, _ = ledger_source(Path(oof_path))
+        folds = f", folds {[k for k in entry.planned_folds() if entry.done(k)]} of {entry.folds} only"
+    guards.notes["uncertain"] = f"top-2 DIAG margin, out-of-fold ({where}{folds}, calibrated): " + "; ".join(notes)
     return guards
 
 
@@ -179,8 +195,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--components", type=int, default=32)
     p.add_argument("--ood-factor", type=float, default=1.0)
     p.add_argument("--uncertain-only", action="store_true",
-                   help="keep the existing guards file's checks; choose only the 'uncertain' margin again "
-                        "(after recalibrating the checkpoint)")
+                   help="keep the existing guards file's checks; choose only the confidence levels again "
+                        "(after recalibrating the checkpoint, or once a ledger entry has all its folds)")
+    p.add_argument("--oof-partial", action="store_true",
+                   help="a ledger entry still being built: fit the confidence levels on its finished folds")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="default: beside the checkpoint")
     args = p.parse_args(argv)
@@ -190,13 +208,15 @@ def main(argv: list[str] | None = None) -> Path:
     if args.uncertain_only:
         if predictor.guards is None or not args.oof:
             raise SystemExit("--uncertain-only needs an existing guards file beside the checkpoint and --oof")
-        out = fit_uncertain(predictor.guards, predictor, args.oof, Derm7pt(args.data_root)).save(args.out or guards_path(args.checkpoint))
+        out = fit_levels(predictor.guards, predictor, args.oof, Derm7pt(args.data_root),
+                         args.oof_partial).save(args.out or guards_path(args.checkpoint))
         print(f"uncertain: {predictor.guards.notes['uncertain']}\nwrote {out}")
         return out
     data = Derm7pt(args.data_root)
     splits = trained_splits(predictor.card.trained_on_valid)
     cases = [c for s in splits for c in data.split(s)]
-    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor, data=data)
+    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor, data=data,
+                 oof_partial=args.oof_partial)
     guards.notes["fitted_on"] = f"Derm7pt {' + '.join(splits)} ({len(cases)} cases), the checkpoint's training data"
     out = guards.save(args.out or guards_path(args.checkpoint))
     for key, text in guards.notes.items():

@@ -18,12 +18,19 @@ from ..predict import Predictor
 from ..review_queue import list_queues
 from . import access, review
 from .examples import Example
-from .handlers import explain_handler, form_labels, predict_handler
+from .handlers import answer, explain_handler, form_labels, predict_handler
 from .settings import AppSettings
-from .uploads import CleanStore, SessionImages
+from .uploads import CleanStore, NotYours, SessionImages
+from .views import NO_IMAGES
 
-CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
-"""What a new pair does to the last pair's results: no 'show anyway', no summary, tables or maps."""
+NO_BARS = gr.update(value=None, visible=False)
+"""The five diagnoses' bars while there is no answer to show (an empty gr.Label is a blank box)."""
+CLEARED_OUTPUTS = ("", False, "", NO_BARS, None, None, None, None, [], gr.update(visible=False),
+                   gr.update(visible=False))
+"""What a new pair does to the last pair's results: no message beside the images, no 'show
+anyway', no summary, bars, tables or maps."""
+NO_ANSWER = ("", NO_BARS, None, None)
+"""An analysis that did not run: no summary, bars or tables."""
 
 
 class AppEvents:
@@ -55,6 +62,18 @@ class AppEvents:
         except ImageError as err:
             raise gr.Error(str(err)) from None
 
+    def open_for_page(self, owner, values) -> tuple[list, str]:
+        """(the images, "") or ([None, None], why not) for the page's own events: a user's mistake
+        (an image too large, damaged, not an image) becomes a message beside the images, not an
+        error on the outputs. A file this session was not given is still an error (a forged call)."""
+        try:
+            return [self.images_in.open(owner, value, name, True)
+                    for value, name in zip(values, ("clinical image", "dermoscopy image"))], ""
+        except NotYours as err:
+            raise gr.Error(str(err)) from None
+        except ImageError as err:
+            return [None, None], str(err)
+
     def _checks(self, pair):
         return self.predictor.predict(*pair).checks if any(im is not None for im in pair) else None
 
@@ -64,8 +83,10 @@ class AppEvents:
             state, owner, _ = self.act(state, request, profile)
             try:
                 image = self.images_in.open(owner, value, name, originals=True)
-            except ImageError as err:
+            except NotYours as err:
                 raise gr.Error(str(err)) from None
+            except ImageError as err:  # the refused image leaves its slot; the message says why
+                return (None, f"⚠️ {err}", *CLEARED_OUTPUTS[1:])
             # the last pair's results go in the same response as the new image (no later step
             # can wipe an analysis the user started meanwhile)
             return (self.store.add(owner, image) if image is not None else None, *CLEARED_OUTPUTS)
@@ -128,6 +149,17 @@ class AppEvents:
         return [self.store.add(owner, image) if image is not None else None for image in reversed(pair)]
 
     # -- the model's answer ---------------------------------------------------------------------
+    def analyse(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
+                profile: gr.OAuthProfile | None):
+        """The page's Analyse: (message beside the images, summary, the five diagnoses' bars, DIAG
+        table, criteria table); no images or an unreadable one is a message, not an error."""
+        _, owner, _ = self.act(state, request, profile)
+        pair, problem = self.open_for_page(owner, (clinical_value, dermoscopy_value))
+        if problem or all(image is None for image in pair):
+            return (f"⚠️ {problem or NO_IMAGES}", *NO_ANSWER)
+        summary, bars, diagnosis, criteria = answer(self.predictor, *pair, anyway is True, bars=False)
+        return "", summary, NO_BARS if bars is None else gr.update(value=bars, visible=True), diagnosis, criteria
+
     def predict(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                 profile: gr.OAuthProfile | None):
         _, owner, _ = self.act(state, request, profile)
@@ -136,14 +168,17 @@ class AppEvents:
 
     def guard_buttons(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                       profile: gr.OAuthProfile | None):
-        """Show 'show anyway' for a hidden prediction and 'swap' for images in the wrong slots."""
+        """Show 'show anyway' for a hidden prediction ('they are right as they are' for a pair that
+        looks swapped) and 'swap' for images in the wrong slots."""
         _, owner, _ = self.act(state, request, profile)
         pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
         checks = self._checks(pair)
         if checks is None:
             return gr.update(visible=False), gr.update(visible=False)
         misplaced = checks.swapped or (sum(im is not None for im in pair) == 1 and bool(checks.wrong_slot))
-        return gr.update(visible=not checks.trustworthy and anyway is not True), gr.update(visible=misplaced)
+        confirm = "They are right as they are" if checks.swapped else "Show the prediction anyway"
+        return (gr.update(visible=not checks.trustworthy and anyway is not True, value=confirm),
+                gr.update(visible=misplaced and anyway is not True))
 
     def explain(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                 request: gr.Request, profile: gr.OAuthProfile | None):
@@ -153,11 +188,13 @@ class AppEvents:
 
     def explain_after_predict(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                               anyway, request: gr.Request, profile: gr.OAuthProfile | None):
-        """The maps of an analysis: none while its prediction is hidden (the Explain button still works)."""
+        """The maps of an analysis: none without images or while its prediction is hidden (the
+        Explain button still works)."""
         _, owner, _ = self.act(state, request, profile)
         pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
         checks = self._checks(pair)
-        if checks is not None and not checks.trustworthy and anyway is not True:
+        if all(image is None for image in pair) or (checks is not None and not checks.trustworthy
+                                                    and anyway is not True):
             return None, None, []
         return explain_handler(self.predictor, *pair, task_value, class_value, head_value)
 

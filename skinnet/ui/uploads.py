@@ -46,6 +46,10 @@ most 1024 px) or push out a signed-in reviewer's images."""
 NOT_YOURS = "{name}: that file is not an upload of this session; upload the image again."
 
 
+class NotYours(ImageError):
+    """A client named a file this session was not given (a forged request, or a copy that expired)."""
+
+
 def client_path(value) -> str | None:
     """The path inside an image component's raw value (a string, or a FileData dict)."""
     if isinstance(value, dict):
@@ -172,7 +176,7 @@ class SessionImages:
             return load_rgb(clean, name)
         if originals and self.is_original(path) and os.path.isfile(path) and not os.path.islink(path):
             return load_rgb(path, name)
-        raise ImageError(NOT_YOURS.format(name=name))
+        raise NotYours(NOT_YOURS.format(name=name))
 
     def sweep_originals(self, now: float | None = None) -> int:
         """Delete originals older than ORIGINAL_TTL_S (their names and metadata go with them)."""
