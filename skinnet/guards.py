@@ -4,11 +4,15 @@ Three questions, answered in the model's own feature space (:func:`guard_feature
 stage's channel statistics and the pooled features, which :meth:`Predictor.forward` returns
 with the logits, so the checks cost no extra forward pass):
 
-- **Is this a skin lesion photo?** Mahalanobis distance of an image's features to the
-  training images of the nearest modality (a Gaussian per modality, Ledoit-Wolf covariance:
-  exact in its top principal components, one shared variance for the rest, so an image that
-  is off in a minor direction, such as a flat colour, still counts), divided by a threshold:
-  above 1 the image does not look like what the model was trained on.
+- **Is this a skin lesion photo?** For each block of the features (each stage's channel
+  statistics, the pooled features), the Mahalanobis distance of an image to the training
+  images of the nearest modality (a Gaussian per modality, Ledoit-Wolf covariance: exact in
+  its top principal components, one shared variance for the rest, so an image that is off in a
+  minor direction, such as a flat colour, still counts), in units of that block's distances of
+  unseen lesions; the largest over the blocks, divided by a threshold: above 1 the image does
+  not look like what the model was trained on. One Gaussian over all blocks let the 1280
+  pooled dimensions drown the early stages' colour and texture, where pictures that are not
+  lesions differ most: they sat at 1.0-1.3x the threshold.
 - **Which modality does it look like?** A logistic regression on the same features, trained
   on Derm7pt clinical vs dermoscopy images in both slots: a pair whose clinical slot reads as
   dermoscopy and whose dermoscopy slot reads as clinical looks swapped.
@@ -56,6 +60,12 @@ def guard_features(summaries: list[torch.Tensor], pooled: torch.Tensor) -> torch
     """
     parts = [*summaries[1:], pooled.float()]
     return torch.cat([torch.nn.functional.normalize(p, dim=-1) for p in parts], -1)
+
+
+def guard_feature_blocks(summaries: list[torch.Tensor], pooled: torch.Tensor) -> list[tuple[int, int]]:
+    """The column ranges of :func:`guard_features`' parts: each stage's statistics, the pooled features."""
+    ends = torch.tensor([p.shape[-1] for p in [*summaries[1:], pooled]]).cumsum(0).tolist()
+    return list(zip([0, *ends[:-1]], ends))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -116,16 +126,48 @@ class Checks:
 
 
 @dataclass
+class FeatureBlock:
+    """One block of the guard features (columns ``start:stop``) with a Gaussian per modality.
+
+    Attributes:
+        means: modality -> mean of that modality's training images in this block.
+        basis: modality -> (d, K) top K principal directions; scale: (K,) one over the
+            standard deviation along each; residual_scale: one over the standard deviation of
+            the other d - K directions.
+        unseen: the block's distance that unseen lesions exceed 1% of the time (distances are
+            given in this unit, so blocks of any size compare).
+    """
+
+    start: int
+    stop: int
+    means: dict[str, torch.Tensor]
+    basis: dict[str, torch.Tensor]
+    scale: dict[str, torch.Tensor]
+    residual_scale: dict[str, float]
+    unseen: float = 1.0
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., D) features -> (...,) distance to the nearest modality's training images (root
+        mean square Mahalanobis over the block's dimensions, in units of ``unseen``)."""
+        x = features[..., self.start:self.stop].float()
+        per_modality = []
+        for m in MODALITIES:
+            centred = x - self.means[m]
+            along = centred @ self.basis[m]
+            residual = centred - along @ self.basis[m].T
+            squared = (along * self.scale[m]).pow(2).sum(-1) + (residual * self.residual_scale[m]).pow(2).sum(-1)
+            per_modality.append((squared / centred.shape[-1]).sqrt())
+        return torch.stack(per_modality, -1).min(-1).values / self.unseen
+
+
+@dataclass
 class Guards:
     """Fitted checks for one model's feature space (see the module docstring).
 
     Attributes:
-        means: modality -> (D,) mean feature of that modality's training images.
-        basis: modality -> (D, K) top K principal directions of that modality's features.
-        scale: modality -> (K,) one over the standard deviation along each of them.
-        residual_scale: modality -> one over the standard deviation of the other D - K directions.
-        ood_threshold: distance (Mahalanobis, root mean square over the D dimensions) above
-            which an image is "not a skin lesion photo".
+        blocks: the feature blocks, each with its Gaussians (:class:`FeatureBlock`).
+        ood_threshold: distance (the largest over the blocks) above which an image is "not a
+            skin lesion photo".
         modality_weight, modality_bias: logistic regression, P(dermoscopy) = sigmoid(x @ w + b).
         uncertain_margin: head -> top-2 diagnosis margin below which its answer is "uncertain"
             (each head on its own out-of-fold predictions: a one-image head is less sure).
@@ -135,10 +177,7 @@ class Guards:
         notes: how each number was chosen (shown in the Model tab and the docs).
     """
 
-    means: dict[str, torch.Tensor]
-    basis: dict[str, torch.Tensor]
-    scale: dict[str, torch.Tensor]
-    residual_scale: dict[str, float]
+    blocks: list[FeatureBlock]
     ood_threshold: float
     modality_weight: torch.Tensor
     modality_bias: float
@@ -148,16 +187,13 @@ class Guards:
     low_confidence_margin: dict[str, float] = field(default_factory=dict)
     levels: dict[str, dict[str, dict]] = field(default_factory=dict)
 
+    @property
+    def feature_size(self) -> int:
+        return self.blocks[-1].stop
+
     def distance(self, features: torch.Tensor) -> torch.Tensor:
-        """(..., D) features -> (...,) distance to the nearest modality's training images."""
-        per_modality = []
-        for m in MODALITIES:
-            centred = features.float() - self.means[m]
-            along = centred @ self.basis[m]
-            residual = centred - along @ self.basis[m].T
-            squared = (along * self.scale[m]).pow(2).sum(-1) + (residual * self.residual_scale[m]).pow(2).sum(-1)
-            per_modality.append((squared / centred.shape[-1]).sqrt())
-        return torch.stack(per_modality, -1).min(-1).values
+        """(..., D) features -> (...,) the largest block distance to the training images."""
+        return torch.stack([block.distance(features) for block in self.blocks], -1).max(-1).values
 
     def p_dermoscopy(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(features.float() @ self.modality_weight + self.modality_bias)
@@ -188,11 +224,13 @@ class Guards:
     # -- storage --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         tensors = {"modality_weight": self.modality_weight.float().contiguous()}
-        for m in MODALITIES:
-            tensors[f"mean.{m}"] = self.means[m].float().contiguous()
-            tensors[f"basis.{m}"] = self.basis[m].float().contiguous()
-            tensors[f"scale.{m}"] = self.scale[m].float().contiguous()
-        settings = {"ood_threshold": self.ood_threshold, "residual_scale": self.residual_scale,
+        for i, block in enumerate(self.blocks):
+            for m in MODALITIES:
+                for name in ("means", "basis", "scale"):
+                    tensors[f"block{i}.{name}.{m}"] = getattr(block, name)[m].float().contiguous()
+        blocks = [{"start": b.start, "stop": b.stop, "residual_scale": b.residual_scale, "unseen": b.unseen}
+                  for b in self.blocks]
+        settings = {"ood_threshold": self.ood_threshold, "blocks": blocks,
                     "modality_bias": self.modality_bias,
                     "uncertain_margin": self.uncertain_margin, "low_confidence_margin": self.low_confidence_margin,
                     "levels": self.levels,
@@ -213,10 +251,7 @@ class Guards:
             with safe_open(str(path), framework="pt") as handle:
                 settings = json.loads((handle.metadata() or {})[SETTINGS_KEY])
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            guards = cls(means={m: tensors[f"mean.{m}"] for m in MODALITIES},
-                         basis={m: tensors[f"basis.{m}"] for m in MODALITIES},
-                         scale={m: tensors[f"scale.{m}"] for m in MODALITIES},
-                         residual_scale={m: float(settings["residual_scale"][m]) for m in MODALITIES},
+            guards = cls(blocks=_read_blocks(settings, tensors),
                          ood_threshold=float(settings["ood_threshold"]),
                          modality_weight=tensors["modality_weight"],
                          modality_bias=float(settings["modality_bias"]),
@@ -230,6 +265,17 @@ class Guards:
             raise ValueError(f"{path} was fitted on other weights than the loaded checkpoint; "
                              "refit it with python -m training.fit_guards")
         return guards
+
+
+def _read_blocks(settings: dict, tensors: dict) -> list[FeatureBlock]:
+    if "blocks" not in settings:  # guards of the first version: one Gaussian over all the features
+        size = tensors["mean.clinical"].shape[-1]
+        return [FeatureBlock(0, size, *({m: tensors[f"{name}.{m}"] for m in MODALITIES} for name in ("mean", "basis", "scale")),
+                             {m: float(settings["residual_scale"][m]) for m in MODALITIES})]
+    return [FeatureBlock(int(b["start"]), int(b["stop"]),
+                         *({m: tensors[f"block{i}.{name}.{m}"] for m in MODALITIES} for name in ("means", "basis", "scale")),
+                         {m: float(b["residual_scale"][m]) for m in MODALITIES}, float(b["unseen"]))
+            for i, b in enumerate(settings["blocks"])]
 
 
 def _per_head(value) -> dict[str, float]:

@@ -102,10 +102,11 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     from synthetic import clinical_like_image, dermoscopy_like_image
 
     rng = np.random.default_rng(21)
-    document, clinical, derm = tmp_path / "page.png", tmp_path / "clinical.png", tmp_path / "derm.png"
+    # JPEGs, as the synthetic release the guards were fitted on stores its images
+    document, clinical, derm = tmp_path / "page.png", tmp_path / "clinical.jpg", tmp_path / "derm.jpg"
     dict(generated_images())["document-1"].save(document)
-    clinical_like_image(rng).save(clinical)
-    dermoscopy_like_image(rng).save(derm)
+    clinical_like_image(rng).save(clinical, quality=90)
+    dermoscopy_like_image(rng).save(derm, quality=90)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(guarded_url)
     _upload(page, "clinical", document)
@@ -142,9 +143,9 @@ def test_swapped_images_show_the_swap_message_first_and_the_prediction_only_afte
     from synthetic import clinical_like_image, dermoscopy_like_image
 
     rng = np.random.default_rng(22)
-    clinical, derm = tmp_path / "clinical.png", tmp_path / "derm.png"
-    clinical_like_image(rng).save(clinical)
-    dermoscopy_like_image(rng).save(derm)
+    clinical, derm = tmp_path / "clinical.jpg", tmp_path / "derm.jpg"  # JPEGs, as the guards were fitted on
+    clinical_like_image(rng).save(clinical, quality=90)
+    dermoscopy_like_image(rng).save(derm, quality=90)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(guarded_url)
     _upload(page, "clinical", derm)

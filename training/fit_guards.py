@@ -3,10 +3,12 @@
     python -m training.fit_guards --checkpoint checkpoints/skinnet_lite2.safetensors \\
         --data-root ../shared/derm7pt --oof runs/cv_lite2/oof.pt
 
-- Lesion check: a Gaussian per modality over the features of that modality's training images
-  (in their own slot, in the other slot, and alone). Threshold: ``--ood-factor`` times the
-  99th percentile of the distances of images whose case was left out of the Gaussians' fit
-  (5 folds by case); no test image and no non-lesion image chooses it.
+- Lesion check: per block of the features (each stage's statistics, the pooled features), a
+  Gaussian per modality over that modality's training images (in their own slot, in the other
+  slot, and alone). Each block's distances are measured in units of its 99th percentile over
+  images whose case was left out of the Gaussians' fit (5 folds by case), an image's distance
+  is the largest over the blocks, and the threshold is ``--ood-factor`` times the 99th
+  percentile of that; no test image and no non-lesion image chooses it.
 - Modality: logistic regression on the same images (label: the image's true modality).
 - Confidence levels: "uncertain" below the top-2 DIAG margin of the least sure 17.5% of the
   out-of-fold predictions of the same recipe (``--oof``, calibrated with the card's
@@ -23,8 +25,8 @@ import torch
 
 from skinnet.calibration import calibrate
 from skinnet.data import Case, Derm7pt
-from skinnet.guards import (LEVELS, Guards, confidence_levels, fit_gaussian, fit_modality, guard_features,
-                            guards_path, weights_fingerprint)
+from skinnet.guards import (LEVELS, FeatureBlock, Guards, confidence_levels, fit_gaussian, fit_modality,
+                            guard_feature_blocks, guard_features, guards_path, weights_fingerprint)
 from skinnet.imaging import load_rgb
 from skinnet.labels import split_logits
 from skinnet.model import HEADS, MODALITIES
@@ -81,27 +83,35 @@ def lesion_features(predictor: Predictor, cases: list[Case], batch: int = 16
     return {m: (torch.cat(out[m]), torch.cat(rows[m])) for m in MODALITIES}
 
 
-def fit_gaussians(features: dict[str, torch.Tensor], components: int) -> dict[str, tuple]:
-    return {m: fit_gaussian(f, min(components, len(f) - 1)) for m, f in features.items()}
+def feature_blocks(predictor: Predictor) -> list[tuple[int, int]]:
+    """:func:`guard_feature_blocks` of the predictor's model (one forward pass of a blank image)."""
+    size = predictor.card.image_size
+    summaries: list = []
+    with torch.inference_mode():
+        pooled = predictor.model.encode_one(torch.zeros(1, 3, size, size, device=predictor.device), "dermoscopy",
+                                            summaries=summaries)
+    return guard_feature_blocks(summaries, pooled)
+
+
+def fit_blocks(features: dict[str, torch.Tensor], components: int, blocks: list[tuple[int, int]]) -> list[FeatureBlock]:
+    """A Gaussian per modality in each block of the features (distances not yet in unseen units)."""
+    fitted = []
+    for start, stop in blocks:
+        gaussians = {m: fit_gaussian(f[:, start:stop], min(components, len(f) - 1, stop - start)) for m, f in features.items()}
+        fitted.append(FeatureBlock(start, stop, *({m: g[i] for m, g in gaussians.items()} for i in range(4))))
+    return fitted
 
 
 def unseen_distances(features: dict[str, tuple[torch.Tensor, torch.Tensor]], components: int,
-                     folds: int = 5) -> torch.Tensor:
-    """Each case's images' distances under Gaussians fitted without that case (cross-fitted by
-    case): how far lesions the Gaussians have not seen lie, which chooses the threshold."""
+                     blocks: list[tuple[int, int]], folds: int = 5) -> torch.Tensor:
+    """(blocks, images): each case's images' distance in each block under Gaussians fitted
+    without that case (cross-fitted by case): how far lesions the Gaussians have not seen lie."""
     out = []
     for fold in range(folds):
-        fitted = fit_gaussians({m: f[rows % folds != fold] for m, (f, rows) in features.items()}, components)
-        probe = _guards_from(fitted, torch.zeros(1), 0.0, "")
-        out += [probe.distance(f[rows % folds == fold]) for f, rows in features.values()]
-    return torch.cat(out)
-
-
-def _guards_from(gaussians: dict[str, tuple], weight: torch.Tensor, bias: float, fingerprint: str) -> Guards:
-    return Guards(means={m: g[0] for m, g in gaussians.items()}, basis={m: g[1] for m, g in gaussians.items()},
-                  scale={m: g[2] for m, g in gaussians.items()}, residual_scale={m: g[3] for m, g in gaussians.items()},
-                  ood_threshold=1.0, modality_weight=weight, modality_bias=bias, uncertain_margin={},
-                  fingerprint=fingerprint)
+        fitted = fit_blocks({m: f[rows % folds != fold] for m, (f, rows) in features.items()}, components, blocks)
+        unseen = torch.cat([f[rows % folds == fold] for f, rows in features.values()])
+        out.append(torch.stack([block.distance(unseen) for block in fitted]))
+    return torch.cat(out, 1)
 
 
 def read_oof_for_levels(oof_path: str | Path, data: Derm7pt | None, partial: bool = False) -> dict:
@@ -146,16 +156,21 @@ def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *,
     weight, bias = fit_modality(torch.cat([features["clinical"][0], features["dermoscopy"][0]]),
                                 torch.cat([torch.zeros(len(features["clinical"][0])),
                                            torch.ones(len(features["dermoscopy"][0]))]))
-    guards = _guards_from(fit_gaussians({m: f for m, (f, _) in features.items()}, components), weight, bias,
-                          weights_fingerprint(predictor.model))
-    guards.ood_threshold = ood_factor * float(unseen_distances(features, components).quantile(0.99))
+    blocks = feature_blocks(predictor)
+    fitted = fit_blocks({m: f for m, (f, _) in features.items()}, components, blocks)
+    unseen = unseen_distances(features, components, blocks)
+    for block, distances in zip(fitted, unseen):  # each block in units of its unseen lesions' 99th percentile
+        block.unseen = float(distances.quantile(0.99))
+    largest = (unseen / torch.tensor([b.unseen for b in fitted])[:, None]).max(0).values
+    guards = Guards(blocks=fitted, ood_threshold=ood_factor * float(largest.quantile(0.99)), modality_weight=weight,
+                    modality_bias=bias, uncertain_margin={}, fingerprint=weights_fingerprint(predictor.model))
     guards.notes = {
         "fitted_on": f"{len(cases)} cases",
-        "lesion_check": f"Gaussian per modality, Ledoit-Wolf, top {guards.basis['clinical'].shape[1]} components "
-                        "and one variance for the rest; "
-                        f"threshold = {ood_factor} x the 99th percentile of the distances of "
-                        "images whose case was left out of the fit (5 folds by case) "
-                        f"({guards.ood_threshold:.3f})",
+        "lesion_check": f"per feature block ({len(blocks)}: each stage's statistics, the pooled features) a Gaussian "
+                        f"per modality, Ledoit-Wolf, top {components} components and one variance for the rest; "
+                        "each block's distance in units of its 99th percentile over images whose case was left "
+                        "out of the fit (5 folds by case), the largest over the blocks; "
+                        f"threshold = {ood_factor} x the 99th percentile of that ({guards.ood_threshold:.3f})",
         "modality": "logistic regression (C=0.1, standardised features) on the training images in both slots "
                     "and alone",
         "uncertain": "not fitted (no out-of-fold predictions given): every case is called confident",

@@ -155,8 +155,12 @@ class SessionImages:
         self.uploaded = uploaded
 
     def is_original(self, path: str) -> bool:
+        """Whether Gradio's upload route wrote this path: one set lookup for the path as Gradio
+        stored it (every call, at 30 clients a scan of the last two minutes' uploads cost more),
+        a scan only for any other spelling of a path."""
         normal = os.path.normpath(path)
-        return any(os.path.normpath(p) == normal for p in list(self.uploaded()))
+        uploaded = self.uploaded()
+        return normal in uploaded or any(os.path.normpath(p) == normal for p in list(uploaded))
 
     def open(self, owner: tuple[str, str], value, name: str, originals: bool = True) -> Image.Image | None:
         """Clean RGB pixels of the image a client value names, or None for an empty value.
