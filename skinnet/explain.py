@@ -144,7 +144,8 @@ DIMMED = 0.35
 
 CENTRE_RADIUS = 0.3
 """The centre region: key cells within this fraction of the square's side from its middle (a
-disc over 28% of the square), where a close-up photo or a dermoscopy image frames the lesion."""
+disc over 28% of the square: 31-33% of the 12 x 12 and 6 x 6 key grids), where a close-up
+photo or a dermoscopy image frames the lesion."""
 
 
 def _centre_mask(shape: tuple[int, int]) -> np.ndarray:
