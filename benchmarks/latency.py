@@ -5,10 +5,13 @@
 Measures, per case: a bare forward pass (tensors ready, no preprocessing), prediction as the
 app does it (decode-free PIL in, calibrated probabilities out, TTA if the card says so), and
 the full explanation the app shows (prediction + Grad-CAM of both images + all attention
-overlays). Then throughput: the app launched here, ``/predict`` called through gradio_client
-by 1, 10 and 30 concurrent clients (each call its own pair, uploads included), with the
-micro-batcher on and, for comparison, off. Prints tables and writes JSON; ratios are from the
-same run (the machine is shared and noisy, so absolute CPU times are indicative only).
+overlays). Then serving against the model's own speed, in one run: the model alone (the
+Predictor in this process, the same threads, no server: pairs per second, each pair new) and
+the app launched here, ``/predict`` called by 1, 10 and 30 concurrent light raw-HTTP clients
+in a process of their own (each call uploads its pair's two JPEGs, joins the queue and reads
+the event stream: a few ms of client CPU a call, where gradio_client took about 190 ms).
+Prints tables and writes JSON; ratios are from the same run (the machine is shared and noisy,
+so absolute times are indicative only).
 """
 from __future__ import annotations
 
@@ -53,12 +56,39 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latency.json"))
     p.add_argument("--clients", default="1,10,30", help="concurrent /predict clients ('' skips throughput)")
     p.add_argument("--calls", type=int, default=60, help="calls per throughput measurement (all clients)")
+    p.add_argument("--serving-only", action="store_true", help="skip the per-case latencies (model alone and app only)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
     cases = [c for c in Derm7pt(args.data_root).split("test") if not c.clinic_is_derm][:args.cases]
     pairs = [(load_rgb(c.clinical_path), load_rgb(c.dermoscopy_path)) for c in cases]
+    record = {"checkpoint": predictor.version, "image_size": predictor.card.image_size,
+              "tta": predictor.card.tta, "threads": args.threads,
+              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"}
+    if not args.serving_only:
+        record.update(case_latencies(predictor, pairs))
+    if args.clients:
+        paired = [c for c in Derm7pt(args.data_root).split("test") if not c.clinic_is_derm][:args.calls]
+        # the model alone before and after the app's runs: the machine's load drifts within a run
+        before = model_alone(predictor, pairs)
+        record["throughput"] = throughput(predictor, paired, [int(n) for n in args.clients.split(",")], args.calls,
+                                          before["pairs_per_s"])
+        after = model_alone(predictor, pairs)
+        rate = (before["pairs"] + after["pairs"]) / (before["seconds"] + after["seconds"])
+        record["model_alone"] = {"before": before, "after": after, "pairs_per_s": rate}
+        for r in record["throughput"].values():
+            r["ratio_to_model"] = r["calls_per_s"] / rate
+        print(f"model alone: {before['pairs_per_s']:.2f} pairs/s before the app's runs, {after['pairs_per_s']:.2f} after; "
+              "x model: " + ", ".join(f"{r['clients']} clients {r['ratio_to_model']:.2f}"
+                                      for r in record["throughput"].values()))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def case_latencies(predictor: Predictor, pairs) -> dict:
+    """Per case: the bare forward, the app's predict, predict + explanation; batch costs."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     explain(predictor, *pairs[0])  # warm-up (allocator, grad-cam import)
@@ -77,16 +107,12 @@ def main(argv=None) -> dict:
         return {"median_ms": 1000 * statistics.median(values), "p90_ms": 1000 * percentile(values, 0.9)}
 
     record = {
-        "checkpoint": predictor.version, "image_size": predictor.card.image_size,
-        "tta": predictor.card.tta, "cases": len(pairs),
-        "threads": args.threads, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "bare_forward": stats(bare), "predict": stats(predict), "predict_and_explain": stats(full),
+        "cases": len(pairs), "bare_forward": stats(bare), "predict": stats(predict), "predict_and_explain": stats(full),
         "ratio_predict_to_forward": statistics.median(predict) / statistics.median(bare),
         "ratio_explain_to_forward": statistics.median(full) / statistics.median(bare),
         "peak_rss_mb": peak_mb, "rss_before_mb": rss_before / 1024,
     }
-    print(f"{record['checkpoint']} at {record['image_size']} px, TTA {record['tta']}, "
-          f"{record['cases']} Derm7pt test pairs, {record['machine']}")
+    print(f"{predictor.version}, {record['cases']} Derm7pt test pairs")
     print(f"{'step':<32}{'median ms':>10}{'p90 ms':>10}{'x forward':>11}")
     for name, key in (("bare forward (pair)", "bare_forward"), ("predict (app)", "predict"),
                       ("predict + Grad-CAM x2 + attention", "predict_and_explain")):
@@ -98,11 +124,6 @@ def main(argv=None) -> dict:
     print("forward ms per pair by pairs per batch: " + "; ".join(
         f"{'flips' if k == 'tta' else 'one view'}: " + ", ".join(f"{b}: {v:.0f}" for b, v in costs.items())
         for k, costs in record["forward_ms_per_pair_by_batch"].items()))
-    if args.clients:
-        paired = [c for c in Derm7pt(args.data_root).split("test") if not c.clinic_is_derm][:args.calls]
-        record["throughput"] = throughput(predictor, paired, [int(n) for n in args.clients.split(",")], args.calls)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -119,69 +140,70 @@ def batch_costs(predictor: Predictor, sizes=(1, 2, 4, 8)) -> dict:
     return costs
 
 
-def throughput(predictor: Predictor, cases, clients: list[int], calls: int) -> dict:
-    """Calls per second of ``/predict`` through the launched app, for each number of
-    concurrent clients, with the micro-batcher on and off (one run, same pairs)."""
+def model_alone(predictor: Predictor, pairs, seconds: float = 20.0) -> dict:
+    """Pairs per second of ``Predictor.predict`` on decoded pairs, one after another, each new to
+    it (its memory of recent pairs cleared): the model's own rate, which serving is held to.
+
+    It runs in a thread of its own, as the app's model calls do (Gradio's worker threads): on
+    this loaded 2-core machine a forward pass in the main thread took 10-15x longer than the same
+    pass in another thread (0.8-1.7 s against 0.08 s, torch's threads at 2 in both), which would
+    make the app look faster than its own model.
+    """
+    import threading
+
+    result = {}
+
+    def run():
+        predictor.forget()
+        done, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds or done < len(pairs) // 2:
+            clinical, dermoscopy = pairs[done % len(pairs)]
+            predictor.forget()
+            predictor.predict(clinical, dermoscopy)
+            done += 1
+        wall = time.perf_counter() - began
+        result.update(pairs=done, seconds=wall, pairs_per_s=done / wall)
+
+    worker = threading.Thread(target=run, name="model-alone")
+    worker.start()
+    worker.join()
+    return result
+
+
+def throughput(predictor: Predictor, cases, clients: list[int], calls: int, model_rate: float) -> dict:
+    """``/predict`` calls per second through the launched app for each number of concurrent raw
+    HTTP clients, against the model's own rate (pairs/s, same run)."""
     import socket
     import tempfile
 
     from skinnet.ui import AppSettings, build_app, launch
 
     folder = Path(tempfile.mkdtemp(prefix="skinnet-throughput-"))
-    # each call its own pair (``cases`` holds at least ``calls``), so no call is answered from the
-    # recent-predictions memory
-    for i, case in enumerate(cases):
-        c, d = folder / f"{i:03d}_c.png", folder / f"{i:03d}_d.png"
-        load_rgb(case.clinical_path).save(c)
-        load_rgb(case.dermoscopy_path).save(d)
+    for i, case in enumerate(cases):  # the release's own JPEGs, as a camera gives them
+        (folder / f"{i:03d}_c.jpg").write_bytes(Path(case.clinical_path).read_bytes())
+        (folder / f"{i:03d}_d.jpg").write_bytes(Path(case.dermoscopy_path).read_bytes())
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings = AppSettings(checkpoint=Path(predictor.card.name), port=port, log_dir=folder / "log")
     app = build_app(predictor, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
-    from skinnet.predict import MicroBatcher
-
-    default = predictor.batcher  # what build_app chose for this device
-    batcher = default or MicroBatcher(predictor, 8)
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}"
     results = {}
     try:
-        for batching in (True, False):
-            predictor.batcher = batcher if batching else None
-            for n in clients:
-                predictor.forget()
-                batcher.batches = []
-                per_client = max(1, calls // n)
-                # the clients run in their own process: their work must not share the server's GIL
-                run, server_cpu_s = client_process(url, n, per_client, folder)
-                key = f"{'batched' if batching else 'unbatched'}_{n}"
-                results[key] = {"clients": n, **run, "mean_batch": (statistics.mean(batcher.batches)
-                                                                   if batching and batcher.batches else 1.0),
-                                **cpu_ceiling(server_cpu_s, run)}
+        for n in clients:
+            predictor.forget()
+            run, server_cpu_s = client_process(url, n, max(1, calls // n), folder)
+            results[f"clients_{n}"] = {"clients": n, **run, **cpu_ceiling(server_cpu_s, run),
+                                       "ratio_to_model": run["calls_per_s"] / model_rate}
     finally:
-        predictor.batcher = default
         app.close()
-    results["app_default"] = "batched" if default else "unbatched"
-    one = results.get(f"{results['app_default']}_1", {}).get("calls_per_s")
-    print(f"\n{'/predict through the app':<28}{'calls/s':>9}{'x 1 client':>11}{'median s':>10}{'p90 s':>8}"
-          f"{'errors':>8}{'batch':>7}{'CPU ms/call server + clients':>30}{'cores allow':>13}")
+    print(f"\n{'/predict, raw HTTP clients':<28}{'calls/s':>9}{'x model':>9}{'median s':>10}{'p90 s':>8}"
+          f"{'errors':>8}{'CPU ms/call server + clients':>30}")
+    print(f"{'model alone (no server)':<28}{model_rate:9.2f}{1.0:9.2f}")
     for key, r in results.items():
-        if not isinstance(r, dict) or "calls_per_s" not in r:
-            continue
-        ratio = r["calls_per_s"] / one if one else float("nan")
-        r["ratio_to_one_client"] = ratio
-        print(f"{key.replace('_', ', ') + ' clients':<28}{r['calls_per_s']:9.2f}{ratio:11.2f}{r['median_s']:10.2f}"
-              f"{r['p90_s']:8.2f}{r['errors']:8d}{r['mean_batch']:7.1f}"
-              f"{r['server_cpu_ms_per_call']:17.0f} + {r['client_cpu_ms_per_call']:<10.0f}"
-              f"{r['ceiling_calls_per_s']:13.2f}")
-    alone = results.get(f"{results['app_default']}_1")
-    if alone and one:
-        # a call under load costs at least what it costs alone: the cores then allow at most this
-        results["concurrency_bound"] = {"calls_per_s": alone["ceiling_calls_per_s"],
-                                        "ratio_to_one_client": alone["ceiling_calls_per_s"] / one}
-        print(f"at one client's CPU cost per call the {alone['cores']} cores allow at most "
-              f"{alone['ceiling_calls_per_s']:.2f} calls/s, {alone['ceiling_calls_per_s'] / one:.2f}x one client")
+        print(f"{key.replace('_', ' '):<28}{r['calls_per_s']:9.2f}{r['ratio_to_model']:9.2f}{r['median_s']:10.2f}"
+              f"{r['p90_s']:8.2f}{r['errors']:8d}{r['server_cpu_ms_per_call']:17.0f} + {r['client_cpu_ms_per_call']:<10.1f}")
     return results
 
 
@@ -217,41 +239,64 @@ def client_process(url: str, n: int, per_client: int, folder: Path, timeout_s: f
 
 
 def cpu_ceiling(server_cpu_s: float, run: dict) -> dict:
-    """The server's and the clients' CPU time per call, and the calls per second the cores would
-    give at that cost per call if they did nothing else. Clients share the cores with the
-    server here (on a Space they do not). Measured with one client it bounds what concurrency
-    can reach, as long as a call costs no less CPU under load than alone (it costs more: the
-    clients' share grows); measured under load, throughput / ceiling is how busy the cores were."""
+    """The server's and the clients' CPU time per call (clients share the cores with the server
+    here; on a Space they do not)."""
     ok = max(run["ok"], 1)
-    server_ms, client_ms = 1000 * server_cpu_s / ok, 1000 * run["client_cpu_s"] / ok
-    cores = len(os.sched_getaffinity(0))
-    return {"server_cpu_ms_per_call": server_ms, "client_cpu_ms_per_call": client_ms, "cores": cores,
-            "ceiling_calls_per_s": cores * 1000 / (server_ms + client_ms)}
+    return {"server_cpu_ms_per_call": 1000 * server_cpu_s / ok, "client_cpu_ms_per_call": 1000 * run["client_cpu_s"] / ok,
+            "cores": len(os.sched_getaffinity(0))}
+
+
+def predict_call(http, fn_index: int, clinical: Path, dermoscopy: Path) -> None:
+    """One ``/predict`` call as a browser makes it: upload both files, join the queue, read the
+    event stream until this event's result. Raises on any failure."""
+    import json as json_
+    import secrets
+
+    with open(clinical, "rb") as c, open(dermoscopy, "rb") as d:
+        uploaded = http.post("/gradio_api/upload", files=[("files", ("clinical.jpg", c)), ("files", ("derm.jpg", d))])
+    uploaded.raise_for_status()
+    files = [{"path": path, "meta": {"_type": "gradio.FileData"}} for path in uploaded.json()]
+    session = secrets.token_hex(8)
+    joined = http.post("/gradio_api/queue/join", json={"data": [None, *files, False], "fn_index": fn_index,
+                                                       "session_hash": session, "event_data": None, "trigger_id": None})
+    joined.raise_for_status()
+    event = joined.json()["event_id"]
+    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json_.loads(line[5:])
+                if message.get("event_id") == event and message.get("msg") == "process_completed":
+                    if not message.get("success"):
+                        raise RuntimeError(str(message.get("output"))[:200])
+                    return
+    raise RuntimeError("the event stream ended without a result")
 
 
 def client_run(url: str, n: int, per_client: int, folder: Path) -> dict:
-    """``n`` gradio_client clients in threads of this process, each making ``per_client``
-    sequential ``/predict`` calls on its own pairs; prints one JSON line."""
+    """``n`` raw HTTP clients in threads of this process, each making ``per_client`` sequential
+    ``/predict`` calls on its own pairs; prints one JSON line."""
     import threading
 
-    from gradio_client import Client, handle_file
+    import httpx
 
-    files = sorted(zip(sorted(folder.glob("*_c.png")), sorted(folder.glob("*_d.png"))))
-    connected = [Client(url, verbose=False) for _ in range(n)]
+    files = sorted(zip(sorted(folder.glob("*_c.jpg")), sorted(folder.glob("*_d.jpg"))))
+    config = httpx.get(f"{url}/config").json()
+    fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "predict")
+    connected = [httpx.Client(base_url=url, timeout=600) for _ in range(n)]
     latencies, errors, start = [], [], threading.Barrier(n + 1)
 
-    def run(k, client):
+    def run(k, http):
         start.wait()
         for i in range(per_client):
             c, d = files[(k * per_client + i) % len(files)]
             began = time.perf_counter()
             try:
-                client.predict(handle_file(str(c)), handle_file(str(d)), api_name="/predict")
+                predict_call(http, fn_index, c, d)
                 latencies.append(time.perf_counter() - began)
             except Exception as err:  # noqa: BLE001 (counted, reported)
-                errors.append(type(err).__name__)
+                errors.append(f"{type(err).__name__}: {err}"[:120])
 
-    threads = [threading.Thread(target=run, args=(k, cl)) for k, cl in enumerate(connected)]
+    threads = [threading.Thread(target=run, args=(k, http)) for k, http in enumerate(connected)]
     for t in threads:
         t.start()
     print("ready", flush=True)  # the server starts counting its CPU time here
@@ -260,7 +305,7 @@ def client_run(url: str, n: int, per_client: int, folder: Path) -> dict:
     for t in threads:
         t.join()
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
-    result = {"calls": n * per_client, "ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)),
+    result = {"calls": n * per_client, "ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
               "calls_per_s": len(latencies) / wall, "median_s": statistics.median(latencies) if latencies else None,
               "p90_s": percentile(latencies, 0.9) if latencies else None, "client_cpu_s": cpu}
     print(json.dumps(result))

@@ -130,9 +130,10 @@ def test_explain_handler_outputs(predictor, pair):
     labels = [label.split(" · ")[0] for _, label in gallery]
     assert sorted(labels) == ["stage 3: clinical->dermoscopy", "stage 3: dermoscopy->clinical",
                               "stage 4: clinical->dermoscopy", "stage 4: dermoscopy->clinical"]
-    # each caption says how focused its map is, in words
-    assert all(re.search(r" · (spread evenly, no focus|a mild focus|a clear focus), peak \d+\.\dx uniform$", label)
-               for _, label in gallery)
+    # each caption says where its map's attention falls, relative to the centre where the lesion is framed
+    assert all(re.search(r" · \d+% on the centre \(\d+% of the picture\): (mostly on|mostly off|spread over) the "
+                         r"centre.*; peak (near the centre|between the centre and the edge|at the \w+ edge|in the "
+                         r"\w+-\w+ corner)$", label) for _, label in gallery)
     cam_clinical, cam_derm, gallery = explain_handler(predictor, None, str(pair[1]), "PN", "ATP", "auto")
     assert cam_clinical is None and cam_derm is not None and gallery == []
 

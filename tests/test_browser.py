@@ -102,10 +102,11 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     from synthetic import clinical_like_image, dermoscopy_like_image
 
     rng = np.random.default_rng(21)
-    document, clinical, derm = tmp_path / "page.png", tmp_path / "clinical.png", tmp_path / "derm.png"
+    # JPEGs, as the synthetic release the guards were fitted on stores its images
+    document, clinical, derm = tmp_path / "page.png", tmp_path / "clinical.jpg", tmp_path / "derm.jpg"
     dict(generated_images())["document-1"].save(document)
-    clinical_like_image(rng).save(clinical)
-    dermoscopy_like_image(rng).save(derm)
+    clinical_like_image(rng).save(clinical, quality=90)
+    dermoscopy_like_image(rng).save(derm, quality=90)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(guarded_url)
     _upload(page, "clinical", document)
@@ -115,13 +116,10 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     assert "clinical photo does not look like a skin lesion" in page.locator("#summary").inner_text()
     assert "BCC" not in page.locator("#diagnosis-table").inner_text()
     page.screenshot(path=str(tmp_path / "not_a_lesion.png"))
-    # the chain's last step (the form's labels) says so, and gives no prediction away
-    page.get_by_text("Review form (off in this public demo)").click()  # the demo keeps it folded
-    expect(page.locator("#correct-DIAG")).to_contain_text("prediction hidden", timeout=60_000)
-    assert "model says" not in page.locator("#review-form").inner_text()
+    expect(page.locator("#diagnosis-bars")).to_be_hidden()
     page.locator("#show-anyway").click()
     page.get_by_text("Fused head:").wait_for(timeout=60_000)
-    expect(page.locator("#correct-DIAG")).to_contain_text("model says", timeout=30_000)
+    expect(page.locator("#diagnosis-bars")).to_contain_text("MEL melanoma", timeout=30_000)
     assert "does not look like a skin lesion" in page.locator("#summary").inner_text()
     page.locator("#gradcam-dermoscopy img").wait_for(timeout=60_000)
     # new images: the last pair's prediction and maps go before anything is analysed
@@ -132,16 +130,42 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
     page.close()
 
 
-def test_swapped_images_are_called_swapped_and_one_click_swaps_them(browser, guarded_url, tmp_path):
+def _no_error_badges(page) -> None:
+    """A user's mistake must not paint Gradio's red "Error" on any output, nor raise its error toast."""
+    assert page.locator(".toast-body.error, .toast-wrap .error").count() == 0
+    assert page.locator(".wrap .error, span.error").count() == 0
+
+
+def test_swapped_images_show_the_swap_message_first_and_the_prediction_only_after_a_choice(
+        browser, guarded_url, tmp_path):
     import numpy as np
+    from playwright.sync_api import expect
     from synthetic import clinical_like_image, dermoscopy_like_image
 
     rng = np.random.default_rng(22)
-    clinical, derm = tmp_path / "clinical.png", tmp_path / "derm.png"
-    clinical_like_image(rng).save(clinical)
-    dermoscopy_like_image(rng).save(derm)
+    clinical, derm = tmp_path / "clinical.jpg", tmp_path / "derm.jpg"  # JPEGs, as the guards were fitted on
+    clinical_like_image(rng).save(clinical, quality=90)
+    dermoscopy_like_image(rng).save(derm, quality=90)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(guarded_url)
+    _upload(page, "clinical", derm)
+    _upload(page, "dermoscopy", clinical)
+    page.locator("#analyse").click()
+    page.get_by_text("These images look swapped").wait_for(timeout=60_000)
+    summary = page.locator("#summary").inner_text()
+    assert "no prediction shown yet" in summary and "head:" not in summary  # no diagnosis of the swapped pair
+    expect(page.locator("#diagnosis-bars")).to_be_hidden()
+    expect(page.locator("#show-anyway")).to_have_text("They are right as they are", timeout=30_000)
+    expect(page.locator("#swap-images")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "swapped.png"))
+    # "They are right as they are": the pair's prediction, the warning kept
+    page.locator("#show-anyway").click()
+    page.wait_for_function("document.querySelector('#summary').innerText.includes('Fused head')", timeout=60_000)
+    assert "These images look swapped" in page.locator("#summary").inner_text()
+    expect(page.locator("#diagnosis-bars")).to_be_visible()
+    expect(page.locator("#swap-images")).to_be_hidden(timeout=30_000)
+    # a new analysis of the same swapped pair asks again; "Swap the images" swaps them and answers
+    page.reload()
     _upload(page, "clinical", derm)
     _upload(page, "dermoscopy", clinical)
     page.locator("#analyse").click()
@@ -149,35 +173,85 @@ def test_swapped_images_are_called_swapped_and_one_click_swaps_them(browser, gua
     page.locator("#swap-images").click()
     page.wait_for_function("document.querySelector('#summary').innerText.includes('Fused head') && "
                            "!document.querySelector('#summary').innerText.includes('swapped')", timeout=60_000)
-    from playwright.sync_api import expect
     expect(page.locator("#swap-images")).to_be_hidden(timeout=30_000)
+    _no_error_badges(page)
     page.close()
 
 
-def test_a_demo_visitor_sees_examples_first_and_the_review_parts_folded_away_saying_why(browser, app_url, tmp_path):
+def test_first_screen_says_what_to_upload_and_a_click_on_an_example_answers_above_the_fold(
+        browser, app_url, tmp_path):
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(app_url)
+    intro = page.locator("#intro")
+    expect(intro).to_contain_text("clinical photo", timeout=30_000)
+    expect(intro).to_contain_text("dermoscopy image")
+    assert intro.locator("a[href='https://arxiv.org/abs/2403.19203']").count() == 1
     gallery = page.locator("#examples")
-    expect(gallery).to_be_visible(timeout=30_000)
-    expect(gallery.locator("img")).to_have_count(2)  # the full pair and the dermoscopy image alone
-    expect(page.get_by_text("Review form (off in this public demo)")).to_be_visible()
-    expect(page.locator("#verdict")).to_be_hidden()
-    expect(page.locator("#prev-case")).to_be_hidden()
-    expect(page.locator("#own-images")).to_be_hidden()
-    gallery.locator("img").first.click()
+    expect(gallery).to_be_visible()
+    # the drawn pairs the app ships (labelled synthetic), then the owner's: the full pair and the dermoscopy alone
+    expect(gallery.locator("img")).to_have_count(7)
+    expect(page.locator("#examples-note")).to_contain_text("synthetic")
+    assert gallery.bounding_box()["y"] < 768
+    # no review form for a visitor, folded or not; no "1 2 3" headers on the empty tables
+    expect(page.locator("#review-form")).to_be_hidden()
+    assert "Review form" not in page.locator("body").inner_text()
+    for table in ("#diagnosis-table", "#criteria-table"):
+        headers = page.locator(f"{table} th").all_inner_texts()
+        assert not {"1", "2", "3"} & {h.strip() for h in headers}, headers
+    gallery.locator("img").nth(5).click()  # the owner's full pair
     page.get_by_text("Fused head:").wait_for(timeout=60_000)
     srcs = page.eval_on_selector_all("#clinical-input img, #dermoscopy-input img", "els => els.map(e => e.src)")
     assert len(srcs) == 2 and not any("first_pair" in s or "examples" in s for s in srcs)
-    box = page.locator("#summary h3").bounding_box()
-    assert box and box["y"] + box["height"] <= 768  # the answer is on the first screen
-    page.screenshot(path=str(tmp_path / "demo_example.png"))
-    page.get_by_text("Review form (off in this public demo)").click()
-    expect(page.get_by_text("nobody can sign in here")).to_be_visible()
+    bars = page.locator("#diagnosis-bars")
+    expect(bars).to_contain_text("MEL melanoma")
+    assert bars.locator(".confidence-set").count() == 5  # all five diagnoses, not only the top ones
+    page.locator("#gradcam-dermoscopy img").wait_for(timeout=60_000)
+    for element in ("#summary h3", "#diagnosis-bars", "#gradcam-dermoscopy img"):
+        box = page.locator(element).first.bounding_box()
+        assert box and box["y"] < 768, element  # on the first screen at 1366 x 768
+    assert "research tool, not a diagnosis" in page.locator("#summary").inner_text()
+    # the criteria table's fused column is not clipped: each cell shows its whole text
+    page.locator("#criteria-table").scroll_into_view_if_needed()
+    clipped = page.eval_on_selector_all("#criteria-table td", "cells => cells.filter(c => c.innerText.trim() && "
+                                        "c.scrollWidth > c.clientWidth + 1).length")
+    assert clipped == 0
+    page.screenshot(path=str(tmp_path / "first_screen.png"))
     page.get_by_role("tab", name="Queue").click()
     expect(page.locator("#queue-demo-note")).to_contain_text("Review queues are for signed-in reviewers")
     expect(page.locator("#open-queue")).to_be_hidden()
+    page.close()
+
+
+def test_a_mistake_is_said_beside_the_images_and_a_refused_image_leaves_its_slot(browser, app_url, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(app_url)
+    page.locator("#analyse").click()  # nothing uploaded
+    expect(page.locator("#input-message")).to_contain_text("Upload a clinical photo", timeout=60_000)
+    _no_error_badges(page)
+    huge = tmp_path / "huge.jpg"  # 8000 x 6000: over the 40 megapixel limit, yet a small file
+    gradient = np.linspace(0, 255, 8000, dtype=np.uint8)
+    Image.fromarray(np.broadcast_to(gradient, (6000, 8000))).convert("RGB").save(huge, quality=60)
+    page.locator("#clinical-input input[type=file]").set_input_files(str(huge))
+    expect(page.locator("#input-message")).to_contain_text("too large (8000 x 6000 pixels", timeout=60_000)
+    expect(page.locator("#clinical-input img")).to_have_count(0, timeout=30_000)  # removed from its slot
+    _no_error_badges(page)
+    message = page.locator("#input-message").bounding_box()
+    images = page.locator("#case-images").bounding_box()
+    assert message["y"] < images["y"] + images["height"] + 80  # beside the images, not at the page's bottom
+    assert "/tmp" not in page.locator("#input-message").inner_text()
+    page.screenshot(path=str(tmp_path / "refused.png"))
+    # a good image afterwards clears the message and is analysed
+    clinical, _ = write_pair(tmp_path, seed=8)
+    _upload(page, "clinical", clinical)
+    expect(page.locator("#input-message")).to_have_text("", timeout=30_000)
+    page.locator("#analyse").click()
+    page.get_by_text("Clinical head:").wait_for(timeout=60_000)
     page.close()
 
 

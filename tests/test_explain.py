@@ -21,14 +21,22 @@ def _square(canvas: Image.Image, size: int = 320) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32)[:size, :size]
 
 
-def test_flat_attention_looks_flat_and_says_so():
+def test_flat_attention_looks_flat_and_the_caption_says_where_attention_falls():
     image = Image.new("RGB", (320, 320), (200, 160, 140))
     uniform = np.full((6, 6), 1 / 36)
     peaked = np.full((6, 6), 0.2 / 35)
     peaked[2, 3] = 0.8
-    assert attention_focus(uniform)[:2] == pytest.approx((1.0, 1.0))
-    assert attention_focus(uniform)[2] == "spread evenly, no focus" and attention_focus(peaked)[2] == "a clear focus"
-    assert attention_focus(peaked)[0] == pytest.approx(0.8 * 36)
+    on_centre, area, words = attention_focus(uniform)
+    assert on_centre == pytest.approx(area) and area == pytest.approx(12 / 36)  # the 12 middle cells of 36
+    assert "spread over the centre and its surroundings" in words
+    on_centre, _, words = attention_focus(peaked)
+    assert on_centre > 0.8 and "mostly on the centre" in words and words.endswith("peak near the centre")
+    # a sharp peak on a corner, the background: not "a clear focus" (what the caption used to say)
+    cornered = np.full((6, 6), 0.2 / 35)
+    cornered[0, 5] = 0.8
+    on_centre, _, words = attention_focus(cornered)
+    assert on_centre < 0.1 and "mostly off the centre" in words and words.endswith("peak in the top-right corner")
+    assert "focus" not in words
     # min-max scaling would stretch a 1% ripple on a uniform map to the full colour range; this does not
     ripple = uniform * (1 + 0.01 * np.random.default_rng(0).standard_normal((6, 6)))
     flat, sharp = _square(attention_overlay(image, ripple, "x")), _square(attention_overlay(image, peaked, "x"))

@@ -7,7 +7,7 @@ import torch
 from app_helpers import guarded_checkpoint, tiny_checkpoint
 from synthetic import clinical_like_image, dermoscopy_like_image, lesion_image
 
-from skinnet.guards import Guards, uncertain_margin_from, weights_fingerprint
+from skinnet.guards import CONFIDENT, LOW_CONFIDENCE, UNCERTAIN, Guards, confidence_levels, weights_fingerprint
 from skinnet.model import create_model
 from skinnet.predict import Predictor
 
@@ -22,10 +22,21 @@ def guarded(tmp_path_factory):
     return Predictor.from_checkpoint(guarded_checkpoint(tmp_path_factory.mktemp("guarded")))
 
 
+def as_jpeg(image):
+    """The image as the synthetic release stores its images (JPEG, quality 90): the per-block
+    check sees compression in the early stages' texture statistics."""
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
 def test_lesion_check_passes_new_lesions_and_flags_pictures_that_are_not(guarded):
     rng = np.random.default_rng(11)
     for _ in range(5):
-        checks = guarded.predict(clinical_like_image(rng), dermoscopy_like_image(rng)).checks
+        checks = guarded.predict(as_jpeg(clinical_like_image(rng)), as_jpeg(dermoscopy_like_image(rng))).checks
         assert checks.not_lesion == () and checks.trustworthy, checks.distance
     pictures = dict(generated_images())
     for name in NOT_LESIONS:
@@ -65,45 +76,53 @@ def test_a_checkpoint_without_guards_predicts_without_checks(tmp_path):
     assert predictor.guards is None and predictor.predict(lesion_image(rng), None).checks is None
 
 
-def test_uncertain_margin_is_where_low_margin_cases_stop_being_right_half_the_time():
-    margins = torch.tensor([0.01, 0.02, 0.05, 0.10, 0.20, 0.30, 0.50, 0.80])
-    correct = torch.tensor([0, 1, 0, 0, 1, 1, 1, 1]).bool()
-    # running accuracy from the lowest margin: 0, .5, .33, .25, .4, .5, .57, .625 -> last below .5 at 0.20
-    assert uncertain_margin_from(margins, correct) == pytest.approx(0.30)
-    assert uncertain_margin_from(margins, torch.ones(8).bool()) == 0.0
+def test_confidence_levels_split_unseen_cases_by_margin_and_keep_each_levels_accuracy():
+    margins = torch.linspace(0.01, 0.99, 40)
+    correct = margins > 0.25  # the least sure are wrong, the surest right
+    uncertain, low, levels = confidence_levels(margins, correct, shares=(0.2, 0.5))
+    assert (margins < uncertain).sum() == 8 and (margins < low).sum() == 20
+    assert levels[UNCERTAIN] == {"share": pytest.approx(0.2), "cases": 40, "accuracy": 0.0}
+    assert levels[LOW_CONFIDENCE]["share"] == pytest.approx(0.3) and levels[CONFIDENT]["accuracy"] == 1.0
+    assert 0 < levels[LOW_CONFIDENCE]["accuracy"] < 1
 
 
-def test_uncertain_badge_and_melanoma_bar(guarded):
-    """Close top-2 diagnoses give the badge; P(melanoma) is always on screen with its own bar."""
+def test_the_answer_says_its_level_and_what_that_level_meant_on_unseen_cases(guarded, tmp_path):
+    """Three levels by the top-2 margin, each head its own limits; the summary names the level
+    with its out-of-fold accuracy; P(melanoma) keeps its own bar; the levels survive a save."""
     from dataclasses import replace
 
     from skinnet.ui.views import summary_markdown
 
     rng = np.random.default_rng(13)
     prediction = guarded.predict(clinical_like_image(rng), dermoscopy_like_image(rng))
-    features = {m: torch.zeros_like(guarded.guards.means[m]) for m in ("clinical", "dermoscopy")}
+    features = {m: torch.zeros(guarded.guards.feature_size) for m in ("clinical", "dermoscopy")}
     close = {"BCC": 0.40, "NEV": 0.35, "MEL": 0.15, "MISC": 0.05, "SK": 0.05}
-    clear = {"BCC": 0.05, "NEV": 0.80, "MEL": 0.10, "MISC": 0.03, "SK": 0.02}
-    guards = replace(guarded.guards, uncertain_margin={"fused": 0.10, "dermoscopy": 0.30},
-                     uncertain_accuracy={"fused": 0.41, "dermoscopy": 0.45})
-    assert guards.check(features, close).uncertain and guards.check(features, close).margin == pytest.approx(0.05)
-    assert not guards.check(features, clear).uncertain
-    # each head has its own limit: the dermoscopy head alone is less sure at the same margin
     middling = {"BCC": 0.05, "NEV": 0.55, "MEL": 0.30, "MISC": 0.05, "SK": 0.05}
-    assert not guards.check(features, middling).uncertain
-    assert guards.check(features, middling, "dermoscopy").uncertain
-    closeness = guards.check(features, close)
-    uncertain = replace(prediction, checks=replace(prediction.checks, uncertain=closeness.uncertain,
-                                                   margin=closeness.margin, margin_limit=closeness.margin_limit,
-                                                   accuracy_below=closeness.accuracy_below))
-    text = summary_markdown(uncertain, "v")
-    assert "Uncertain: refer or get a second opinion" in text and "0.05 apart" in text
-    assert "less than 0.10 apart, it was right on 41% of them" in text
-    sure = replace(prediction, checks=replace(prediction.checks, uncertain=False))
-    assert "Uncertain" not in summary_markdown(sure, "v")
-    probs = prediction.heads["fused"].probabilities["DIAG"]
-    top = max(probs, key=probs.get)
-    assert f"{probs['MEL']:.2f}` melanoma" in text or top == "MEL"
+    clear = {"BCC": 0.05, "NEV": 0.80, "MEL": 0.10, "MISC": 0.03, "SK": 0.02}
+    meaning = {UNCERTAIN: {"share": 0.18, "cases": 124, "accuracy": 0.41},
+               LOW_CONFIDENCE: {"share": 0.22, "cases": 124, "accuracy": 0.63},
+               CONFIDENT: {"share": 0.60, "cases": 124, "accuracy": 0.9}}
+    guards = replace(guarded.guards, uncertain_margin={"fused": 0.10, "dermoscopy": 0.30},
+                     low_confidence_margin={"fused": 0.30, "dermoscopy": 0.50},
+                     levels={"fused": meaning, "dermoscopy": meaning})
+    assert [guards.check(features, p).level for p in (close, middling, clear)] == [UNCERTAIN, LOW_CONFIDENCE,
+                                                                                    CONFIDENT]
+    # each head has its own limits: the dermoscopy head alone is less sure at the same margin
+    assert guards.check(features, middling, "dermoscopy").level == UNCERTAIN
+    assert guards.check(features, close).margin == pytest.approx(0.05)
+    texts = {}
+    for name, probs in (("uncertain", close), ("low", middling), ("confident", clear)):
+        levelled = replace(guards.check(features, probs), not_lesion=(), wrong_slot=(), swapped=False)
+        texts[name] = summary_markdown(replace(prediction, checks=levelled), "v")
+    assert "Uncertain: refer or get a second opinion" in texts["uncertain"] and "0.05 apart (under 0.10)" in texts["uncertain"]
+    assert "the least sure 18% of 124, out of fold) the model was right on 41%" in texts["uncertain"]
+    assert "Low confidence" in texts["low"] and "0.25 apart (0.10 to 0.30)" in texts["low"] and "right on 63%" in texts["low"]
+    assert "Confident" in texts["confident"] and "the surest 60% of 124" in texts["confident"]
+    assert "Uncertain" not in texts["confident"] and "Low confidence" not in texts["confident"]
+    assert f"{prediction.heads['fused'].probabilities['DIAG']['MEL']:.2f}` melanoma" in texts["uncertain"] or \
+        prediction.heads["fused"].classes["DIAG"] == "MEL"
+    saved = Guards.load(guards.save(tmp_path / "levels.guards.safetensors"))
+    assert saved.low_confidence_margin == guards.low_confidence_margin and saved.levels == guards.levels
 
 
 def test_gaussian_equals_scikit_learn_ledoit_wolf():
@@ -127,7 +146,8 @@ def test_gaussian_equals_scikit_learn_ledoit_wolf():
 
 def test_the_app_hides_a_prediction_for_a_picture_that_is_not_a_lesion(guarded, tmp_path):
     """Over HTTP: a document photo gets the warning and empty tables; 'show anyway' gets the
-    prediction with the warning kept; a swapped pair is called swapped."""
+    prediction with the warning kept; a swapped pair is called swapped, its prediction hidden
+    until confirmed."""
     from app_helpers import free_port
     from gradio_client import Client, handle_file
 
@@ -136,9 +156,9 @@ def test_the_app_hides_a_prediction_for_a_picture_that_is_not_a_lesion(guarded, 
     document = tmp_path / "document.png"
     dict(generated_images())["document-1"].save(document)
     rng = np.random.default_rng(14)
-    clinical, derm = tmp_path / "clinical.png", tmp_path / "derm.png"
-    clinical_like_image(rng).save(clinical)
-    dermoscopy_like_image(rng).save(derm)
+    clinical, derm = tmp_path / "clinical.jpg", tmp_path / "derm.jpg"  # JPEGs, as the guards were fitted on
+    clinical_like_image(rng).save(clinical, quality=90)
+    dermoscopy_like_image(rng).save(derm, quality=90)
     settings = AppSettings(checkpoint=Path(guarded.card.name), port=free_port(), log_dir=tmp_path / "log")
     app = build_app(guarded, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
@@ -152,8 +172,12 @@ def test_the_app_hides_a_prediction_for_a_picture_that_is_not_a_lesion(guarded, 
                                                api_name="/predict")
         assert "Fused head" in summary and "does not look like a skin lesion" in summary
         assert len(diagnosis["data"]) == 5
-        summary, _, _ = client.predict(handle_file(str(derm)), handle_file(str(clinical)), api_name="/predict")
-        assert "These images look swapped" in summary and "Fused head" in summary
+        # a swapped pair: the swap message first, no diagnosis of the pair as given until the caller confirms it
+        summary, diagnosis, _ = client.predict(handle_file(str(derm)), handle_file(str(clinical)), api_name="/predict")
+        assert "These images look swapped" in summary and "Fused head" not in summary and diagnosis["data"] == []
+        summary, diagnosis, _ = client.predict(handle_file(str(derm)), handle_file(str(clinical)), True,
+                                               api_name="/predict")
+        assert "These images look swapped" in summary and "Fused head" in summary and len(diagnosis["data"]) == 5
         summary, _, _ = client.predict(handle_file(str(clinical)), handle_file(str(derm)), api_name="/predict")
         assert "swapped" not in summary and "does not look like" not in summary
     finally:
@@ -162,13 +186,17 @@ def test_the_app_hides_a_prediction_for_a_picture_that_is_not_a_lesion(guarded, 
 
 @pytest.mark.parametrize("setting, value", [("ood_threshold", 1e30), ("ood_threshold", float("nan")),
                                             ("ood_threshold", -1.0), ("uncertain_margin", {"fused": float("inf")}),
-                                            ("residual_scale", {"clinical": 0.0, "dermoscopy": 1.0})])
+                                            ("low_confidence_margin", {"fused": 1.5}),
+                                            ("blocks", {"clinical": 0.0, "dermoscopy": 1.0})])
 def test_guards_with_settings_that_switch_them_off_are_refused(guarded, tmp_path, setting, value):
     """Guards files placed beside a checkpoint with a threshold that flags nothing (1e30), NaN
     (every comparison false: nothing flagged) or another setting out of range are refused with
     one sentence, not loaded silently."""
     import dataclasses
 
+    if setting == "blocks":  # a block whose other directions count for nothing
+        first, *rest = guarded.guards.blocks
+        value = [dataclasses.replace(first, residual_scale=value), *rest]
     placed = dataclasses.replace(guarded.guards, **{setting: value})
     path = placed.save(tmp_path / "g.guards.safetensors")
     with pytest.raises(ValueError, match=setting) as refused:

@@ -242,3 +242,30 @@ def test_the_accelerator_script_runs_pending_folds_at_once_and_students_after_th
     with tarfile.open(tmp_path / "out" / "experiments.tar") as tar:
         names = tar.getnames()
     assert any(n.endswith("student/fold0/oof.csv") for n in names) and not any(n.endswith(".safetensors") for n in names)
+
+
+def test_confidence_levels_fit_on_an_unfinished_entry_only_when_asked_and_say_which_folds(recorded, tmp_path):
+    """An entry still being built (fold 2 not in yet): its finished folds choose the levels with
+    --oof-partial, and the notes say which; without it the missing fold is an error."""
+    import shutil
+
+    from skinnet.guards import LEVELS, Guards
+    from skinnet.predict import Predictor
+    from training.fit_guards import fit_levels
+
+    release, entry, out, _ = recorded
+    unfinished = tmp_path / "tiny"
+    shutil.copytree(entry, unfinished)
+    for part in (unfinished / "fold2").iterdir():
+        part.unlink()
+    predictor = Predictor.from_checkpoint(next((out / "fold0").glob("*.safetensors")))
+    guards = Guards(blocks=[], ood_threshold=1.0, modality_weight=torch.zeros(1), modality_bias=0.0,
+                    uncertain_margin={}, fingerprint="")
+    data = Derm7pt(release)
+    with pytest.raises(SystemExit, match=r"folds \[2\] are not in the ledger yet"):
+        fit_levels(guards, predictor, unfinished, data)
+    fitted = fit_levels(guards, predictor, unfinished, data, partial=True)
+    assert "folds [0, 1] of 3 only" in fitted.notes["uncertain"]
+    levels = fitted.levels["fused"]
+    assert {levels[n]["cases"] for n in LEVELS} == {20} and sum(levels[n]["share"] for n in LEVELS) == pytest.approx(1)
+    assert fitted.uncertain_margin["fused"] <= fitted.low_confidence_margin["fused"]

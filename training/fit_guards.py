@@ -3,13 +3,17 @@
     python -m training.fit_guards --checkpoint checkpoints/skinnet_lite2.safetensors \\
         --data-root ../shared/derm7pt --oof runs/cv_lite2/oof.pt
 
-- Lesion check: a Gaussian per modality over the features of that modality's training images
-  (in their own slot, in the other slot, and alone). Threshold: ``--ood-factor`` times the
-  99th percentile of the distances of images whose case was left out of the Gaussians' fit
-  (5 folds by case); no test image and no non-lesion image chooses it.
+- Lesion check: per block of the features (each stage's statistics, the pooled features), a
+  Gaussian per modality over that modality's training images (in their own slot, in the other
+  slot, and alone). Each block's distances are measured in units of its 99th percentile over
+  images whose case was left out of the Gaussians' fit (5 folds by case), an image's distance
+  is the largest over the blocks, and the threshold is ``--ood-factor`` times the 99th
+  percentile of that; no test image and no non-lesion image chooses it.
 - Modality: logistic regression on the same images (label: the image's true modality).
-- Uncertain: the top-2 DIAG margin below which out-of-fold predictions of the same recipe
-  (``--oof``, calibrated with the card's calibration) were right less than half the time.
+- Confidence levels: "uncertain" below the top-2 DIAG margin of the least sure 17.5% of the
+  out-of-fold predictions of the same recipe (``--oof``, calibrated with the card's
+  calibration), "low confidence" up to the 40% quantile; each level keeps its out-of-fold
+  accuracy. ``--oof-partial`` fits them on the ledger entry's finished folds (say so).
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import torch
 
 from skinnet.calibration import calibrate
 from skinnet.data import Case, Derm7pt
-from skinnet.guards import (Guards, fit_gaussian, fit_modality, guard_features, guards_path,
-                            uncertain_margin_from, weights_fingerprint)
+from skinnet.guards import (LEVELS, FeatureBlock, Guards, confidence_levels, fit_gaussian, fit_modality,
+                            guard_feature_blocks, guard_features, guards_path, weights_fingerprint)
 from skinnet.imaging import load_rgb
 from skinnet.labels import split_logits
 from skinnet.model import HEADS, MODALITIES
@@ -30,7 +34,7 @@ from skinnet.predict import Predictor
 
 from .data import trained_splits
 from .evaluate import oof_tta
-from .ledger import read_oof
+from .ledger import is_ledger_path, ledger_source, read_entry_oof, read_oof
 
 log = logging.getLogger(__name__)
 
@@ -79,38 +83,58 @@ def lesion_features(predictor: Predictor, cases: list[Case], batch: int = 16
     return {m: (torch.cat(out[m]), torch.cat(rows[m])) for m in MODALITIES}
 
 
-def fit_gaussians(features: dict[str, torch.Tensor], components: int) -> dict[str, tuple]:
-    return {m: fit_gaussian(f, min(components, len(f) - 1)) for m, f in features.items()}
+def feature_blocks(predictor: Predictor) -> list[tuple[int, int]]:
+    """:func:`guard_feature_blocks` of the predictor's model (one forward pass of a blank image)."""
+    size = predictor.card.image_size
+    summaries: list = []
+    with torch.inference_mode():
+        pooled = predictor.model.encode_one(torch.zeros(1, 3, size, size, device=predictor.device), "dermoscopy",
+                                            summaries=summaries)
+    return guard_feature_blocks(summaries, pooled)
+
+
+def fit_blocks(features: dict[str, torch.Tensor], components: int, blocks: list[tuple[int, int]]) -> list[FeatureBlock]:
+    """A Gaussian per modality in each block of the features (distances not yet in unseen units)."""
+    fitted = []
+    for start, stop in blocks:
+        gaussians = {m: fit_gaussian(f[:, start:stop], min(components, len(f) - 1, stop - start)) for m, f in features.items()}
+        fitted.append(FeatureBlock(start, stop, *({m: g[i] for m, g in gaussians.items()} for i in range(4))))
+    return fitted
 
 
 def unseen_distances(features: dict[str, tuple[torch.Tensor, torch.Tensor]], components: int,
-                     folds: int = 5) -> torch.Tensor:
-    """Each case's images' distances under Gaussians fitted without that case (cross-fitted by
-    case): how far lesions the Gaussians have not seen lie, which chooses the threshold."""
+                     blocks: list[tuple[int, int]], folds: int = 5) -> torch.Tensor:
+    """(blocks, images): each case's images' distance in each block under Gaussians fitted
+    without that case (cross-fitted by case): how far lesions the Gaussians have not seen lie."""
     out = []
     for fold in range(folds):
-        fitted = fit_gaussians({m: f[rows % folds != fold] for m, (f, rows) in features.items()}, components)
-        probe = _guards_from(fitted, torch.zeros(1), 0.0, "")
-        out += [probe.distance(f[rows % folds == fold]) for f, rows in features.values()]
-    return torch.cat(out)
+        fitted = fit_blocks({m: f[rows % folds != fold] for m, (f, rows) in features.items()}, components, blocks)
+        unseen = torch.cat([f[rows % folds == fold] for f, rows in features.values()])
+        out.append(torch.stack([block.distance(unseen) for block in fitted]))
+    return torch.cat(out, 1)
 
 
-def _guards_from(gaussians: dict[str, tuple], weight: torch.Tensor, bias: float, fingerprint: str) -> Guards:
-    return Guards(means={m: g[0] for m, g in gaussians.items()}, basis={m: g[1] for m, g in gaussians.items()},
-                  scale={m: g[2] for m, g in gaussians.items()}, residual_scale={m: g[3] for m, g in gaussians.items()},
-                  ood_threshold=1.0, modality_weight=weight, modality_bias=bias, uncertain_margin={},
-                  fingerprint=fingerprint)
+def read_oof_for_levels(oof_path: str | Path, data: Derm7pt | None, partial: bool = False) -> dict:
+    """The out-of-fold predictions; with ``partial``, a ledger entry's finished folds only (an
+    entry still being built: the levels are then fitted on fewer cases, which the notes say)."""
+    try:
+        if partial and is_ledger_path(Path(oof_path)):
+            entry, views = ledger_source(Path(oof_path))
+            done = [k for k in entry.planned_folds() if entry.done(k)]
+            if not done:
+                raise ValueError(f"{oof_path}: no fold is finished yet")
+            return read_entry_oof(entry, data, views, folds=done)
+        return read_oof(oof_path, data)
+    except ValueError as err:
+        raise SystemExit(f"--oof {err}") from None
 
 
 def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused",
-                data: Derm7pt | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                data: Derm7pt | None = None, partial: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-2 DIAG margin, correct) of one head's out-of-fold predictions (an ``oof.pt`` or a
     ledger entry, which needs ``data``), calibrated as the app calibrates (the clinical head
     only on cases that have a clinical photo)."""
-    try:
-        oof = read_oof(oof_path, data)
-    except ValueError as err:
-        raise SystemExit(f"--oof {err}") from None
+    oof = read_oof_for_levels(oof_path, data, partial)
     if oof.get("hold_out") is not None:
         raise SystemExit(f"--oof {oof_path}: the OOF of --hold-out teachers leaves a fold out; use an ordinary cross-fit")
     card_tta, flips = predictor.card.tta, oof_tta(oof, oof_path)
@@ -125,46 +149,53 @@ def oof_margins(oof_path: str | Path, predictor: Predictor, head: str = "fused",
 
 
 def fit(predictor: Predictor, cases: list[Case], oof_path: str | Path | None, *, components: int = 32,
-        ood_factor: float = 1.0, data: Derm7pt | None = None) -> Guards:
-    """Guards of ``predictor``'s model from the images of ``cases`` (without ``oof_path`` no
-    case is ever called uncertain)."""
+        ood_factor: float = 1.0, data: Derm7pt | None = None, oof_partial: bool = False) -> Guards:
+    """Guards of ``predictor``'s model from the images of ``cases`` (without ``oof_path`` every
+    case is called confident)."""
     features = lesion_features(predictor, cases)
     weight, bias = fit_modality(torch.cat([features["clinical"][0], features["dermoscopy"][0]]),
                                 torch.cat([torch.zeros(len(features["clinical"][0])),
                                            torch.ones(len(features["dermoscopy"][0]))]))
-    guards = _guards_from(fit_gaussians({m: f for m, (f, _) in features.items()}, components), weight, bias,
-                          weights_fingerprint(predictor.model))
-    guards.ood_threshold = ood_factor * float(unseen_distances(features, components).quantile(0.99))
+    blocks = feature_blocks(predictor)
+    fitted = fit_blocks({m: f for m, (f, _) in features.items()}, components, blocks)
+    unseen = unseen_distances(features, components, blocks)
+    for block, distances in zip(fitted, unseen):  # each block in units of its unseen lesions' 99th percentile
+        block.unseen = float(distances.quantile(0.99))
+    largest = (unseen / torch.tensor([b.unseen for b in fitted])[:, None]).max(0).values
+    guards = Guards(blocks=fitted, ood_threshold=ood_factor * float(largest.quantile(0.99)), modality_weight=weight,
+                    modality_bias=bias, uncertain_margin={}, fingerprint=weights_fingerprint(predictor.model))
     guards.notes = {
         "fitted_on": f"{len(cases)} cases",
-        "lesion_check": f"Gaussian per modality, Ledoit-Wolf, top {guards.basis['clinical'].shape[1]} components "
-                        "and one variance for the rest; "
-                        f"threshold = {ood_factor} x the 99th percentile of the distances of "
-                        "images whose case was left out of the fit (5 folds by case) "
-                        f"({guards.ood_threshold:.3f})",
+        "lesion_check": f"per feature block ({len(blocks)}: each stage's statistics, the pooled features) a Gaussian "
+                        f"per modality, Ledoit-Wolf, top {components} components and one variance for the rest; "
+                        "each block's distance in units of its 99th percentile over images whose case was left "
+                        "out of the fit (5 folds by case), the largest over the blocks; "
+                        f"threshold = {ood_factor} x the 99th percentile of that ({guards.ood_threshold:.3f})",
         "modality": "logistic regression (C=0.1, standardised features) on the training images in both slots "
                     "and alone",
-        "uncertain": "not fitted (no out-of-fold predictions given): no case is called uncertain",
+        "uncertain": "not fitted (no out-of-fold predictions given): every case is called confident",
     }
-    return guards if oof_path is None else fit_uncertain(guards, predictor, oof_path, data)
+    return guards if oof_path is None else fit_levels(guards, predictor, oof_path, data, oof_partial)
 
 
-def fit_uncertain(guards: Guards, predictor: Predictor, oof_path: str | Path, data: Derm7pt | None = None) -> Guards:
-    """Choose the 'uncertain' margin on out-of-fold predictions (calibrated with the card's
-    calibration, so refit this after recalibrating)."""
-    guards.uncertain_margin, guards.uncertain_accuracy, notes = {}, {}, []
+def fit_levels(guards: Guards, predictor: Predictor, oof_path: str | Path, data: Derm7pt | None = None,
+               partial: bool = False) -> Guards:
+    """Choose the confidence levels' limits on out-of-fold predictions (calibrated with the
+    card's calibration, so refit this after recalibrating); each level keeps its accuracy."""
+    guards.uncertain_margin, guards.low_confidence_margin, guards.levels, notes = {}, {}, {}, []
     for head in HEADS:
-        margins, correct = oof_margins(oof_path, predictor, head, data)
-        limit = uncertain_margin_from(margins, correct)
-        flagged = margins < limit
-        guards.uncertain_margin[head] = limit
-        guards.uncertain_accuracy[head] = float(correct[flagged].float().mean()) if flagged.any() else 0.0
-        notes.append(f"{head} head < {limit:.3f} (right {100 * guards.uncertain_accuracy[head]:.0f}% below it, "
-                     f"{int(flagged.sum())} of {len(margins)} cases)")
+        margins, correct = oof_margins(oof_path, predictor, head, data, partial)
+        uncertain, low, levels = confidence_levels(margins, correct)
+        guards.uncertain_margin[head], guards.low_confidence_margin[head], guards.levels[head] = uncertain, low, levels
+        notes.append(f"{head} head: uncertain < {uncertain:.3f} <= low confidence < {low:.3f} <= confident; right "
+                     + ", ".join(f"{100 * levels[n]['accuracy']:.0f}% of the {n}" for n in LEVELS)
+                     + f" ({len(margins)} cases)")
     where = Path(oof_path).name if Path(oof_path).is_dir() else f"{Path(oof_path).parent.name}/{Path(oof_path).name}"
-    guards.notes["uncertain"] = (f"top-2 DIAG margin, out-of-fold ({where}, "
-                                 f"calibrated): "
-                                 + "; ".join(notes))
+    folds = ""
+    if partial and is_ledger_path(Path(oof_path)):
+        entry, _ = ledger_source(Path(oof_path))
+        folds = f", folds {[k for k in entry.planned_folds() if entry.done(k)]} of {entry.folds} only"
+    guards.notes["uncertain"] = f"top-2 DIAG margin, out-of-fold ({where}{folds}, calibrated): " + "; ".join(notes)
     return guards
 
 
@@ -179,8 +210,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--components", type=int, default=32)
     p.add_argument("--ood-factor", type=float, default=1.0)
     p.add_argument("--uncertain-only", action="store_true",
-                   help="keep the existing guards file's checks; choose only the 'uncertain' margin again "
-                        "(after recalibrating the checkpoint)")
+                   help="keep the existing guards file's checks; choose only the confidence levels again "
+                        "(after recalibrating the checkpoint, or once a ledger entry has all its folds)")
+    p.add_argument("--oof-partial", action="store_true",
+                   help="a ledger entry still being built: fit the confidence levels on its finished folds")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="default: beside the checkpoint")
     args = p.parse_args(argv)
@@ -190,13 +223,15 @@ def main(argv: list[str] | None = None) -> Path:
     if args.uncertain_only:
         if predictor.guards is None or not args.oof:
             raise SystemExit("--uncertain-only needs an existing guards file beside the checkpoint and --oof")
-        out = fit_uncertain(predictor.guards, predictor, args.oof, Derm7pt(args.data_root)).save(args.out or guards_path(args.checkpoint))
+        out = fit_levels(predictor.guards, predictor, args.oof, Derm7pt(args.data_root),
+                         args.oof_partial).save(args.out or guards_path(args.checkpoint))
         print(f"uncertain: {predictor.guards.notes['uncertain']}\nwrote {out}")
         return out
     data = Derm7pt(args.data_root)
     splits = trained_splits(predictor.card.trained_on_valid)
     cases = [c for s in splits for c in data.split(s)]
-    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor, data=data)
+    guards = fit(predictor, cases, args.oof, components=args.components, ood_factor=args.ood_factor, data=data,
+                 oof_partial=args.oof_partial)
     guards.notes["fitted_on"] = f"Derm7pt {' + '.join(splits)} ({len(cases)} cases), the checkpoint's training data"
     out = guards.save(args.out or guards_path(args.checkpoint))
     for key, text in guards.notes.items():

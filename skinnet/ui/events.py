@@ -28,12 +28,12 @@ from ..review_queue import list_queues
 from . import access, review
 from .examples import Example
 from .exports import ExportError, Exports, download_link
-from .handlers import explain_handler, form_labels, predict_handler
+from .handlers import answer, explain_handler, form_labels, predict_handler
 from .prepare import Preparer
 from .settings import AppSettings
 from .sessions import mark_reviewer_session
-from .uploads import CleanStore, Owner, SessionImages
-from .views import form_ready, task_label
+from .uploads import CleanStore, NotYours, Owner, SessionImages
+from .views import NO_IMAGES, form_ready, task_label
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,14 @@ def event(method):
     return run
 
 
-CLEARED_OUTPUTS = (False, "", None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
-"""What a new pair does to the last pair's results: no 'show anyway', no summary, tables or maps."""
+NO_BARS = gr.update(value=None, visible=False)
+"""The five diagnoses' bars while there is no answer to show (an empty gr.Label is a blank box)."""
+CLEARED_OUTPUTS = ("", False, "", NO_BARS, None, None, None, None, [], gr.update(visible=False),
+                   gr.update(visible=False))
+"""What a new pair does to the last pair's results: no message beside the images, no 'show
+anyway', no summary, bars, tables or maps."""
+NO_ANSWER = ("", NO_BARS, None, None)
+"""An analysis that did not run: no summary, bars or tables."""
 
 
 class AppEvents:
@@ -125,6 +131,18 @@ class AppEvents:
         except ImageError as err:
             raise gr.Error(str(err)) from None
 
+    def open_for_page(self, owner, values) -> tuple[list, str]:
+        """(the images, "") or ([None, None], why not) for the page's own events: a user's mistake
+        (an image too large, damaged, not an image) becomes a message beside the images, not an
+        error on the outputs. A file this session was not given is still an error (a forged call)."""
+        try:
+            return [self.images_in.open(owner, value, name, True)
+                    for value, name in zip(values, ("clinical image", "dermoscopy image"))], ""
+        except NotYours as err:
+            raise gr.Error(str(err)) from None
+        except ImageError as err:
+            return [None, None], str(err)
+
     def _checks(self, pair):
         return self.predictor.predict(*pair).checks if any(im is not None for im in pair) else None
 
@@ -135,8 +153,10 @@ class AppEvents:
             state, owner, _ = self.act(state, request, profile)
             try:
                 image = self.images_in.open(owner, value, name, originals=True)
-            except ImageError as err:
+            except NotYours as err:
                 raise gr.Error(str(err)) from None
+            except ImageError as err:  # the refused image leaves its slot; the message says why
+                return (None, f"⚠️ {err}", *CLEARED_OUTPUTS[1:])
             # the last pair's results go in the same response as the new image (no later step
             # can wipe an analysis the user started meanwhile)
             return (self.store.add(owner, image) if image is not None else None, *CLEARED_OUTPUTS)
@@ -184,24 +204,26 @@ class AppEvents:
         editable = (state.get("case") or {}).get("source", "upload") == "upload"
         shown = [gr.update(value=self.store.add(owner, im) if im is not None else None, interactive=editable)
                  for im in images]
-        summary, diagnosis, criteria, labels, anyway, swap = self.answer(images)
+        answered, labels, anyway, swap = self.case_answer(images)
         if reviewer and state.get("case"):
             self.preparer.prepare(owner, review.cases_ahead(state, self.log, reviewer))
         verdict, *corrected, confidence, note = values
         token = state.get("event_id") or ""
         return (state, *shown, review.case_header(state, self.log, reviewer), verdict,
                 *(gr.update(value=value, **label) for value, label in zip(corrected, labels)), confidence, note,
-                status, False, summary, diagnosis, criteria, anyway, swap, form_ready(token), token)
+                status, False, *answered, anyway, swap, form_ready(token), token)
 
-    def answer(self, pair):
-        """(summary, DIAG table, criteria table, the form's label per task, 'show anyway' and
-        'swap' buttons) for a pair, as an analysis gives them (the predictor computes it once)."""
+    def case_answer(self, pair):
+        """(the answer as Analyse gives it: message, summary, bars, DIAG table, criteria table;
+        the form's label per task; the 'show anyway' and 'swap' buttons) for a case's pair (the
+        predictor computes it once)."""
         if all(image is None for image in pair):
             blank = [{"label": task_label(t)} for t in TASKS]
-            return "", None, None, blank, gr.update(visible=False), gr.update(visible=False)
-        summary, diagnosis, criteria = predict_handler(self.predictor, *pair)
+            return ("", *NO_ANSWER), blank, gr.update(visible=False), gr.update(visible=False)
+        summary, bars, diagnosis, criteria = answer(self.predictor, *pair, False, bars=False)
         labels = [{"label": update["label"]} for update in form_labels(self.predictor, *pair)]
-        return (summary, diagnosis, criteria, labels, *self._guard_updates(pair, False))
+        shown_bars = NO_BARS if bars is None else gr.update(value=bars, visible=True)
+        return ("", summary, shown_bars, diagnosis, criteria), labels, *self._guard_updates(pair, False)
 
     @event
     def own_images(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -215,7 +237,7 @@ class AppEvents:
         hidden = gr.update(visible=False)
         return (state, blank, blank, review.case_header(state, self.log, reviewer), None,
                 *(gr.update(value=NO_CHANGE, label=task_label(t)) for t in TASKS), None, "", status, False, "",
-                None, None, hidden, hidden, form_ready(""), "")
+                *NO_ANSWER, hidden, hidden, form_ready(""), "")
 
     @event
     def open_example(self, state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -239,6 +261,18 @@ class AppEvents:
 
     # -- the model's answer ---------------------------------------------------------------------
     @event
+    def analyse(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
+                profile: gr.OAuthProfile | None):
+        """The page's Analyse: (message beside the images, summary, the five diagnoses' bars, DIAG
+        table, criteria table); no images or an unreadable one is a message, not an error."""
+        _, owner, _ = self.act(state, request, profile)
+        pair, problem = self.open_for_page(owner, (clinical_value, dermoscopy_value))
+        if problem or all(image is None for image in pair):
+            return (f"⚠️ {problem or NO_IMAGES}", *NO_ANSWER)
+        summary, bars, diagnosis, criteria = answer(self.predictor, *pair, anyway is True, bars=False)
+        return "", summary, NO_BARS if bars is None else gr.update(value=bars, visible=True), diagnosis, criteria
+
+    @event
     def predict(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                 profile: gr.OAuthProfile | None):
         _, owner, _ = self.act(state, request, profile)
@@ -248,7 +282,8 @@ class AppEvents:
     @event
     def guard_buttons(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
                       profile: gr.OAuthProfile | None):
-        """Show 'show anyway' for a hidden prediction and 'swap' for images in the wrong slots."""
+        """Show 'show anyway' for a hidden prediction ('they are right as they are' for a pair that
+        looks swapped) and 'swap' for images in the wrong slots."""
         _, owner, _ = self.act(state, request, profile)
         return self._guard_updates(self.open_images(owner, (clinical_value, dermoscopy_value), True), anyway)
 
@@ -257,7 +292,9 @@ class AppEvents:
         if checks is None:
             return gr.update(visible=False), gr.update(visible=False)
         misplaced = checks.swapped or (sum(im is not None for im in pair) == 1 and bool(checks.wrong_slot))
-        return gr.update(visible=not checks.trustworthy and anyway is not True), gr.update(visible=misplaced)
+        confirm = "They are right as they are" if checks.swapped else "Show the prediction anyway"
+        return (gr.update(visible=not checks.trustworthy and anyway is not True, value=confirm),
+                gr.update(visible=misplaced and anyway is not True))
 
     @event
     def explain(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
@@ -269,11 +306,13 @@ class AppEvents:
     @event
     def explain_after_predict(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                               anyway, request: gr.Request, profile: gr.OAuthProfile | None):
-        """The maps of an analysis: none while its prediction is hidden (the Explain button still works)."""
+        """The maps of an analysis: none without images or while its prediction is hidden (the
+        Explain button still works)."""
         _, owner, _ = self.act(state, request, profile)
         pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
         checks = self._checks(pair)
-        if checks is not None and not checks.trustworthy and anyway is not True:
+        if all(image is None for image in pair) or (checks is not None and not checks.trustworthy
+                                                    and anyway is not True):
             return None, None, []
         return explain_handler(self.predictor, *pair, task_value, class_value, head_value)
 

@@ -4,8 +4,9 @@ The folder holds ``NAME_clinical.EXT`` and/or ``NAME_dermoscopy.EXT`` per exampl
 jpeg, webp; one of the two may be missing). Each image is decoded once at start-up through
 :func:`~skinnet.imaging.load_rgb` (metadata dropped, size checked), so visitors get clean
 pixels and never a path of the server; a caption is the example's NAME, which the owner
-chooses (never a visitor's upload name). The repository ships none: Derm7pt
-images may not be redistributed, so a Space owner adds images they may show.
+chooses (never a visitor's upload name). They come after the drawn pairs the app ships
+(:mod:`skinnet.ui.synthetic_examples`): Derm7pt images may not be redistributed, so a Space
+owner adds real images they may show.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from ..imaging import ImageError, load_rgb
 from ..labels import TASK_BY_NAME, TASKS
 from ..model import HEADS
 from ..predict import Predictor
-from .views import criteria_table, diagnosis_table, summary_markdown, task_label
+from .views import criteria_table, diagnosis_label, diagnosis_table, summary_markdown, task_label
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +35,32 @@ def as_images(clinical, dermoscopy) -> tuple[Image.Image | None, Image.Image | N
     return one(clinical, "clinical image"), one(dermoscopy, "dermoscopy image")
 
 
+DIAGNOSIS_COLUMNS = ["class", *HEADS]
+CRITERIA_COLUMNS = ["criterion", *HEADS]
+
+
+def answer(predictor: Predictor, clinical: Image.Image, dermoscopy: Image.Image, show_anyway: bool, bars: bool):
+    """(summary, the five diagnoses for ``gr.Label`` or None, DIAG table, criteria table) of
+    clean images; while the guards hide the prediction the summary says why and the rest is empty."""
+    prediction = predictor.predict(clinical, dermoscopy)
+    log.info("predicted a case with %s", "+".join(prediction.modalities))
+    summary = summary_markdown(prediction, predictor.version, show_anyway is True, bars)
+    if prediction.checks is not None and not prediction.checks.trustworthy and show_anyway is not True:
+        return summary, None, pd.DataFrame(columns=DIAGNOSIS_COLUMNS), pd.DataFrame(columns=CRITERIA_COLUMNS)
+    return summary, diagnosis_label(prediction), diagnosis_table(prediction), criteria_table(prediction)
+
+
 def predict_handler(predictor: Predictor, clinical, dermoscopy, show_anyway: bool = False):
     """``/predict``: (summary markdown, DIAG table, criteria table) for one or two images.
 
-    An image that does not look like a skin lesion photo gets the warning alone (empty tables)
-    unless ``show_anyway``.
+    An image that does not look like a skin lesion photo, or a pair that looks swapped, gets
+    the warning alone (empty tables) unless ``show_anyway``.
     """
     clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
-    prediction = predictor.predict(clinical, dermoscopy)
-    log.info("predicted a case with %s", "+".join(prediction.modalities))
-    summary = summary_markdown(prediction, predictor.version, show_anyway is True)
-    if prediction.checks is not None and not prediction.checks.trustworthy and show_anyway is not True:
-        return summary, pd.DataFrame(columns=["class", *HEADS]), pd.DataFrame(columns=["criterion", *HEADS])
-    return summary, diagnosis_table(prediction), criteria_table(prediction)
+    summary, _, diagnosis, criteria = answer(predictor, clinical, dermoscopy, show_anyway, bars=True)
+    return summary, diagnosis, criteria
 
 
 def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class_name: str, head: str):
@@ -71,7 +82,7 @@ def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class
     if chosen in ("clinical", "dermoscopy") and chosen not in given:
         raise gr.Error(f"The {chosen} head needs a {chosen} image.")
     result = explain(predictor, clinical, dermoscopy, task, cls, chosen)
-    # the caption says how focused each map is: the words under the overlay are too small in a thumbnail
+    # the caption says where each map's attention falls: the words under the overlay are too small in a thumbnail
     gallery = [(image, f"{label} · {result.focus[label]}") for label, image in result.attention.items()]
     return result.gradcam.get("clinical"), result.gradcam.get("dermoscopy"), gallery
 

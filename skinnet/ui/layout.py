@@ -17,25 +17,27 @@ from . import access, review, uploads
 from .events import CLEARED_OUTPUTS, AppEvents
 from .examples import Example, read_examples
 from .exports import Exports
-from .handlers import AUTO_HEAD, PREDICTED, class_choices
+from .handlers import AUTO_HEAD, CRITERIA_COLUMNS, DIAGNOSIS_COLUMNS, PREDICTED, class_choices
 from .keys import form_choices
 from .settings import PREDICT_CONCURRENCY, AppSettings
+from .synthetic_examples import synthetic_examples
 from . import views
-from .views import DISCLAIMER, DEMO_FORM_NOTE, DEMO_QUEUE_NOTE, model_markdown, review_help, task_label
+from .views import DEMO_QUEUE_NOTE, DISCLAIMER, EXAMPLES_LABEL, INTRO, model_markdown, review_help, task_label
 
 
 def _examples_gallery(examples: list[Example]) -> gr.Gallery:
-    return gr.Gallery([(e.thumbnail(), e.name) for e in examples], label="Example pairs: click one to analyse it",
-                      columns=2, height=300, object_fit="contain", allow_preview=False, interactive=False,
-                      format="png", elem_id="examples")
+    gr.Markdown(EXAMPLES_LABEL, elem_id="examples-note")
+    return gr.Gallery([(e.thumbnail(), e.name) for e in examples], show_label=False, columns=5, rows=1,
+                      height=120, object_fit="contain", allow_preview=False, interactive=False, format="png",
+                      elem_id="examples")
 
 
 def build_app(predictor: Predictor, settings: AppSettings | None = None,
               examples: list[Example] | None = None) -> gr.Blocks:
-    """The Blocks app around a loaded predictor (``examples``: read from ``settings.examples``
-    when not given)."""
+    """The Blocks app around a loaded predictor. The example pairs are the drawn ones the app
+    ships, then the owner's (``examples``: read from ``settings.examples`` when not given)."""
     settings = settings or AppSettings(checkpoint=Path(predictor.card.name))
-    examples = read_examples(settings.examples) if examples is None else examples
+    examples = [*synthetic_examples(), *(read_examples(settings.examples) if examples is None else examples)]
     if predictor.batcher is None and predictor.device != "cpu":
         # visitors' predictions that arrive together share a forward pass; not on a CPU, where a
         # batch of flipped pairs costs more per pair than one pair (benchmarks/latency.py)
@@ -64,6 +66,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             if settings.hf_reviewers:
                 gr.LoginButton(scale=0, elem_id="hf-login")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
+        gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs() as tabs:
             with gr.Tab("Review", id="review"):
                 with gr.Row(visible=not demo):
@@ -71,42 +74,66 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                     prev_case = gr.Button("< prev", size="sm", elem_id="prev-case", scale=0)
                     next_case = gr.Button("next >", size="sm", elem_id="next-case", scale=0)
                     next_unreviewed = gr.Button("next unreviewed >", size="sm", elem_id="next-unreviewed", scale=0)
+
+                def answer_parts():
+                    """The model's answer: the summary with the guards' words, their buttons."""
+                    words = gr.Markdown(label="summary", elem_id="summary")
+                    with gr.Row():
+                        swap = gr.Button("Swap the images", visible=False, size="sm", scale=0,
+                                         elem_id="swap-images")
+                        anyway = gr.Button("Show the prediction anyway", visible=False, size="sm", scale=0,
+                                           elem_id="show-anyway")
+                    return anyway, swap, words
+
+                def diagnosis_bars():
+                    return gr.Label(label="Diagnosis: probability of each of the five", num_top_classes=5,
+                                    show_heading=False, visible=False, elem_id="diagnosis-bars")
+
+                def gradcam_parts():
+                    with gr.Row():
+                        return (gr.Image(label="Grad-CAM, clinical", type="pil", format="png", interactive=False,
+                                         height=300, elem_id="gradcam-clinical"),
+                                gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png", interactive=False,
+                                         height=300, elem_id="gradcam-dermoscopy"))
+
                 with gr.Row(equal_height=False):
-                    # left: the case and what the model says; right: the review form, on the same screen
-                    with gr.Column(scale=3, min_width=520):
+                    # demo: the images on the left, the answer and its maps on the right; with reviewers:
+                    # the case and the answer on the left, the review form on the right, on one screen
+                    with gr.Column(scale=4 if demo else 3, min_width=520):
                         with gr.Row(elem_id="case-images"):
                             clinical = gr.Image(label="Clinical photo", type="filepath", format="png",
-                                                sources=["upload", "clipboard"], height=250, elem_id="clinical-input")
+                                                sources=["upload", "clipboard"], height=230 if demo else 250,
+                                                elem_id="clinical-input")
                             dermoscopy = gr.Image(label="Dermoscopy image", type="filepath", format="png",
-                                                  sources=["upload", "clipboard"], height=250,
+                                                  sources=["upload", "clipboard"], height=230 if demo else 250,
                                                   elem_id="dermoscopy-input")
+                        # a user's mistake (no image, one refused) is said here, beside the images
+                        input_message = gr.Markdown(elem_id="input-message")
                         with gr.Row():
                             analyse = gr.Button("Analyse", variant="primary", elem_id="analyse", scale=4)
                             # closes the open case: two empty slots for a pair of the reviewer's own
                             own_button = gr.Button("My own pair", elem_id="own-images", scale=1, min_width=110,
                                                    visible=not demo)
-                        with gr.Row():
-                            anyway_button = gr.Button("Show the prediction anyway", visible=False, size="sm",
-                                                      scale=0, elem_id="show-anyway")
-                            swap_button = gr.Button("Swap the images", visible=False, size="sm", scale=0,
-                                                    elem_id="swap-images")
-                        summary = gr.Markdown(label="summary", elem_id="summary")
-                        # True once the user asked to see a prediction the lesion check hid (a new pair resets it)
-                        show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
                         example_gallery = None
-                        if examples and not demo:
-                            with gr.Accordion("Examples", open=False):
+                        if demo:  # the bars appear here, between the button and the examples
+                            label = diagnosis_bars()
+                            if examples:
                                 example_gallery = _examples_gallery(examples)
-                    with gr.Column(scale=2, min_width=380, elem_id="review-side"):
-                        if examples and demo:
-                            example_gallery = _examples_gallery(examples)
-                        # a demo visitor cannot save: the form stays folded away, saying why
-                        form_box = (gr.Accordion("Review form (off in this public demo)", open=False,
-                                                 elem_id="review-form") if demo
-                                    else gr.Column(elem_id="review-form"))
-                        with form_box:
-                            if demo:
-                                gr.Markdown(DEMO_FORM_NOTE, elem_classes=["form-help"])
+                        else:
+                            anyway_button, swap_button, summary = answer_parts()
+                            label = diagnosis_bars()
+                            if examples:
+                                with gr.Accordion("Examples", open=False):
+                                    example_gallery = _examples_gallery(examples)
+                        # True once the user asked to see a prediction the guards hid (a new pair resets it)
+                        show_anyway = gr.Checkbox(False, visible=False, label="show anyway", elem_id="show-anyway-flag")
+                    if demo:
+                        with gr.Column(scale=5, min_width=520, elem_id="answer-side"):
+                            anyway_button, swap_button, summary = answer_parts()
+                            cam_clinical, cam_dermoscopy = gradcam_parts()
+                    # a public demo has nobody who could save: no review form at all
+                    with gr.Column(scale=2, min_width=380, elem_id="review-side", visible=not demo):
+                        with gr.Column(elem_id="review-form"):
                             verdict = gr.Radio(list(VERDICTS), value=None, label="Your review: verdict",
                                                elem_id="verdict")
                             corrections = []
@@ -132,11 +159,14 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                             # which case the form shows (keys.js: the review keys wait for it after a move)
                             form_state = gr.HTML(views.form_ready(""), elem_id="form-state", padding=False)
                             gr.Markdown(review_help(reviewers), elem_classes=["form-help"])
-                with gr.Row():
-                    diagnosis = gr.Dataframe(label="Diagnosis: probability per head", show_label=True, scale=2,
-                                             interactive=False, elem_id="diagnosis-table")
-                    criteria = gr.Dataframe(label="Seven-point criteria: top class and probability per head",
-                                            interactive=False, elem_id="criteria-table", scale=3)
+                with gr.Accordion("Probabilities per head and the seven-point criteria", open=True):
+                    with gr.Row():
+                        diagnosis = gr.Dataframe(headers=DIAGNOSIS_COLUMNS, label="Diagnosis: probability per head",
+                                                 scale=2, interactive=False, wrap=True, elem_id="diagnosis-table",
+                                                 column_widths=["37%", "21%", "24%", "18%"])
+                        criteria = gr.Dataframe(headers=CRITERIA_COLUMNS, scale=3, interactive=False, wrap=True,
+                                                label="Seven-point criteria: top class and probability per head",
+                                                column_widths=["25%", "25%", "25%", "25%"], elem_id="criteria-table")
                 with gr.Accordion("Where the model looked: Grad-CAM and cross-attention", open=True):
                     with gr.Row():
                         task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
@@ -144,11 +174,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                                                  label="Class")
                         head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
                         explain_button = gr.Button("Explain", elem_id="explain")
-                    with gr.Row():
-                        cam_clinical = gr.Image(label="Grad-CAM, clinical", type="pil", format="png",
-                                                interactive=False, elem_id="gradcam-clinical")
-                        cam_dermoscopy = gr.Image(label="Grad-CAM, dermoscopy", type="pil", format="png",
-                                                  interactive=False, elem_id="gradcam-dermoscopy")
+                    if not demo:
+                        cam_clinical, cam_dermoscopy = gradcam_parts()
                     attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
                                            format="png", columns=4, object_fit="contain", height="auto",
                                            elem_id="attention")
@@ -202,16 +229,18 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         images = [state, clinical, dermoscopy]
         explain_inputs = [state, clinical, dermoscopy, task, class_name, head]
         explain_outputs = [cam_clinical, cam_dermoscopy, attention]
-        predicted = [summary, diagnosis, criteria]
+        answered = [input_message, summary, label, diagnosis, criteria]
         form = [verdict, *corrections, confidence, note, save_status]
         form_inputs = [state, verdict, *corrections, confidence, note]
         private = {"api_visibility": "private", "preprocess": False}
         # the case token comes last in every output list that opens a case (API callers read data[-1])
         uploaded = [state, header, *form, form_state, case_token]
-        cleared = [show_anyway, *predicted, *explain_outputs, anyway_button, swap_button]
+        cleared = [input_message, show_anyway, summary, label, diagnosis, criteria, *explain_outputs, anyway_button,
+                   swap_button]
         # a queue case opens in one step (images, the model's answer, the form, the token); its maps follow
-        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, *predicted, anyway_button,
+        case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, *answered, anyway_button,
                         swap_button, form_state, case_token]
+        model_calls = {"concurrency_limit": PREDICT_CONCURRENCY, "concurrency_id": "predict"}
 
         def after_predict(event):  # each step only after the one before succeeded; the form before the maps
             return (event.success(events.guard_buttons, [*images, show_anyway], [anyway_button, swap_button],
@@ -221,7 +250,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                              **private))
 
         def analyse_chain(event):
-            return after_predict(event.success(events.predict, [*images, show_anyway], predicted, **private))
+            return after_predict(event.success(events.analyse, [*images, show_anyway], answered, **private,
+                                               **model_calls))
 
         def with_maps(shown):  # after the case is on screen
             return shown.success(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs,
@@ -240,8 +270,12 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             component.upload(events.on_upload(name), [state, component], [component, *cleared], **private).success(
                 events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private)
         task.change(class_choices, task, class_name, api_visibility="private")
-        after_predict(analyse.click(events.predict, [*images, show_anyway], predicted, api_name="predict",
-                                    preprocess=False, concurrency_limit=PREDICT_CONCURRENCY))
+        after_predict(analyse.click(events.analyse, [*images, show_anyway], answered, **private, **model_calls))
+        # the public /predict (documented outputs: summary, DIAG table, criteria table; a bad input is an
+        # error for an API caller), on a trigger no visitor sees: the page's Analyse says mistakes in words
+        gr.Button(visible=False, elem_id="api-predict").click(
+            events.predict, [*images, show_anyway], [summary, diagnosis, criteria], api_name="predict",
+            preprocess=False, **model_calls)
         analyse_chain(anyway_button.click(lambda: True, None, show_anyway, api_visibility="private"))
         analyse_chain(swap_button.click(events.swap_images, images, [clinical, dermoscopy], **private)
                       .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))

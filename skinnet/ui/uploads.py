@@ -46,6 +46,10 @@ first, then the longest unused), so that visitors inventing session hashes canno
 NOT_YOURS = "{name}: that file is not an upload of this session; upload the image again."
 
 
+class NotYours(ImageError):
+    """A client named a file this session was not given (a forged request, or a copy that expired)."""
+
+
 def client_path(value) -> str | None:
     """The path inside an image component's raw value (a string, or a FileData dict)."""
     if isinstance(value, dict):
@@ -158,8 +162,12 @@ class SessionImages:
         self.uploaded = uploaded
 
     def is_original(self, path: str) -> bool:
+        """Whether Gradio's upload route wrote this path: one set lookup for the path as Gradio
+        stored it (every call, at 30 clients a scan of the last two minutes' uploads cost more),
+        a scan only for any other spelling of a path."""
         normal = os.path.normpath(path)
-        return any(os.path.normpath(p) == normal for p in list(self.uploaded()))
+        uploaded = self.uploaded()
+        return normal in uploaded or any(os.path.normpath(p) == normal for p in list(uploaded))
 
     def open(self, owner: Owner, value, name: str, originals: bool = True) -> Image.Image | None:
         """Clean RGB pixels of the image a client value names, or None for an empty value.
@@ -179,7 +187,7 @@ class SessionImages:
             return load_rgb(clean, name)
         if originals and self.is_original(path) and os.path.isfile(path) and not os.path.islink(path):
             return load_rgb(path, name)
-        raise ImageError(NOT_YOURS.format(name=name))
+        raise NotYours(NOT_YOURS.format(name=name))
 
     def sweep_originals(self, now: float | None = None) -> int:
         """Delete originals older than ORIGINAL_TTL_S (their names and metadata go with them)."""

@@ -7,7 +7,7 @@ import uuid
 
 import pandas as pd
 
-from ..guards import Checks
+from ..guards import CONFIDENT, LOW_CONFIDENCE, UNCERTAIN, Checks
 from ..labels import (CLASS_TITLES, SEVEN_POINT_CRITERIA, SEVEN_POINT_THRESHOLD, TASK_BY_NAME, TASKS,
                       seven_point_meaning)
 from ..model import HEADS
@@ -16,9 +16,15 @@ from .keys import SHORTCUTS_HELP
 
 DISCLAIMER = ("**Research tool, not a diagnosis.** A model trained on Derm7pt (research use only), not a "
               "medical device: it must not guide the care of a patient.")
-DEMO_FORM_NOTE = ("This is the public demo: nobody can sign in here, so reviews cannot be saved. Clinics run "
-                  "the same app with reviewer logins (`--users`, or Hugging Face sign-in on a Space); see the "
-                  "README.")
+PAPER_URL = "https://arxiv.org/abs/2403.19203"
+INTRO = ("Upload a **clinical photo** (a close-up of the lesion, in the middle, taken with an ordinary camera) and a "
+         "**dermoscopy image** of the same lesion, then press **Analyse**, or click an example. Either image "
+         "alone works too, with less certainty. The model is the single-shared network of Tang & Lasser "
+         f"([paper]({PAPER_URL})), trained on the Derm7pt images.")
+EXAMPLES_LABEL = ("**Examples**: click one. The pairs are *synthetic*, drawn by code, not patients (no real "
+                  "lesion image may be shipped here), so the lesion check rightly says they are not photos: press "
+                  "**Show the prediction anyway** to see the rest of the app.")
+NO_IMAGES = "Upload a clinical photo, a dermoscopy image, or both (or click an example), then press Analyse."
 DEMO_QUEUE_NOTE = ("**Review queues are for signed-in reviewers.** This public demo has no reviewer logins, so "
                    "queues, exports and agreement are off; upload a pair or click an example on the Review tab.")
 
@@ -35,6 +41,12 @@ def diagnosis_table(prediction: Prediction) -> pd.DataFrame:
             row[head] = _fmt(prediction.heads[head].probabilities["DIAG"][cls]) if head in prediction.heads else "-"
         rows.append(row)
     return pd.DataFrame(rows, columns=["class", *HEADS])
+
+
+def diagnosis_label(prediction: Prediction) -> dict[str, float]:
+    """The primary head's five diagnoses and their probabilities, for ``gr.Label`` (bars)."""
+    probs = prediction.heads[prediction.primary_head].probabilities["DIAG"]
+    return {f"{cls} {CLASS_TITLES[cls]}": p for cls, p in probs.items()}
 
 
 def _class_words(task_name: str, cls: str) -> str:
@@ -80,40 +92,70 @@ def check_lines(checks: Checks | None, shown: bool) -> list[str]:
     if checks is None:
         return []
     lines = []
-    for slot in checks.not_lesion:
-        lines.append(f"> ⚠️ **The {SLOT_WORDS[slot]} does not look like a skin lesion photo** (its distance "
-                     f"to the images the model was trained on is {checks.distance[slot]:.2f} x the limit). "
-                     "The model only knows clinical photos and dermoscopy images of skin lesions; its answer "
-                     "for anything else is meaningless." + ("" if shown else " The prediction is hidden."))
+    if checks.not_lesion:
+        slots = " and the ".join(SLOT_WORDS[slot] for slot in checks.not_lesion)
+        both = len(checks.not_lesion) > 1
+        distances = " and ".join(f"{checks.distance[slot]:.2f}" for slot in checks.not_lesion)
+        lines.append(f"> ⚠️ **The {slots} {'do' if both else 'does'} not look like a skin lesion photo** "
+                     f"({'their distances' if both else 'its distance'} to the images the model was trained on: "
+                     f"{distances} x the limit). The model only knows clinical photos and dermoscopy images of "
+                     "skin lesions; its answer for anything else means nothing."
+                     + ("" if shown else " The prediction is hidden."))
     if checks.swapped:
         lines.append("> ⚠️ **These images look swapped**: the clinical slot holds what looks like a dermoscopy "
                      f"image (p = {checks.p_dermoscopy['clinical']:.2f}) and the dermoscopy slot a clinical photo "
-                     f"(p = {1 - checks.p_dermoscopy['dermoscopy']:.2f}). Use **Swap the images** if so.")
+                     f"(p = {1 - checks.p_dermoscopy['dermoscopy']:.2f})."
+                     + ("" if shown else " Use **Swap the images** if so, or **They are right as they are** to see "
+                                         "the prediction of the pair as it is."))
     else:
         for slot in checks.wrong_slot:
             other = "clinical photo" if slot == "dermoscopy" else "dermoscopy image"
             lines.append(f"> ⚠️ The {SLOT_WORDS[slot]} looks like a **{other}**: check that each image "
                          "is in its slot.")
-    if checks.uncertain and (shown or not checks.not_lesion):
-        right = (f"it was right on {100 * checks.accuracy_below:.0f}% of them" if checks.accuracy_below is not None
-                 else "it was right less than half the time")
-        lines.append(f"> 🟠 **Uncertain: refer or get a second opinion.** The two most likely diagnoses are "
-                     f"{checks.margin:.2f} apart. On cases it had not seen whose two most likely diagnoses were "
-                     f"less than {checks.margin_limit:.2f} apart, {right}.")
+    level = level_line(checks)
+    if level and shown:
+        lines.append(level)
     return lines
 
 
 SLOT_WORDS = {"clinical": "clinical photo", "dermoscopy": "dermoscopy image"}
+LEVEL_WORDS = {UNCERTAIN: "> 🟠 **Uncertain: refer or get a second opinion.**",
+               LOW_CONFIDENCE: "> 🟡 **Low confidence.**",
+               CONFIDENT: "**Confident, as far as this model goes.**"}
 
 
-def summary_markdown(prediction: Prediction, version: str, show_anyway: bool = False) -> str:
+def level_line(checks: Checks) -> str | None:
+    """How sure the answer is, and what that level meant on cases the model had not seen (None:
+    the guards have no levels, every case would read "confident")."""
+    if checks.level == CONFIDENT and not checks.low_limit and not checks.meaning:
+        return None
+    bounds = {UNCERTAIN: f"under {checks.margin_limit:.2f}",
+              LOW_CONFIDENCE: f"{checks.margin_limit:.2f} to {checks.low_limit:.2f}",
+              CONFIDENT: f"at least {checks.low_limit:.2f}"}[checks.level]
+    line = f"{LEVEL_WORDS[checks.level]} The two most likely diagnoses are {checks.margin:.2f} apart ({bounds})."
+    meaning = checks.meaning or {}
+    if meaning.get("accuracy") is not None:
+        which = {UNCERTAIN: "least sure", LOW_CONFIDENCE: "next", CONFIDENT: "surest"}[checks.level]
+        cases = f" of {meaning['cases']}" if meaning.get("cases") else ""
+        where = f"the {which} {100 * meaning['share']:.0f}%{cases}, " if meaning.get("share") is not None else ""
+        line += (f" On unseen cases at this level ({where}out of fold) the model was right on "
+                 f"{100 * meaning['accuracy']:.0f}%.")
+    return line
+
+
+def summary_markdown(prediction: Prediction, version: str, show_anyway: bool = False, bars: bool = True) -> str:
+    """The answer in words: the guards' warnings first; while they hide the prediction, nothing
+    else. ``bars``: the text bars of the most likely class and of melanoma (the page shows all
+    five diagnoses in a ``gr.Label`` instead)."""
     head = prediction.primary_head
     checks = prediction.checks
     hidden = checks is not None and not checks.trustworthy and not show_anyway
     lines = check_lines(checks, not hidden)
     if hidden:
-        return "\n\n".join(["### No prediction shown", *lines,
-                              "If you are sure the image is a skin lesion photo, use **Show the prediction anyway**."])
+        if checks.not_lesion:
+            return "\n\n".join(["### No prediction shown", *lines, "If you are sure the image is a skin lesion "
+                                  "photo, use **Show the prediction anyway**."])
+        return "\n\n".join(["### Check the images first: no prediction shown yet", *lines])
     probs = prediction.heads[head].probabilities["DIAG"]
     top = max(probs, key=probs.get)
     classes = prediction.heads[head].classes
@@ -121,14 +163,15 @@ def summary_markdown(prediction: Prediction, version: str, show_anyway: bool = F
     contributing = ", ".join(f"{CLASS_TITLES[classes[t]]} {TASK_BY_NAME[t].title.lower()} (+{n})"
                              for t, n in seven_point_points(classes).items())
     used = " + ".join(prediction.modalities)
-    bars = [f"`{top:<4} {bar(probs[top])} {probs[top]:.2f}` {CLASS_TITLES[top]} (most likely)"]
-    if top != "MEL":
-        bars.append(f"`MEL  {bar(probs['MEL'])} {probs['MEL']:.2f}` melanoma")
-    lines = [f"### {head.capitalize()} head: {top} ({CLASS_TITLES[top]}), p = {probs[top]:.2f}", *lines,
-             "<br>".join(bars),
-             f"Seven-point checklist score: **{seven_point_meaning(score)}**"
-             + (f" from {contributing}" if contributing else ""),
-             f"Images used: **{used}** · model `{version}`"]
+    lines = [f"### {head.capitalize()} head: {top} ({CLASS_TITLES[top]}), p = {probs[top]:.2f}", *lines]
+    if bars:
+        shown = [f"`{top:<4} {bar(probs[top])} {probs[top]:.2f}` {CLASS_TITLES[top]} (most likely)"]
+        if top != "MEL":
+            shown.append(f"`MEL  {bar(probs['MEL'])} {probs['MEL']:.2f}` melanoma")
+        lines.append("<br>".join(shown))
+    lines += [f"Seven-point checklist score: **{seven_point_meaning(score)}**"
+              + (f" from {contributing}" if contributing else "")
+              + f" · images used: **{used}** · model `{version}` · research tool, not a diagnosis"]
     lines += [f"> {note}" for note in prediction.notes]
     return "\n\n".join(lines)
 
