@@ -119,8 +119,8 @@ def check_lines(checks: Checks | None, shown: bool) -> list[str]:
 
 
 SLOT_WORDS = {"clinical": "clinical photo", "dermoscopy": "dermoscopy image"}
-LEVEL_WORDS = {UNCERTAIN: "> 🟠 **Uncertain: refer or get a second opinion.**",
-               LOW_CONFIDENCE: "> 🟡 **Low confidence.**",
+LEVEL_WORDS = {UNCERTAIN: "> **Uncertain: refer or get a second opinion.**",
+               LOW_CONFIDENCE: "> **Low confidence.**",
                CONFIDENT: "**Confident, as far as this model goes.**"}
 
 
