@@ -10,13 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
-from .imaging import load_rgb
 from .labels import LABEL_COLUMNS, TASKS
 
 log = logging.getLogger(__name__)
@@ -148,26 +144,3 @@ class Derm7pt:
         cases = self.cases()
         return {cases[i].case_id: split for split in SPLITS
                 for i in read_split_indexes(self.root / "meta", split)}
-
-
-class PairDataset(Dataset):
-    """(clinical, dermoscopy, labels, case id) samples for a list of cases.
-
-    A case without a clinical photo keeps the release's stand-in (the dermoscopy image) as
-    its clinical input and yields ``has_clinical=False``, so the loss and the metrics can
-    leave its clinical head out (see :mod:`skinnet.loss`).
-    """
-
-    def __init__(self, cases: Sequence[Case], transform: Callable):
-        self.cases = list(cases)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def __getitem__(self, index: int) -> dict:
-        case = self.cases[index]
-        return {"clinical": self.transform(load_rgb(case.clinical_path)),
-                "dermoscopy": self.transform(load_rgb(case.dermoscopy_path)),
-                "labels": torch.tensor(case.labels, dtype=torch.long),
-                "has_clinical": not case.clinic_is_derm, "case_id": case.case_id}

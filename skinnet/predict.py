@@ -277,9 +277,11 @@ class MicroBatcher:
     pass: requests that queue up while the model is busy (or arrive within ``wait_s`` of the
     first) go through :meth:`Predictor.predict_batch` together, up to ``max_batch``.
 
-    On the 2-core CPU one batched forward of 8 pairs costs far less than 8 single ones, so
-    concurrent visitors get more answers per second; a lone request waits ``wait_s`` at most.
-    Results equal unbatched ones (to float rounding: tests check 1e-5).
+    On an accelerator one batched forward of 8 pairs costs little more than one, so concurrent
+    visitors get more answers per second; a lone request waits ``wait_s`` at most. The app
+    turns it on only there: on the 2-core CPU a batch of flipped pairs cost more per pair than
+    one pair (``benchmarks/latency.py``). Results equal unbatched ones (to float rounding:
+    tests check 1e-5).
     """
 
     def __init__(self, predictor: Predictor, max_batch: int = 8, wait_s: float = 0.003):

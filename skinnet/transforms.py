@@ -37,21 +37,6 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     ])
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]):
-    """PIL RGB image -> randomly augmented normalised tensor (flips, rotation, crop, colour).
-
-    Each image of a pair is augmented independently: the photos are of one lesion but not
-    aligned, so there is no geometry to keep consistent between them.
-    """
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
-        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(180),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-    ])
-
-
 def image_to_uint8(image: Image.Image, size: int) -> torch.Tensor:
     """(3, S, S) uint8 tensor of the resized, centre-cropped image."""
     array = np.asarray(resize_center_crop(image, size), dtype=np.uint8)
@@ -74,11 +59,6 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self.case_ids)
-
-    def to(self, device) -> "ImageCache":
-        for name in ("clinical", "dermoscopy", "labels", "has_clinical"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
 
 
 class BatchAugment(nn.Module):

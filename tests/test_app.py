@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -187,9 +188,12 @@ def test_an_explanation_runs_no_encoder_pass_after_the_prediction(predictor, pai
 
 def test_gradcam_under_no_grad_thread_state(predictor, pair):
     images = [Image.open(p).convert("RGB") for p in pair]
+    expected = explain(predictor, *images, "DIAG", "NEV")
     with torch.no_grad():  # as a Gradio worker thread might be
         result = explain(predictor, *images, "DIAG", "NEV")
     assert set(result.gradcam) == {"clinical", "dermoscopy"}
+    for modality, overlay in result.gradcam.items():  # the same maps as with gradients on, not blank ones
+        np.testing.assert_array_equal(np.asarray(overlay), np.asarray(expected.gradcam[modality]))
 
 
 # -- the launched app -----------------------------------------------------------------------
@@ -230,6 +234,7 @@ def test_api_explain_returns_png_overlays(client, pair):
 def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
     import skinnet.ui.uploads
     monkeypatch.setattr(skinnet.ui.uploads, "ORIGINAL_TTL_S", 0.0)
+    started = time.time() - 1
     revealing = jpeg_with_gps(tmp_path / "jane_doe_1970-01-01_back.jpg")
     uploaded_copy = shutil.copy(revealing, tmp_path / "copy.jpg")
     cam_clinical, _, _ = client.predict(handle_file(uploaded_copy), None, "DIAG", "(predicted class)", "auto",
@@ -238,11 +243,13 @@ def test_uploads_lose_metadata_and_file_name(client, tmp_path, monkeypatch):
     assert b"PatientCam" not in data and b"Jane" not in data and b"Exif" not in data
     summary, _, _ = client.predict(handle_file(str(revealing)), None, api_name="/predict")
     assert "jane_doe" not in summary
-    # the upload's copy (named after the original file) is swept from Gradio's cache
-    import tempfile
+    # the upload's copy (named after the original file) is swept from Gradio's cache: the folder
+    # Gradio really uses (GRADIO_TEMP_DIR or the default), shown by this test's own files in it
+    folder = Path(gr.utils.get_upload_folder())
+    assert any(p.is_file() and p.stat().st_mtime >= started for p in folder.rglob("*")), folder
     deadline = time.time() + 20
     while time.time() < deadline:
-        leftovers = [p for p in Path(tempfile.gettempdir(), "gradio").rglob("*") if "jane_doe" in p.name]
+        leftovers = [p for p in folder.rglob("*") if "jane_doe" in p.name]
         if not leftovers:
             break
         time.sleep(0.5)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import REAL_DERM7PT
-from skinnet.data import Derm7pt, DatasetError, PairDataset
-from skinnet.transforms import BatchAugment, ImageCache, eval_transform, train_transform
+from skinnet.data import Derm7pt, DatasetError
+from skinnet.imaging import load_rgb
+from skinnet.transforms import BatchAugment, ImageCache, eval_transform
 
 
 def test_reads_synthetic_release_with_quirks(release):
@@ -67,16 +68,15 @@ def test_missing_column_split_and_bad_label(tmp_path, release):
         Derm7pt(broken).split("holdout")
 
 
-def test_pair_dataset_and_transforms(release):
-    data = Derm7pt(release)
+def test_eval_transform_is_the_cache_path_for_one_image(release):
+    """The app's PIL transform and the training cache + BatchAugment(train=False) give one tensor."""
+    case = Derm7pt(release).cases()[0]
     norm = ((0.5,) * 3, (0.5,) * 3)
-    sample = PairDataset(data.cases(), eval_transform(32, *norm))[2]
-    assert sample["clinical"].shape == sample["dermoscopy"].shape == (3, 32, 32)
-    assert sample["labels"].shape == (8,) and sample["has_clinical"] is False
-    assert torch.equal(sample["clinical"], sample["dermoscopy"])
-    augmented = PairDataset(data.cases(), train_transform(32, *norm))[0]
-    assert augmented["clinical"].shape == (3, 32, 32)
-    assert -1.01 <= augmented["clinical"].min() and augmented["clinical"].max() <= 1.01
+    single = eval_transform(32, *norm)(load_rgb(case.dermoscopy_path))
+    cache = ImageCache([case], size=32)
+    batched = BatchAugment(32, *norm)(cache.dermoscopy, train=False)[0]
+    assert single.shape == (3, 32, 32) and -1.0 <= single.min() and single.max() <= 1.0
+    torch.testing.assert_close(single, batched, atol=1 / 127.5 + 1e-6, rtol=0)
 
 
 def test_image_cache_and_batch_augment(release):

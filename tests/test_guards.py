@@ -119,8 +119,13 @@ def test_the_answer_says_its_level_and_what_that_level_meant_on_unseen_cases(gua
     assert "Low confidence" in texts["low"] and "0.25 apart (0.10 to 0.30)" in texts["low"] and "right on 63%" in texts["low"]
     assert "Confident" in texts["confident"] and "the surest 60% of 124" in texts["confident"]
     assert "Uncertain" not in texts["confident"] and "Low confidence" not in texts["confident"]
-    assert f"{prediction.heads['fused'].probabilities['DIAG']['MEL']:.2f}` melanoma" in texts["uncertain"] or \
-        prediction.heads["fused"].classes["DIAG"] == "MEL"
+    # melanoma's own bar is shown whenever it is not the most likely class (NEV on top here, MEL at 0.31)
+    fused = prediction.heads["fused"]
+    nev_on_top = replace(fused, probabilities={**fused.probabilities,
+                                               "DIAG": {"BCC": 0.02, "NEV": 0.6, "MEL": 0.31, "MISC": 0.04, "SK": 0.03}})
+    levelled = replace(guards.check(features, close), not_lesion=(), wrong_slot=(), swapped=False)
+    text = summary_markdown(replace(prediction, heads={**prediction.heads, "fused": nev_on_top}, checks=levelled), "v")
+    assert "NEV (nevus), p = 0.60" in text and "0.31` melanoma" in text
     saved = Guards.load(guards.save(tmp_path / "levels.guards.safetensors"))
     assert saved.low_confidence_margin == guards.low_confidence_margin and saved.levels == guards.levels
 
