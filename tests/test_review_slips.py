@@ -272,3 +272,39 @@ def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_pat
                     ("agree", *["no change"] * 8, 9, ""), ("agree", *["no change"] * 8, None, "x" * 5000), "x", None):
         assert review.keep_draft(back, hostile, log, "dr_a")["drafts"] == {}  # dropped, nothing stored
     assert review.keep_draft(back, review.form_values(None), log, "dr_a")["drafts"] == {}  # back to blank: no draft
+
+
+def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):
+    """Every step of a reviewer's session (open, filter, move, draft, restore, an upload case,
+    the owner) returns a ``ReviewSession``: no key the type does not declare, none of the wrong kind."""
+    import types
+    import typing
+
+    from skinnet.corrections import CorrectionsLog
+    from skinnet.ui import access, review
+
+    declared = typing.get_type_hints(review.ReviewSession)
+
+    def matches(value, kind) -> bool:
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            return any(matches(value, k) for k in typing.get_args(kind))
+        return value is None if kind is type(None) else isinstance(value, typing.get_origin(kind) or kind)
+
+    def holds_declared(state):
+        assert set(state) <= set(declared), set(state) - set(declared)
+        assert all(matches(value, declared[key]) for key, value in state.items()), state
+        return state
+
+    write_queue(tmp_path / "queues" / "queue", n=3)
+    log = CorrectionsLog(tmp_path / "log")
+    name = "queue/manifest.csv"
+    state = holds_declared(access.claim_session(review.new_state(), "dr_a"))
+    state, _, _ = review.open_queue_handler(state, str(tmp_path / "queues" / name), tmp_path / "queues", log, "dr_a",
+                                            name)
+    state = holds_declared(review.apply_filters(holds_declared(state), log, "dr_a", {"status": "unreviewed"}))
+    state = holds_declared(review.move(state, "next", log, "dr_a"))
+    state = holds_declared(review.keep_draft(state, ("correct", "SK", *["no change"] * 7, 3, "x"), log, "dr_a"))
+    state = holds_declared(review.move(state, "next unreviewed", log, "dr_a"))
+    review.remember(state, log.folder, "dr_a")
+    holds_declared(review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a"))
+    holds_declared(review.start_upload_case(state, None, None))

@@ -16,8 +16,12 @@ import hmac
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import gradio as gr
+
+if TYPE_CHECKING:
+    from .review import ReviewSession
 
 HF_PREFIX = "hf:"
 """Reviewers signed in with Hugging Face are logged as ``hf:<username>`` (never confused with a
@@ -85,7 +89,7 @@ def identity(request: gr.Request | None, profile: gr.OAuthProfile | None = None)
     return ANONYMOUS
 
 
-def claim_session(state: dict, who: str) -> dict:
+def claim_session(state: ReviewSession, who: str) -> ReviewSession:
     """The session state, bound to ``who`` on first use; another identity is refused.
 
     Gradio picks a session's state by the ``session_hash`` the client sends, so without this a

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict
+from typing import TypedDict
 from pathlib import Path
 
 import gradio as gr
@@ -30,7 +31,28 @@ from .prepare import case_images
 QUEUE_COLUMNS = ["#", "case", "source", "your review", "uncertainty"]
 
 
-def new_state() -> dict:
+class ReviewSession(TypedDict, total=False):
+    """A reviewer's session: what Gradio keeps per browser tab (``gr.State``), passed to every
+    event and returned changed (a new dict each time: a step that finished meanwhile is never
+    undone). ``tests/test_review_slips.py`` checks that the app keeps no other key."""
+
+    owner: str | None  # who opened the session (skinnet.ui.access: nobody else may act on it)
+    all: list[dict]  # the queue file's cases, in the chosen order (QueueCase fields)
+    queue: list[dict]  # those the filters keep: the cases n and the arrows walk through
+    index: int | None  # the open case's place in ``queue``
+    case: dict | None  # the open case (a queue case, or an upload's two clean copies)
+    event_id: str | None  # the open case's token: a save names the case the reviewer saw
+    opened_at: float | None  # when the open case was opened (seconds spent on a review)
+    uncertainty: dict[str, float]  # case id -> the model's uncertainty ('Least sure first')
+    predicted: dict[str, str]  # case id -> the predicted diagnosis (the 'predicted' filter)
+    filters: dict[str, str]  # split, status, predicted (NO_FILTERS)
+    queue_file: str | None  # the open queue, relative to the queue folder
+    queue_sha256: str  # its content hash (a reload finds the same file or starts over)
+    drafts: dict[str, list]  # case id -> the form's unsaved values, kept when the reviewer moved on
+    left_draft: str | None  # the case just left with a draft (the status line says so)
+
+
+def new_state() -> ReviewSession:
     """``all``: the queue file's cases (in the chosen order); ``queue``: those the filters keep,
     the ones the reviewer walks through."""
     return {"all": [], "queue": [], "index": None, "case": None, "event_id": None, "opened_at": None,
@@ -43,7 +65,7 @@ STATUS_CHOICES = ("all", "unreviewed", "reviewed")
 PREDICTED_CHOICES = ("any", *TASKS[0].classes)
 
 
-def apply_filters(state: dict, log: CorrectionsLog, reviewer: str | None, filters: dict | None = None) -> dict:
+def apply_filters(state: ReviewSession, log: CorrectionsLog, reviewer: str | None, filters: dict | None = None) -> ReviewSession:
     """The queue view: the cases of ``all`` that pass the filters, in order; the open case keeps
     its place if it is still in view."""
     filters = {**state["filters"], **(filters or {})}
@@ -62,7 +84,7 @@ def apply_filters(state: dict, log: CorrectionsLog, reviewer: str | None, filter
     return {**state, "filters": filters, "queue": view, "index": index}
 
 
-def view_status(state: dict) -> str:
+def view_status(state: ReviewSession) -> str:
     f = state["filters"]
     kept = [f"{f['split']} split" if f["split"] != "all" else "",
             f"{f['status']} by you" if f["status"] != "all" else "",
@@ -71,11 +93,11 @@ def view_status(state: dict) -> str:
     return f"Showing {len(state['queue'])} of {len(state['all'])} cases" + (f" ({kept})." if kept else ".")
 
 
-def _open_case(state: dict, case: dict) -> dict:
+def _open_case(state: ReviewSession, case: dict) -> ReviewSession:
     return {**state, "case": case, "event_id": new_event_id(), "opened_at": time.time()}
 
 
-def queue_table(state: dict, log: CorrectionsLog, reviewer: str | None) -> pd.DataFrame:
+def queue_table(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> pd.DataFrame:
     done = log.reviewed_cases(reviewer) if reviewer else {}
     rows = [[i + 1, c["case_id"], c["source"], done.get(c["case_id"], ""),
              f"{state['uncertainty'][c['case_id']]:.2f}" if c["case_id"] in state["uncertainty"] else ""]
@@ -83,7 +105,7 @@ def queue_table(state: dict, log: CorrectionsLog, reviewer: str | None) -> pd.Da
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
 
-def case_header(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
+def case_header(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> str:
     case = state.get("case")
     if case is None:
         return "No case open: open a queue, or upload images (they become a case of their own)."
@@ -99,7 +121,7 @@ def case_header(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
     return " · ".join(parts)
 
 
-def open_queue_handler(state: dict, path: str, root: Path | None, log: CorrectionsLog, reviewer: str | None,
+def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: CorrectionsLog, reviewer: str | None,
                        name: str | None = None):
     """Open a manifest CSV or a Derm7pt meta.csv as this session's queue. A Derm7pt queue shows
     its test split first: the cases the shipped model never trained on."""
@@ -126,7 +148,7 @@ def _session_file(folder: Path, reviewer: str) -> Path:
     return folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
 
 
-def remember(state: dict, folder: Path, reviewer: str | None) -> None:
+def remember(state: ReviewSession, folder: Path, reviewer: str | None) -> None:
     """Keep this reviewer's queue, order, filters and open case on the server (a page reload or
     another browser picks them up with :func:`restore`)."""
     if not reviewer or not state.get("queue_file"):
@@ -152,7 +174,8 @@ def kept_on_disk(path: Path, text: str, what_failed: str) -> bool:
         return False
 
 
-def restore(state: dict, folder: Path, root: Path | None, log: CorrectionsLog, reviewer: str | None) -> dict | None:
+def restore(state: ReviewSession, folder: Path, root: Path | None, log: CorrectionsLog,
+            reviewer: str | None) -> ReviewSession | None:
     """This reviewer's remembered queue, reopened from its file (still in the queue folder and
     unchanged, else nothing), in the remembered order with the same filters and open case."""
     if not reviewer or root is None:
@@ -186,7 +209,7 @@ SCORE_BATCH = 32
 model is free for other requests)."""
 
 
-def queue_scores(state: dict, predictor: Predictor, cache: Path, root: Path | None, progress=None) -> dict[str, float]:
+def queue_scores(state: ReviewSession, predictor: Predictor, cache: Path, root: Path | None, progress=None) -> dict[str, float]:
     """Case id -> (uncertainty, predicted diagnosis) for every case of the queue view, from the
     disk cache where this queue file and checkpoint scored it before (by anyone); the rest are
     scored in batches and added to the cache."""
@@ -213,7 +236,7 @@ def queue_scores(state: dict, predictor: Predictor, cache: Path, root: Path | No
     return scores
 
 
-def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
+def order_by_uncertainty(state: ReviewSession, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
                          root: Path | None, progress=None):
     """Sort the queue so that the cases the model is least sure of come first, and open the
     first of them you have not reviewed (``n`` then follows this order)."""
@@ -237,7 +260,7 @@ def order_by_uncertainty(state: dict, predictor: Predictor, log: CorrectionsLog,
             "the least sure one you have not reviewed.")
 
 
-def open_case_id(state: dict, case_id) -> dict:
+def open_case_id(state: ReviewSession, case_id) -> ReviewSession:
     """Open the queue's case with this id (a click on a row of the queue table)."""
     if not state["queue"]:
         raise gr.Error("Open a queue first.")
@@ -248,7 +271,7 @@ def open_case_id(state: dict, case_id) -> dict:
     return _open_case({**state, "index": index}, dict(state["queue"][index]))
 
 
-def step_target(state: dict, step: str, done: dict[str, str]) -> int | None:
+def step_target(state: ReviewSession, step: str, done: dict[str, str]) -> int | None:
     """Where ``step`` (prev, next, next unreviewed) leads from the open case: an index of the queue
     view, or None when every case has this reviewer's review (``done``)."""
     queue, index = state["queue"], state["index"]
@@ -263,7 +286,7 @@ def step_target(state: dict, step: str, done: dict[str, str]) -> int | None:
     raise ValueError(step)
 
 
-def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> dict:
+def move(state: ReviewSession, step: str, log: CorrectionsLog, reviewer: str | None) -> ReviewSession:
     """Open the previous, next, or next case this reviewer has not reviewed."""
     if not state["queue"]:
         raise gr.Error("Open a queue first.")
@@ -273,7 +296,7 @@ def move(state: dict, step: str, log: CorrectionsLog, reviewer: str | None) -> d
     return _open_case({**state, "index": target}, dict(state["queue"][target]))
 
 
-def cases_ahead(state: dict, log: CorrectionsLog, reviewer: str | None) -> list[dict]:
+def cases_ahead(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> list[dict]:
     """The cases that ``n`` and the right arrow open from here (usually one): worth preparing now."""
     if not state["queue"] or state.get("index") is None:
         return []
@@ -283,7 +306,7 @@ def cases_ahead(state: dict, log: CorrectionsLog, reviewer: str | None) -> list[
     return [state["queue"][i] for i in dict.fromkeys(t for t in targets if t is not None and t != state["index"])]
 
 
-def start_upload_case(state: dict, clinical: str | None, dermoscopy: str | None) -> dict:
+def start_upload_case(state: ReviewSession, clinical: str | None, dermoscopy: str | None) -> ReviewSession:
     """Images uploaded by hand become a case of their own (id from their pixels' hash)."""
     images = [p for p in (clinical, dermoscopy) if p]
     if not images:
@@ -332,7 +355,7 @@ def clean_form(values) -> tuple | None:
     return (verdict, *corrected, confidence, note or "")
 
 
-def keep_draft(state: dict, values, log: CorrectionsLog, reviewer: str | None) -> dict:
+def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str | None) -> ReviewSession:
     """Before the reviewer leaves the open case: the form's values become the case's draft when
     they differ from what is saved (the latest review, or the blank form), and any draft of it
     goes when they do not. ``left_draft`` names the case left with a draft, for the next message."""
@@ -350,7 +373,7 @@ def keep_draft(state: dict, values, log: CorrectionsLog, reviewer: str | None) -
     return {**state, "drafts": drafts, "left_draft": case["case_id"] if unsaved else None}
 
 
-def form_for_case(state: dict, saved: dict | None) -> tuple[tuple, str]:
+def form_for_case(state: ReviewSession, saved: dict | None) -> tuple[tuple, str]:
     """(the form's values, the status line) for the case just opened: its draft if the reviewer
     left unsaved changes in it (and saved nothing newer), else the saved review or a blank form;
     the line also says where the draft of the case just left is."""
@@ -371,7 +394,7 @@ def form_for_case(state: dict, saved: dict | None) -> tuple[tuple, str]:
     return form_values(saved), " ".join(lines)
 
 
-def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
+def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
                 clinical: Image | None, dermoscopy: Image | None, verdict: str | None,
                 corrected: dict[str, str], confidence: int | None, note: str) -> tuple[dict, str]:
     """Append the open case's review to the log. Saving what is already your latest review of
@@ -425,7 +448,7 @@ def save_review(state: dict, predictor: Predictor, log: CorrectionsLog, reviewer
     return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s){replaced}."
 
 
-def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tuple[str, dict | None, bool]:
+def undo_last_save(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> tuple[str, dict | None, bool]:
     """Withdraw your latest review of the open case with an appended retraction row (the log
     stays append-only; readers drop both). Returns (message, the review that now stands, whether
     anything was undone): an undo with nothing to withdraw is a message, not an error, so the form
@@ -453,7 +476,7 @@ def undo_last_save(state: dict, log: CorrectionsLog, reviewer: str | None) -> tu
     return f"Undone: your {latest['verdict']} review of case {case['case_id']} is withdrawn; {back}.", standing, True
 
 
-def load_case_images(state: dict, root: Path | None) -> tuple:
+def load_case_images(state: ReviewSession, root: Path | None) -> tuple:
     """The open case's images as clean RGB images (None where the case has none)."""
     try:
         return case_images(state.get("case") or {}, root)
@@ -461,7 +484,7 @@ def load_case_images(state: dict, root: Path | None) -> tuple:
         raise gr.Error(str(err)) from None
 
 
-def reveal_reference(state: dict, log: CorrectionsLog, reviewer: str | None) -> str:
+def reveal_reference(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> str:
     """For teaching: the open Derm7pt case's reference labels next to the reviewer's own, once
     the reviewer has saved a labelled review of it (never before). The reveal is recorded in the
     log first, and the log then refuses the reviewer's later changes to the case and to its images
