@@ -5,15 +5,17 @@ torch.compile and (when installed) ONNX Runtime, with what each does to the pred
 
 Each variant predicts every test pair of the shipped card (one view, as the card says) and is
 compared with float32 NCHW, the reference: the top DIAG class and the top class of every task
-on each pair, the largest difference of any calibrated probability, and the guards' decisions
-(not a lesion, swapped, uncertain). Then the median time of a single pair's forward pass over
+on each pair, the largest difference of any calibrated probability, and the confidence level
+the page shows (uncertain / low confidence / confident, from the guards' margins). Then the median time of a single pair's forward pass over
 ``--timed`` pairs, in one run. A variant may ship only if its predictions stay the same (top
-classes identical on all pairs, probabilities within 0.01, guard decisions identical).
-Writes ``benchmarks/results/inference_speed.json`` and prints a Markdown table.
+classes identical on all pairs, probabilities within 0.01, levels identical). ONNX Runtime is
+measured when ``onnxruntime`` and ``onnx`` are installed (``pip install onnxruntime onnx``: a
+benchmark-only extra, not needed by the app or training). Writes ``benchmarks/results/inference_speed.json`` and prints a Markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import contextlib
 import json
 import statistics
@@ -45,7 +47,8 @@ def tops(probs: torch.Tensor) -> torch.Tensor:
 
 def torch_variant(predictor: Predictor, channels_last: bool, bf16: bool, compiled: bool):
     """A function (B, 3, S, S) x 2 -> fused-head logits, the model prepared as the variant says."""
-    model = predictor.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = copy.deepcopy(predictor.model).to(memory_format=torch.channels_last if channels_last
+                                               else torch.contiguous_format)
     run = torch.compile(model) if compiled else model
     layout = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -64,7 +67,7 @@ def onnx_variant(predictor: Predictor, folder: Path):
         import onnxruntime as ort
     except ImportError:
         return None
-    model = predictor.model.to(memory_format=torch.contiguous_format).eval()
+    model = copy.deepcopy(predictor.model).to(memory_format=torch.contiguous_format).eval()
     size = predictor.card.image_size
     path = folder / "skinnet.onnx"
     example = (torch.zeros(1, 3, size, size), torch.zeros(1, 3, size, size))
@@ -93,7 +96,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "inference_speed.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    predictor = Predictor.from_checkpoint(args.checkpoint, channels_last=False)
+    predictor = Predictor.from_checkpoint(args.checkpoint)
     cases = Derm7pt(args.data_root).split("test")[:args.cases]
     tensors = [(predictor.to_tensor(load_rgb(c.clinical_path)), predictor.to_tensor(load_rgb(c.dermoscopy_path)))
                for c in cases]
@@ -113,9 +116,11 @@ def main(argv=None) -> dict:
             out = forward(c, d)
             prob = probabilities(predictor, out)
             probs.append(prob)
-            if guards is not None:
-                diag = dict(zip(TASKS[0].classes, prob[0, :TASKS[0].num_classes].tolist()))
-                decisions.append(guards.uncertain_margin.get("fused", 0) > sorted(diag.values())[-1] - sorted(diag.values())[-2])
+            if guards is not None:  # the confidence level the page shows (uncertain / low / confident)
+                diag = sorted(prob[0, :TASKS[0].num_classes].tolist())
+                margin = diag[-1] - diag[-2]
+                decisions.append(0 if margin < guards.uncertain_margin.get("fused", 0.0)
+                                 else 1 if margin < guards.low_confidence_margin.get("fused", 0.0) else 2)
         probs = torch.cat(probs)
         times = []
         for c, d in tensors[:args.timed]:
@@ -129,16 +134,16 @@ def main(argv=None) -> dict:
             result.update(top_diag_same=int((tops(probs)[:, 0] == tops(reference[0])[:, 0]).sum()),
                           all_tops_same=int((tops(probs) == tops(reference[0])).all(1).sum()),
                           max_probability_difference=float((probs - reference[0]).abs().max()),
-                          uncertain_decisions_same=sum(a == b for a, b in zip(decisions, reference[1])))
+                          levels_same=sum(a == b for a, b in zip(decisions, reference[1])))
         results[name] = result
         print(name, result, flush=True)
     base = results["float32 NCHW (reference)"]["median_ms"]
     n = len(tensors)
     lines = ["| prediction pass | ms per pair (median) | x reference | top DIAG same | all 8 tops same | "
-             "max prob. difference | uncertain badge same |", "|---|---|---|---|---|---|---|"]
+             "max prob. difference | confidence level same |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         same = (f"{r['top_diag_same']}/{n} | {r['all_tops_same']}/{n} | {r['max_probability_difference']:.4f} | "
-                f"{r['uncertain_decisions_same']}/{n}") if "top_diag_same" in r else "reference | | | "
+                f"{r['levels_same']}/{n}") if "top_diag_same" in r else "reference | | | "
         lines.append(f"| {name} | {r['median_ms']:.0f} | {base / r['median_ms']:.2f} | {same} |")
     table = "\n".join(lines)
     print(table)
