@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from report import uncalibrated, write_section
+from skinnet.labels import TASK_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.report import uncalibrated, write_section  # noqa: E402
-from skinnet.labels import TASK_NAMES  # noqa: E402
 
 EQUAL = "0.3333,0.3333,0.3334"
 SWEEP = {"equal (1/3 each)": EQUAL, "derm 0.5": "0.2,0.5,0.3", "derm 0.7": "0.1,0.7,0.2"}

@@ -17,20 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from training.metrics import exact_mcnemar
+from report import write_section
+from skinnet.data import Derm7pt
+from skinnet.labels import TASK_NAMES, split_logits
+from skinnet.model import count_parameters, create_model
+from training import ledger
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.compare_oof import exact_mcnemar  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.labels import TASK_NAMES, split_logits  # noqa: E402
-from skinnet.model import count_parameters, create_model  # noqa: E402
-from training import ledger  # noqa: E402
 
 CONFIGS = {  # ledger entry -> (row label, model options for the parameter count)
     "a_two_encoders": ("a. two encoders, equal loss", dict(shared=False, cross_attention_stages=())),

@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from skinnet.labels import TASK_NAMES, split_logits  # noqa: E402
-from training.crossval import oof_report  # noqa: E402
-
-
-def exact_mcnemar(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: the discordant cases as a fair coin's tosses."""
-    n, k = only_a + only_b, min(only_a, only_b)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+from skinnet.labels import TASK_NAMES, split_logits
+from training.crossval import oof_report
+from training.metrics import exact_mcnemar
 
 
 def compare(a: dict, b: dict) -> dict:

@@ -4,7 +4,7 @@
         [--oof experiments/e_method/oof_tta_off.csv [--oof-partial]]
 
 Runs the app's own prediction path (``Predictor.predict``: TTA, calibration, guards) on
-- the pictures of ``benchmarks/non_lesion.py`` (the 53 of the design set, and the held-out set
+- the pictures of ``skinnet_testkit/non_lesion.py`` (the 53 of the design set, and the held-out set
   that took no part in designing the check), each in both slots, in the clinical slot beside a
   real dermoscopy image, and in the dermoscopy slot beside a real clinical photo, with the
   distribution of their distances in thresholds (the margin);
@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet_testkit.non_lesion import held_out_images, non_lesion_images
+from skinnet.data import Derm7pt
+from skinnet.guards import LEVELS, UNCERTAIN
+from skinnet.imaging import load_rgb
+from skinnet.labels import TASK_BY_NAME
+from skinnet.predict import Predictor
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from non_lesion import held_out_images, non_lesion_images  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.guards import LEVELS, UNCERTAIN  # noqa: E402
-from skinnet.imaging import load_rgb  # noqa: E402
-from skinnet.labels import TASK_BY_NAME  # noqa: E402
-from skinnet.predict import Predictor  # noqa: E402
 
 MEL = TASK_BY_NAME["DIAG"].classes.index("MEL")
 DIAG_CLASSES = TASK_BY_NAME["DIAG"].classes

@@ -19,20 +19,19 @@ import copy
 import contextlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from skinnet.calibration import calibrate
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet.data import Derm7pt
+from skinnet.imaging import load_rgb
+from skinnet.labels import TASKS, split_logits
+from skinnet.predict import Predictor
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from skinnet.calibration import calibrate  # noqa: E402
-from skinnet.checkpoint import DEFAULT_CHECKPOINT  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.imaging import load_rgb  # noqa: E402
-from skinnet.labels import TASKS, split_logits  # noqa: E402
-from skinnet.predict import Predictor  # noqa: E402
 
 
 def probabilities(predictor: Predictor, logits: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet.data import Derm7pt
+from skinnet.explain import explain
+from skinnet.imaging import load_rgb
+from skinnet.predict import Predictor
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.explain import explain  # noqa: E402
-from skinnet.imaging import load_rgb  # noqa: E402
-from skinnet.predict import Predictor  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

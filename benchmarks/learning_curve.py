@@ -31,7 +31,6 @@ def point(run: Path, folds: list[int]) -> dict:
 
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from skinnet.checkpoint import read_card
     from training.metrics import task_accuracies
 

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet.data import Derm7pt
+from skinnet.imaging import load_rgb
+from skinnet.predict import Predictor
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.imaging import load_rgb  # noqa: E402
-from skinnet.predict import Predictor  # noqa: E402
 
 
 def head_agreement(predictor: Predictor, clinical, dermoscopy) -> tuple[float, float]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from skinnet.model import count_parameters, create_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from skinnet.model import count_parameters, create_model  # noqa: E402
 
 CONFIGS = {
     "two encoders": dict(shared=False, cross_attention_stages=()),

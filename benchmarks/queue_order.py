@@ -17,7 +17,6 @@ import re
 import secrets
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -25,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.app_process import PASSWORD, USER, App, fn
+from skinnet_testkit.synthetic import lesion_image
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from raw_http import RawClient  # noqa: E402
-from security import PASSWORD, USER, App, fn  # noqa: E402
-from synthetic import lesion_image  # noqa: E402
 
 
 def copy_release(source: Path, target: Path) -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from report import uncalibrated, write_section
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet.checkpoint import file_sha256, read_card
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.report import uncalibrated, write_section  # noqa: E402
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from skinnet.checkpoint import file_sha256, read_card  # noqa: E402
 
 
 def describe(run: Path, shipped_sha256: str | None) -> dict:

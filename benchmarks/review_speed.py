@@ -30,20 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from report import write_section
+from skinnet_testkit.app_process import PASSWORD, USER, App
+from skinnet_testkit.browser import CHROMIUM, CHROMIUM_ARGS
+from skinnet_testkit.queues import write_queue
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
-from security import PASSWORD, USER, App  # noqa: E402
-from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from test_review_e2e import write_queue  # noqa: E402
 
 KLM = {"K": 0.28, "P": 1.1, "B": 0.1, "H": 0.4, "M": 1.35}
 DECISIONS = {"agree": 1, "correct two labels": 2}

@@ -22,18 +22,16 @@ import json
 import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from report import write_section
+from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.app_process import PASSWORD, USER, App, fn
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
-from raw_http import RawClient  # noqa: E402
-from security import PASSWORD, USER, App, fn  # noqa: E402
 
 PREDICTED = {"DIAG": "NEV", "PN": "TYP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "REG", "BWV": "ABS",
              "VS": "ABS"}
@@ -68,7 +66,7 @@ def write_log(folder: Path, n_rows: int) -> None:
 
 def app_saves(checkpoint: Path, folder: Path, saves: int) -> list[float]:
     """Seconds per save event of the launched app (each save a changed review: a new row)."""
-    from test_security import write_manifest
+    from skinnet_testkit.queues import write_manifest
 
     write_manifest(folder / "queues" / "clinic")
     app = App(checkpoint, folder / "log", env={"SKINNET_QUEUE_ROOT": str(folder / "queues")})

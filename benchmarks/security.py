@@ -16,72 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from skinnet.corrections import NO_CHANGE, read_corrections
+from skinnet_testkit.app_process import PASSWORD, USER, App, fn
+from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.synthetic import lesion_image
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the raw HTTP client and synthetic images of the tests
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from raw_http import RawClient  # noqa: E402
-from skinnet.corrections import NO_CHANGE, read_corrections  # noqa: E402
-from synthetic import lesion_image  # noqa: E402
-
-USER, PASSWORD = "bench", "bench-password-1"
-
-
-class App:
-    """``python app.py`` in its own process, with its own log folder."""
-
-    def __init__(self, checkpoint: Path, log_dir: Path, users: bool = True, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "SKINNET_LOG_DIR": str(log_dir), **(env or {})}
-        env.pop("SKINNET_USERS", None)
-        if users:
-            env["SKINNET_USERS"] = f"{USER}:{PASSWORD}"
-        self.process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(checkpoint)], cwd=ROOT,
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("the app did not start")
-
-    def rss_gb(self, key: str = "VmRSS") -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024 ** 2
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-        self.process.wait(timeout=60)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fn(config: dict, name: str) -> int:
-    """fn_index of the first event whose function is ``name`` (Gradio numbers repeats name_1, ...)."""
-    return next(i for i, d in enumerate(config["dependencies"]) if re.fullmatch(rf"{name}(_\d+)?", d["api_name"] or ""))
-
 
 def predict_seconds(url: str, pair: list[Path]) -> float:
     client = RawClient(url)

@@ -17,22 +17,21 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from skinnet.backbones import normalization
+from skinnet.data import Derm7pt
+from skinnet.loss import MultiModalLoss
+from skinnet.model import create_model
+from skinnet.transforms import BatchAugment, ImageCache
+from training.distributed import DistInfo
+from training.loop import predict_cache, train_one_epoch
+from training.precision import cpu_has_bf16, memory_format
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from skinnet.backbones import normalization  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.loss import MultiModalLoss  # noqa: E402
-from skinnet.model import create_model  # noqa: E402
-from skinnet.transforms import BatchAugment, ImageCache  # noqa: E402
-from training.distributed import DistInfo  # noqa: E402
-from training.loop import predict_cache, train_one_epoch  # noqa: E402
-from training.precision import cpu_has_bf16, memory_format  # noqa: E402
 
 STEPS_PER_EPOCH = 492 // 32  # a fold run of the shipped recipe
 VALID_CASES = 124

@@ -14,22 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from skinnet.checkpoint import load_checkpoint
+from skinnet.data import Derm7pt
+from skinnet.labels import TASK_NAMES
+from skinnet.inference import FLIPS
+from skinnet.transforms import BatchAugment, ImageCache
+from training.evaluate import scored_cases
+from training.folds import FOLDS_FILE, pool_cases, read_folds
+from training.metrics import expected_calibration_error, task_accuracies
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from skinnet.checkpoint import load_checkpoint  # noqa: E402
-from skinnet.data import Derm7pt  # noqa: E402
-from skinnet.labels import TASK_NAMES  # noqa: E402
-from skinnet.inference import FLIPS  # noqa: E402
-from skinnet.transforms import BatchAugment, ImageCache  # noqa: E402
-from training.evaluate import scored_cases  # noqa: E402
-from training.folds import FOLDS_FILE, pool_cases, read_folds  # noqa: E402
-from training.metrics import expected_calibration_error, task_accuracies  # noqa: E402
 
 VIEW_NAMES = {(): "as is", (3,): "mirrored left-right", (2,): "upside down", (2, 3): "both flips"}
 VIEW_SETS = {"1 view": [()], "2 views (as is + left-right)": [(), (3,)],

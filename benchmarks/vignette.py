@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT
+from report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from app import DEFAULT_CHECKPOINT  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
 
 DARK = 1 / 3
 """A vignette pixel is darker than this fraction of the image's median luminance..."""

@@ -4,7 +4,7 @@ no Derm7pt pixel reaches docs/.
 
     python docs/app_figures.py            # writes docs/figures/app_*.png
 
-Needs Debian's chromium and Playwright (requirements-dev.txt).
+Needs Debian's chromium and Playwright (the dev extra, requirements-lock.txt).
 """
 from __future__ import annotations
 

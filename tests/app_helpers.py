@@ -20,7 +20,7 @@ from PIL import Image
 from skinnet.calibration import from_temperature
 from skinnet.checkpoint import ModelCard, save_checkpoint
 from skinnet.model import create_model
-from synthetic import lesion_image
+from skinnet_testkit.synthetic import lesion_image
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -137,7 +137,7 @@ def png_is_not_blank(data: bytes, min_std: float = 10.0) -> bool:
 def guarded_checkpoint(folder: Path) -> Path:
     """:func:`tiny_checkpoint` with guards fitted beside it on a synthetic release whose two
     modalities look different (see ``synthetic.restyle_release``)."""
-    from synthetic import make_release, restyle_release
+    from skinnet_testkit.synthetic import make_release, restyle_release
 
     from skinnet.data import Derm7pt
     from skinnet.guards import guards_path

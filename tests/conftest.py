@@ -1,15 +1,12 @@
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # non_lesion.py
-from synthetic import make_release  # noqa: E402
+from skinnet_testkit.synthetic import make_release
 
 REAL_DERM7PT = Path(__file__).resolve().parents[2] / "shared" / "derm7pt"
 

@@ -8,12 +8,13 @@ import shutil
 import pytest
 
 from app_helpers import tiny_checkpoint
-from raw_http import RawClient
-from security import PASSWORD, USER, App
+from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.app_process import PASSWORD, USER, App
 from skinnet.backup import Backup, FolderHub, backup_for
 from skinnet.corrections import CorrectionsError, CorrectionsLog, read_corrections
-from test_corrections import review
-from test_security import case_shown, fns, open_first_case, save_data, write_manifest
+from skinnet_testkit.queues import write_manifest
+from skinnet_testkit.reviews import review
+from test_security import case_shown, fns, open_first_case, save_data
 
 
 class RecordingHub(FolderHub):

@@ -1,16 +1,13 @@
 """The app in a real headless Chromium (Debian's), driven by Playwright."""
-import shutil
 
 import pytest
 
 from app_helpers import free_port, png_is_not_blank, tiny_checkpoint, write_examples, write_pair
 from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
+from skinnet_testkit.browser import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not shutil.os.path.exists(CHROMIUM),
+pytestmark = pytest.mark.skipif(not HAVE_CHROMIUM,
                                 reason="Debian's chromium is not installed (tests/run.sh installs it)")
 
 
@@ -98,8 +95,8 @@ def test_a_picture_that_is_not_a_lesion_is_hidden_until_asked_and_a_new_upload_c
         browser, guarded_url, tmp_path):
     import numpy as np
     from playwright.sync_api import expect
-    from non_lesion import generated_images
-    from synthetic import clinical_like_image, dermoscopy_like_image
+    from skinnet_testkit.non_lesion import generated_images
+    from skinnet_testkit.synthetic import clinical_like_image, dermoscopy_like_image
 
     rng = np.random.default_rng(21)
     # JPEGs, as the synthetic release the guards were fitted on stores its images
@@ -140,7 +137,7 @@ def test_swapped_images_show_the_swap_message_first_and_the_prediction_only_afte
         browser, guarded_url, tmp_path):
     import numpy as np
     from playwright.sync_api import expect
-    from synthetic import clinical_like_image, dermoscopy_like_image
+    from skinnet_testkit.synthetic import clinical_like_image, dermoscopy_like_image
 
     rng = np.random.default_rng(22)
     clinical, derm = tmp_path / "clinical.jpg", tmp_path / "derm.jpg"  # JPEGs, as the guards were fitted on

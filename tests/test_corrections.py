@@ -12,23 +12,12 @@ import pytest
 from PIL import Image
 
 from app_helpers import jpeg_with_gps
-from skinnet.corrections import (BASE_COLUMNS, COLUMNS, CorrectionsError, CorrectionsLog, NO_CHANGE, Review, neutralise,
+from skinnet.corrections import (BASE_COLUMNS, COLUMNS, CorrectionsError, CorrectionsLog, Review, neutralise,
                                  current_labels, export_meta_csv, new_event_id, read_corrections, read_events,
                                  task_labels)
 from skinnet.imaging import load_rgb
-from skinnet.labels import TASK_NAMES, TASKS
-
-PREDICTED = {"DIAG": "NEV", "PN": "TYP", "STR": "ABS", "PIG": "REG", "RS": "ABS", "DaG": "REG",
-             "BWV": "ABS", "VS": "ABS"}
-
-
-def review(verdict="agree", reviewer="dr_a", case_id="17", event_id=None, **corrected):
-    return Review(event_id=event_id or new_event_id(), reviewer=reviewer, case_id=case_id, source="derm7pt",
-                  verdict=verdict, predicted=dict(PREDICTED),
-                  corrected={t: corrected.get(t, NO_CHANGE) for t in TASK_NAMES},
-                  model_version="tiny@abc", checkpoint_sha256="abc", seconds_spent=12.34, confidence=4,
-                  note="looks typical")
-
+from skinnet.labels import TASKS
+from skinnet_testkit.reviews import PREDICTED, review
 
 def test_rows_store_what_the_reviewer_said_task_by_task(tmp_path):
     log = CorrectionsLog(tmp_path)
@@ -186,8 +175,7 @@ def test_a_status_that_contradicts_its_class_is_a_bad_row(tmp_path):
 
 WRITER = """
 import sys
-sys.path.insert(0, sys.argv[3])
-from test_corrections import review
+from skinnet_testkit.reviews import review
 from skinnet.corrections import CorrectionsLog
 log = CorrectionsLog(sys.argv[1])
 worker = int(sys.argv[2])
@@ -200,9 +188,8 @@ def run_writers(folder: Path, n_workers: int, n_rows: int) -> list[subprocess.Po
     script = folder / "writer.py"
     script.write_text(WRITER)
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": str(tests.parent)}
-    return [subprocess.Popen([sys.executable, str(script), str(folder / "log"), str(w), str(tests), str(n_rows)],
-                             env=env) for w in range(n_workers)]
+    return [subprocess.Popen([sys.executable, str(script), str(folder / "log"), str(w), str(tests), str(n_rows)])
+            for w in range(n_workers)]
 
 
 def test_eight_processes_fifty_reviews_each(tmp_path):
@@ -410,8 +397,7 @@ def test_a_later_unsure_withdraws_the_reviewers_labels(tmp_path):
 
 RACER = """
 import sys, time
-sys.path.insert(0, sys.argv[3])
-from test_corrections import review
+from skinnet_testkit.reviews import review
 from skinnet.corrections import CorrectionsError, CorrectionsLog
 log = CorrectionsLog(sys.argv[1])
 worker, rounds, start = int(sys.argv[2]), int(sys.argv[4]), float(sys.argv[5])
@@ -434,10 +420,9 @@ def test_one_case_id_names_one_case_even_when_processes_race_for_it(tmp_path):
     script = tmp_path / "racer.py"
     script.write_text(RACER)
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": str(tests.parent)}
     start = time.time() + 15  # every racer has imported and read the log by then
     racers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "log"), str(w), str(tests), "30",
-                                str(start)], env=env) for w in range(4)]
+                                str(start)]) for w in range(4)]
     assert all(r.wait(timeout=300) == 0 for r in racers)
     rows, problems = read_corrections(tmp_path / "log")
     sources = {}
@@ -451,8 +436,7 @@ def test_one_case_id_names_one_case_even_when_processes_race_for_it(tmp_path):
 
 REVEALER = """
 import sys
-sys.path.insert(0, sys.argv[3])
-from test_corrections import review
+from skinnet_testkit.reviews import review
 from skinnet.corrections import CorrectionsLog
 from skinnet.imaging import load_rgb
 log = CorrectionsLog(sys.argv[1])
@@ -468,7 +452,7 @@ def test_a_reveal_in_one_process_locks_the_case_and_its_images_in_another(tmp_pa
     the log before the reveal refuses a changed review of the case, an undo of it, and the same
     images saved under another case id (the reviewer's "own pair"); other reviewers are free."""
     from skinnet.corrections import RETRACT
-    from synthetic import lesion_image
+    from skinnet_testkit.synthetic import lesion_image
     import numpy as np
 
     rng = np.random.default_rng(3)
@@ -479,8 +463,7 @@ def test_a_reveal_in_one_process_locks_the_case_and_its_images_in_another(tmp_pa
     script = tmp_path / "revealer.py"
     script.write_text(REVEALER)
     tests = Path(__file__).parent
-    subprocess.run([sys.executable, str(script), str(tmp_path / "log"), str(tmp_path), str(tests)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(tests.parent)})
+    subprocess.run([sys.executable, str(script), str(tmp_path / "log"), str(tmp_path), str(tests)], check=True)
     clinical, derm = load_rgb(tmp_path / "clin.png"), load_rgb(tmp_path / "derm.png")
     with pytest.raises(CorrectionsError, match="seen the Derm7pt reference labels of case 42: a new review"):
         other.append(review("correct", reviewer="dr_t", case_id="42", DIAG="MEL"))

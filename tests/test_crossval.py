@@ -1,5 +1,8 @@
 """Cross-fitting (training.crossval): folds, out-of-fold predictions, resumability, on synthetic data."""
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -10,13 +13,20 @@ from PIL import Image
 from conftest import REAL_DERM7PT
 from skinnet.checkpoint import load_checkpoint
 from skinnet.data import Case, Derm7pt
-from synthetic import make_release
+from skinnet_testkit.synthetic import make_release
 from training import crossval, evaluate
 from training.evaluate import head_predictions
 from training.folds import assign_folds, pool_cases, read_folds
 
+ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "48", "--batch-size", "4", "--no-progress", "--threads", "1",
         "--cross-attention", "-1", "--attention-dim", "32", "--epochs", "1"]
+
+
+def benchmark(argv: list, check: bool = True) -> subprocess.CompletedProcess:
+    """A benchmark script run as its README says (``python benchmarks/x.py``): tests never import benchmarks/."""
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, check=check,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
 def fake_cases(diagnoses):
@@ -255,9 +265,9 @@ def test_learning_curve_points_train_on_stratified_fractions(cross_fitted, tmp_p
                    "--train-fraction", "0.5", "--name", "cv"])
     _, card = load_checkpoint(small / "fold0" / "cv.safetensors")
     assert card.training["data"]["train_fraction"] == 0.5 and card.training["data"]["n_train_cases"] < 20
-    import learning_curve  # benchmarks/, on the path by conftest
-    points = learning_curve.main([str(small), str(out), "--figure", str(tmp_path / "lc.png"),
-                                  "--json", str(tmp_path / "lc.json")])
+    benchmark([ROOT / "benchmarks" / "learning_curve.py", small, out, "--figure", tmp_path / "lc.png",
+               "--json", tmp_path / "lc.json"])
+    points = json.loads((tmp_path / "lc.json").read_text())
     assert [p["fraction"] for p in points] == [0.5, 1.0] and (tmp_path / "lc.png").stat().st_size > 5000
 
 
@@ -330,8 +340,9 @@ def test_a_leak_free_student_cross_fit_in_one_command_with_parallel_folds(cross_
 def test_compare_oof_counts_the_cases_only_one_run_gets_right(cross_fitted, tmp_path):
     """benchmarks/compare_oof.py on a cross-fit against a copy whose DIAG answers are changed
     on known cases: the discordant counts and the exact McNemar p-value (checked against scipy)."""
-    from compare_oof import exact_mcnemar, main  # benchmarks/, on the path by conftest
     from scipy.stats import binomtest
+
+    from training.metrics import exact_mcnemar
 
     from skinnet.labels import TASK_SLICES
     _, out, _ = cross_fitted
@@ -349,14 +360,15 @@ def test_compare_oof_counts_the_cases_only_one_run_gets_right(cross_fitted, tmp_
         b["logits"]["fused"][i, diag] = 0
         b["logits"]["fused"][i, diag.start + int(a["labels"][i, 0])] = 50
     torch.save(b, tmp_path / "b.pt")
-    result = main([str(out / "oof.pt"), str(tmp_path / "b.pt"), "--json", str(tmp_path / "cmp.json")])
+    compare_oof = ROOT / "benchmarks" / "compare_oof.py"
+    benchmark([compare_oof, out / "oof.pt", tmp_path / "b.pt", "--json", tmp_path / "cmp.json"])
+    result = json.loads((tmp_path / "cmp.json").read_text())
     assert result["paired"]["DIAG"] == {"only_a": 3, "only_b": 1, "exact_mcnemar_p": binomtest(1, 4).pvalue}
     assert result["paired"]["PN"] == {"only_a": 0, "only_b": 0, "exact_mcnemar_p": 1.0}
     assert result["a"]["DIAG"] - result["b"]["DIAG"] == pytest.approx(2 / 30)
     assert exact_mcnemar(16, 9) == pytest.approx(binomtest(9, 25).pvalue)
-    assert json.loads((tmp_path / "cmp.json").read_text())["paired"]["DIAG"]["only_a"] == 3
-    with pytest.raises(SystemExit, match="other cases"):
-        main([str(out / "oof.pt"), str(_shuffled(a, tmp_path))])
+    refused = benchmark([compare_oof, out / "oof.pt", _shuffled(a, tmp_path)], check=False)
+    assert refused.returncode != 0 and "other cases" in refused.stderr
 
 
 def _shuffled(oof, tmp_path):

@@ -10,9 +10,9 @@ import pytest
 
 from app_helpers import free_port, tiny_checkpoint
 
+from skinnet.checkpoint import DEFAULT_CHECKPOINT as SHIPPED
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
 
 
 def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> float:

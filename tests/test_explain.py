@@ -1,20 +1,17 @@
 """Honest maps: attention on a fixed scale, the cut-off parts of a photo shown as such, and the
 model-randomisation sanity check for Grad-CAM (Adebayo et al. 2018)."""
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic import lesion_image
+from skinnet_testkit.synthetic import lesion_image
 
 from skinnet.explain import attention_focus, attention_overlay, gradcam_map, overlay
 from skinnet.predict import Predictor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
+from skinnet.checkpoint import DEFAULT_CHECKPOINT as SHIPPED
 
 
 def _square(canvas: Image.Image, size: int = 320) -> np.ndarray:

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from app_helpers import guarded_checkpoint, tiny_checkpoint
-from synthetic import clinical_like_image, dermoscopy_like_image, lesion_image
+from skinnet_testkit.synthetic import clinical_like_image, dermoscopy_like_image, lesion_image
 
 from skinnet.guards import CONFIDENT, LOW_CONFIDENCE, UNCERTAIN, Guards, confidence_levels, weights_fingerprint
 from skinnet.model import create_model
 from skinnet.predict import Predictor
 
-from non_lesion import generated_images  # benchmarks/, on the path by conftest
+from skinnet_testkit.non_lesion import generated_images
 
 NOT_LESIONS = ("noise-uniform", "flat-white", "flat-grey", "document-1", "interface-1", "chart-line", "shapes-1")
 

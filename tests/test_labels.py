@@ -5,7 +5,7 @@ import torch
 from conftest import REAL_DERM7PT
 from skinnet.labels import (NUM_OUTPUTS, TASK_BY_NAME, TASKS, seven_point_meaning, seven_point_score,
                             split_logits)
-from synthetic import ALL_RAW_VALUES
+from skinnet_testkit.synthetic import ALL_RAW_VALUES
 
 
 def test_standard_grouping_sizes():

@@ -16,7 +16,7 @@ from skinnet.calibration import calibrate
 from skinnet.data import Derm7pt
 from skinnet.labels import TASKS
 from skinnet.model import count_parameters, create_model
-from synthetic import make_release
+from skinnet_testkit.synthetic import make_release
 from training import crossval, ledger
 from training.evaluate import calibration_from_oof
 from training.folds import pool_cases
@@ -136,8 +136,7 @@ def test_a_killed_run_restarts_at_the_first_unfinished_fold_and_ends_as_an_unbro
         ledger.Experiment(name=name, description="", train_flags=flags, folds=2, path=tmp_path / "exp" / name).save()
     command = [sys.executable, "-m", "training.ledger", "--root", str(tmp_path / "exp"), "run", "--data-root",
                str(release), "--runs", str(tmp_path / "runs"), "--threads", "1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([*command, "--only", "killed"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen([*command, "--only", "killed"], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.STDOUT)
     progress = tmp_path / "runs" / "killed" / "fold1" / "last_state.pt"  # epoch 1 of fold 1 is over
     deadline = time.time() + 300
@@ -149,14 +148,14 @@ def test_a_killed_run_restarts_at_the_first_unfinished_fold_and_ends_as_an_unbro
     entry = ledger.Experiment.load(tmp_path / "exp" / "killed")
     assert entry.done(0) and not entry.done(1)
     fold0 = (entry.fold_path(0) / "oof.csv").stat().st_mtime_ns
-    second = subprocess.run([*command, "--only", "killed"], cwd=ROOT, env=env, capture_output=True, text=True,
+    second = subprocess.run([*command, "--only", "killed"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     log = second.stderr
     assert "1 fold runs pending" in log and "== killed fold 1 ==" in log and "== killed fold 0 ==" not in log
     assert "resumed from" in log and "fold1/last_state.pt at epoch 1" in log
     assert (entry.fold_path(0) / "oof.csv").stat().st_mtime_ns == fold0 and entry.complete()
-    subprocess.run([*command, "--only", "unbroken"], cwd=ROOT, env=env, capture_output=True, check=True, timeout=600)
+    subprocess.run([*command, "--only", "unbroken"], cwd=ROOT, capture_output=True, check=True, timeout=600)
     for k in range(2):
         resumed = pd.read_csv(entry.fold_path(k) / "oof.csv")
         unbroken = pd.read_csv(tmp_path / "exp" / "unbroken" / f"fold{k}" / "oof.csv")

@@ -9,12 +9,13 @@ import time
 import pytest
 
 from app_helpers import tiny_checkpoint
-from raw_http import RawClient
-from security import PASSWORD, USER, App
+from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.app_process import PASSWORD, USER, App
 from skinnet.corrections import NO_CHANGE, read_corrections, read_events
 from skinnet.data import Derm7pt
-from synthetic import make_release
-from test_security import case_shown, fns, open_first_case, save_data, write_manifest
+from skinnet_testkit.synthetic import make_release
+from skinnet_testkit.queues import write_manifest
+from test_security import case_shown, fns, open_first_case, save_data
 
 
 @pytest.fixture(scope="module")

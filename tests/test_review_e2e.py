@@ -5,7 +5,6 @@ import re
 from contextlib import contextmanager
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from app_helpers import free_port, tiny_checkpoint
@@ -13,20 +12,9 @@ from skinnet.checkpoint import load_checkpoint
 from skinnet.corrections import read_corrections
 from skinnet.predict import Predictor
 from skinnet.ui import AppSettings, build_app, launch
-from synthetic import lesion_image
+from skinnet_testkit.queues import write_queue
+from skinnet_testkit.synthetic import lesion_image
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
-
-
-def write_queue(folder, n=3, seed=11, prefix="c"):
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        lesion_image(rng, (80, 64), tint=i).save(folder / "img" / f"c{i}_clin.jpg")
-        lesion_image(rng, (72, 72), tint=i + 1).save(folder / "img" / f"c{i}_derm.png")
-        rows.append({"case_id": f"{prefix}{i}", "clinical": f"img/c{i}_clin.jpg", "dermoscopy": f"img/c{i}_derm.png"})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +386,7 @@ def test_images_prediction_and_the_whole_review_form_fit_one_1366x768_screen(ses
 @pytest.fixture(scope="module")
 def derm7pt_session(tmp_path_factory):
     """An app whose queue folder holds a synthetic Derm7pt release (12 cases: 6 train, 3 valid, 3 test)."""
-    from synthetic import make_release
+    from skinnet_testkit.synthetic import make_release
 
     root = tmp_path_factory.mktemp("teaching")
     release = make_release(root / "queues" / "derm7pt", n_cases=12)

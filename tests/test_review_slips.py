@@ -11,7 +11,8 @@ from skinnet.corrections import read_corrections
 from skinnet.imaging import load_rgb, pixel_sha256
 from skinnet.predict import Predictor
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
-from test_review_e2e import choose, reviewer_app, write_queue
+from skinnet_testkit.queues import write_queue
+from test_review_e2e import choose, reviewer_app
 
 SLOW_S = 4.0
 """How long the model takes for the slow case (c1's images), so that a move to it can be watched."""

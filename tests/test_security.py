@@ -17,30 +17,19 @@ from PIL import Image
 
 from app_helpers import app_env, free_port, launched, start_app, stop_app, tiny_checkpoint, write_examples
 from conftest import REAL_DERM7PT, small_disk
-from raw_http import RawClient, Result, fns, noise_png, resembles
+from skinnet_testkit.raw_http import RawClient, Result, fns, noise_png, resembles
 from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections, read_events
 from skinnet.imaging import load_rgb, pixel_sha256
 from skinnet.labels import TASK_NAMES
 from skinnet.ui import AppSettings
-from synthetic import lesion_image, make_release
+from skinnet_testkit.queues import write_manifest
+from skinnet_testkit.synthetic import lesion_image, make_release
 
 # dr_locked is only for the lockout test, dr_t for the teaching test, dr_k for the agreement
 # test: each test that saves or locks a name has its own, so test order does not matter.
 USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789",
          "dr_locked": "pass-l-000", "dr_t": "pass-t-321", "dr_k": "pass-k-654"}
 NOT_YOURS = "not an upload of this session"
-
-
-def write_manifest(folder: Path) -> Path:
-    rng = np.random.default_rng(4)
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for i in range(3):
-        lesion_image(rng, (80, 64), tint=i).save(folder / "img" / f"c{i}_clin.png")
-        lesion_image(rng, (72, 72), tint=i + 2).save(folder / "img" / f"c{i}_derm.png")
-        rows.append({"case_id": f"c{i}", "clinical": f"img/c{i}_clin.png", "dermoscopy": f"img/c{i}_derm.png"})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +287,7 @@ def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server)
 def test_a_derm7pt_meta_csv_in_the_queue_folder_cannot_point_outside_it(tmp_path):
     from skinnet.data import DatasetError
     from skinnet.review_queue import list_queues, open_queue as read_queue
-    from synthetic import make_release
+    from skinnet_testkit.synthetic import make_release
 
     root = tmp_path / "queues"
     release = make_release(root / "derm7pt")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app_helpers import SPACE_OAUTH_ENV, free_port, hf_session_cookie, launched, tiny_checkpoint
-from raw_http import RawClient, fns
+from skinnet_testkit.raw_http import RawClient, fns
 
 ROOT = Path(__file__).resolve().parents[1]
 

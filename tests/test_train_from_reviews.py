@@ -3,24 +3,20 @@ README's command, ``training.train --corrections <log> --init checkpoints/skinne
 on the shipped model. It trains as a refit (the shipped model learnt valid), never on a test case
 (by id, or by the pixels of an upload), and its card names the reviewed cases it used."""
 import secrets
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app_helpers import tiny_checkpoint
-from raw_http import RawClient
+from skinnet_testkit.raw_http import RawClient
 from skinnet.checkpoint import load_checkpoint
 from skinnet.data import Derm7pt
 from skinnet.predict import Predictor
-from synthetic import lesion_image, make_release
+from skinnet_testkit.synthetic import lesion_image, make_release
 from test_review_e2e import reviewer_app
 from test_security import case_shown, fns, save_data
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
+from skinnet.checkpoint import DEFAULT_CHECKPOINT as SHIPPED
 
 
 def save_case(client, config, session, case_id, verdict, corrections=None) -> str:

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import REAL_DERM7PT
+from skinnet.checkpoint import DEFAULT_CHECKPOINT as SHIPPED
 from skinnet.checkpoint import load_checkpoint, save_checkpoint
 from skinnet.labels import TASK_NAMES
 from training import evaluate, train
@@ -244,7 +246,7 @@ cleanup(info)
 
 
 def torchrun(args, cwd, port):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -273,7 +275,7 @@ def test_train_on_corrections(release, tmp_path):
     from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
     from skinnet.data import Derm7pt
     from skinnet.imaging import load_rgb
-    from synthetic import other_lesion_image
+    from skinnet_testkit.synthetic import other_lesion_image
     import numpy as np
 
     data = Derm7pt(release)
@@ -341,10 +343,6 @@ def test_refit_learns_valid_corrections_but_never_test(release, tmp_path):
     assert valid_case.case_id not in {c.case_id for c in cases} and stats["n_skipped_held_out"] == 2
 
 
-sys.path.insert(0, str(ROOT))
-from app import DEFAULT_CHECKPOINT as SHIPPED  # noqa: E402
-from conftest import REAL_DERM7PT  # noqa: E402
-
 
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not SHIPPED.is_file() or not (REAL_DERM7PT / "meta" / "meta.csv").is_file(),
@@ -366,11 +364,11 @@ def test_held_out_images_edited_are_never_trained_on(release, tmp_path):
     mirrored and cropped (issue 27: the perceptual hash alone let these through)."""
     import io
     from PIL import Image
-    from near_duplicates import HARD_EDITS
+    from skinnet_testkit.edits import HARD_EDITS
     from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id
     from skinnet.data import Derm7pt
     from skinnet.imaging import load_rgb
-    from synthetic import other_lesion_image, textured_lesion_image
+    from skinnet_testkit.synthetic import other_lesion_image, textured_lesion_image
     from training.data import training_cases
     import numpy as np
 
@@ -496,7 +494,7 @@ def test_the_near_duplicate_check_takes_any_picture():
     import numpy as np
     from PIL import Image
     from skinnet.near_duplicates import ReferenceImages
-    from synthetic import textured_lesion_image
+    from skinnet_testkit.synthetic import textured_lesion_image
 
     rng = np.random.default_rng(3)
     noise = Image.fromarray(rng.integers(0, 256, (224, 336, 3), dtype=np.uint8))

@@ -1,6 +1,8 @@
 """Metrics: per-task accuracy and its average, DIAG sensitivity/specificity/AUC, calibration."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -64,3 +66,11 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
                 ece += float(inside.float().mean() * (confidence[inside].mean() - correct[inside].mean()).abs())
         errors.append(ece)
     return float(np.mean(errors))
+
+
+def exact_mcnemar(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant cases as a fair coin's tosses."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)

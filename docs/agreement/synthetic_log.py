@@ -4,17 +4,14 @@ run the agreement CLI on it: the example in this folder.
     python docs/agreement/synthetic_log.py     # rewrites docs/agreement/example/
 """
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from skinnet import agreement  # noqa: E402
-from skinnet.corrections import CorrectionsLog, Review, new_event_id  # noqa: E402
-from skinnet.labels import TASKS  # noqa: E402
+from skinnet import agreement
+from skinnet.corrections import CorrectionsLog, Review, new_event_id
+from skinnet.labels import TASKS
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 design set (:func:`non_lesion_images`, 53 pictures that chose the lesion check's features) and a
 held-out set (:func:`held_out_images`, that did not).
 
-    python benchmarks/non_lesion.py --out DIR [--held-out]    # writes the PNGs to look at (not committed)
+    python -m skinnet_testkit.non_lesion --out DIR [--held-out]    # writes the PNGs to look at (not committed)
 
 Sources (nothing is downloaded; each package ships these files under its own licence, so the
 set is rebuilt where it is needed instead of being stored in this repository):
