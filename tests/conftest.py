@@ -8,7 +8,34 @@ import pytest
 
 from skinnet_testkit.synthetic import make_release
 
-REAL_DERM7PT = Path(__file__).resolve().parents[2] / "shared" / "derm7pt"
+REAL_DERM7PT = Path(os.environ.get("SKINNET_DERM7PT") or Path(__file__).resolve().parents[2] / "shared" / "derm7pt")
+"""The real Derm7pt release_v0 (research use only, never in the repository): ``SKINNET_DERM7PT``,
+by default ``../shared/derm7pt`` beside the checkout. Tests that need it are skipped without it."""
+HAVE_REAL_DERM7PT = (REAL_DERM7PT / "meta" / "meta.csv").is_file()
+NEEDS_REAL_DERM7PT = "needs the real Derm7pt release (SKINNET_DERM7PT, default ../shared/derm7pt)"
+needs_real_derm7pt = pytest.mark.skipif(not HAVE_REAL_DERM7PT, reason=NEEDS_REAL_DERM7PT)
+"""Mark a test that reads the real release; the run's summary says how many ran and were skipped."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_derm7pt: reads the real Derm7pt release (needs_real_derm7pt)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(m.kwargs.get("reason") == NEEDS_REAL_DERM7PT for m in item.iter_markers("skipif")):
+            item.add_marker("real_derm7pt")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line in CI's log: how many real-data tests ran, passed and were skipped."""
+    counts = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        counts[outcome] = sum(1 for report in terminalreporter.stats.get(outcome, [])
+                              if "real_derm7pt" in getattr(report, "keywords", {}) and report.when in ("call", "setup"))
+    terminalreporter.write_line(
+        f"real Derm7pt tests ({REAL_DERM7PT}{'' if HAVE_REAL_DERM7PT else ', absent'}): "
+        + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n or outcome in ("passed", "skipped")))
 
 # the suite scores synthetic models on "test": keep those lines out of the committed test log
 os.environ["SKINNET_TEST_LOG"] = str(Path(tempfile.mkdtemp(prefix="skinnet-test-log-")) / "test_log.csv")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REAL_DERM7PT
+from conftest import REAL_DERM7PT, needs_real_derm7pt
 from skinnet.checkpoint import load_checkpoint
 from skinnet.data import Case, Derm7pt
 from skinnet_testkit.synthetic import make_release
@@ -46,7 +46,7 @@ def test_folds_are_stratified_disjoint_cover_every_case_and_are_reproducible():
         assign_folds(cases, 1, seed=0)
 
 
-@pytest.mark.skipif(not (REAL_DERM7PT / "meta" / "meta.csv").is_file(), reason="needs the real Derm7pt release")
+@needs_real_derm7pt
 def test_real_folds_cover_the_616_train_and_valid_cases(tmp_path):
     data = Derm7pt(REAL_DERM7PT)
     folds = crossval.ensure_folds(tmp_path, data, 5, 0)

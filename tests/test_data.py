@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REAL_DERM7PT
+from conftest import REAL_DERM7PT, needs_real_derm7pt
 from skinnet.data import Derm7pt, DatasetError
 from skinnet.imaging import load_rgb
 from skinnet.transforms import BatchAugment, ImageCache, eval_transform
@@ -93,7 +93,7 @@ def test_image_cache_and_batch_augment(release):
     assert torch.equal(plain, augment(cache.dermoscopy, train=False))
 
 
-@pytest.mark.skipif(not (REAL_DERM7PT / "meta" / "meta.csv").is_file(), reason="real Derm7pt not present")
+@needs_real_derm7pt
 def test_real_release_official_split():
     data = Derm7pt(REAL_DERM7PT)
     assert [len(data.split(s)) for s in ("train", "valid", "test")] == [413, 203, 395]

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REAL_DERM7PT
+from conftest import REAL_DERM7PT, needs_real_derm7pt
 from skinnet.labels import (NUM_OUTPUTS, TASK_BY_NAME, TASKS, seven_point_meaning, seven_point_score,
                             split_logits)
 from skinnet_testkit.synthetic import ALL_RAW_VALUES
@@ -31,7 +31,7 @@ def test_every_raw_value_groups_and_round_trips():
             assert task.class_index(task.raw_value(index)) == index
 
 
-@pytest.mark.skipif(not (REAL_DERM7PT / "meta" / "meta.csv").is_file(), reason="real Derm7pt not present")
+@needs_real_derm7pt
 def test_every_value_in_the_real_meta_csv_groups():
     meta = pd.read_csv(REAL_DERM7PT / "meta" / "meta.csv", dtype=str)
     for task in TASKS:

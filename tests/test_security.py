@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from app_helpers import app_env, free_port, launched, start_app, stop_app, tiny_checkpoint, write_examples
-from conftest import REAL_DERM7PT, small_disk
+from conftest import REAL_DERM7PT, needs_real_derm7pt, small_disk
 from skinnet_testkit.raw_http import RawClient, Result, fns, noise_png, resembles
 from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections, read_events
 from skinnet.imaging import load_rgb, pixel_sha256
@@ -669,7 +669,7 @@ def test_visitors_inventing_sessions_cannot_push_a_reviewers_images_out(tmp_path
     assert Path(mine).is_file()
 
 
-@pytest.mark.skipif(not REAL_DERM7PT.is_dir(), reason="needs the real Derm7pt release at ../shared/derm7pt")
+@needs_real_derm7pt
 def test_a_test_image_cropped_and_uploaded_as_an_own_pair_is_never_trained_on(server, tmp_path, caplog):
     """The attack as reported: Derm7pt test case 232, both images cropped by 10% per side,
     uploaded as "My own pair" and saved with DIAG = MEL by raw HTTP; then a training run on the

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REAL_DERM7PT
+from conftest import REAL_DERM7PT, needs_real_derm7pt
 from skinnet.checkpoint import DEFAULT_CHECKPOINT as SHIPPED
 from skinnet.checkpoint import load_checkpoint, save_checkpoint
 from skinnet.labels import TASK_NAMES
@@ -345,8 +345,7 @@ def test_refit_learns_valid_corrections_but_never_test(release, tmp_path):
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(not SHIPPED.is_file() or not (REAL_DERM7PT / "meta" / "meta.csv").is_file(),
-                    reason="needs the shipped checkpoint and the real Derm7pt release")
+@needs_real_derm7pt
 def test_shipped_checkpoint_reproduces_its_card_on_real_test_split(tmp_path):
     _, card = load_checkpoint(SHIPPED)
     record = evaluate.main(["--checkpoint", str(SHIPPED), "--data-root", str(REAL_DERM7PT), "--split", "test",
