@@ -11,6 +11,7 @@
 """
 import ast
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -31,14 +32,16 @@ def modules(package) -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + "."))
 
 
-def loaded_after_importing(names: list[str]) -> dict[str, list[str]]:
+def loaded_after_importing(names: list[str], preload: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """For each module: the top-level packages in sys.modules after importing it alone. One fresh
     interpreter, started outside the checkout (only installed packages can be found), imports the
-    heavy third-party packages none of the rules is about (torch, numpy, PIL) and then forks a child
-    per module, so each import starts from that same clean state."""
+    heavy third-party packages none of the rules is about (torch, numpy, PIL, and ``preload``) and
+    then forks a child per module, so each import starts from that same clean state."""
     code = """
 import contextlib, importlib, io, json, os, sys
 import numpy, PIL.Image, torch
+for name in os.environ.get("PRELOAD", "").split():
+    importlib.import_module(name)
 baseline = set(sys.modules)
 for name in sys.argv[1:]:
     read, write = os.pipe()
@@ -61,7 +64,8 @@ for name in sys.argv[1:]:
     os.wait()
     print(json.dumps({"name": name, **json.loads(text)}))
 """
-    out = subprocess.run([sys.executable, "-c", code, *names], cwd="/", capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, *names], cwd="/", capture_output=True, text=True,
+                         env={**os.environ, "PRELOAD": " ".join(preload)})
     assert out.returncode == 0, out.stderr[-2000:]
     result = {}
     for line in out.stdout.splitlines():
@@ -82,9 +86,18 @@ def test_the_walk_finds_every_library_module():
     assert names == set(LIBRARY) | {"skinnet"}
 
 
+def is_ui(name: str) -> bool:
+    return name == "skinnet.ui" or name.startswith("skinnet.ui.")
+
+
 @pytest.fixture(scope="module")
 def library_imports():
-    return loaded_after_importing(["skinnet", *LIBRARY])
+    """Third-party packages no rule is about are loaded once before the children fork, and the
+    UI's modules start with gradio loaded (they may load it): loading them again per module took
+    two minutes."""
+    heavy = ("pandas", "timm", "cv2", "matplotlib.pyplot", "pytorch_grad_cam", "safetensors.torch")  # no rule on them
+    return {**loaded_after_importing(["skinnet", *(m for m in LIBRARY if not is_ui(m))], preload=heavy),
+            **loaded_after_importing([m for m in LIBRARY if is_ui(m)], preload=(*heavy, "gradio"))}
 
 
 def test_no_library_module_loads_training_benchmarks_tests_or_the_app(library_imports):
@@ -94,7 +107,7 @@ def test_no_library_module_loads_training_benchmarks_tests_or_the_app(library_im
 
 def test_only_the_ui_loads_gradio(library_imports):
     for name, loaded in library_imports.items():
-        if name == "skinnet.ui" or name.startswith("skinnet.ui."):
+        if is_ui(name):
             continue
         assert not set(loaded) & set(UI_ONLY), (name, sorted(set(loaded) & set(UI_ONLY)))
 
@@ -106,7 +119,8 @@ def test_import_skinnet_loads_neither_gradio_nor_training_nor_grad_cam():
 
 
 def test_training_never_loads_the_ui_the_tests_or_benchmarks():
-    for name, loaded in loaded_after_importing(modules(training)).items():
+    heavy = ("pandas", "timm", "cv2", "matplotlib.pyplot", "sklearn", "scipy")  # no rule is about them
+    for name, loaded in loaded_after_importing(modules(training), preload=heavy).items():
         assert not set(loaded) & {"gradio", "benchmarks", "tests", "skinnet_testkit", "app"}, name
 
 
