@@ -142,3 +142,8 @@ def seven_point_meaning(score: int) -> str:
     if score >= SEVEN_POINT_THRESHOLD:
         return f"{score} (>= {SEVEN_POINT_THRESHOLD} suggests melanoma)"
     return f"{score} (< {SEVEN_POINT_THRESHOLD}: melanoma not suggested by the checklist)"
+
+
+NO_LABEL = -1
+"""A task's label index where nobody labelled it (a reviewed upload's unreviewed tasks): the loss
+leaves it out (skinnet/loss.py)."""

@@ -68,7 +68,7 @@ def test_a_task_without_a_label_is_left_out_of_its_term():
     the samples that have a label, as if the others were not in the batch."""
     import torch.nn.functional as F
 
-    from skinnet.corrections import NO_LABEL
+    from skinnet.labels import NO_LABEL
     from skinnet.labels import TASKS, split_logits
     from skinnet.loss import task_cross_entropy
 

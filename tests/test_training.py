@@ -310,7 +310,7 @@ def test_train_on_corrections(release, tmp_path):
                     "--corrections", str(log.path), "--strict-corrections", *FAST])
     # what training learns: the reviewed task changes, a task not reviewed keeps the reference
     # label (Derm7pt) or has none (an upload: the loss skips it)
-    from skinnet.corrections import NO_LABEL
+    from skinnet.labels import NO_LABEL
     from training.data import training_cases
     args = train.parse_args(["--data-root", str(release), "--out", str(out), "--corrections", str(log.path)])
     cases = {c.case_id: c for c in training_cases(data, args)[0]}

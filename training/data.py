@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 from skinnet.checkpoint import file_sha256, read_card
-from skinnet.corrections import (CorrectionsError, correction_case, current_labels, log_files, log_folder,
+from skinnet.corrections import (CaseLabels, CorrectionsError, current_labels, log_files, log_folder,
                                  read_corrections, where)
 from skinnet.data import SPLITS, Case, Derm7pt
-from skinnet.labels import TASKS
+from skinnet.labels import NO_LABEL, TASKS
 from skinnet.imaging import load_rgb
 from skinnet.near_duplicates import ReferenceImages
 
@@ -59,6 +59,31 @@ def base_cases(data: Derm7pt, args) -> tuple[list[Case], list[Case], list[Case]]
     learnt = [case for split in trained_splits(args.refit) for case in data.split(split)[:args.limit_cases]]
     held_out = [case for split in held_out_splits(args.refit) for case in data.split(split)]
     return stratified_subset(learnt, args.train_fraction, args.seed), data.split("valid")[:args.limit_cases], held_out
+
+
+def correction_case(entry: CaseLabels, folder: Path) -> Case:
+    """A training case from the current labels of an uploaded (non-Derm7pt) case; tasks no
+    reviewer labelled are :data:`NO_LABEL`.
+
+    Raises:
+        CorrectionsError: no stored dermoscopy image, a stored image is missing, or no task
+            has a label.
+    """
+    row = entry.latest
+    if not row["derm"]:
+        raise CorrectionsError(f"{where(row)}: case {entry.case_id} has no dermoscopy image; "
+                               "training needs one")
+    if not entry.labels:
+        raise CorrectionsError(f"{where(row)}: case {entry.case_id} has no labelled task")
+    derm = folder / row["derm"]
+    clinical = folder / row["clinic"] if row["clinic"] else derm
+    for image in {derm, clinical}:
+        if not image.is_file():
+            raise CorrectionsError(f"{where(row)}: stored image {row['derm'] if image == derm else row['clinic']} "
+                                   "is missing")
+    labels = tuple(t.classes.index(entry.labels[t.name]) if t.name in entry.labels else NO_LABEL for t in TASKS)
+    return Case(case_id=entry.case_id, clinical_path=clinical, dermoscopy_path=derm, labels=labels,
+                clinic_is_derm=not row["clinic"])
 
 
 class HeldOutImages:

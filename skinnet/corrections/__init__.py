@@ -7,7 +7,7 @@
 - ``export``: current labels per case (rules ``latest``/``majority``), the meta.csv export,
   training cases from reviewed uploads, and ``python -m skinnet.corrections``.
 """
-from .export import (EXPORT_COLUMNS, NO_LABEL, CaseLabels, correction_case, current_labels, export_meta_csv,
+from .export import (EXPORT_COLUMNS, CaseLabels, current_labels, export_meta_csv,
                      latest_reviews, main)
 from .schema import (BASE_COLUMNS, CHANGED, COLUMNS, CONFIRMED, EVENT_ID, FINE_COLUMNS, LABELLED_VERDICTS,
                      LEGACY_COLUMNS, MAX_FIELD, MAX_NOTE, MODEL_COLUMNS, NO_CHANGE, NOT_REVIEWED, RETRACT, REVEAL,
@@ -18,8 +18,8 @@ from .storage import IMAGE_DIR, LEGACY_LOG, SHARDS, CorrectionsLog, log_files, l
 
 __all__ = ["BASE_COLUMNS", "CHANGED", "COLUMNS", "CONFIRMED", "EVENT_ID", "EXPORT_COLUMNS", "FINE_COLUMNS",
            "IMAGE_DIR", "LABELLED_VERDICTS", "LEGACY_COLUMNS", "LEGACY_LOG", "MAX_FIELD", "MAX_NOTE",
-           "MODEL_COLUMNS", "NO_CHANGE", "NO_LABEL", "NOT_REVIEWED", "RETRACT", "REVEAL", "SHARDS", "SOURCES",
+           "MODEL_COLUMNS", "NO_CHANGE", "NOT_REVIEWED", "RETRACT", "REVEAL", "SHARDS", "SOURCES",
            "STATUS_COLUMNS", "VERDICTS", "CaseLabels", "CorrectionsError", "CorrectionsLog", "Problem", "Review",
-           "check_row", "correction_case", "current_labels", "export_meta_csv", "fine_choices", "from_legacy",
+           "check_row", "current_labels", "export_meta_csv", "fine_choices", "from_legacy",
            "is_answer", "latest_reviews", "log_files", "log_folder", "main", "neutralise", "new_event_id",
            "read_corrections", "read_events", "restore", "split_answer", "standing_reviews", "task_labels", "where"]

@@ -7,9 +7,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import Case
 from ..labels import LABEL_COLUMNS, TASK_NAMES, TASKS
-from .schema import LABELLED_VERDICTS, CorrectionsError, neutralise, task_labels, where
+from .schema import LABELLED_VERDICTS, CorrectionsError, neutralise, task_labels
 from .storage import read_corrections
 
 
@@ -102,35 +101,6 @@ def export_meta_csv(rows: list[dict[str, str]], target: str | Path, rule: str = 
                               *(entry.fine.get(t.name, "") for t in TASKS), row["verdict"], len(entry.reviewers),
                               ";".join(entry.reviewers), ";".join(entry.disagreement), ";".join(entry.ties)]])
     return target
-
-
-NO_LABEL = -1
-"""A task's label index where no reviewer labelled it (the loss skips it)."""
-
-
-def correction_case(entry: CaseLabels, folder: Path) -> Case:
-    """A training case from the current labels of an uploaded (non-Derm7pt) case; tasks no
-    reviewer labelled are :data:`NO_LABEL`.
-
-    Raises:
-        CorrectionsError: no stored dermoscopy image, a stored image is missing, or no task
-            has a label.
-    """
-    row = entry.latest
-    if not row["derm"]:
-        raise CorrectionsError(f"{where(row)}: case {entry.case_id} has no dermoscopy image; "
-                               "training needs one")
-    if not entry.labels:
-        raise CorrectionsError(f"{where(row)}: case {entry.case_id} has no labelled task")
-    derm = folder / row["derm"]
-    clinical = folder / row["clinic"] if row["clinic"] else derm
-    for image in {derm, clinical}:
-        if not image.is_file():
-            raise CorrectionsError(f"{where(row)}: stored image {row['derm'] if image == derm else row['clinic']} "
-                                   "is missing")
-    labels = tuple(t.classes.index(entry.labels[t.name]) if t.name in entry.labels else NO_LABEL for t in TASKS)
-    return Case(case_id=entry.case_id, clinical_path=clinical, dermoscopy_path=derm, labels=labels,
-                clinic_is_derm=not row["clinic"])
 
 
 def main(argv: list[str] | None = None) -> None:
