@@ -981,3 +981,50 @@ def test_a_foreign_review_log_is_named_in_words_not_by_its_server_path(tmp_path)
         assert not answer.success and "review log" in (answer.error or ""), answer.raw
         assert str(tmp_path) not in json.dumps(answer.raw), answer.error
     assert foreign.read_text() == "patient,diagnosis\nJane Doe,MEL\n"
+
+
+def test_every_event_returns_as_many_values_as_its_outputs(server):
+    """A handler's returned tuple and its output list in layout.py are written apart, and Gradio
+    ignores extra values with a warning and hides a short tuple's error from the page: every
+    event of the page, called by raw HTTP with its inputs' current values in a reviewer's session
+    with a case open, returns exactly as many values as its event has outputs."""
+    import functools
+
+    app = server["app"]
+    mismatched, returned = [], set()
+
+    def counted(index, block_fn):
+        original = block_fn.fn
+
+        @functools.wraps(original)
+        def run(*args, **kwargs):
+            result = original(*args, **kwargs)
+            if len(block_fn.outputs) > 1 and isinstance(result, (tuple, list)):
+                returned.add(index)
+                if len(result) != len(block_fn.outputs):
+                    mismatched.append((block_fn.name, len(block_fn.outputs), len(result)))
+            return result
+        return original, run
+
+    originals = {}
+    for index, block_fn in app.fns.items():
+        if block_fn.fn is not None:
+            originals[index], block_fn.fn = counted(index, block_fn)
+    try:
+        client, session = RawClient(server["url"], "dr_a", USERS["dr_a"]), secrets.token_hex(6)
+        config = client.config()
+        assert open_first_case(client, config, session).success
+        props = {c["id"]: c for c in config["components"]}
+        for index, dependency in enumerate(config["dependencies"]):
+            if index not in originals:
+                continue
+            data = [None if props[i].get("type") == "state" else props[i].get("props", {}).get("value")
+                    for i in dependency["inputs"]]
+            select = any(trigger == "select" for _, trigger in dependency["targets"])
+            client.call(index, data, session, event_data={"index": 0, "value": None} if select else None)
+    finally:
+        for index, original in originals.items():
+            app.fns[index].fn = original
+    assert not mismatched, mismatched
+    multi = {i for i, f in app.fns.items() if f.fn is not None and len(f.outputs) > 1}
+    assert len(returned) >= 0.8 * len(multi), (len(returned), len(multi))  # most events returned normally
