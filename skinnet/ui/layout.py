@@ -66,7 +66,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             if settings.hf_reviewers:
                 gr.LoginButton(scale=0, elem_id="hf-login")
         gr.Markdown(DISCLAIMER, elem_classes=["disclaimer"])
-        gr.Markdown(INTRO, elem_id="intro")
+        if demo:  # a visitor is told what to upload; reviewers have the form and its help instead
+            gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs() as tabs:
             with gr.Tab("Review", id="review"):
                 with gr.Row(visible=not demo):
