@@ -425,6 +425,9 @@ def test_a_derm7pt_queue_opens_on_test_filters_by_split_and_teaching_reveals_lab
         page.locator("#open-queue").click()
         expect(page.locator("#queue-status")).to_contain_text("Showing 3 of 12 cases (test split)", timeout=60_000)
         expect(page.locator("#filter-split input[value=test]")).to_be_checked()
+        # the first test case is on screen before the reviewer filters (a filter changed while a
+        # case still loads is undone when it arrives: every step returns the whole session)
+        expect(page.locator("#case-header")).to_contain_text("1 of 3", timeout=60_000)
         page.locator("#filter-split input[value=valid]").check()
         expect(page.locator("#queue-status")).to_contain_text("Showing 3 of 12 cases (valid split)", timeout=60_000)
         shown = set(re.findall(r"^\d+\n(\d+)\nderm7pt$", page.locator("#queue-table").inner_text(), re.M))
