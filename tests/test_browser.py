@@ -36,10 +36,9 @@ def test_upload_pair_see_predictions_and_maps(browser, app_url, tmp_path):
     clinical, derm = write_pair(tmp_path, seed=3)
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     page.goto(app_url)
-    page.locator("#clinical-input input[type=file]").set_input_files(str(clinical))
-    page.locator("#dermoscopy-input input[type=file]").set_input_files(str(derm))
     # the upload handler swaps each original for its de-identified PNG
-    page.wait_for_function("document.querySelectorAll('#clinical-input img, #dermoscopy-input img').length >= 2")
+    _upload(page, "clinical", clinical)
+    _upload(page, "dermoscopy", derm)
     page.locator("#analyse").click()
     page.get_by_text("Fused head:").wait_for(timeout=60_000)
     page.locator("#gradcam-dermoscopy img").wait_for(timeout=60_000)
@@ -62,8 +61,7 @@ def test_one_image_says_which_head(browser, app_url, tmp_path):
     _, derm = write_pair(tmp_path, seed=4)
     page = browser.new_page()
     page.goto(app_url)
-    page.locator("#dermoscopy-input input[type=file]").set_input_files(str(derm))
-    page.wait_for_function("document.querySelectorAll('#dermoscopy-input img').length >= 1")
+    _upload(page, "dermoscopy", derm)  # the clean copy is in: the upload's clearing cannot wipe the answer
     page.locator("#analyse").click()
     page.get_by_text("Dermoscopy head:").wait_for(timeout=60_000)
     assert "Only the dermoscopy image was given" in page.locator("#summary").inner_text()

@@ -371,7 +371,11 @@ def test_images_prediction_and_the_whole_review_form_fit_one_1366x768_screen(ses
         start_own_pair(page, settings)
         for slot, path in (("clinical", clinical), ("dermoscopy", derm)):
             page.locator(f"#{slot}-input input[type=file]").set_input_files(str(path))
-            page.wait_for_function(f"document.querySelectorAll('#{slot}-input img').length >= 1")
+            # the server's clean copy (named by its pixels' SHA-256) has replaced the preview: the
+            # upload's clearing of the last answer cannot land after the analysis
+            page.wait_for_function(f"(() => {{ const im = document.querySelector('#{slot}-input img');"
+                                   " return !!im && /[0-9a-f]{64}\\.png/.test(decodeURIComponent(im.src)); })()",
+                                   timeout=60_000)
         page.locator("#analyse").click()
         page.get_by_text("Fused head:").wait_for(timeout=60_000)
         page.evaluate("window.scrollTo(0, 0)")
