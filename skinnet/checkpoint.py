@@ -250,6 +250,23 @@ def save_checkpoint(model: SingleSharedNet, card: ModelCard, path: str | Path,
     return weights
 
 
+def update_card(card: ModelCard, path: str | Path) -> Path:
+    """Rewrite only the card beside saved weights, for fields the weights do not bind (metrics,
+    the training record): the weights file, and so its hash, stay as they are (re-saving equal
+    tensors can change the file's bytes: safetensors writes its metadata in no fixed order).
+
+    Raises:
+        ValueError: the card's inference fields differ from those the weights were saved with.
+    """
+    weights = Path(path).with_suffix(".safetensors")
+    with safe_open(str(weights), "pt") as handle:
+        bound = json.loads((handle.metadata() or {}).get(CONTRACT_KEY, "null"))
+    if bound != inference_contract(card):
+        raise ValueError(f"{weights.name}: the card's inference fields changed; save the checkpoint instead")
+    write_atomically(card_path(weights), card.to_json(), mode=0o644)
+    return weights
+
+
 def read_card(path: str | Path) -> ModelCard:
     """The card of a checkpoint (``.safetensors`` or ``.json`` path), checked against the schema.
 

@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from skinnet.backbones import normalization
-from skinnet.checkpoint import ModelCard, file_sha256, load_checkpoint, save_checkpoint
+from skinnet.checkpoint import ModelCard, file_sha256, load_checkpoint, save_checkpoint, update_card
 from skinnet.data import Derm7pt
 from skinnet.loss import MultiModalLoss
 from skinnet.model import count_parameters, create_model
@@ -380,7 +380,7 @@ def finish(run: Run, trainer: Trainer) -> Path:
         metrics["test"] = evaluate_model(kept, card, run.data.split("test"), split="test", device=device,
                                          figures=out, checkpoint=checkpoint, command=run.command)
     card.metrics = {split: card_summary(record) for split, record in metrics.items()}
-    save_checkpoint(kept, card, checkpoint)
+    update_card(card, checkpoint)  # the weights stay the file whose hash the test log holds
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     log.info("kept epoch %s: valid avg %.4f%s", card.training["best_epoch"], metrics["valid"]["avg"],
              f", test avg {metrics['test']['avg']:.4f}" if "test" in metrics else "")
