@@ -65,6 +65,8 @@ def main(argv=None) -> dict:
     pairs = [(load_rgb(c.clinical_path), load_rgb(c.dermoscopy_path)) for c in cases]
     record = {"checkpoint": predictor.version, "image_size": predictor.card.image_size,
               "tta": predictor.card.tta, "threads": args.threads,
+              "turn_rule": "a model call others are queued behind runs on 1 intra-op thread, one alone on all "
+                           "(Predictor.turn)",
               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"}
     if not args.serving_only:
         record.update(case_latencies(predictor, pairs))

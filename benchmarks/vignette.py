@@ -72,7 +72,7 @@ def dermoscopy_cam(predictor, image: Image.Image):
 
     prediction = predictor.predict(None, image).heads["dermoscopy"]
     cls = prediction.classes["DIAG"]
-    with predictor.lock:
+    with predictor.turn():
         heat = gradcam_map(predictor, predictor.pair_encoding(None, image), "dermoscopy", "dermoscopy",
                            LogitTarget("DIAG", cls))
     return heat, cls, prediction.probabilities["DIAG"]["MEL"]

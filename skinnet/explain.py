@@ -277,7 +277,7 @@ def explain(predictor: Predictor, clinical: Image.Image | None, dermoscopy: Imag
     shown = {m: _shrunk(images[m], OVERLAY_SIZE) for m in given}
     result = Explanation({}, {}, f"{head} head, {task} = {class_name}")
     encoding = predictor.pair_encoding(clinical, dermoscopy)
-    with predictor.lock:  # grad-cam's hooks must see only this request's passes
+    with predictor.turn():  # grad-cam's hooks must see only this request's passes
         for modality in given:
             if head not in (modality, "fused"):
                 continue

@@ -353,7 +353,7 @@ def test_explaining_a_pair_the_micro_batcher_predicted(tmp_path):
     done = []
 
     def explain_holding_the_lock():
-        with batched.lock:
+        with batched.turn():
             done.append(explain(batched, *images))
 
     try:
@@ -364,6 +364,63 @@ def test_explaining_a_pair_the_micro_batcher_predicted(tmp_path):
         explain(batched, *images)
         assert len(stem_calls) == 1
     finally:
+        hook.remove()
+
+
+def test_a_model_call_alone_gets_every_thread_and_one_others_wait_behind_gets_one(tmp_path):
+    """The load rule of ``Predictor.turn``, seen from inside the encoder on real forward passes:
+    a call nobody waits behind runs on all of the predictor's threads; a call that another is
+    queued behind runs on one; a re-entered turn keeps its threads; afterwards the caller's own
+    setting is back and no one is counted as waiting."""
+    import threading
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path))
+    predictor.threads = 2
+    images = [Image.open(p).convert("RGB") for p in write_pair(tmp_path, 4)]
+    seen = []
+    hook = predictor.model.encoder.stages[0].register_forward_hook(
+        lambda m, a, o: seen.append((threading.current_thread().name, torch.get_num_threads())))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with predictor.turn():
+            holding.set()
+            release.wait(30)
+
+    def call(pair=images):
+        predictor.predict(*pair)
+
+    try:
+        torch.set_num_threads(1)
+        call()
+        assert seen == [("MainThread", 2)] and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        predictor.forget()
+        with predictor.turn():
+            with predictor.turn():
+                call()
+        assert seen[-1] == ("MainThread", 2)
+        holder = threading.Thread(target=hold, name="holder")
+        holder.start()
+        assert holding.wait(30)
+        predictor.forget()
+        pairs = [images, [images[0], images[1].rotate(90)]]  # two pairs: neither remembers the other's answer
+        queued = [threading.Thread(target=call, args=(pair,), name=f"queued{k}") for k, pair in enumerate(pairs)]
+        for thread in queued:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while predictor._waiting < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert predictor._waiting == 3  # the holder and the two queued behind it
+        release.set()
+        holder.join(30)
+        for thread in queued:
+            thread.join(60)
+        # the first to get the model had the other behind it: one thread; the last was alone
+        assert sorted(n for name, n in seen[2:]) == [1, 2] and {name for name, _ in seen[2:]} == {"queued0", "queued1"}
+        assert predictor._waiting == 0 and torch.get_num_threads() == 2
+    finally:
+        release.set()
         hook.remove()
 
 
