@@ -203,6 +203,50 @@ def test_nothing_to_undo_is_a_message_and_marks_no_field(page, app_, tmp_path):
     expect(page.locator("#save-status")).to_contain_text("Saved: unsure for case c0", timeout=60_000)
 
 
+def test_a_filter_picked_while_a_case_loads_waits_and_the_shown_filter_is_the_one_moves_follow(page, app_, tmp_path):
+    """c0 reviewed; a click on c1's row, and at once on "unreviewed" while c1 loads. That filter
+    used to show as picked, then the case's arrival undid it on the server: the arrows walked the
+    whole queue under an "unreviewed" filter. Now the filters are dimmed and take no click until
+    the case is in; the filter on screen is the one the arrows follow, before and after."""
+    from playwright.sync_api import expect
+
+    settings, _ = app_
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    expect(page.locator("#save-status")).to_contain_text("Saved: agree for case c0", timeout=60_000)
+    page.get_by_role("tab", name="Queue").click()
+    click_row(page, "c3")  # from c3 the app prepares c4, not c1
+    wait_for_case(page, "c3")
+    page.get_by_role("tab", name="Queue").click()
+    click_row(page, "c1")  # c1 takes SLOW_S to predict
+    expect(page.locator("body")).to_have_class(re.compile("case-loading"), timeout=5_000)
+    unreviewed = page.locator("#filter-status input[value=unreviewed]")
+    page.locator("#filter-status").get_by_text("unreviewed", exact=True).click(force=True)
+    page.screenshot(path=str(tmp_path / "filter_while_loading.png"))
+    wait_for_case(page, "c1")
+    page.get_by_role("tab", name="Queue").click()
+    expect(page.locator("#filter-status input[value=all]")).to_be_checked()
+    expect(unreviewed).not_to_be_checked()
+    page.get_by_role("tab", name="Review").click()
+    page.keyboard.press("ArrowLeft")  # the queue on screen is all cases: c0 comes before c1
+    wait_for_case(page, "c0")
+
+    # picked once the case is in, the filter holds through the moves that follow
+    page.get_by_role("tab", name="Queue").click()
+    page.locator("#filter-status").get_by_text("unreviewed", exact=True).click()
+    expect(page.locator("#queue-status")).to_contain_text("Showing 4 of 5 cases (unreviewed by you)", timeout=60_000)
+    click_row(page, "c2")
+    wait_for_case(page, "c2")
+    page.keyboard.press("ArrowLeft")
+    wait_for_case(page, "c1")
+    page.keyboard.press("ArrowLeft")  # c1 is the first unreviewed case: no step back to c0
+    time.sleep(1.0)
+    expect(page.locator("#case-header")).to_contain_text("case c1 (")
+    page.get_by_role("tab", name="Queue").click()
+    expect(unreviewed).to_be_checked()
+    assert [r["case_id"] for r in rows(settings)] == ["c0"]
+
+
 def test_digit_keys_show_beside_choices_and_typing_filters_diags_24_values(page, app_, tmp_path):
     from playwright.sync_api import expect
 

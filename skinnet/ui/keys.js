@@ -3,7 +3,7 @@
   const CHOICES = __CHOICES__;  // per task, the labels of its form choices in order: the digit keys' targets
   const HELP = __SHORTCUTS__;
   const NAVIGATION = '#next-case, #prev-case, #next-unreviewed, #own-images, #open-queue, #order-queue, ' +
-    '#queue-table tbody td';
+    '#queue-table tbody td, #queue-table [data-testid^="cell-"]';  // Gradio 6 draws the table's cells as divs
   let cursor = 0;  // each case starts on DIAG
   let readyToken = null;
   let loadingTimer = null;
@@ -38,8 +38,9 @@
   document.addEventListener('click', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target) return;
-    if (loading() && target.closest('#save-review, #undo-save, #review-form')) {
-      event.preventDefault(); event.stopImmediatePropagation(); return;  // not the new case's form yet
+    if (loading() && target.closest('#save-review, #undo-save, #review-form, #queue-filters')) {
+      // not the new case's form yet; a filter picked now would be undone by the case's arrival
+      event.preventDefault(); event.stopImmediatePropagation(); return;
     }
     if (target.closest(NAVIGATION)) startLoading();
   }, true);

@@ -193,7 +193,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                         open_button = gr.Button("Open queue", elem_id="open-queue", interactive=saving, scale=1)
                         order_button = gr.Button("Least sure first", elem_id="order-queue", interactive=saving,
                                                  scale=1)
-                    with gr.Row():
+                    with gr.Row(elem_id="queue-filters"):
                         split_filter = gr.Radio(list(review.SPLIT_CHOICES), value="all", label="Derm7pt split",
                                                 elem_id="filter-split", scale=2)
                         status_filter = gr.Radio(list(review.STATUS_CHOICES), value="all", label="Your reviews",
