@@ -23,6 +23,7 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +58,8 @@ def main(argv=None) -> dict:
     p.add_argument("--clients", default="1,10,30", help="concurrent /predict clients ('' skips throughput)")
     p.add_argument("--calls", type=int, default=60, help="calls per throughput measurement (all clients)")
     p.add_argument("--serving-only", action="store_true", help="skip the per-case latencies (model alone and app only)")
+    p.add_argument("--turn-rule-pairs", type=int, default=4,
+                   help="alternating runs at 10 clients with and without Predictor.turn's rule (0 skips)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -84,6 +87,8 @@ def main(argv=None) -> dict:
         print(f"model alone: {before['pairs_per_s']:.2f} pairs/s before the app's runs, {after['pairs_per_s']:.2f} after; "
               "x model: " + ", ".join(f"{r['clients']} clients {r['ratio_to_model']:.2f}"
                                       for r in record["throughput"].values()))
+        if args.turn_rule_pairs:
+            record["turn_rule_ab"] = turn_rule_ab(predictor, paired, 10, 120, args.turn_rule_pairs)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(record, indent=2))
     return record
@@ -172,9 +177,9 @@ def model_alone(predictor: Predictor, pairs, seconds: float = 20.0) -> dict:
     return result
 
 
-def throughput(predictor: Predictor, cases, clients: list[int], calls: int, model_rate: float) -> dict:
-    """``/predict`` calls per second through the launched app for each number of concurrent raw
-    HTTP clients, against the model's own rate (pairs/s, same run)."""
+@contextmanager
+def served(predictor: Predictor, cases):
+    """The app launched around ``predictor``: (its URL, a folder of the cases' JPEGs)."""
     import socket
     import tempfile
 
@@ -190,16 +195,22 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int, mode
     settings = AppSettings(checkpoint=Path(predictor.card.name), port=port, log_dir=folder / "log")
     app = build_app(predictor, settings)
     launch(app, settings, prevent_thread_lock=True, quiet=True)
-    url = f"http://127.0.0.1:{port}"
-    results = {}
     try:
+        yield f"http://127.0.0.1:{port}", folder
+    finally:
+        app.close()
+
+
+def throughput(predictor: Predictor, cases, clients: list[int], calls: int, model_rate: float) -> dict:
+    """``/predict`` calls per second through the launched app for each number of concurrent raw
+    HTTP clients, against the model's own rate (pairs/s, same run)."""
+    results = {}
+    with served(predictor, cases) as (url, folder):
         for n in clients:
             predictor.forget()
             run, server_cpu_s = client_process(url, n, max(1, calls // n), folder)
             results[f"clients_{n}"] = {"clients": n, **run, **cpu_ceiling(server_cpu_s, run),
                                        "ratio_to_model": run["calls_per_s"] / model_rate}
-    finally:
-        app.close()
     print(f"\n{'/predict, raw HTTP clients':<28}{'calls/s':>9}{'x model':>9}{'median s':>10}{'p90 s':>8}"
           f"{'errors':>8}{'CPU ms/call server + clients':>30}")
     print(f"{'model alone (no server)':<28}{model_rate:9.2f}{1.0:9.2f}")
@@ -207,6 +218,35 @@ def throughput(predictor: Predictor, cases, clients: list[int], calls: int, mode
         print(f"{key.replace('_', ' '):<28}{r['calls_per_s']:9.2f}{r['ratio_to_model']:9.2f}{r['median_s']:10.2f}"
               f"{r['p90_s']:8.2f}{r['errors']:8d}{r['server_cpu_ms_per_call']:17.0f} + {r['client_cpu_ms_per_call']:<10.1f}")
     return results
+
+
+def turn_rule_ab(predictor: Predictor, cases, clients: int, calls: int, pairs: int) -> dict:
+    """The same launched app with and without ``Predictor.turn``'s rule (a call others are queued
+    behind on one thread), alternating ``pairs`` times (ABBA...), ``calls`` calls each: this
+    machine's speed drifts by 10-15% within minutes, so only paired runs compare."""
+    runs = {"with_rule": [], "without_rule": []}
+    with served(predictor, cases) as (url, folder):
+        try:
+            for k in range(pairs):
+                for mode in (("with_rule", "without_rule") if k % 2 == 0 else ("without_rule", "with_rule")):
+                    predictor.threads_when_queued = 1 if mode == "with_rule" else None
+                    predictor.forget()
+                    run, _ = client_process(url, clients, max(1, calls // clients), folder)
+                    runs[mode].append(run)
+        finally:
+            predictor.threads_when_queued = 1
+    rates = {mode: [r["calls_per_s"] for r in found] for mode, found in runs.items()}
+    gains = [a / b for a, b in zip(rates["with_rule"], rates["without_rule"])]
+    result = {"clients": clients, "calls_each": max(1, calls // clients) * clients, "pairs": pairs,
+              "errors": sum(r["errors"] for found in runs.values() for r in found),
+              **{f"{mode}_calls_per_s": values for mode, values in rates.items()},
+              **{f"{mode}_median": statistics.median(values) for mode, values in rates.items()},
+              "pairwise_gain": gains, "median_gain": statistics.median(gains),
+              "pairs_favouring_rule": sum(g > 1 for g in gains)}
+    print(f"\n{clients} clients, {pairs} alternating pairs: with the turn rule {result['with_rule_median']:.2f} "
+          f"calls/s, without {result['without_rule_median']:.2f} (median gain x{result['median_gain']:.2f}, "
+          f"{result['pairs_favouring_rule']} of {pairs} pairs favour the rule, {result['errors']} errors)")
+    return result
 
 
 def client_process(url: str, n: int, per_client: int, folder: Path, timeout_s: float = 1800) -> tuple[dict, float]:

@@ -96,6 +96,8 @@ class Predictor:
         """Held for one model call at a time; take it with :meth:`turn`."""
         self.threads = torch.get_num_threads()
         """Intra-op threads of a model call that nobody else is waiting for."""
+        self.threads_when_queued: int | None = 1
+        """Intra-op threads of a call that others are queued behind (None: ``threads``)."""
         self._waiting = 0
         """Threads holding or queued for the model (under ``_waiting_lock``)."""
         self._waiting_lock = threading.Lock()
@@ -115,12 +117,14 @@ class Predictor:
     @contextmanager
     def turn(self):
         """Hold the model for one call (re-entrant). A call that others are queued behind runs
-        on one intra-op thread, leaving the other cores to the server's own work for the calls
-        behind it (decoding, the queue, streaming answers); a call alone gets ``threads``.
+        on ``threads_when_queued`` intra-op threads (1), leaving the other cores to the server's
+        own work for the calls behind it (decoding, the queue, streaming answers); a call alone
+        gets ``threads``.
 
-        On the 2-core CPU with 10 clients this took serving from 0.70x to 0.9x the model's own
-        rate: two OpenMP threads stall at every barrier when the server's threads take a core
-        (a forward pass went from 53 to 77 ms in the server). ``benchmarks/latency.py``.
+        Why: with 10 clients on the 2-core CPU a forward pass took 77 ms in the server against
+        53 ms alone, its two OpenMP threads stalling at every barrier whenever the server's
+        threads took a core. ``benchmarks/latency.py`` measures the app with and without this
+        rule in one run.
         """
         depth = getattr(self._depth, "n", 0)
         if depth:  # this thread already holds the model: same turn, same threads
@@ -132,21 +136,31 @@ class Predictor:
             return
         with self._waiting_lock:
             self._waiting += 1
+        counted = True
         try:
             with self.lock:
                 self._depth.n = 1
                 with self._waiting_lock:
                     queued = self._waiting > 1
-                before = torch.get_num_threads()  # per thread under OpenMP: set for this call only
-                torch.set_num_threads(1 if queued else self.threads)
+                # under OpenMP this sets the calling thread's count (and the default of threads
+                # started later): set only when it changes, each change resets oneDNN's caches
+                before = torch.get_num_threads()
+                wanted = (self.threads_when_queued or self.threads) if queued else self.threads
+                if wanted != before:
+                    torch.set_num_threads(wanted)
                 try:
                     yield
                 finally:
-                    torch.set_num_threads(before)
+                    if wanted != before:
+                        torch.set_num_threads(before)
                     self._depth.n = 0
+                    with self._waiting_lock:  # before the lock goes: the next call must not count this one
+                        self._waiting -= 1
+                        counted = False
         finally:
-            with self._waiting_lock:
-                self._waiting -= 1
+            if counted:  # never got the lock
+                with self._waiting_lock:
+                    self._waiting -= 1
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", guards: bool = True) -> "Predictor":

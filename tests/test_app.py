@@ -390,6 +390,7 @@ def test_a_model_call_alone_gets_every_thread_and_one_others_wait_behind_gets_on
     def call(pair=images):
         predictor.predict(*pair)
 
+    original = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         call()
@@ -400,6 +401,14 @@ def test_a_model_call_alone_gets_every_thread_and_one_others_wait_behind_gets_on
             with predictor.turn():
                 call()
         assert seen[-1] == ("MainThread", 2)
+        with pytest.raises(ValueError):  # a call that fails gives the model back, and counts no one
+            with predictor.turn():
+                raise ValueError("broken call")
+        free = []
+        probe = threading.Thread(target=lambda: free.append(predictor.lock.acquire(timeout=5) and predictor.lock.release() is None))
+        probe.start()
+        probe.join(10)
+        assert predictor._waiting == 0 and free == [True]  # another thread gets the model
         holder = threading.Thread(target=hold, name="holder")
         holder.start()
         assert holding.wait(30)
@@ -422,6 +431,7 @@ def test_a_model_call_alone_gets_every_thread_and_one_others_wait_behind_gets_on
     finally:
         release.set()
         hook.remove()
+        torch.set_num_threads(original)
 
 
 def test_ten_concurrent_gradio_clients_each_get_their_own_answer(client, predictor, tmp_path):

@@ -207,7 +207,8 @@ def test_a_filter_picked_while_a_case_loads_waits_and_the_shown_filter_is_the_on
     """c0 reviewed; a click on c1's row, and at once on "unreviewed" while c1 loads. That filter
     used to show as picked, then the case's arrival undid it on the server: the arrows walked the
     whole queue under an "unreviewed" filter. Now the filters are dimmed and take no click until
-    the case is in; the filter on screen is the one the arrows follow, before and after."""
+    the case is in; the filter on screen is the one the arrows follow, before and after. And a
+    and Enter on the Queue tab save nothing (they used to review the hidden form's case)."""
     from playwright.sync_api import expect
 
     settings, _ = app_
@@ -227,6 +228,10 @@ def test_a_filter_picked_while_a_case_loads_waits_and_the_shown_filter_is_the_on
     page.get_by_role("tab", name="Queue").click()
     expect(page.locator("#filter-status input[value=all]")).to_be_checked()
     expect(unreviewed).not_to_be_checked()
+    page.keyboard.press("a")  # the review keys act on the form only while it is shown
+    page.keyboard.press("Enter")
+    time.sleep(1.0)
+    assert [r["case_id"] for r in rows(settings)] == ["c0"]
     page.get_by_role("tab", name="Review").click()
     page.keyboard.press("ArrowLeft")  # the queue on screen is all cases: c0 comes before c1
     wait_for_case(page, "c0")

@@ -2,8 +2,9 @@
   const TASKS = __TASKS__;
   const CHOICES = __CHOICES__;  // per task, the labels of its form choices in order: the digit keys' targets
   const HELP = __SHORTCUTS__;
-  const NAVIGATION = '#next-case, #prev-case, #next-unreviewed, #own-images, #open-queue, #order-queue, ' +
-    '#queue-table tbody td, #queue-table [data-testid^="cell-"]';  // Gradio 6 draws the table's cells as divs
+  const NAVIGATION = '#next-case, #prev-case, #next-unreviewed, #own-images, #open-queue, #order-queue';
+  // a queue row opens its case on mousedown (Gradio 6's table selects then; its cells are divs)
+  const ROW_CELLS = '#queue-table tbody td, #queue-table [data-testid^="cell-"]';
   let cursor = 0;  // each case starts on DIAG
   let readyToken = null;
   let loadingTimer = null;
@@ -16,6 +17,8 @@
   // -- a move to another case: the form is not the new case's until the server says so --------
   const loading = () => document.body.classList.contains('case-loading');
   const startLoading = () => {
+    // an error still on screen from before is not this move's failure
+    document.querySelectorAll('[data-testid="toast-body"].error').forEach((toast) => { toast.dataset.seen = '1'; });
     document.body.classList.add('case-loading');
     clearTimeout(loadingTimer);
     loadingTimer = setTimeout(stopLoading, 60000);  // never stuck, whatever happened to the move
@@ -43,6 +46,10 @@
       event.preventDefault(); event.stopImmediatePropagation(); return;
     }
     if (target.closest(NAVIGATION)) startLoading();
+  }, true);
+  document.addEventListener('mousedown', (event) => {
+    const target = event.target instanceof Element ? event.target : null;
+    if (target && event.button === 0 && target.closest(ROW_CELLS)) startLoading();
   }, true);
 
   // -- the digit keys, shown next to the choices they pick ------------------------------------
@@ -116,10 +123,16 @@
     const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
     if (event.key === '?' && !typing) { toggleHelp(); event.preventDefault(); return; }
     if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
-    if (loading()) {  // a move is under way: nothing acts on the form until the new case is in it
+    if (loading()) {  // a move is under way: nothing acts on the form (or the filters) until the new case is in
       if (event.key === 'Enter' || (!typing && !event.ctrlKey && !event.metaKey && !event.altKey)) event.preventDefault();
       return;
     }
+    if (target instanceof Element && target.closest(ROW_CELLS)) {  // Enter on a queue row opens its case
+      if (event.key === 'Enter') startLoading();
+      return;
+    }
+    const form = document.querySelector('#review-form');
+    if (!form || form.offsetParent === null) return;  // the review keys act on the form only while it is shown
     const click = (selector) => { const el = document.querySelector(selector); if (el) { el.click(); event.preventDefault(); } };
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
       click('#save-review');
