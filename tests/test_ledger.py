@@ -125,6 +125,13 @@ def test_status_counts_done_and_pending_folds_and_their_cpu_hours(recorded, tmp_
     assert f"pending: 3 folds, about {hours:.1f} CPU hours" in lines[-1]
     order = ledger.pending_runs(ledger.experiments(root))
     assert [(e.name, k) for e, k in order] == [("later", 0), ("later", 1), ("later", 2)]
+    # fold by fold within a hundred of priorities; a higher hundred only after the lower ones
+    ledger.Experiment(name="sooner", description="", train_flags=FAST, folds=3, priority=10, path=root / "sooner").save()
+    ledger.Experiment(name="check", description="", train_flags=FAST, folds=3, run_folds=[0], priority=170,
+                      path=root / "check").save()
+    order = ledger.pending_runs(ledger.experiments(root))
+    assert [(e.name, k) for e, k in order] == [("sooner", 0), ("later", 0), ("sooner", 1), ("later", 1),
+                                               ("sooner", 2), ("later", 2), ("check", 0)]
 
 
 def test_a_killed_run_restarts_at_the_first_unfinished_fold_and_ends_as_an_unbroken_one(tmp_path):

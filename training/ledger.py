@@ -135,7 +135,10 @@ class Experiment:
         folds: number of folds; ``fold_seed`` their assignment's seed.
         run_folds: the folds this experiment trains (all unless it is a one-fold check).
         hold_out: the fold every model leaves out (the teachers of a leak-free check), or None.
-        priority: lower runs first; ``cost``: CPU cost of a fold relative to the shipped recipe's.
+        priority: lower runs first. Entries in the same hundred (0-99: the paper's ablation;
+            100-199: the search for a better model) run fold by fold among themselves; a higher
+            hundred's folds wait until the lower hundreds are complete.
+        cost: CPU cost of a fold relative to the shipped recipe's.
     """
 
     name: str
@@ -438,15 +441,13 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
 
 def pending_runs(entries: list[Experiment], only: set[str] | None = None,
                  folds: set[int] | None = None) -> list[tuple[Experiment, int]]:
-    """(entry, fold) in the order to train them: fold by fold across the entries (by priority),
-    so that every comparison gains paired cases as each working day adds folds."""
+    """(entry, fold) in the order to train them: tier by tier (a hundred of priorities each), and
+    within a tier fold by fold across its entries (by priority), so that every comparison gains
+    paired cases as each working day adds folds, and a fold of a later question (a one-fold
+    float32 check, a new backbone) does not hold up the ablation's next fold."""
     chosen = [e for e in entries if only is None or e.name in only]
-    order = []
-    for fold in range(max((e.folds for e in chosen), default=0)):
-        for e in chosen:
-            if fold in e.pending() and (folds is None or fold in folds):
-                order.append((e, fold))
-    return order
+    runs = [(e, fold) for e in chosen for fold in e.pending() if folds is None or fold in folds]
+    return sorted(runs, key=lambda run: (run[0].priority // 100, run[1], run[0].priority, run[0].name))
 
 
 def waiting_for(entry: Experiment, fold: int) -> list[str]:
