@@ -1,0 +1,72 @@
+"""Would averaging the ablation's models beat the best of them? Out of fold, from the ledger.
+
+    python benchmarks/ensemble_oof.py --data-root ../shared/derm7pt
+
+On the folds every listed entry has finished, each entry's fused-head OOF accuracy (avg over the
+8 tasks, and DIAG) and that of the mean of their per-task softmax probabilities. An ensemble is
+what the distillation plan (``teach_k*`` -> ``h_distilled``) hopes to compress into one model:
+if the average of differently built models gains nothing, a student of it is unlikely to gain
+more. Test is not read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from skinnet.data import Derm7pt
+from skinnet.labels import split_logits
+from training import ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRIES = ("a_two_encoders", "b_shared_encoder", "c_individual_attention", "d_shared_attention", "e_method",
+           "f_single_scale")
+
+
+def task_probabilities(oof: dict) -> list[torch.Tensor]:
+    return [torch.softmax(logits, -1) for logits in split_logits(oof["logits"]["fused"]).values()]
+
+
+def accuracy(probabilities: list[torch.Tensor], labels: torch.Tensor) -> dict:
+    right = torch.stack([p.argmax(-1) == labels[:, i] for i, p in enumerate(probabilities)], 1).float()
+    return {"avg": float(right.mean()), "DIAG": float(right[:, 0].mean())}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--entries", default=",".join(ENTRIES))
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ensemble_oof.json"))
+    args = p.parse_args(argv)
+    data = Derm7pt(args.data_root)
+    found = {e.name: e for e in ledger.experiments()}
+    entries = [found[name] for name in args.entries.split(",") if name in found]
+    entries = [e for e in entries if any(e.done(k) for k in e.planned_folds())]
+    folds = [k for k in range(5) if all(k in e.planned_folds() and e.done(k) for e in entries)]
+    if len(entries) < 2 or not folds:
+        raise SystemExit("need two or more entries with a finished fold in common")
+    oofs = {e.name: ledger.read_entry_oof(e, data, folds=folds) for e in entries}
+    first = next(iter(oofs.values()))
+    if any(o["case_ids"] != first["case_ids"] for o in oofs.values()):
+        raise SystemExit("the entries' out-of-fold cases differ")
+    labels = first["labels"]
+    probabilities = {name: task_probabilities(o) for name, o in oofs.items()}
+    record = {"folds": folds, "n_cases": len(first["case_ids"]),
+              "entries": {name: accuracy(ps, labels) for name, ps in probabilities.items()}}
+    mean = [torch.stack([ps[i] for ps in probabilities.values()]).mean(0) for i in range(len(first["labels"][0]))]
+    record["ensemble"] = {"members": list(probabilities), **accuracy(mean, labels)}
+    best = max(record["entries"].values(), key=lambda r: r["avg"])
+    record["ensemble_minus_best"] = {k: record["ensemble"][k] - best[k] for k in ("avg", "DIAG")}
+    print(f"{'fused head, out of fold':<36}{'avg':>7}{'DIAG':>7}   ({record['n_cases']} cases, folds {folds})")
+    for name, r in record["entries"].items():
+        print(f"{name:<36}{100 * r['avg']:7.1f}{100 * r['DIAG']:7.1f}")
+    print(f"{'mean of the ' + str(len(probabilities)) + ' (probabilities)':<36}"
+          f"{100 * record['ensemble']['avg']:7.1f}{100 * record['ensemble']['DIAG']:7.1f}")
+    Path(args.json).write_text(json.dumps(record, indent=2))
+    return record
+
+
+if __name__ == "__main__":
+    main()
