@@ -3,10 +3,9 @@
     python benchmarks/ensemble_oof.py --data-root ../shared/derm7pt
 
 On the folds every listed entry has finished, each entry's fused-head OOF accuracy (avg over the
-8 tasks, and DIAG) and that of the mean of their per-task softmax probabilities. An ensemble is
-what the distillation plan (``teach_k*`` -> ``h_distilled``) hopes to compress into one model:
-if the average of differently built models gains nothing, a student of it is unlikely to gain
-more. Test is not read.
+8 tasks, and DIAG), that of the mean of their per-task softmax probabilities, and how much the
+models' DIAG answers overlap: the share of cases all of them get right, none of them, and at
+least one (what an ideal combiner of these models could reach). Test is not read.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from skinnet.data import Derm7pt
-from skinnet.labels import split_logits
+from skinnet.labels import TASKS, split_logits
 from training import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +42,12 @@ def main(argv=None) -> dict:
     data = Derm7pt(args.data_root)
     found = {e.name: e for e in ledger.experiments()}
     entries = [found[name] for name in args.entries.split(",") if name in found]
-    entries = [e for e in entries if any(e.done(k) for k in e.planned_folds())]
-    folds = [k for k in range(5) if all(k in e.planned_folds() and e.done(k) for e in entries)]
+    unfinished = [e.name for e in entries if not any(e.done(k) for k in e.planned_folds())]
+    if unfinished:
+        print(f"left out (no fold finished yet): {', '.join(unfinished)}")
+    entries = [e for e in entries if e.name not in unfinished]
+    folds = [k for k in range(max((e.folds for e in entries), default=0))
+             if all(k in e.planned_folds() and e.done(k) for e in entries)]
     if len(entries) < 2 or not folds:
         raise SystemExit("need two or more entries with a finished fold in common")
     oofs = {e.name: ledger.read_entry_oof(e, data, folds=folds) for e in entries}
@@ -55,15 +58,23 @@ def main(argv=None) -> dict:
     probabilities = {name: task_probabilities(o) for name, o in oofs.items()}
     record = {"folds": folds, "n_cases": len(first["case_ids"]),
               "entries": {name: accuracy(ps, labels) for name, ps in probabilities.items()}}
-    mean = [torch.stack([ps[i] for ps in probabilities.values()]).mean(0) for i in range(len(first["labels"][0]))]
+    mean = [torch.stack([ps[i] for ps in probabilities.values()]).mean(0) for i in range(len(TASKS))]
     record["ensemble"] = {"members": list(probabilities), **accuracy(mean, labels)}
-    best = max(record["entries"].values(), key=lambda r: r["avg"])
-    record["ensemble_minus_best"] = {k: record["ensemble"][k] - best[k] for k in ("avg", "DIAG")}
+    best = max(record["entries"], key=lambda name: record["entries"][name]["avg"])
+    record["ensemble_minus_best_by_avg"] = {"best": best, **{k: record["ensemble"][k] - record["entries"][best][k]
+                                                             for k in ("avg", "DIAG")}}
+    diag_right = torch.stack([ps[0].argmax(-1) == labels[:, 0] for ps in probabilities.values()])  # (models, N)
+    record["diag_overlap"] = {"all_right": float(diag_right.all(0).float().mean()),
+                              "none_right": float((~diag_right).all(0).float().mean()),
+                              "any_right": float(diag_right.any(0).float().mean())}
     print(f"{'fused head, out of fold':<36}{'avg':>7}{'DIAG':>7}   ({record['n_cases']} cases, folds {folds})")
     for name, r in record["entries"].items():
         print(f"{name:<36}{100 * r['avg']:7.1f}{100 * r['DIAG']:7.1f}")
     print(f"{'mean of the ' + str(len(probabilities)) + ' (probabilities)':<36}"
           f"{100 * record['ensemble']['avg']:7.1f}{100 * record['ensemble']['DIAG']:7.1f}")
+    o = record["diag_overlap"]
+    print(f"DIAG: all right on {100 * o['all_right']:.1f}% of cases, none on {100 * o['none_right']:.1f}%, "
+          f"at least one on {100 * o['any_right']:.1f}%")
     Path(args.json).write_text(json.dumps(record, indent=2))
     return record
 

@@ -224,17 +224,17 @@ def turn_rule_ab(predictor: Predictor, cases, clients: int, calls: int, pairs: i
     """The same launched app with and without ``Predictor.turn``'s rule (a call others are queued
     behind on one thread), alternating ``pairs`` times (ABBA...), ``calls`` calls each: this
     machine's speed drifts by 10-15% within minutes, so only paired runs compare."""
-    runs = {"with_rule": [], "without_rule": []}
+    runs, shipped = {"with_rule": [], "without_rule": []}, predictor.threads_when_queued
     with served(predictor, cases) as (url, folder):
         try:
             for k in range(pairs):
                 for mode in (("with_rule", "without_rule") if k % 2 == 0 else ("without_rule", "with_rule")):
-                    predictor.threads_when_queued = 1 if mode == "with_rule" else None
+                    predictor.threads_when_queued = 1 if mode == "with_rule" else None  # None: all threads
                     predictor.forget()
                     run, _ = client_process(url, clients, max(1, calls // clients), folder)
                     runs[mode].append(run)
         finally:
-            predictor.threads_when_queued = 1
+            predictor.threads_when_queued = shipped
     rates = {mode: [r["calls_per_s"] for r in found] for mode, found in runs.items()}
     gains = [a / b for a, b in zip(rates["with_rule"], rates["without_rule"])]
     result = {"clients": clients, "calls_each": max(1, calls // clients) * clients, "pairs": pairs,

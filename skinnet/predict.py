@@ -151,9 +151,9 @@ class Predictor:
                 try:
                     yield
                 finally:
+                    self._depth.n = 0
                     if wanted != before:
                         torch.set_num_threads(before)
-                    self._depth.n = 0
                     with self._waiting_lock:  # before the lock goes: the next call must not count this one
                         self._waiting -= 1
                         counted = False

@@ -250,6 +250,33 @@ def test_the_accelerator_script_runs_pending_folds_at_once_and_students_after_th
     assert any(n.endswith("student/fold0/oof.csv") for n in names) and not any(n.endswith(".safetensors") for n in names)
 
 
+def test_the_accelerator_scripts_watchdog_stops_its_own_run_and_no_other_ledger_run(tmp_path):
+    """LIMIT=3 s with folds that take longer: the watchdog stops this script's ledger run and its
+    fold processes, and leaves alone another process that looks like a ledger run (the CPU's
+    background runner: a pattern kill used to stop it whenever the test suite ran this script)."""
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    root = tmp_path / "exp"
+    ledger.Experiment(name="slow", description="", folds=3, path=root / "slow",
+                      train_flags=[*FAST[:-5], "--epochs", "50", "--name", "cv"]).save()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "training.ledger", "run"])
+    env = {**os.environ, "DEVICE": "cpu", "DATA": str(release), "LEDGER": str(root), "JOBS": "1", "LIMIT": "3",
+           "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}
+    try:
+        began = time.monotonic()
+        done = subprocess.run(["bash", "training/device.sh", "run"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert time.monotonic() - began < 120  # stopped, not run to the end of 50 epochs x 3 folds
+        assert "watchdog: stopping at 3 s" in (tmp_path / "runs" / "watchdog.log").read_text()
+        assert bystander.poll() is None  # the other "ledger run" lives on
+        time.sleep(1)
+        left = subprocess.run(["pgrep", "-f", f"training.crossval.*{root}"], capture_output=True, text=True)
+        assert left.stdout.strip() == ""  # no fold process of this run is left behind
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_confidence_levels_fit_on_an_unfinished_entry_only_when_asked_and_say_which_folds(recorded, tmp_path):
     """An entry still being built (fold 2 not in yet): its finished folds choose the levels with
     --oof-partial, and the notes say which; without it the missing fold is an error."""

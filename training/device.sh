@@ -41,16 +41,21 @@ run)
   # both helpers write only to files: an open stdout would keep the call waiting for their sleeps
   (while sleep 20; do save_logs; done) >/dev/null 2>&1 &
   loop=$!
-  (sleep "${LIMIT:-540}"; echo "watchdog: stopping at ${LIMIT:-540} s" >> "$runs/watchdog.log"
-   pkill -TERM -f "training\.(ledger|crossval|train)") >/dev/null 2>&1 &
-  watchdog=$!
-  trap 'kill "$loop" "$watchdog" 2>/dev/null || true; save_logs' EXIT
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=1
   { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; } || true
   "$PY" -m training.ledger --root "$LEDGER" status
   SECONDS=0
-  "$PY" -m training.ledger --root "$LEDGER" run --data-root "${DATA:-.device/derm7pt}" --device "$DEVICE" \
-    --jobs "${JOBS:-8}" --threads 1 --runs "$runs" ${ONLY:+--only "$ONLY"} > "$runs/ledger.log" 2>&1 || true
+  # the run and its fold processes in a process group of their own: the watchdog stops that group
+  # only (a pattern kill also stopped every other ledger run on the machine, e.g. the CPU's
+  # background runner while the test suite ran this script)
+  setsid "$PY" -m training.ledger --root "$LEDGER" run --data-root "${DATA:-.device/derm7pt}" --device "$DEVICE" \
+    --jobs "${JOBS:-8}" --threads 1 --runs "$runs" ${ONLY:+--only "$ONLY"} > "$runs/ledger.log" 2>&1 &
+  ledger=$!
+  (sleep "${LIMIT:-540}"; echo "watchdog: stopping at ${LIMIT:-540} s" >> "$runs/watchdog.log"
+   kill -TERM -- "-$ledger") >/dev/null 2>&1 &
+  watchdog=$!
+  trap 'kill "$loop" "$watchdog" 2>/dev/null || true; kill -TERM -- "-$ledger" 2>/dev/null || true; save_logs' EXIT
+  wait "$ledger" || true
   echo "ledger run: ${SECONDS}s"
   "$PY" -m training.ledger --root "$LEDGER" status
   ;;

@@ -592,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--fold-seed", type=int, default=0)
     new.add_argument("--run-folds", default="", help="only these folds, e.g. '0' (a one-fold check)")
     new.add_argument("--hold-out", type=int, default=None)
-    new.add_argument("--priority", type=int, default=50, help="lower runs first")
+    new.add_argument("--priority", type=int, default=150,
+                     help="lower runs first; 0-99: the paper's ablation, 100-199: the model search (each "
+                          "hundred runs fold by fold, after the lower ones)")
     new.add_argument("--cost", type=float, default=1.0, help="CPU cost of a fold relative to the shipped recipe's")
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])

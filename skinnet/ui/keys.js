@@ -127,7 +127,10 @@
       if (event.key === 'Enter' || (!typing && !event.ctrlKey && !event.metaKey && !event.altKey)) event.preventDefault();
       return;
     }
-    if (target instanceof Element && target.closest(ROW_CELLS)) {  // Enter on a queue row opens its case
+    const table = target instanceof Element ? target.closest('#queue-table') : null;
+    // Enter on a queue row opens its case (only while the table is shown: after a row opened its
+    // case on the Review tab, a browser may leave the focus on the hidden cell)
+    if (table && table.offsetParent !== null && target.closest(ROW_CELLS)) {
       if (event.key === 'Enter') startLoading();
       return;
     }
