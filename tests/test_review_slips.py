@@ -9,6 +9,7 @@ import pytest
 from app_helpers import tiny_checkpoint
 from skinnet.corrections import read_corrections
 from skinnet.imaging import load_rgb, pixel_sha256
+from skinnet.labels import TASKS
 from skinnet.predict import Predictor
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
 from skinnet_testkit.queues import write_queue
@@ -358,3 +359,20 @@ def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):
     review.remember(state, log.folder, "dr_a")
     holds_declared(review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a"))
     holds_declared(review.start_upload_case(state, None, None))
+
+
+def test_the_unsaved_changes_mark_is_set_in_the_browser_and_can_never_cover_a_saved_message(app_):
+    """CI caught it: "a", then Enter at once, and the page said "Unsaved changes" after the save.
+    The mark was a server call (queue=False) whose answer could arrive after the Save's "Saved".
+    Now every field's mark is a browser-only event: no server function, so nothing comes late."""
+    from skinnet_testkit.raw_http import RawClient
+
+    settings, _ = app_
+    config = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", "s3cret-pass").config()
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
+    marks = [d for d in config["dependencies"]
+             if ids["save-status"] in d["outputs"] and any(t[1] == "input" for t in d["targets"])]
+    fields = {ids[name] for name in ("verdict", "confidence", *(f"correct-{t.name}" for t in TASKS))}
+    assert fields <= {t[0] for d in marks for t in d["targets"]}
+    for mark in marks:
+        assert not mark["backend_fn"] and "Unsaved changes" in mark["js"], mark

@@ -4,6 +4,7 @@ the page but still reachable by raw HTTP, hence the checks in ``events``."""
 from __future__ import annotations
 
 import atexit
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -314,9 +315,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                    [save_status, header, queue_view], concurrency_limit=4, **private)
         undo.click(events.undo, [state, case_token],
                    [save_status, header, queue_view, verdict, *corrections, confidence, note], **private)
-        for field_ in (verdict, *corrections, confidence, note):  # typed or picked by the user, not loaded
-            field_.input(lambda: "✎ Unsaved changes: press Save (Enter) to keep them.", None, save_status,
-                         api_visibility="private", queue=False)
+        # typed or picked by the user, not loaded. In the browser, not on the server: a server round
+        # trip could come back after a Save sent just behind it and cover its "Saved" message
+        unsaved = json.dumps("✎ Unsaved changes: press Save (Enter) to keep them.")
+        for field_ in (verdict, *corrections, confidence, note):
+            field_.input(None, None, save_status, js=f"() => {unsaved}", api_visibility="private", queue=False)
         app.load(events.refresh_queues, None, queue_file, **private)
         app.load(events.backup_status, None, backup_status, **private)
         queue_tab.select(events.backup_status, None, backup_status, **private)
