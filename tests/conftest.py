@@ -35,7 +35,13 @@ def pytest_terminal_summary(terminalreporter):
                               if "real_derm7pt" in getattr(report, "keywords", {}) and report.when in ("call", "setup"))
     terminalreporter.write_line(
         f"real Derm7pt tests ({REAL_DERM7PT}{'' if HAVE_REAL_DERM7PT else ', absent'}): "
-        + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n or outcome in ("passed", "skipped")))
+        + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n or outcome in ("passed", "skipped"))
+        + slow_left_out(terminalreporter))
+
+
+def slow_left_out(terminalreporter) -> str:
+    slow = sum(1 for item in terminalreporter.stats.get("deselected", []) if item.get_closest_marker("slow"))
+    return f"; {slow} slow one(s) left out (run them with -m slow)" if slow else ""
 
 # the suite scores synthetic models on "test": keep those lines out of the committed test log
 os.environ["SKINNET_TEST_LOG"] = str(Path(tempfile.mkdtemp(prefix="skinnet-test-log-")) / "test_log.csv")

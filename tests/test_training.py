@@ -344,6 +344,7 @@ def test_refit_learns_valid_corrections_but_never_test(release, tmp_path):
 
 
 
+@pytest.mark.slow  # 1.5-3 minutes: every test pair with the card's flips
 @pytest.mark.timeout(1800)
 @needs_real_derm7pt
 def test_shipped_checkpoint_reproduces_its_card_on_real_test_split(tmp_path):
