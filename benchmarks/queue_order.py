@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from skinnet.checkpoint import DEFAULT_CHECKPOINT
-from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.raw_http import NO_FORM, RawClient
 from skinnet_testkit.app_process import PASSWORD, USER, App, fn
 from skinnet_testkit.synthetic import lesion_image
 
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
         idle = [predict(i) for i in range(5)]
         reviewer = RawClient(app.url, USER, PASSWORD)
         session = secrets.token_hex(6)
-        opened = reviewer.call(fn_by_name(config, "open_queue"), [None, "derm7pt/meta/meta.csv"], session)
+        opened = reviewer.call(fn_by_name(config, "open_queue"), [None, "derm7pt/meta/meta.csv", *NO_FORM], session)
         assert opened.success, opened.error
         during, done = [], threading.Event()
 
@@ -81,15 +81,15 @@ def main(argv=None) -> dict:
         thread = threading.Thread(target=keep_predicting)
         thread.start()
         started = time.perf_counter()
-        ordered = reviewer.call(fn_by_name(config, "order_queue"), [None], session)
+        ordered = reviewer.call(fn_by_name(config, "order_queue"), [None, *NO_FORM], session)
         first_order = time.perf_counter() - started
         done.set()
         thread.join()
         assert ordered.success, ordered.error
         second = secrets.token_hex(6)  # another reviewer's session: the same queue, ordered from the cache
-        assert reviewer.call(fn_by_name(config, "open_queue"), [None, "derm7pt/meta/meta.csv"], second).success
+        assert reviewer.call(fn_by_name(config, "open_queue"), [None, "derm7pt/meta/meta.csv", *NO_FORM], second).success
         started = time.perf_counter()
-        again = reviewer.call(fn_by_name(config, "order_queue"), [None], second)
+        again = reviewer.call(fn_by_name(config, "order_queue"), [None, *NO_FORM], second)
         cached_order = time.perf_counter() - started
         n_cases = int(opened.data[-1].split()[1])
     finally:

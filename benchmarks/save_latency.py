@@ -28,7 +28,7 @@ from pathlib import Path
 
 from skinnet.checkpoint import DEFAULT_CHECKPOINT
 from report import write_section
-from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.raw_http import NO_FORM, RawClient
 from skinnet_testkit.app_process import PASSWORD, USER, App, fn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def app_saves(checkpoint: Path, folder: Path, saves: int) -> list[float]:
         client = RawClient(app.url, USER, PASSWORD)
         config = client.config()
         session = secrets.token_hex(6)
-        assert client.call(fn(config, "open_queue"), [None, "clinic/manifest.csv"], session).success
+        assert client.call(fn(config, "open_queue"), [None, "clinic/manifest.csv", *NO_FORM], session).success
         assert client.call(fn(config, "step_next"), [None], session).success
         token = client.call(fn(config, "show_case"), [None], session).data[-1]
         seconds = []

@@ -3,16 +3,24 @@
 so none of its checks or uploads happen unless the test does them)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import secrets
+import threading
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
+
+NO_FORM = [None] * 11
+"""The review form's 11 fields (verdict, the 8 tasks' corrections, confidence, note) as a caller
+without a form sends them: an event that leaves the open case (opening a queue or a row,
+ordering) keeps no draft of it."""
 
 
 @dataclass
@@ -53,13 +61,56 @@ class RawClient:
 
     def call(self, fn_index: int, data: list, session_hash: str | None = None, event_data=None) -> Result:
         session_hash = session_hash or secrets.token_hex(6)
+        joined = self.join(fn_index, data, session_hash, event_data)
+        return joined if isinstance(joined, Result) else self.result(joined, session_hash)
+
+    @contextlib.contextmanager
+    def page(self, session_hash: str):
+        """One page's events side by side, as a browser sends them: ``join`` queues one, ``wait``
+        reads its result, ``call`` does both. One stream of the session's messages stays open
+        from the first event on (two streams of one session would take each other's messages)."""
+        results: dict[str, Result] = {}
+        arrived = threading.Condition()
+
+        def read():
+            with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+                for line in stream.iter_lines():
+                    message = json.loads(line[5:]) if line.startswith("data:") else {}
+                    if message.get("msg") == "process_completed":
+                        output = message.get("output") or {}
+                        with arrived:
+                            results[message["event_id"]] = Result(bool(message.get("success")), output.get("data"),
+                                                                  output.get("error"), message)
+                            arrived.notify_all()
+
+        reader = threading.Thread(target=read, daemon=True)
+
+        def join(fn_index: int, data: list, event_data=None) -> str:
+            event_id = self.join(fn_index, data, session_hash, event_data)
+            assert not isinstance(event_id, Result), event_id.error
+            if not reader.is_alive():  # Gradio opens a session's stream only with an event pending
+                reader.start()
+            return event_id
+
+        def wait(event_id: str, timeout: float = 120) -> Result:
+            with arrived:
+                assert arrived.wait_for(lambda: event_id in results, timeout), f"no result for event {event_id}"
+                return results[event_id]
+
+        yield types.SimpleNamespace(join=join, wait=wait, call=lambda *args: wait(join(*args)))
+
+    def join(self, fn_index: int, data: list, session_hash: str, event_data=None) -> str | Result:
+        """Queue an event and return its id without waiting (a refused join: its Result)."""
         # ASCII JSON: any str gets through as an escape, lone surrogates included (as an attacker sends them)
         joined = self.http.post("/gradio_api/queue/join", headers={"content-type": "application/json"},
                                 content=json.dumps({"data": data, "fn_index": fn_index, "session_hash": session_hash,
                                                     "event_data": event_data, "trigger_id": None}))
         if joined.status_code != 200:
             return Result(False, None, joined.text, {"status": joined.status_code})
-        event_id = joined.json()["event_id"]
+        return joined.json()["event_id"]
+
+    def result(self, event_id: str, session_hash: str) -> Result:
+        """The joined event's result, read from the session's stream."""
         told = []
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
             for line in stream.iter_lines():

@@ -53,9 +53,12 @@ def review_upload(browser, url, pair, username: str | None, screenshot: Path | N
     login = page.locator("#hf-login")
     expect(login).to_contain_text(f"Logout ({username})" if username else "Sign in with Hugging Face",
                                   timeout=30_000)
+    header = page.locator("#case-header")
     page.locator("#clinical-input input[type=file]").set_input_files(str(pair[0]))
+    expect(header).to_contain_text("case upload:", timeout=60_000)  # the clinical photo's case is in
+    alone = header.inner_text()
     page.locator("#dermoscopy-input input[type=file]").set_input_files(str(pair[1]))
-    expect(page.locator("#case-header")).to_contain_text("case upload:", timeout=60_000)
+    expect(header).not_to_have_text(alone, timeout=60_000)  # and now the pair's
     page.locator("#analyse").click()
     expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)
     page.locator("#verdict input[value=agree]").check()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app_helpers import tiny_checkpoint
-from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.raw_http import NO_FORM, RawClient
 from skinnet_testkit.app_process import PASSWORD, USER, App
 from skinnet.corrections import NO_CHANGE, read_corrections, read_events
 from skinnet.data import Derm7pt
@@ -40,13 +40,13 @@ def test_the_teaching_lock_and_one_id_per_case_hold_across_two_processes(replica
     a, b = (RawClient(app.url, USER, PASSWORD) for app in replicas["apps"])
     config = a.config()
     session_a, session_b = secrets.token_hex(6), secrets.token_hex(6)
-    assert a.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session_a).success
+    assert a.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv", *NO_FORM], session_a).success
     assert a.call(fns(config, "step_next")[0], [None], session_a).success
     case_id, token = case_shown(a, config, session_a)
     agreed = a.call(fns(config, "save")[0], save_data(token, "agree", reveal=True), session_a)
     assert agreed.success and "Derm7pt reference labels" in agreed.data[0]
 
-    assert b.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session_b).success
+    assert b.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv", *NO_FORM], session_b).success
     assert b.call(fns(config, "step_next")[0], [None], session_b).success
     shown_id, token_b = case_shown(b, config, session_b)
     assert shown_id == case_id
@@ -69,7 +69,7 @@ def test_the_teaching_lock_and_one_id_per_case_hold_across_two_processes(replica
     clash = replicas["root"] / "queues" / "clash"
     clash.mkdir()
     (clash / "manifest.csv").write_text(f"case_id,clinical,dermoscopy\n{case_id},,../clinic/img/c0_derm.png\n")
-    assert b.call(fns(config, "open_queue")[0], [None, "clash/manifest.csv"], own).success
+    assert b.call(fns(config, "open_queue")[0], [None, "clash/manifest.csv", *NO_FORM], own).success
     assert b.call(fns(config, "step_next")[0], [None], own).success
     _, clash_token = case_shown(b, config, own)
     mixed = b.call(fns(config, "save")[0], save_data(clash_token, "skip"), own)

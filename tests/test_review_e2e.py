@@ -49,6 +49,15 @@ def log_in(page, settings):
     page.get_by_label("username").fill("dr_a")
     page.get_by_label("password").fill("s3cret-pass")
     page.get_by_role("button", name="Login").click()
+    wait_until_restored(page)
+
+
+def wait_until_restored(page) -> None:
+    """The page's load is done: the reviewer's queue and case, if the server kept one, are on
+    screen. Until then a queue the test opens can be replaced by the restored one."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("body")).to_have_class(re.compile("page-restored"), timeout=60_000)
 
 
 def start_own_pair(page, settings) -> None:
@@ -251,6 +260,7 @@ def test_edit_after_saving_supersedes_undo_withdraws_and_reopening_shows_your_re
         expect(status).to_contain_text("replaces your earlier review", timeout=60_000)
 
         page.reload()  # a new page (still signed in): the saved review comes back into the form
+        wait_until_restored(page)
         open_third_case(page)
         expect(status).to_contain_text("Showing your saved review (correct", timeout=60_000)
         expect(page.locator("#correct-DIAG input")).to_have_value("NEV · dermal nevus")
@@ -273,10 +283,12 @@ def test_least_sure_first_opens_the_least_sure_case_n_follows_and_rows_open_case
     with signed_in_page(settings, 1366, 2000) as page:
         page.get_by_role("tab", name="Queue").click()
         page.reload()  # the queue list is read at page load
+        wait_until_restored(page)
         page.get_by_role("tab", name="Queue").click()
         choose(page, "queue-file", "queue_b/manifest.csv")
         page.locator("#open-queue").click()
         expect(page.locator("#queue-status")).to_contain_text("Opened 5 cases", timeout=60_000)
+        expect(page.locator("#case-header")).to_contain_text(re.compile(r"case b\d \("), timeout=60_000)  # opened
         page.locator("#order-queue").click()
         expect(page.locator("#queue-status")).to_contain_text("Ordered by model uncertainty", timeout=60_000)
         table = page.locator("#queue-table")
@@ -296,9 +308,10 @@ def test_least_sure_first_opens_the_least_sure_case_n_follows_and_rows_open_case
         page.get_by_role("tab", name="Queue").click()
         table.get_by_text(order[3], exact=True).click()  # a click on a row opens that case
         expect(page.locator("#case-header")).to_contain_text(f"case {order[3]}", timeout=60_000)
-        expect(page.locator("#case-header")).to_be_visible()  # back on the Review tab
+        expect(page.locator("#case-header")).to_be_visible(timeout=30_000)  # back on the Review tab
 
         page.reload()  # the server kept this reviewer's queue, order and case
+        wait_until_restored(page)
         expect(page.locator("#case-header")).to_contain_text(f"case {order[3]}", timeout=60_000)
         expect(page.locator("#case-header")).to_contain_text("4 of 5")
         expect(page.locator("#summary")).to_contain_text("Fused head", timeout=60_000)

@@ -13,7 +13,7 @@ from skinnet.labels import TASKS
 from skinnet.predict import Predictor
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
 from skinnet_testkit.queues import write_queue
-from test_review_e2e import choose, reviewer_app
+from test_review_e2e import choose, reviewer_app, wait_until_restored
 
 SLOW_S = 4.0
 """How long the model takes for the slow case (c1's images), so that a move to it can be watched."""
@@ -53,6 +53,7 @@ def page(app_):
         page.get_by_label("username").fill("dr_a")
         page.get_by_label("password").fill("s3cret-pass")
         page.get_by_role("button", name="Login").click()
+        wait_until_restored(page)
         page.get_by_role("tab", name="Queue").click()
         choose(page, "queue-file", "queue/manifest.csv")
         page.locator("#open-queue").click()
@@ -376,3 +377,141 @@ def test_the_unsaved_changes_mark_is_set_in_the_browser_and_can_never_cover_a_sa
     assert fields <= {t[0] for d in marks for t in d["targets"]}
     for mark in marks:
         assert not mark["backend_fn"] and "Unsaved changes" in mark["js"], mark
+
+
+def test_a_move_made_while_a_save_is_under_way_follows_its_answer_and_a_digit_then_enter_saves_the_pick(
+        page, app_, monkeypatch):
+    """A reviewer's rhythm is a, Enter, n. The save's answer names the case it saved (header,
+    status); when it came back after the move's, the next case was on screen under the saved
+    one's header. Now the move waits for the save's answer. A field changed while a save is under
+    way is still unsaved when the answer comes. And a digit's pick takes a moment: Enter pressed
+    meanwhile saves once the pick is in (it used to save the form without it)."""
+    from playwright.sync_api import expect
+
+    from skinnet.corrections import CorrectionsLog
+
+    settings, _ = app_
+    status, header = page.locator("#save-status"), page.locator("#case-header")
+    page.get_by_role("tab", name="Queue").click()
+    click_row(page, "c3")  # c1 is the slow case: these moves stay clear of it
+    wait_for_case(page, "c3")
+    page.evaluate("""() => { window.headersSeen = [];
+        new MutationObserver(() => { const text = document.querySelector('#case-header').innerText;
+            const m = text.match(/case (c[0-9]) \\(/); if (m && window.headersSeen.at(-1) !== m[1]) window.headersSeen.push(m[1]); })
+            .observe(document.querySelector('#case-header'), {childList: true, subtree: true, characterData: true}); }""")
+    real = CorrectionsLog.append
+
+    def slow_append(self, *args, **kwargs):  # a save the disk keeps waiting (the app runs in this process)
+        time.sleep(3.0)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CorrectionsLog, "append", slow_append)
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    page.keyboard.press("n")
+    wait_for_case(page, "c4")
+    time.sleep(1.0)  # nothing late comes back to cover c4
+    expect(header).to_contain_text("case c4 (")
+    seen = page.evaluate("window.headersSeen")
+    assert "c4" in seen and "c3" not in seen[seen.index("c4"):], seen  # c3's header never came back over c4
+    assert [(r["case_id"], r["verdict"]) for r in rows(settings)] == [("c3", "agree")]
+
+    page.keyboard.press("u")
+    page.keyboard.press("Enter")
+    page.locator("#verdict").get_by_text("skip", exact=True).click()  # changed while the save is under way
+    deadline = time.monotonic() + 60
+    while len(rows(settings)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(r["case_id"], r["verdict"]) for r in rows(settings)] == [("c3", "agree"), ("c4", "unsure")]
+    time.sleep(1.5)  # the save's answer is in
+    expect(status).to_contain_text("Unsaved changes")  # not "Saved": skip is not what was saved
+
+    monkeypatch.setattr(CorrectionsLog, "append", real)
+    page.locator("#case-header").click()
+    page.keyboard.press("Enter")  # skip, saved
+    expect(status).to_contain_text("Saved: skip for case c4", timeout=60_000)
+    page.keyboard.press("ArrowLeft")
+    wait_for_case(page, "c3")
+    page.keyboard.press("3")  # DIAG: MEL, and the verdict "correct"
+    page.keyboard.press("Enter")
+    expect(status).to_contain_text("Saved: correct for case c3", timeout=60_000)
+    saved = rows(settings)
+    assert [(r["case_id"], r["verdict"], r["DIAG"]) for r in saved][-1] == ("c3", "correct", "MEL")
+
+
+def test_maps_that_end_after_the_page_moved_on_leave_the_next_case_alone(app_, monkeypatch):
+    """A case's maps take seconds; the reviewer may be on another case by then. They used to land
+    on it (another lesion's Grad-CAM under this one's images). Now an event that ends after its
+    page moved on changes nothing. Raw HTTP on the app in this process, its Grad-CAM slowed."""
+    import secrets
+    import threading
+
+    from skinnet.ui import events as app_events
+    from skinnet_testkit.raw_http import NO_FORM, RawClient, fns
+    from test_security import open_first_case
+
+    settings, _ = app_
+    client = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", "s3cret-pass")
+    config = client.config()
+    session = secrets.token_hex(6)
+    shown = open_first_case(client, config, session, "queue/manifest.csv")
+    assert shown.success and "case c0" in shown.data[3], shown.error
+    images = [v.get("value", v) if isinstance(v, dict) else v for v in shown.data[1:3]]  # updates carry values
+    maps_of_c0 = [None, *images, "DIAG", None, "auto", True]
+    explain = fns(config, "explain_after_predict")[0]
+    on_time = client.call(explain, maps_of_c0, session)
+    assert on_time.success and len(client.files_in(on_time.data)) >= 2  # c0 still shown: its maps come
+
+    real, started, moved = app_events.explain_handler, threading.Event(), threading.Event()
+
+    def slow_maps(*args, **kwargs):  # c0's Grad-CAM: still at work when the page moves to c3
+        started.set()
+        assert moved.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_events, "explain_handler", slow_maps)
+    with client.page(session) as page_:
+        pending = page_.join(explain, maps_of_c0)
+        assert started.wait(60)
+        row = {"index": [3, 1], "value": "c3", "row_value": [4, "c3", "queue", "", ""]}
+        assert page_.call(fns(config, "open_queue_row")[0], [None, *NO_FORM], row).success
+        shown = page_.call(fns(config, "show_case")[0], [None])
+        assert shown.success and "case c3" in shown.data[3]
+        moved.set()
+        late = page_.wait(pending)
+    assert late.success and client.files_in(late.data) == [], late.raw
+
+
+def test_two_uploads_in_a_row_leave_the_pairs_case_open_even_when_the_first_ones_case_comes_late(
+        page, app_, tmp_path, monkeypatch):
+    """Each slot's upload opens the case of the images in the slots. The first upload's case (the
+    clinical photo alone) used to be able to arrive after the pair's and stay: a save then kept one
+    image of the two. Now the two run in the order they were sent. The clinical-alone case is
+    slowed here (the app runs in this process) so that it would come last."""
+    from playwright.sync_api import expect
+
+    from app_helpers import write_pair
+    from skinnet.ui import review as app_review
+
+    settings, _ = app_
+    real = app_review.start_upload_case
+
+    def slow_when_alone(state, clinical, dermoscopy):
+        if dermoscopy is None:
+            time.sleep(3.0)
+        return real(state, clinical, dermoscopy)
+
+    monkeypatch.setattr(app_review, "start_upload_case", slow_when_alone)
+    page.locator("#own-images").click()
+    expect(page.locator("#case-header")).to_contain_text("No case open", timeout=60_000)
+    clinical, dermoscopy = write_pair(tmp_path, seed=11)
+    page.locator("#clinical-input input[type=file]").set_input_files(str(clinical))
+    page.locator("#dermoscopy-input input[type=file]").set_input_files(str(dermoscopy))
+    expect(page.locator("#case-header")).to_contain_text("case upload:", timeout=60_000)
+    time.sleep(8.0)  # both cases in, the slowed one included
+    page.locator("#case-header").click()
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    expect(page.locator("#save-status")).to_contain_text("Saved: agree for case upload:", timeout=60_000)
+    saved = rows(settings)
+    assert len(saved) == 1 and saved[0]["clinic_sha256"] and saved[0]["derm_sha256"], saved  # both images kept

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app_helpers import app_env, free_port, launched, start_app, stop_app, tiny_checkpoint, write_examples
 from conftest import REAL_DERM7PT, needs_real_derm7pt, small_disk
-from skinnet_testkit.raw_http import RawClient, Result, fns, noise_png, resembles
+from skinnet_testkit.raw_http import NO_FORM, RawClient, Result, fns, noise_png, resembles
 from skinnet.corrections import CorrectionsLog, NO_CHANGE, Review, new_event_id, read_corrections, read_events
 from skinnet.imaging import load_rgb, pixel_sha256
 from skinnet.labels import TASK_NAMES
@@ -126,7 +126,7 @@ def test_the_public_api_still_works_with_gradio_uploads(server):
 
 
 def open_first_case(client: RawClient, config: dict, session: str, queue: str = "clinic/manifest.csv") -> Result:
-    opened = client.call(fns(config, "open_queue")[0], [None, queue], session)
+    opened = client.call(fns(config, "open_queue")[0], [None, queue, *NO_FORM], session)
     assert opened.success, opened.error
     assert client.call(fns(config, "step_next")[0], [None], session).success
     return client.call(fns(config, "show_case")[0], [None], session)
@@ -206,19 +206,19 @@ def test_a_queue_row_click_opens_the_case_it_names_and_nothing_else(server):
     client = RawClient(server["url"], "dr_b", USERS["dr_b"])
     config = client.config()
     session = secrets.token_hex(6)
-    assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session).success
+    assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv", *NO_FORM], session).success
     select, show = fns(config, "open_queue_row")[0], fns(config, "show_case")[0]
-    clicked = client.call(select, [None], session, {"index": [0, 1], "value": "c2",
+    clicked = client.call(select, [None, *NO_FORM], session, {"index": [0, 1], "value": "c2",
                                                     "row_value": [3, "c2", "manifest", "", ""]})
     assert clicked.success, clicked.error
     shown = client.call(show, [None], session)
     assert "case c2" in shown.data[3]  # the header names the clicked row's case, whatever its position
     for row in ([1, "../../secret.png", "manifest", "", ""], [1, str(server["secret"]), "", "", ""], "c0",
                 None, [1, ["c0"], "", "", ""], [1, "c0"]):
-        refused = client.call(select, [None], session, {"index": [0, 1], "value": "c0", "row_value": row})
+        refused = client.call(select, [None, *NO_FORM], session, {"index": [0, 1], "value": "c0", "row_value": row})
         assert not refused.success and "No such case in the open queue" in (refused.error or ""), row
     for event in (None, {"index": [0, 1]}, "c0"):  # not even a select event: Gradio refuses it first
-        assert not client.call(select, [None], session, event).success
+        assert not client.call(select, [None, *NO_FORM], session, event).success
     assert "case c2" in client.call(show, [None], session).data[3]  # still the clicked case
 
 
@@ -243,7 +243,7 @@ def test_queue_filters_own_images_and_restore_take_no_hostile_input(server):
 
     restore_fn = fns(config, "restore_queue")[0]
     mine = a.call(restore_fn, [None], secrets.token_hex(6))  # a new page of dr_a
-    assert mine.success and "Back where you left off: clinic/manifest.csv" in mine.data[2]
+    assert mine.success and "Back where you left off: clinic/manifest.csv" in mine.data[1]
     other = RawClient(server["url"], "dr_c", USERS["dr_c"]).call(restore_fn, [None], secrets.token_hex(6))
     assert other.success and "unreviewed by you" not in str(other.data)  # dr_a's filter stays dr_a's
 
@@ -275,7 +275,7 @@ def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server)
     open_fn = fns(config, "open_queue")[0]
     for chosen in ("/etc/passwd", "../secret.png", str(server["root"] / "queues" / "clinic" / "manifest.csv"),
                    ["clinic/manifest.csv"]):
-        result = client.call(open_fn, [None, chosen])
+        result = client.call(open_fn, [None, chosen, *NO_FORM])
         assert not result.success and "Choose a queue file from the list" in result.error
     export = client.call(fns(config, "export_labels")[0], ["latest"])
     assert not export.success and "Exporting everyone's labels is for admins" in export.error
@@ -492,7 +492,7 @@ def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_take
     client = RawClient(server["url"], "dr_t", USERS["dr_t"])
     config = client.config()
     session = secrets.token_hex(6)
-    assert client.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session).success
+    assert client.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv", *NO_FORM], session).success
     assert client.call(fns(config, "step_next")[0], [None], session).success
     case_id, token = case_shown(client, config, session)
     case = next(c for c in Derm7pt(server["release"]).cases() if c.case_id == case_id)
@@ -526,7 +526,7 @@ def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_take
     lesion_image(np.random.default_rng(9), (60, 60), tint=1).save(clash / "d.png")
     (clash / "manifest.csv").write_text(f"case_id,clinical,dermoscopy\n{case_id},,d.png\n")
     for who, reviewer in ((client, session), (RawClient(server["url"], "dr_c", USERS["dr_c"]), secrets.token_hex(6))):
-        assert who.call(fns(config, "open_queue")[0], [None, f"clash_{case_id}/manifest.csv"], reviewer).success
+        assert who.call(fns(config, "open_queue")[0], [None, f"clash_{case_id}/manifest.csv", *NO_FORM], reviewer).success
         assert who.call(fns(config, "step_next")[0], [None], reviewer).success
         shown_id, clash_token = case_shown(who, config, reviewer)
         assert shown_id == case_id
@@ -536,7 +536,7 @@ def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_take
     # another reviewer who did not ask sees nothing of it
     other_reviewer = RawClient(server["url"], "dr_b", USERS["dr_b"])
     session_b = secrets.token_hex(6)
-    assert other_reviewer.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session_b).success
+    assert other_reviewer.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv", *NO_FORM], session_b).success
     assert other_reviewer.call(fns(config, "step_next")[0], [None], session_b).success
     _, token_b = case_shown(other_reviewer, config, session_b)
     plain = other_reviewer.call(save, save_data(token_b, "agree"), session_b)
@@ -571,7 +571,7 @@ def test_a_reviewer_sees_only_their_own_agreement_with_the_model_not_other_revie
     shown_cases = {}
     for name in ("dr_b", "dr_k"):
         client, session = RawClient(server["url"], name, USERS[name]), secrets.token_hex(6)
-        assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session).success
+        assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv", *NO_FORM], session).success
         assert client.call(fns(config, "step_next")[0], [None], session).success
         case_id, token = case_shown(client, config, session)
         shown_cases[name] = case_id
@@ -629,7 +629,7 @@ def test_no_server_path_in_the_page_or_in_a_bad_queue_message(server):
     (bad / "manifest.csv").write_text("case_id,clinical,dermoscopy\nz1,missing.png,\n")
     config = client.config()
     assert str(server["root"]) not in json.dumps(config)
-    opened = client.call(fns(config, "open_queue")[0], [None, "broken_manifest/manifest.csv"], secrets.token_hex(6))
+    opened = client.call(fns(config, "open_queue")[0], [None, "broken_manifest/manifest.csv", *NO_FORM], secrets.token_hex(6))
     assert not opened.success and "missing.png" in opened.error and str(server["root"]) not in opened.error
 
 
@@ -888,7 +888,7 @@ def test_invented_sessions_push_out_visitors_sessions_never_a_reviewers(server, 
     client = RawClient(server["url"], "dr_b", USERS["dr_b"])
     config = client.config()
     reviewer_session = secrets.token_hex(6)
-    assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], reviewer_session).success
+    assert client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv", *NO_FORM], reviewer_session).success
     visitor = RawClient(server["url"], "dr_c", USERS["dr_c"])  # sessions where no reviewer acted count as visitors'
     for _ in range(12):
         assert visitor.call(fns(config, "who_is_signed_in")[0], [], secrets.token_hex(6)).success
@@ -917,7 +917,7 @@ def test_a_queue_image_swapped_for_a_link_after_the_queue_opened_is_not_served(s
     assert not any(resembles(f, server["secret"]) for f in client.files_in(shown.data))
     assert not shown.success and "no longer inside the queue folder" in shown.error
     assert str(server["root"]) not in shown.error
-    ordered = client.call(fns(config, "order_queue")[0], [None], session)
+    ordered = client.call(fns(config, "order_queue")[0], [None, *NO_FORM], session)
     assert not ordered.success and "no longer inside the queue folder" in ordered.error
 
 
@@ -949,7 +949,7 @@ def test_a_full_disk_while_moving_through_a_queue_says_so_and_leaves_nothing(tmp
                 moved = client.call(fns(config, move)[0], blank_form, session)
                 assert moved.success, (move, moved.error)
                 assert any("disk is full" in w for w in moved.warnings), (move, moved.warnings)
-            ordered = client.call(fns(config, "order_queue")[0], [None], session)
+            ordered = client.call(fns(config, "order_queue")[0], [None, *NO_FORM], session)
             assert ordered.success, ordered.error
         assert [p.name for p in log_dir.rglob("*") if p.name.endswith(".tmp")] == []
 
@@ -974,7 +974,7 @@ def test_a_foreign_review_log_is_named_in_words_not_by_its_server_path(tmp_path)
         foreign.write_text("patient,diagnosis\nJane Doe,MEL\n")
         answers = [client.call(fns(config, "save")[0], save_data(made.data[-1], "unsure"), session),
                    client.call(fns(config, "case_from_upload")[0], [None, None, clean.data[0]], session),
-                   client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv"], session),
+                   client.call(fns(config, "open_queue")[0], [None, "clinic/manifest.csv", *NO_FORM], session),
                    client.call(fns(config, "agreement")[0], []),
                    client.call(fns(config, "export_labels")[0], ["latest"])]
     for answer in answers:

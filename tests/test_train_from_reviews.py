@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app_helpers import tiny_checkpoint
-from skinnet_testkit.raw_http import RawClient
+from skinnet_testkit.raw_http import NO_FORM, RawClient
 from skinnet.checkpoint import load_checkpoint
 from skinnet.data import Derm7pt
 from skinnet.predict import Predictor
@@ -22,7 +22,7 @@ from skinnet.checkpoint import DEFAULT_CHECKPOINT as SHIPPED
 def save_case(client, config, session, case_id, verdict, corrections=None) -> str:
     """Open a case of the session's queue by its row, as a click does, and save a review of it."""
     row = [1, case_id, "derm7pt", "", ""]
-    assert client.call(fns(config, "open_queue_row")[0], [None], session,
+    assert client.call(fns(config, "open_queue_row")[0], [None, *NO_FORM], session,
                        {"index": [0, 1], "value": case_id, "row_value": row}).success
     shown, token = case_shown(client, config, session)
     assert shown == case_id
@@ -59,7 +59,7 @@ def test_the_documented_command_fine_tunes_the_shipped_model_on_reviews_saved_th
         client = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", "s3cret-pass")
         config = client.config()
         session = secrets.token_hex(6)
-        assert client.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv"], session).success
+        assert client.call(fns(config, "open_queue")[0], [None, "derm7pt/meta/meta.csv", *NO_FORM], session).success
         assert client.call(fns(config, "filter_queue")[0], [None, "all", "all", "any"], session).success
         save_case(client, config, session, train_case.case_id, "correct", mel)
         save_case(client, config, session, valid_case.case_id, "correct", mel)

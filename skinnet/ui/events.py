@@ -9,10 +9,12 @@ event reaches the user as one sentence without server paths (:func:`said_plainly
 """
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -86,6 +88,27 @@ NO_ANSWER = ("", NO_BARS, None, None)
 """An analysis that did not run: no summary, bars or tables."""
 
 
+class OnScreen:
+    """Which case (its form token) each page shows now, by session. An event that ends after the
+    page moved on (a case's maps, seconds of Grad-CAM) sees it and leaves the page as it is:
+    events of one page run side by side and can finish in any order."""
+    def __init__(self, size: int = 4096):
+        self.size, self.tokens, self.lock = size, collections.OrderedDict(), threading.Lock()
+
+    def show(self, request: gr.Request, token: str) -> None:
+        session = str(getattr(request, "session_hash", "") or "")
+        with self.lock:
+            self.tokens[session] = token
+            self.tokens.move_to_end(session)
+            while len(self.tokens) > self.size:
+                self.tokens.popitem(last=False)
+
+    def moved_on(self, request: gr.Request, token: str) -> bool:
+        session = str(getattr(request, "session_hash", "") or "")
+        with self.lock:
+            return self.tokens.get(session, token) != token
+
+
 class AppEvents:
     def __init__(self, predictor: Predictor, settings: AppSettings, log: CorrectionsLog,
                  reviewers: access.Reviewers, store: CleanStore, images_in: SessionImages,
@@ -95,6 +118,7 @@ class AppEvents:
         self.reviewers, self.store, self.images_in, self.exports = reviewers, store, images_in, exports
         self.queue_root = settings.queue_root
         self.examples = list(examples)
+        self.on_screen = OnScreen()
         # the server's folders, longest first, and how a user reads them
         places = {log.path: "the review log", log.folder: "the review log's folder",
                   self.queue_root: "the queue folder", store.folder: "the server's image store",
@@ -172,6 +196,7 @@ class AppEvents:
         # the form shows this pair's draft or saved review (its id is its pixels' hash), or a blank form
         values, status = review.form_for_case(state, self.saved(reviewer, state))
         token = state.get("event_id") or ""
+        self.on_screen.show(request, token)
         return (state, review.case_header(state, self.log, reviewer), *values, status, form_ready(token), token)
 
     def saved(self, reviewer, state) -> dict | None:
@@ -182,7 +207,9 @@ class AppEvents:
     @event
     def keep_draft(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
-        """Before a move away from the open case: unsaved changes in the form stay as the case's draft."""
+        """Before a move away from the open case: unsaved changes in the form stay as the case's draft.
+        Part of each move's own event, never an event of its own: two events of one page that both
+        write the session's state can finish in either order, and the last one's state wins."""
         state, _, reviewer = self.act(state, request, profile)
         values = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
                   note_value)
@@ -209,6 +236,7 @@ class AppEvents:
             self.preparer.prepare(owner, review.cases_ahead(state, self.log, reviewer))
         verdict, *corrected, confidence, note = values
         token = state.get("event_id") or ""
+        self.on_screen.show(request, token)
         return (state, *shown, review.case_header(state, self.log, reviewer), verdict,
                 *(gr.update(value=value, **label) for value, label in zip(corrected, labels)), confidence, note,
                 status, False, *answered, anyway, swap, form_ready(token), token)
@@ -235,6 +263,7 @@ class AppEvents:
         status = (f"Your unsaved changes to case {left} are kept as a draft: open it again to finish."
                   if left else "")
         hidden = gr.update(visible=False)
+        self.on_screen.show(request, "")
         return (state, blank, blank, review.case_header(state, self.log, reviewer), None,
                 *(gr.update(value=NO_CHANGE, label=task_label(t)) for t in TASKS), None, "", status, False, "",
                 *NO_ANSWER, hidden, hidden, form_ready(""), "")
@@ -307,14 +336,18 @@ class AppEvents:
     def explain_after_predict(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                               anyway, request: gr.Request, profile: gr.OAuthProfile | None):
         """The maps of an analysis: none without images or while its prediction is hidden (the
-        Explain button still works)."""
-        _, owner, _ = self.act(state, request, profile)
+        Explain button still works); nothing at all when the page has moved to another case
+        meanwhile (its maps are that case's to show)."""
+        state, owner, _ = self.act(state, request, profile)
+        token = state.get("event_id") or ""
         pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
         checks = self._checks(pair)
         if all(image is None for image in pair) or (checks is not None and not checks.trustworthy
                                                     and anyway is not True):
-            return None, None, []
-        return explain_handler(self.predictor, *pair, task_value, class_value, head_value)
+            maps = None, None, []
+        else:
+            maps = explain_handler(self.predictor, *pair, task_value, class_value, head_value)
+        return gr.skip() if self.on_screen.moved_on(request, token) else maps
 
     @event
     def form_labels(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
@@ -350,8 +383,11 @@ class AppEvents:
         return state["filters"]["split"], state["filters"]["status"], state["filters"]["predicted"]
 
     @event
-    def open_queue(self, state, chosen, request: gr.Request, profile: gr.OAuthProfile | None):
+    def open_queue(self, state, chosen, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+                   vascular, confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
         state, _, reviewer = self.act(state, request, profile, "Opening a queue")
+        state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+                                vascular, confidence_value, note_value, request, profile)
         if self.queue_root is None:
             raise gr.Error("No queue folder is configured (--queue-root).")
         if not isinstance(chosen, str) or chosen not in list_queues(self.queue_root):
@@ -374,27 +410,37 @@ class AppEvents:
 
     @event
     def restore_queue(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
-        """On page load: the signed-in reviewer's queue, order, filters and case, as they left them."""
+        """On page load: the signed-in reviewer's queue, order, filters and case, as they left them,
+        and the case shown (one event: the session's state is written once, or not at all when
+        there is nothing to restore, so a queue opened meanwhile is not overwritten)."""
         state, _, reviewer = self.act(state, request, profile)
         restored = review.restore(state, self.log.folder, self.queue_root, self.log, reviewer)
         if restored is None:
-            return (state, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+            return gr.skip()
         status = f"Back where you left off: {restored['queue_file']}. {review.view_status(restored)}"
-        return (restored, review.queue_table(restored, self.log, reviewer), status, *self.filter_values(restored),
-                restored.get("event_id") or "restored")
+        return (review.queue_table(restored, self.log, reviewer), status, *self.filter_values(restored),
+                restored.get("event_id") or "restored", *self.show_case(restored, request, profile))
 
     @event
-    def order_queue(self, state, request: gr.Request, profile: gr.OAuthProfile | None, progress=gr.Progress()):
+    def order_queue(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None,
+                    progress=gr.Progress()):
         state, _, reviewer = self.act(state, request, profile, "Ordering a queue")
+        state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+                                vascular, confidence_value, note_value, request, profile)
         state, table, status = review.order_by_uncertainty(state, self.predictor, self.log, reviewer, self.queue_root,
                                                                  progress)
         review.remember(state, self.log.folder, reviewer)
         return state, table, status, *self.filter_values(state)
 
     @event
-    def open_queue_row(self, state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
+    def open_queue_row(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+                       confidence_value, note_value, event: gr.SelectData, request: gr.Request,
+                       profile: gr.OAuthProfile | None):
         """The case of the clicked row, found by its case id (the table may be sorted on screen)."""
         state, _, reviewer = self.act(state, request, profile, "Opening a case")
+        state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+                                vascular, confidence_value, note_value, request, profile)
         row = event.row_value if isinstance(event.row_value, (list, tuple)) else []
         case_id = row[review.QUEUE_COLUMNS.index("case")] if len(row) == len(review.QUEUE_COLUMNS) else None
         state = review.open_case_id(state, case_id)

@@ -24,6 +24,30 @@
     loadingTimer = setTimeout(stopLoading, 60000);  // never stuck, whatever happened to the move
   };
   const stopLoading = () => { clearTimeout(loadingTimer); document.body.classList.remove('case-loading'); };
+
+  // -- a save (or undo) under way: its answer names the case on screen, so nothing moves until it is in;
+  // a field changed after it was sent is still unsaved when the answer says "Saved"
+  let savingTimer = null, sent = null, moveAfterSave = null;
+  const formValues = () => JSON.stringify(Array.from(document.querySelectorAll('#review-form input, #review-form textarea'))
+    .map((el) => (el.type === 'radio' || el.type === 'checkbox') ? el.checked : el.value));
+  const saving = () => document.body.classList.contains('saving');
+  const startSaving = () => {
+    sent = formValues();
+    document.body.classList.add('saving');
+    clearTimeout(savingTimer);
+    savingTimer = setTimeout(stopSaving, 60000);
+  };
+  const stopSaving = () => {
+    clearTimeout(savingTimer);
+    document.body.classList.remove('saving');
+    const move = moveAfterSave;  // a move asked for while the save was under way (n, an arrow, a button) follows it
+    moveAfterSave = null;
+    if (move) setTimeout(() => { const el = document.querySelector(move); if (el) el.click(); }, 0);
+  };
+  window.skinnetForm = {  // the save's answer is in: true when the form now differs from what it sent
+    answered: () => { const changed = sent !== null && formValues() !== sent; sent = null; stopSaving(); return changed; },
+    undone: () => { sent = null; stopSaving(); },  // an undo's answer sets the form itself
+  };
   const checkReady = () => {
     const marker = document.querySelector('#form-state .form-ready');
     const token = marker && marker.dataset.token;
@@ -35,6 +59,7 @@
     outline();
     const toast = document.querySelector('[data-testid="toast-body"].error');
     if (toast && loading() && !toast.dataset.seen) { toast.dataset.seen = '1'; stopLoading(); }  // the move failed
+    if (toast && saving() && !toast.dataset.savingSeen) { toast.dataset.savingSeen = '1'; stopSaving(); }
     labelOptions();
   };
   new MutationObserver(checkReady).observe(document.documentElement, {childList: true, subtree: true});
@@ -45,11 +70,20 @@
       // not the new case's form yet; a filter picked now would be undone by the case's arrival
       event.preventDefault(); event.stopImmediatePropagation(); return;
     }
-    if (target.closest(NAVIGATION)) startLoading();
+    if (saving() && target.closest(`${NAVIGATION}, #save-review, #undo-save, #queue-filters`)) {
+      event.preventDefault(); event.stopImmediatePropagation();  // the save's answer first
+      const button = target.closest('#next-case, #prev-case, #next-unreviewed');
+      if (button) moveAfterSave = `#${button.id}`;
+      return;
+    }
+    if (target.closest('#save-review, #undo-save')) startSaving();
+    else if (target.closest(NAVIGATION)) startLoading();
   }, true);
   document.addEventListener('mousedown', (event) => {
     const target = event.target instanceof Element ? event.target : null;
-    if (target && event.button === 0 && target.closest(ROW_CELLS)) startLoading();
+    if (!target || event.button !== 0 || !target.closest(ROW_CELLS)) return;
+    if (saving()) { event.preventDefault(); event.stopImmediatePropagation(); return; }  // the save's answer first
+    startLoading();
   }, true);
 
   // -- the digit keys, shown next to the choices they pick ------------------------------------
@@ -67,9 +101,19 @@
     const correct = document.querySelector('#verdict input[value="correct"]');
     if (correct && !correct.checked) correct.click();
   };
+  // a pick takes a moment (the option list is drawn first): keys pressed meanwhile wait for it, in
+  // order, instead of landing in the dropdown (a, Enter: then the save takes the pick)
+  let picking = 0, keysAfterPick = [];
+  document.addEventListener('keydown', (event) => {
+    if (!picking || !event.isTrusted || ['Shift', 'Control', 'Alt', 'Meta'].includes(event.key)) return;
+    keysAfterPick.push({key: event.key, ctrlKey: event.ctrlKey, metaKey: event.metaKey, altKey: event.altKey,
+                        shiftKey: event.shiftKey});
+    event.preventDefault(); event.stopImmediatePropagation();
+  }, true);
   const pick = (n) => {
     const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
     if (!input) return;
+    picking += 1;
     input.focus(); press(input);
     // this dropdown's own option list, once it is drawn (a busy page can take a while)
     let tries = 0;
@@ -81,6 +125,13 @@
       const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
       if (option) { press(option); if (n > 0) markCorrect(); }
       input.blur();
+      picking -= 1;
+      if (!picking && keysAfterPick.length) {
+        const keys = keysAfterPick;
+        keysAfterPick = [];
+        setTimeout(() => keys.forEach((init) => document.body.dispatchEvent(
+          new KeyboardEvent('keydown', {...init, bubbles: true, cancelable: true}))), 60);
+      }
     };
     setTimeout(choose, 40);
   };
@@ -123,7 +174,11 @@
     const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
     if (event.key === '?' && !typing) { toggleHelp(); event.preventDefault(); return; }
     if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
-    if (loading()) {  // a move is under way: nothing acts on the form (or the filters) until the new case is in
+    if (saving() && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) {
+      const moves = {n: '#next-unreviewed', ArrowRight: '#next-case', ArrowLeft: '#prev-case'};
+      if (moves[event.key]) moveAfterSave = moves[event.key];  // made once the save's answer is in
+    }
+    if (loading() || saving()) {  // a move or save is under way: nothing acts on the form, the filters or the case until it is in
       if (event.key === 'Enter' || (!typing && !event.ctrlKey && !event.metaKey && !event.altKey)) event.preventDefault();
       return;
     }

@@ -243,6 +243,9 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         case_outputs = [state, clinical, dermoscopy, header, *form, show_anyway, *answered, anyway_button,
                         swap_button, form_state, case_token]
         model_calls = {"concurrency_limit": PREDICT_CONCURRENCY, "concurrency_id": "predict"}
+        # the case of the images in the slots: one at a time, first sent first done (two uploads in a
+        # row: the pair's case is the one that stays, not the first image's arriving late)
+        in_order = {"concurrency_limit": 1, "concurrency_id": "case-from-upload"}
 
         def after_predict(event):  # each step only after the one before succeeded; the form before the maps
             return (event.success(events.guard_buttons, [*images, show_anyway], [anyway_button, swap_button],
@@ -270,7 +273,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
 
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
             component.upload(events.on_upload(name), [state, component], [component, *cleared], **private).success(
-                events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private)
+                events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private, **in_order)
         task.change(class_choices, task, class_name, api_visibility="private")
         after_predict(analyse.click(events.analyse, [*images, show_anyway], answered, **private, **model_calls))
         # the public /predict (documented outputs: summary, DIAG table, criteria table; a bad input is an
@@ -280,30 +283,31 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             preprocess=False, **model_calls)
         analyse_chain(anyway_button.click(lambda: True, None, show_anyway, api_visibility="private"))
         analyse_chain(swap_button.click(events.swap_images, images, [clinical, dermoscopy], **private)
-                      .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
+                      .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private, **in_order))
         if example_gallery is not None:
             analyse_chain(example_gallery.select(events.open_example, state, [clinical, dermoscopy, *cleared],
                                                  **private)
-                          .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private))
+                          .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private, **in_order))
         explain_button.click(events.explain, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
             with_maps(button.click(events.go(direction), form_inputs, case_outputs, **private))
         filters = [split_filter, status_filter, predicted_filter]
-        open_case(open_button.click(events.open_queue, [state, queue_file],
+        open_case(open_button.click(events.open_queue, [state, queue_file, *form_inputs[1:]],
                                     [state, queue_view, queue_status, *filters], **private)
                   .success(events.step("next"), state, state, **private))
-        open_case(order_button.click(events.order_queue, state, [state, queue_view, queue_status, *filters],
+        open_case(order_button.click(events.order_queue, form_inputs, [state, queue_view, queue_status, *filters],
                                      **private))
         for filter_ in filters:  # a user's pick (not the values a queue opening sets)
             filter_.input(events.filter_queue, [state, *filters], [state, queue_view, queue_status, header],
                           **private)
         # a reload finds the reviewer's queue where they left it (the marker changes only then)
         restored = gr.Textbox(visible=False, elem_id="restored-marker")
-        app.load(events.restore_queue, state, [state, queue_view, queue_status, *filters, restored], **private)
-        with_maps(restored.change(events.show_case, state, case_outputs, **private))
-        # the form is on the other tab: leaving it for the queue keeps its unsaved changes as a draft
-        queue_tab.select(events.keep_draft, form_inputs, state, **private)
-        row_opened = queue_view.select(events.open_queue_row, state, state, **private).success(
+        app.load(events.restore_queue, state, [queue_view, queue_status, *filters, restored, *case_outputs],
+                 **private).then(None, None, None, js="() => document.body.classList.add('page-restored')",
+                                 api_visibility="private", queue=False)
+        restored.change(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs, **private)
+        # the form is on the other tab: a move made on the queue's tab keeps its unsaved changes as a draft
+        row_opened = queue_view.select(events.open_queue_row, form_inputs, state, **private).success(
             events.show_case, state, case_outputs, **private)
         row_opened.success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private")
         with_maps(row_opened)
@@ -311,15 +315,21 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             lambda: CLEARED_OUTPUTS, None, cleared, api_visibility="private")
         export_button.click(events.export_labels, export_rule, export_file, **private)
         agreement_button.click(events.agreement, None, agreement_view, **private)
-        save.click(events.save, [state, case_token, reveal, verdict, confidence, note, *corrections],
-                   [save_status, header, queue_view], concurrency_limit=4, **private)
-        undo.click(events.undo, [state, case_token],
-                   [save_status, header, queue_view, verdict, *corrections, confidence, note], **private)
         # typed or picked by the user, not loaded. In the browser, not on the server: a server round
         # trip could come back after a Save sent just behind it and cover its "Saved" message
         unsaved = json.dumps("✎ Unsaved changes: press Save (Enter) to keep them.")
         for field_ in (verdict, *corrections, confidence, note):
-            field_.input(None, None, save_status, js=f"() => {unsaved}", api_visibility="private", queue=False)
+            field_.input(None, None, save_status, js=f"() => {unsaved}",
+                         api_visibility="private", queue=False)
+        # keys.js holds moves while a save or undo is under way (their answers name the case on
+        # screen); their answer in, it lets the moves go and says so when the form changed meanwhile
+        save_answered = f"(status) => window.skinnetForm?.answered() ? {unsaved} : status"
+        save.click(events.save, [state, case_token, reveal, verdict, confidence, note, *corrections],
+                   [save_status, header, queue_view], concurrency_limit=4, **private).then(
+            None, save_status, save_status, js=save_answered, api_visibility="private", queue=False)
+        undo.click(events.undo, [state, case_token],
+                   [save_status, header, queue_view, verdict, *corrections, confidence, note], **private).then(
+            None, None, None, js="() => { window.skinnetForm?.undone(); }", api_visibility="private", queue=False)
         app.load(events.refresh_queues, None, queue_file, **private)
         app.load(events.backup_status, None, backup_status, **private)
         queue_tab.select(events.backup_status, None, backup_status, **private)
