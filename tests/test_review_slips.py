@@ -380,7 +380,7 @@ def test_the_unsaved_changes_mark_is_set_in_the_browser_and_can_never_cover_a_sa
 
 
 def test_a_move_made_while_a_save_is_under_way_follows_its_answer_and_a_digit_then_enter_saves_the_pick(
-        page, app_, monkeypatch):
+        page, app_, monkeypatch, tmp_path):
     """A reviewer's rhythm is a, Enter, n. The save's answer names the case it saved (header,
     status); when it came back after the move's, the next case was on screen under the saved
     one's header. Now the move waits for the save's answer. A field changed while a save is under
@@ -409,6 +409,7 @@ def test_a_move_made_while_a_save_is_under_way_follows_its_answer_and_a_digit_th
     page.keyboard.press("a")
     page.keyboard.press("Enter")
     page.keyboard.press("n")
+    page.screenshot(path=str(tmp_path / "move_waits_for_the_save.png"))
     wait_for_case(page, "c4")
     time.sleep(1.0)  # nothing late comes back to cover c4
     expect(header).to_contain_text("case c4 (")
