@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         again = reviewer.call(fn_by_name(config, "order_queue"), [None, *NO_FORM], second)
         cached_order = time.perf_counter() - started
-        n_cases = int(opened.data[-1].split()[1])
+        n_cases = int(opened.data[2].split()[1])  # the queue status: "Opened N cases ..."
     finally:
         app.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -83,13 +83,15 @@ class RawClient:
                                                                   output.get("error"), message)
                             arrived.notify_all()
 
-        reader = threading.Thread(target=read, daemon=True)
+        readers: list[threading.Thread] = []
 
         def join(fn_index: int, data: list, event_data=None) -> str:
             event_id = self.join(fn_index, data, session_hash, event_data)
             assert not isinstance(event_id, Result), event_id.error
-            if not reader.is_alive():  # Gradio opens a session's stream only with an event pending
-                reader.start()
+            # Gradio opens a session's stream only with an event pending, and closes it when none is
+            if not readers or not readers[-1].is_alive():
+                readers.append(threading.Thread(target=read, daemon=True))
+                readers[-1].start()
             return event_id
 
         def wait(event_id: str, timeout: float = 120) -> Result:

@@ -424,8 +424,9 @@ def test_a_move_made_while_a_save_is_under_way_follows_its_answer_and_a_digit_th
     while len(rows(settings)) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [(r["case_id"], r["verdict"]) for r in rows(settings)] == [("c3", "agree"), ("c4", "unsure")]
-    time.sleep(1.5)  # the save's answer is in
-    expect(status).to_contain_text("Unsaved changes")  # not "Saved": skip is not what was saved
+    expect(page.locator("body")).not_to_have_class(re.compile(r"\bsaving\b"), timeout=60_000)  # its answer is in
+    expect(status).not_to_contain_text("Saved:", timeout=10_000)  # skip is not what was saved
+    expect(status).to_contain_text("Unsaved changes")
 
     monkeypatch.setattr(CorrectionsLog, "append", real)
     page.locator("#case-header").click()
@@ -491,15 +492,23 @@ def test_two_uploads_in_a_row_leave_the_pairs_case_open_even_when_the_first_ones
     slowed here (the app runs in this process) so that it would come last."""
     from playwright.sync_api import expect
 
+    import threading
+
     from app_helpers import write_pair
     from skinnet.ui import review as app_review
 
     settings, _ = app_
     real = app_review.start_upload_case
 
+    alone_done = threading.Event()
+
     def slow_when_alone(state, clinical, dermoscopy):
         if dermoscopy is None:
             time.sleep(3.0)
+            try:
+                return real(state, clinical, dermoscopy)
+            finally:
+                alone_done.set()
         return real(state, clinical, dermoscopy)
 
     monkeypatch.setattr(app_review, "start_upload_case", slow_when_alone)
@@ -508,8 +517,11 @@ def test_two_uploads_in_a_row_leave_the_pairs_case_open_even_when_the_first_ones
     clinical, dermoscopy = write_pair(tmp_path, seed=11)
     page.locator("#clinical-input input[type=file]").set_input_files(str(clinical))
     page.locator("#dermoscopy-input input[type=file]").set_input_files(str(dermoscopy))
-    expect(page.locator("#case-header")).to_contain_text("case upload:", timeout=60_000)
-    time.sleep(8.0)  # both cases in, the slowed one included
+    pair_case = re.compile(r"case upload:[0-9a-f]{12}-[0-9a-f]{12}")
+    expect(page.locator("#case-header")).to_contain_text(pair_case, timeout=60_000)
+    assert alone_done.wait(60)
+    time.sleep(0.5)  # the slowed case's answer, had it come last, is on the page by now
+    expect(page.locator("#case-header")).to_contain_text(pair_case)
     page.locator("#case-header").click()
     page.keyboard.press("a")
     page.keyboard.press("Enter")

@@ -13,6 +13,7 @@ import collections
 import errno
 import functools
 import logging
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -89,24 +90,37 @@ NO_ANSWER = ("", NO_BARS, None, None)
 
 
 class OnScreen:
-    """Which case (its form token) each page shows now, by session. An event that ends after the
-    page moved on (a case's maps, seconds of Grad-CAM) sees it and leaves the page as it is:
-    events of one page run side by side and can finish in any order."""
+    """Which images (the store's file names, named by their pixels) each page shows now, by
+    session and slot. An event that ends after its page shows other images (a case's maps,
+    seconds of Grad-CAM, after a move) leaves the page as it is: events of one page run side by
+    side and can finish in any order."""
     def __init__(self, size: int = 4096):
-        self.size, self.tokens, self.lock = size, collections.OrderedDict(), threading.Lock()
+        self.size, self.shown, self.lock = size, collections.OrderedDict(), threading.Lock()
 
-    def show(self, request: gr.Request, token: str) -> None:
-        session = str(getattr(request, "session_hash", "") or "")
-        with self.lock:
-            self.tokens[session] = token
-            self.tokens.move_to_end(session)
-            while len(self.tokens) > self.size:
-                self.tokens.popitem(last=False)
+    @staticmethod
+    def _session(request: gr.Request) -> str:
+        return str(getattr(request, "session_hash", "") or "")
 
-    def moved_on(self, request: gr.Request, token: str) -> bool:
-        session = str(getattr(request, "session_hash", "") or "")
+    def show(self, request: gr.Request, *paths, slot: int | None = None) -> None:
+        """The pair now in the slots (both paths), or one slot's new image (``slot``)."""
+        names = [os.path.basename(str(p)) if p else None for p in paths]
+        session = self._session(request)
         with self.lock:
-            return self.tokens.get(session, token) != token
+            shown = list(self.shown.get(session, (None, None)))
+            if slot is None:
+                shown = names
+            else:
+                shown[slot] = names[0]
+            self.shown[session] = tuple(shown)
+            self.shown.move_to_end(session)
+            while len(self.shown) > self.size:
+                self.shown.popitem(last=False)
+
+    def shows(self, request: gr.Request, *paths) -> bool:
+        """True unless the page is known to show other images than these."""
+        names = tuple(os.path.basename(str(p)) if p else None for p in paths)
+        with self.lock:
+            return self.shown.get(self._session(request), names) == names
 
 
 class AppEvents:
@@ -180,10 +194,13 @@ class AppEvents:
             except NotYours as err:
                 raise gr.Error(str(err)) from None
             except ImageError as err:  # the refused image leaves its slot; the message says why
+                self.on_screen.show(request, None, slot=0 if name.startswith("clinical") else 1)
                 return (None, f"⚠️ {err}", *CLEARED_OUTPUTS[1:])
             # the last pair's results go in the same response as the new image (no later step
             # can wipe an analysis the user started meanwhile)
-            return (self.store.add(owner, image) if image is not None else None, *CLEARED_OUTPUTS)
+            clean = self.store.add(owner, image) if image is not None else None
+            self.on_screen.show(request, clean, slot=0 if name.startswith("clinical") else 1)
+            return (clean, *CLEARED_OUTPUTS)
         handler.__name__ = f"upload_{name.split()[0]}"
         return handler
 
@@ -196,7 +213,7 @@ class AppEvents:
         # the form shows this pair's draft or saved review (its id is its pixels' hash), or a blank form
         values, status = review.form_for_case(state, self.saved(reviewer, state))
         token = state.get("event_id") or ""
-        self.on_screen.show(request, token)
+        self.on_screen.show(request, *paths)
         return (state, review.case_header(state, self.log, reviewer), *values, status, form_ready(token), token)
 
     def saved(self, reviewer, state) -> dict | None:
@@ -229,14 +246,14 @@ class AppEvents:
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)
         editable = (state.get("case") or {}).get("source", "upload") == "upload"
-        shown = [gr.update(value=self.store.add(owner, im) if im is not None else None, interactive=editable)
-                 for im in images]
+        stored = [self.store.add(owner, im) if im is not None else None for im in images]
+        self.on_screen.show(request, *stored)
+        shown = [gr.update(value=path, interactive=editable) for path in stored]
         answered, labels, anyway, swap = self.case_answer(images)
         if reviewer and state.get("case"):
             self.preparer.prepare(owner, review.cases_ahead(state, self.log, reviewer))
         verdict, *corrected, confidence, note = values
         token = state.get("event_id") or ""
-        self.on_screen.show(request, token)
         return (state, *shown, review.case_header(state, self.log, reviewer), verdict,
                 *(gr.update(value=value, **label) for value, label in zip(corrected, labels)), confidence, note,
                 status, False, *answered, anyway, swap, form_ready(token), token)
@@ -263,7 +280,7 @@ class AppEvents:
         status = (f"Your unsaved changes to case {left} are kept as a draft: open it again to finish."
                   if left else "")
         hidden = gr.update(visible=False)
-        self.on_screen.show(request, "")
+        self.on_screen.show(request, None, None)
         return (state, blank, blank, review.case_header(state, self.log, reviewer), None,
                 *(gr.update(value=NO_CHANGE, label=task_label(t)) for t in TASKS), None, "", status, False, "",
                 *NO_ANSWER, hidden, hidden, form_ready(""), "")
@@ -276,8 +293,10 @@ class AppEvents:
         if not 0 <= index < len(self.examples):
             raise gr.Error("No such example.")
         example = self.examples[index]
-        return (*(gr.update(value=self.store.add(owner, im) if im is not None else None, interactive=True)
-                  for im in (example.clinical, example.dermoscopy)), *CLEARED_OUTPUTS)
+        stored = [self.store.add(owner, im) if im is not None else None
+                  for im in (example.clinical, example.dermoscopy)]
+        self.on_screen.show(request, *stored)
+        return (*(gr.update(value=path, interactive=True) for path in stored), *CLEARED_OUTPUTS)
 
     @event
     def swap_images(self, state, clinical_value, dermoscopy_value, request: gr.Request,
@@ -286,7 +305,9 @@ class AppEvents:
         if (state.get("case") or {}).get("source", "upload") != "upload":
             raise gr.Error("A queue case's images come from its queue file: correct the file if they are swapped.")
         pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
-        return [self.store.add(owner, image) if image is not None else None for image in reversed(pair)]
+        stored = [self.store.add(owner, image) if image is not None else None for image in reversed(pair)]
+        self.on_screen.show(request, *stored)
+        return stored
 
     # -- the model's answer ---------------------------------------------------------------------
     @event
@@ -338,8 +359,7 @@ class AppEvents:
         """The maps of an analysis: none without images or while its prediction is hidden (the
         Explain button still works); nothing at all when the page has moved to another case
         meanwhile (its maps are that case's to show)."""
-        state, owner, _ = self.act(state, request, profile)
-        token = state.get("event_id") or ""
+        _, owner, _ = self.act(state, request, profile)
         pair = self.open_images(owner, (clinical_value, dermoscopy_value), True)
         checks = self._checks(pair)
         if all(image is None for image in pair) or (checks is not None and not checks.trustworthy
@@ -347,7 +367,8 @@ class AppEvents:
             maps = None, None, []
         else:
             maps = explain_handler(self.predictor, *pair, task_value, class_value, head_value)
-        return gr.skip() if self.on_screen.moved_on(request, token) else maps
+        explained = [self.store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
+        return maps if self.on_screen.shows(request, *explained) else gr.skip()
 
     @event
     def form_labels(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,

@@ -32,6 +32,8 @@
     .map((el) => (el.type === 'radio' || el.type === 'checkbox') ? el.checked : el.value));
   const saving = () => document.body.classList.contains('saving');
   const startSaving = () => {
+    // an error still on screen from before (a save without a verdict) is not this save's answer
+    document.querySelectorAll('[data-testid="toast-body"].error').forEach((toast) => { toast.dataset.savingSeen = '1'; });
     sent = formValues();
     document.body.classList.add('saving');
     clearTimeout(savingTimer);
@@ -59,7 +61,12 @@
     outline();
     const toast = document.querySelector('[data-testid="toast-body"].error');
     if (toast && loading() && !toast.dataset.seen) { toast.dataset.seen = '1'; stopLoading(); }  // the move failed
-    if (toast && saving() && !toast.dataset.savingSeen) { toast.dataset.savingSeen = '1'; stopSaving(); }
+    document.querySelectorAll('[data-testid="toast-body"].error').forEach((error) => {
+      if (!saving() || error.dataset.savingSeen) return;
+      error.dataset.savingSeen = '1';
+      moveAfterSave = null;  // the save failed: the case stays open, its form as it is
+      stopSaving();
+    });
     labelOptions();
   };
   new MutationObserver(checkReady).observe(document.documentElement, {childList: true, subtree: true});
@@ -103,9 +110,18 @@
   };
   // a pick takes a moment (the option list is drawn first): keys pressed meanwhile wait for it, in
   // order, instead of landing in the dropdown (a, Enter: then the save takes the pick)
-  let picking = 0, keysAfterPick = [];
+  let picking = 0, keysAfterPick = [], pickInput = null;
+  const replayKeys = () => {  // one at a time: a replayed digit starts a pick, and the rest wait for it
+    while (!picking && keysAfterPick.length) {
+      document.body.dispatchEvent(new KeyboardEvent('keydown', {...keysAfterPick.shift(), bubbles: true, cancelable: true}));
+    }
+  };
   document.addEventListener('keydown', (event) => {
     if (!picking || !event.isTrusted || ['Shift', 'Control', 'Alt', 'Meta'].includes(event.key)) return;
+    const target = event.target;
+    const text = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio'
+                                                              && target.type !== 'checkbox'));
+    if (text && target !== pickInput) return;  // typed into another field (the note): that field's
     keysAfterPick.push({key: event.key, ctrlKey: event.ctrlKey, metaKey: event.metaKey, altKey: event.altKey,
                         shiftKey: event.shiftKey});
     event.preventDefault(); event.stopImmediatePropagation();
@@ -114,6 +130,7 @@
     const input = document.querySelector(`#correct-${TASKS[cursor]} input`);
     if (!input) return;
     picking += 1;
+    pickInput = input;
     input.focus(); press(input);
     // this dropdown's own option list, once it is drawn (a busy page can take a while)
     let tries = 0;
@@ -125,13 +142,7 @@
       const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
       if (option) { press(option); if (n > 0) markCorrect(); }
       input.blur();
-      picking -= 1;
-      if (!picking && keysAfterPick.length) {
-        const keys = keysAfterPick;
-        keysAfterPick = [];
-        setTimeout(() => keys.forEach((init) => document.body.dispatchEvent(
-          new KeyboardEvent('keydown', {...init, bubbles: true, cancelable: true}))), 60);
-      }
+      setTimeout(() => { picking -= 1; replayKeys(); }, 60);  // keys keep waiting until the pick has settled
     };
     setTimeout(choose, 40);
   };
@@ -174,7 +185,9 @@
     const typing = target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
     if (event.key === '?' && !typing) { toggleHelp(); event.preventDefault(); return; }
     if (event.key === 'Escape') { const panel = document.querySelector('#shortcut-help'); if (panel) panel.remove(); }
-    if (saving() && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    const shownForm = document.querySelector('#review-form');
+    if (saving() && !typing && !event.ctrlKey && !event.metaKey && !event.altKey && shownForm
+        && shownForm.offsetParent !== null && !(target instanceof Element && target.closest('#queue-table'))) {
       const moves = {n: '#next-unreviewed', ArrowRight: '#next-case', ArrowLeft: '#prev-case'};
       if (moves[event.key]) moveAfterSave = moves[event.key];  // made once the save's answer is in
     }
