@@ -15,7 +15,7 @@ from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (sam
 from skinnet_testkit.queues import write_queue
 from test_review_e2e import choose, reviewer_app, wait_until_restored
 
-SLOW_S = 4.0
+SLOW_S = 2.5
 """How long the model takes for the slow case (c1's images), so that a move to it can be watched."""
 
 
@@ -402,7 +402,7 @@ def test_a_move_made_while_a_save_is_under_way_follows_its_answer_and_a_digit_th
     real = CorrectionsLog.append
 
     def slow_append(self, *args, **kwargs):  # a save the disk keeps waiting (the app runs in this process)
-        time.sleep(3.0)
+        time.sleep(2.0)
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(CorrectionsLog, "append", slow_append)
@@ -528,3 +528,25 @@ def test_two_uploads_in_a_row_leave_the_pairs_case_open_even_when_the_first_ones
     expect(page.locator("#save-status")).to_contain_text("Saved: agree for case upload:", timeout=60_000)
     saved = rows(settings)
     assert len(saved) == 1 and saved[0]["clinic_sha256"] and saved[0]["derm_sha256"], saved  # both images kept
+
+
+def test_a_restored_case_whose_image_is_broken_brings_the_queue_back_and_says_why(app_):
+    """A new page restores the reviewer's queue and case in one event; when the case's image was
+    damaged in the queue folder meanwhile, the queue still comes back, with no case open and a
+    sentence saying why (the whole restore used to fail). Runs last: it moves dr_a's place."""
+    import secrets
+
+    from skinnet_testkit.raw_http import RawClient, fns
+    from test_security import open_first_case
+
+    settings, root = app_
+    write_queue(root / "queues" / "gone", n=2, prefix="g")
+    client = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", "s3cret-pass")
+    config = client.config()
+    shown = open_first_case(client, config, secrets.token_hex(6), "gone/manifest.csv")
+    assert shown.success and "case g0" in shown.data[3]
+    (root / "queues" / "gone" / "img" / "c0_derm.png").write_bytes(b"no longer a PNG")  # g0's dermoscopy image
+    restored = client.call(fns(config, "restore_queue")[0], [None], secrets.token_hex(6))  # a new page
+    assert restored.success, restored.error
+    assert "Back where you left off: gone/manifest.csv" in restored.data[1]
+    assert "Its open case cannot be shown" in restored.data[1] and "No case open" in str(restored.data)

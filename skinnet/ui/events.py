@@ -439,8 +439,13 @@ class AppEvents:
         if restored is None:
             return gr.skip()
         status = f"Back where you left off: {restored['queue_file']}. {review.view_status(restored)}"
+        try:
+            shown = self.show_case(restored, request, profile)
+        except gr.Error as err:  # the case cannot be shown (its image is gone): the queue still comes back
+            status = f"{status} Its open case cannot be shown: {err.message}"
+            shown = self.show_case({**restored, "case": None, "event_id": None}, request, profile)
         return (review.queue_table(restored, self.log, reviewer), status, *self.filter_values(restored),
-                restored.get("event_id") or "restored", *self.show_case(restored, request, profile))
+                restored.get("event_id") or "restored", *shown)
 
     @event
     def order_queue(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,

@@ -303,7 +303,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         # a reload finds the reviewer's queue where they left it (the marker changes only then)
         restored = gr.Textbox(visible=False, elem_id="restored-marker")
         app.load(events.restore_queue, state, [queue_view, queue_status, *filters, restored, *case_outputs],
-                 **private).then(None, None, None, js="() => document.body.classList.add('page-restored')",
+                 show_progress="hidden", **private).then(None, None, None, js="() => document.body.classList.add('page-restored')",
                                  api_visibility="private", queue=False)
         restored.change(events.explain_after_predict, [*explain_inputs, show_anyway], explain_outputs, **private)
         # the form is on the other tab: a move made on the queue's tab keeps its unsaved changes as a draft
