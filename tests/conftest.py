@@ -23,10 +23,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "real_derm7pt: reads the real Derm7pt release (needs_real_derm7pt)")
 
 
+LONGEST_FILES = ("test_security.py", "test_crossval.py", "test_review_slips.py", "test_ledger.py",
+                 "test_entry_point.py", "test_review_e2e.py")
+"""Run first (minutes each): the two workers take a file at a time in collection order, and a long
+file left to the end keeps one worker busy while the other has nothing left."""
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if any(m.kwargs.get("reason") == NEEDS_REAL_DERM7PT for m in item.iter_markers("skipif")):
             item.add_marker("real_derm7pt")
+    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's own order is kept
 
 
 def pytest_terminal_summary(terminalreporter):
