@@ -19,10 +19,9 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from training.metrics import exact_mcnemar
+from training.metrics import exact_mcnemar, paired_bootstrap
 from report import write_section
 from skinnet.data import Derm7pt
 from skinnet.labels import TASK_NAMES, split_logits
@@ -55,14 +54,6 @@ def correct_per_task(oof: dict) -> torch.Tensor:
     """(N, 8) booleans: the fused head right on each task of each case."""
     tasks = split_logits(oof["logits"]["fused"])
     return torch.stack([logits.argmax(-1) == oof["labels"][:, i] for i, logits in enumerate(tasks.values())], 1)
-
-
-def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean-over-tasks accuracy difference A - B, cases resampled with replacement."""
-    diff = (a.float() - b.float()).mean(1).numpy()  # per case: the difference of its 8-task average
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int]) -> dict:

@@ -5,7 +5,14 @@
 The card's calibration was fitted on an earlier cross-fit of the recipe (its files were lost);
 the ledger entry rebuilds that cross-fit. Per head: DIAG ECE of the entry's one-view OOF logits
 uncalibrated, with the card's calibration, and refitted on them (in sample, so optimistic), and
-the calibrated accuracies. Test is not read.
+the calibrated accuracies.
+
+Then the question the card's class biases left open (they were adopted on a test number, which
+the protocol forbids): do they beat a temperature alone? Cross-fitted on the entry's folds, each
+fold's predictions calibrated by a fit on the other four folds' (no case calibrated by a fit that
+saw it): accuracy, ECE and log-loss of no calibration, a temperature per task, and a temperature
+plus class biases per task, with a paired bootstrap (average of 8) and an exact McNemar (DIAG)
+of biases against the temperature alone on the fused head. Test is not read.
 """
 from __future__ import annotations
 
@@ -13,15 +20,69 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from skinnet.calibration import calibrate, fit_head
 from skinnet.checkpoint import DEFAULT_CHECKPOINT, read_card
 from skinnet.data import Derm7pt
+from skinnet.labels import split_logits
 from skinnet.model import HEADS
 from training.evaluate import scored_cases
 from training.ledger import Experiment, read_entry_oof
-from training.metrics import expected_calibration_error, task_accuracies
+from training.metrics import (diagnosis_report, exact_mcnemar, expected_calibration_error, paired_bootstrap,
+                              task_accuracies)
 
 ROOT = Path(__file__).resolve().parents[1]
+# calibrations compared out of fold: the fit_head ``biases`` flag (None: uncalibrated)
+VARIANTS = {"uncalibrated": None, "temperature": False, "temperature_and_biases": True}
+
+
+def cross_fitted(logits: torch.Tensor, labels: torch.Tensor, fold: torch.Tensor, biases: bool | None) -> torch.Tensor:
+    """Each fold's logits calibrated by a fit on the other folds' logits and labels."""
+    if biases is None:
+        return logits
+    out = logits.clone()
+    for k in fold.unique().tolist():
+        held = fold == k
+        out[held] = calibrate(logits[held], fit_head(logits[~held], labels[~held], biases))
+    return out
+
+
+def right_per_task(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, 8) booleans: each case right on each task."""
+    return torch.stack([part.argmax(-1) == labels[:, t] for t, part in enumerate(split_logits(logits).values())], 1)
+
+
+def log_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the 8 tasks of the cross-entropy (nats per case)."""
+    return float(torch.stack([torch.nn.functional.cross_entropy(part.float(), labels[:, t])
+                              for t, part in enumerate(split_logits(logits).values())]).mean())
+
+
+def compare_out_of_fold(oof: dict) -> dict:
+    """The three VARIANTS per head, cross-fitted on the entry's folds; biases vs temperature paired."""
+    result = {}
+    for head in HEADS:
+        keep = scored_cases(head, oof["has_clinical"])
+        logits, labels, fold = oof["logits"][head][keep], oof["labels"][keep], oof["fold"][keep]
+        rows, right = {}, {}
+        for name, biases in VARIANTS.items():
+            calibrated = cross_fitted(logits, labels, fold, biases)
+            right[name] = right_per_task(calibrated, labels)
+            mel = diagnosis_report(calibrated, labels)["MEL"]
+            rows[name] = {"avg": float(right[name].float().mean()), "DIAG": float(right[name][:, 0].float().mean()),
+                          "ece_mean_of_8": expected_calibration_error(calibrated, labels),
+                          "diag_ece": expected_calibration_error(calibrated, labels, task="DIAG"),
+                          "log_loss_mean_of_8": log_loss(calibrated, labels),
+                          "mel_sensitivity": mel["sensitivity"], "mel_specificity": mel["specificity"]}
+        a, b = right["temperature_and_biases"], right["temperature"]
+        only_a, only_b = int((a[:, 0] & ~b[:, 0]).sum()), int((b[:, 0] & ~a[:, 0]).sum())
+        result[head] = {"n_cases": len(labels), "variants": rows, "biases_vs_temperature": {
+            "avg_difference": rows["temperature_and_biases"]["avg"] - rows["temperature"]["avg"],
+            "avg_difference_95ci": list(paired_bootstrap(a, b)),
+            "diag_only_biases": only_a, "diag_only_temperature": only_b,
+            "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b)}}
+    return result
 
 
 def main() -> dict:
@@ -52,6 +113,17 @@ def main() -> dict:
         print(f"{head:11s} n={r['n_cases']}  DIAG ECE: uncalibrated {r['diag_ece_uncalibrated']:.3f}  "
               f"card {r['diag_ece_card_calibration']:.3f}  refitted in sample {r['diag_ece_refitted_in_sample']:.3f}  "
               f"(avg {100 * r['avg_card_calibration']:.1f}, DIAG {100 * r['diag_card_calibration']:.1f})")
+    record["out_of_fold"] = compare_out_of_fold(oof)
+    print("cross-fitted (each fold calibrated by a fit on the other folds):")
+    for head, r in record["out_of_fold"].items():
+        for name, v in r["variants"].items():
+            print(f"{head:11s} {name:23s} avg {100 * v['avg']:.1f}  DIAG {100 * v['DIAG']:.1f}  "
+                  f"ECE {v['ece_mean_of_8']:.3f} (DIAG {v['diag_ece']:.3f})  log-loss {v['log_loss_mean_of_8']:.4f}  "
+                  f"MEL sens/spec {v['mel_sensitivity']:.2f}/{v['mel_specificity']:.2f}")
+        c = r["biases_vs_temperature"]
+        low, high = c["avg_difference_95ci"]
+        print(f"{head:11s} biases - temperature: avg {100 * c['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+              f"  DIAG only {c['diag_only_biases']} / {c['diag_only_temperature']}, p = {c['diag_exact_mcnemar_p']:.2f}")
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -22,12 +22,13 @@ BIAS_PENALTY = 1e-3
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
-def fit_task(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Temperature and class biases minimising one task's NLL on ``(N, C)`` logits."""
+def fit_task(logits: torch.Tensor, labels: torch.Tensor, biases: bool = True) -> dict:
+    """Temperature and class biases minimising one task's NLL on ``(N, C)`` logits
+    (``biases=False``: the temperature alone, every bias 0)."""
     logits, labels = logits.detach().float(), labels.long()
     log_t = torch.zeros((), requires_grad=True)
-    bias = torch.zeros(logits.shape[1], requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t, bias], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+    bias = torch.zeros(logits.shape[1], requires_grad=biases)
+    optimizer = torch.optim.LBFGS([log_t, bias] if biases else [log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
@@ -42,9 +43,9 @@ def fit_task(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"temperature": round(temperature, 4), "bias": [round(float(b), 4) for b in bias]}
 
 
-def fit_head(flat_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, dict]:
+def fit_head(flat_logits: torch.Tensor, labels: torch.Tensor, biases: bool = True) -> dict[str, dict]:
     """One head's calibration from its ``(N, NUM_OUTPUTS)`` logits and ``(N, 8)`` labels."""
-    return {task: fit_task(logits, labels[:, t])
+    return {task: fit_task(logits, labels[:, t], biases)
             for t, (task, logits) in enumerate(split_logits(flat_logits).items())}
 
 

@@ -25,6 +25,17 @@ def test_bias_restores_a_class_the_model_calls_too_rarely():
     assert after > before + 0.1
 
 
+def test_temperature_alone_undoes_overconfidence_and_leaves_biases_at_zero():
+    """Labels drawn from softmax(z), logits given as 3z: the temperature alone comes out near 3,
+    every bias exactly 0."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(4000, 4, generator=g)
+    labels = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
+    fit = fit_task(3 * z, labels, biases=False)
+    assert fit["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert fit["bias"] == [0.0] * 4
+
+
 def test_class_absent_from_labels_keeps_a_finite_bias():
     logits = torch.randn(50, 4)
     labels = torch.randint(0, 3, (50,))  # class 3 never occurs

@@ -9,7 +9,8 @@ import torch
 from sklearn import metrics as sk
 
 from skinnet.labels import TASK_BY_NAME, TASK_NAMES, TASKS
-from training.metrics import confusion_matrix, diagnosis_report, expected_calibration_error, task_accuracies
+from training.metrics import (confusion_matrix, diagnosis_report, expected_calibration_error, paired_bootstrap,
+                              task_accuracies)
 
 SIZES = [t.num_classes for t in TASKS]
 
@@ -81,6 +82,21 @@ def test_expected_calibration_error_equals_a_hand_computation():
     expected = (by_hand_diag + 7 * certain_tasks) / 8
     assert expected_calibration_error(logits, labels) == pytest.approx(expected, abs=1e-5)
     assert expected_calibration_error(logits, labels, task="DIAG") == pytest.approx(by_hand_diag, abs=1e-5)
+
+
+def test_paired_bootstrap_interval_brackets_the_paired_difference():
+    """A right on 60 of 200 cases where B is wrong, B right on 20 where A is wrong, one task:
+    the difference is +0.2; its interval (2000 resamples of cases) brackets it, excludes 0, and
+    is about the normal approximation's width; identical runs give [0, 0]."""
+    a = torch.zeros(200, 1, dtype=torch.bool)
+    b = torch.zeros(200, 1, dtype=torch.bool)
+    a[:60], b[60:80], a[80:150], b[80:150] = True, True, True, True
+    low, high = paired_bootstrap(a, b)
+    diff = (a.float() - b.float()).squeeze(1).numpy()
+    half_width = 1.96 * diff.std() / np.sqrt(len(diff))
+    assert low < 0.2 < high and low > 0
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    assert paired_bootstrap(a, a) == (0.0, 0.0)
 
 
 def test_every_test_scoring_leaves_one_line_in_the_test_log(release, tmp_path):

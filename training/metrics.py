@@ -74,3 +74,12 @@ def exact_mcnemar(only_a: int, only_b: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean-over-tasks accuracy difference A - B from ``(N, tasks)`` booleans
+    (each case right or not, per task, under A and under B), cases resampled with replacement."""
+    diff = (a.float() - b.float()).mean(1).numpy()  # per case: the difference of its task average
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
