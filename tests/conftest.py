@@ -3,6 +3,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from skinnet_testkit.synthetic import make_release
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL_DERM7PT = Path(os.environ.get("SKINNET_DERM7PT") or Path(__file__).resolve().parents[2] / "shared" / "derm7pt")
 """The real Derm7pt release_v0 (research use only, never in the repository): ``SKINNET_DERM7PT``,
 by default ``../shared/derm7pt`` beside the checkout. Tests that need it are skipped without it."""
@@ -83,3 +85,9 @@ def small_disk(folder: Path, size: str):
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=False)
+
+
+def benchmark(argv: list, check: bool = True) -> subprocess.CompletedProcess:
+    """A benchmark script run as its README says (``python benchmarks/x.py``): tests never import benchmarks/."""
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, check=check,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})

@@ -1,8 +1,5 @@
 """Cross-fitting (training.crossval): folds, out-of-fold predictions, resumability, on synthetic data."""
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REAL_DERM7PT, needs_real_derm7pt
+from conftest import REAL_DERM7PT, benchmark, needs_real_derm7pt
 from skinnet.checkpoint import load_checkpoint
 from skinnet.data import Case, Derm7pt
 from skinnet_testkit.synthetic import make_release
@@ -21,12 +18,6 @@ from training.folds import assign_folds, pool_cases, read_folds
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "48", "--batch-size", "4", "--no-progress", "--threads", "1",
         "--cross-attention", "-1", "--attention-dim", "32", "--epochs", "1"]
-
-
-def benchmark(argv: list, check: bool = True) -> subprocess.CompletedProcess:
-    """A benchmark script run as its README says (``python benchmarks/x.py``): tests never import benchmarks/."""
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, check=check,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
 def fake_cases(diagnoses):

@@ -105,6 +105,28 @@ def test_the_report_and_calibration_come_from_the_ledger_alone(recorded, tmp_pat
         calibration_from_oof(entry / "oof_tta_off.csv", card, data)
 
 
+def test_int8_storage_is_scored_out_of_fold_on_the_entrys_own_fold_models(recorded, tmp_path):
+    """benchmarks/int8_oof.py: every case predicted by the fold model that never saw it, once per
+    storage; float16 reproduces the ledger, and fold runs that are not the entry's are refused."""
+    from conftest import benchmark
+
+    release, entry, out, _ = recorded
+    card = next((out / "fold0").glob("*.safetensors"))
+    args = ["--data-root", release, "--entry", entry, "--checkpoint", card, "--json", tmp_path / "int8.json"]
+    benchmark([ROOT / "benchmarks" / "int8_oof.py", "--runs", out, *args])
+    result = json.loads((tmp_path / "int8.json").read_text())
+    assert result["n_cases"] == 30 and set(result["storage"]) == {"float16", "int8_partial_shipped", "int8_everywhere"}
+    assert result["storage"]["float16"]["max_probability_change_vs_float16"] == 0
+    assert result["storage"]["int8_everywhere"]["max_probability_change_vs_float16"] > 0
+    swapped = tmp_path / "swapped"
+    for k, source in enumerate((1, 0, 2)):  # folds 0 and 1 trade weights: each predicts cases it trained on
+        (swapped / f"fold{k}").mkdir(parents=True)
+        for f in (out / f"fold{source}").iterdir():
+            (swapped / f"fold{k}" / f.name).symlink_to(f)
+    refused = benchmark([ROOT / "benchmarks" / "int8_oof.py", "--runs", swapped, *args], check=False)
+    assert refused.returncode != 0 and "does not reproduce the ledger" in refused.stderr
+
+
 def test_an_entry_refuses_another_recipe(recorded, tmp_path):
     release, entry, _, _ = recorded
     with pytest.raises(SystemExit, match="use another --ledger"):
