@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-NO_FORM = [None] * 11
-"""The review form's 11 fields (verdict, the 8 tasks' corrections, confidence, note) as a caller
-without a form sends them: an event that leaves the open case (opening a queue or a row,
-ordering) keeps no draft of it."""
+NO_FORM = [None] * 12
+"""The case token and the review form's 11 fields (verdict, the 8 tasks' corrections, confidence,
+note) as a caller without a form sends them: an event that leaves the open case (opening a queue
+or a row, ordering) keeps no draft of it."""
 
 
 @dataclass

@@ -484,6 +484,44 @@ def test_maps_that_end_after_the_page_moved_on_leave_the_next_case_alone(app_, m
     assert late.success and client.files_in(late.data) == [], late.raw
 
 
+def test_a_move_sent_before_the_next_case_is_in_keeps_no_draft_of_the_wrong_case(app_):
+    """The reviewer labels c0, presses n, and clicks Next before c1's form is in: that click
+    carries c0's labels with c0's case token, but the server has c1 open by then. c0's labels
+    used to become c1's draft (shown, and saved with one Enter, as the reviewer's reading of c1).
+    Now a form that is not the open case's makes no draft; c0 keeps its own. Raw HTTP, the two
+    moves in the order the server gets them."""
+    import secrets
+
+    from skinnet.corrections import NO_CHANGE
+    from skinnet_testkit.raw_http import RawClient, fns
+    from test_security import open_first_case
+
+    settings, _ = app_
+    client = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", "s3cret-pass")
+    config, session = client.config(), secrets.token_hex(6)
+    go_next, go_prev = fns(config, "go_next")[0], fns(config, "go_prev")[0]
+    shown = open_first_case(client, config, session, "queue/manifest.csv")
+    assert shown.success and "case c0" in shown.data[3], shown.error
+    c0_token, c0_labels = shown.data[-1], ["correct", "SK", *[NO_CHANGE] * 7, 3, "c0: seborrhoeic keratosis"]
+    blank = [None, *[NO_CHANGE] * 8, None, ""]
+
+    def form(result):  # verdict, the 8 corrections, confidence, note as the page shows them; the status line
+        values = [v.get("value") if isinstance(v, dict) else v for v in result.data[4:15]]
+        return values, result.data[15]
+
+    first = client.call(go_next, [None, c0_token, *c0_labels], session)
+    assert first.success and "case c1" in first.data[3], first.error
+    late = client.call(go_next, [None, c0_token, *c0_labels], session)  # sent while c0's form was on screen
+    assert late.success and "case c2" in late.data[3], late.error
+    back = client.call(go_prev, [None, late.data[-1], *blank], session)
+    assert back.success and "case c1" in back.data[3], back.error
+    values, status = form(back)
+    assert values == blank and "Draft" not in status  # c1 has no labels it was never given
+    back = client.call(go_prev, [None, back.data[-1], *blank], session)
+    values, status = form(back)
+    assert "case c0" in back.data[3] and values == c0_labels and "Draft" in status  # c0 keeps its own
+
+
 def test_two_uploads_in_a_row_leave_the_pairs_case_open_even_when_the_first_ones_case_comes_late(
         page, app_, tmp_path, monkeypatch):
     """Each slot's upload opens the case of the images in the slots. The first upload's case (the

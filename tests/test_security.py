@@ -944,7 +944,7 @@ def test_a_full_disk_while_moving_through_a_queue_says_so_and_leaves_nothing(tmp
             session, config = secrets.token_hex(6), client.config()
             assert open_first_case(client, config, session).success
             fill(log_dir)
-            blank_form = [None, None, *[NO_CHANGE] * len(TASK_NAMES), None, ""]  # state, verdict, tasks, confidence, note
+            blank_form = [None, None, None, *[NO_CHANGE] * len(TASK_NAMES), None, ""]  # state, token, verdict, tasks, confidence, note
             for move in ("go_next", "go_prev", "go_next_unreviewed"):
                 moved = client.call(fns(config, move)[0], blank_form, session)
                 assert moved.success, (move, moved.error)

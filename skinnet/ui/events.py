@@ -222,12 +222,17 @@ class AppEvents:
         return self.log.latest_review(reviewer, case["case_id"]) if reviewer and case else None
 
     @event
-    def keep_draft(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+    def keep_draft(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
         """Before a move away from the open case: unsaved changes in the form stay as the case's draft.
         Part of each move's own event, never an event of its own: two events of one page that both
-        write the session's state can finish in either order, and the last one's state wins."""
+        write the session's state can finish in either order, and the last one's state wins.
+        Only a form that shows the open case (its ``token``) makes a draft: a move sent while the
+        previous one is still on its way carries the case before's values, which are not this
+        case's (they are that case's, and its own move already kept them)."""
         state, _, reviewer = self.act(state, request, profile)
+        if not state.get("event_id") or token != state["event_id"]:
+            return {**state, "left_draft": None}
         values = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
                   note_value)
         return review.keep_draft(state, values, self.log, reviewer)
@@ -391,9 +396,9 @@ class AppEvents:
         """A move as the reviewer makes it (n, the arrows, the buttons), in one round trip: the
         open case's unsaved changes kept as its draft, the step, and the new case shown."""
         @functools.partial(said_plainly, public=self.public)
-        def handler(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+        def handler(state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                     confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
-            state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+            state = self.keep_draft(state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
                                     vascular, confidence_value, note_value, request, profile)
             return self.show_case(self.step(direction)(state, request, profile), request, profile)
         handler.__name__ = "go_" + direction.replace(" ", "_")
@@ -404,10 +409,10 @@ class AppEvents:
         return state["filters"]["split"], state["filters"]["status"], state["filters"]["predicted"]
 
     @event
-    def open_queue(self, state, chosen, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+    def open_queue(self, state, chosen, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
                    vascular, confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
         state, _, reviewer = self.act(state, request, profile, "Opening a queue")
-        state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+        state = self.keep_draft(state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
                                 vascular, confidence_value, note_value, request, profile)
         if self.queue_root is None:
             raise gr.Error("No queue folder is configured (--queue-root).")
@@ -448,11 +453,11 @@ class AppEvents:
                 restored.get("event_id") or "restored", *shown)
 
     @event
-    def order_queue(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+    def order_queue(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                     confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None,
                     progress=gr.Progress()):
         state, _, reviewer = self.act(state, request, profile, "Ordering a queue")
-        state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+        state = self.keep_draft(state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
                                 vascular, confidence_value, note_value, request, profile)
         state, table, status = review.order_by_uncertainty(state, self.predictor, self.log, reviewer, self.queue_root,
                                                                  progress)
@@ -460,12 +465,12 @@ class AppEvents:
         return state, table, status, *self.filter_values(state)
 
     @event
-    def open_queue_row(self, state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+    def open_queue_row(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                        confidence_value, note_value, event: gr.SelectData, request: gr.Request,
                        profile: gr.OAuthProfile | None):
         """The case of the clicked row, found by its case id (the table may be sorted on screen)."""
         state, _, reviewer = self.act(state, request, profile, "Opening a case")
-        state = self.keep_draft(state, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
+        state = self.keep_draft(state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil,
                                 vascular, confidence_value, note_value, request, profile)
         row = event.row_value if isinstance(event.row_value, (list, tuple)) else []
         case_id = row[review.QUEUE_COLUMNS.index("case")] if len(row) == len(review.QUEUE_COLUMNS) else None

@@ -233,7 +233,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         explain_outputs = [cam_clinical, cam_dermoscopy, attention]
         answered = [input_message, summary, label, diagnosis, criteria]
         form = [verdict, *corrections, confidence, note, save_status]
-        form_inputs = [state, verdict, *corrections, confidence, note]
+        # the case token says which case the form's values belong to (a move can leave before the form is in)
+        form_inputs = [state, case_token, verdict, *corrections, confidence, note]
         private = {"api_visibility": "private", "preprocess": False}
         # the case token comes last in every output list that opens a case (API callers read data[-1])
         uploaded = [state, header, *form, form_state, case_token]
