@@ -19,12 +19,11 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
 
-from training.metrics import exact_mcnemar, paired_bootstrap
+from training.metrics import paired_comparison, right_per_task
 from report import write_section
 from skinnet.data import Derm7pt
-from skinnet.labels import TASK_NAMES, split_logits
+from skinnet.labels import TASK_NAMES
 from skinnet.model import count_parameters, create_model
 from training import ledger
 
@@ -50,15 +49,9 @@ CLAIMS = [  # (claim, A, B, kind): A against B
 MARGIN = {"replaces": -0.010, "helps": 0.0}
 
 
-def correct_per_task(oof: dict) -> torch.Tensor:
-    """(N, 8) booleans: the fused head right on each task of each case."""
-    tasks = split_logits(oof["logits"]["fused"])
-    return torch.stack([logits.argmax(-1) == oof["labels"][:, i] for i, logits in enumerate(tasks.values())], 1)
-
-
 def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int]) -> dict:
     oof = ledger.read_entry_oof(entry, data, folds=folds)
-    right = correct_per_task(oof)
+    right = right_per_task(oof["logits"]["fused"], oof["labels"])
     per_fold = [right[oof["fold"] == k].float().mean(0) for k in folds]
     spread = {"avg": [float(f.mean()) for f in per_fold], "DIAG": [float(f[0]) for f in per_fold]}
     return {"oof": oof, "right": right, "n_cases": len(oof["case_ids"]), "avg": float(right.float().mean()),
@@ -70,12 +63,7 @@ def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int]) -> dict
 def compare(a: dict, b: dict) -> dict:
     if a["oof"]["case_ids"] != b["oof"]["case_ids"]:
         raise SystemExit("the entries cover other cases: compare entries of one folds.json")
-    only_a = int((a["right"][:, 0] & ~b["right"][:, 0]).sum())
-    only_b = int((b["right"][:, 0] & ~a["right"][:, 0]).sum())
-    low, high = paired_bootstrap(a["right"], b["right"])
-    return {"n_cases": a["n_cases"], "avg_a": a["avg"], "avg_b": b["avg"], "diag_a": a["DIAG"], "diag_b": b["DIAG"],
-            "avg_difference": a["avg"] - b["avg"], "avg_difference_95ci": [low, high],
-            "diag_only_a": only_a, "diag_only_b": only_b, "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b)}
+    return paired_comparison(a["right"], b["right"])
 
 
 def verdict(kind: str, result: dict | None, complete: bool) -> str:

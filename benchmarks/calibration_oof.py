@@ -22,35 +22,19 @@ from pathlib import Path
 
 import torch
 
-from skinnet.calibration import calibrate, fit_head
+from skinnet.calibration import calibrate, cross_fit, fit_head
 from skinnet.checkpoint import DEFAULT_CHECKPOINT, read_card
 from skinnet.data import Derm7pt
 from skinnet.labels import split_logits
 from skinnet.model import HEADS
 from training.evaluate import scored_cases
 from training.ledger import Experiment, read_entry_oof
-from training.metrics import (diagnosis_report, exact_mcnemar, expected_calibration_error, paired_bootstrap,
+from training.metrics import (diagnosis_report, expected_calibration_error, paired_comparison, right_per_task,
                               task_accuracies)
 
 ROOT = Path(__file__).resolve().parents[1]
 # calibrations compared out of fold: the fit_head ``biases`` flag (None: uncalibrated)
 VARIANTS = {"uncalibrated": None, "temperature": False, "temperature_and_biases": True}
-
-
-def cross_fitted(logits: torch.Tensor, labels: torch.Tensor, fold: torch.Tensor, biases: bool | None) -> torch.Tensor:
-    """Each fold's logits calibrated by a fit on the other folds' logits and labels."""
-    if biases is None:
-        return logits
-    out = logits.clone()
-    for k in fold.unique().tolist():
-        held = fold == k
-        out[held] = calibrate(logits[held], fit_head(logits[~held], labels[~held], biases))
-    return out
-
-
-def right_per_task(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N, 8) booleans: each case right on each task."""
-    return torch.stack([part.argmax(-1) == labels[:, t] for t, part in enumerate(split_logits(logits).values())], 1)
 
 
 def log_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -67,7 +51,7 @@ def compare_out_of_fold(oof: dict) -> dict:
         logits, labels, fold = oof["logits"][head][keep], oof["labels"][keep], oof["fold"][keep]
         rows, right = {}, {}
         for name, biases in VARIANTS.items():
-            calibrated = cross_fitted(logits, labels, fold, biases)
+            calibrated = logits if biases is None else cross_fit(logits, labels, fold, biases)
             right[name] = right_per_task(calibrated, labels)
             mel = diagnosis_report(calibrated, labels)["MEL"]
             rows[name] = {"avg": float(right[name].float().mean()), "DIAG": float(right[name][:, 0].float().mean()),
@@ -75,13 +59,9 @@ def compare_out_of_fold(oof: dict) -> dict:
                           "diag_ece": expected_calibration_error(calibrated, labels, task="DIAG"),
                           "log_loss_mean_of_8": log_loss(calibrated, labels),
                           "mel_sensitivity": mel["sensitivity"], "mel_specificity": mel["specificity"]}
-        a, b = right["temperature_and_biases"], right["temperature"]
-        only_a, only_b = int((a[:, 0] & ~b[:, 0]).sum()), int((b[:, 0] & ~a[:, 0]).sum())
-        result[head] = {"n_cases": len(labels), "variants": rows, "biases_vs_temperature": {
-            "avg_difference": rows["temperature_and_biases"]["avg"] - rows["temperature"]["avg"],
-            "avg_difference_95ci": list(paired_bootstrap(a, b)),
-            "diag_only_biases": only_a, "diag_only_temperature": only_b,
-            "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b)}}
+        result[head] = {"n_cases": len(labels), "variants": rows,  # a: with biases, b: the temperature alone
+                        "biases_vs_temperature": paired_comparison(right["temperature_and_biases"],
+                                                                   right["temperature"])}
     return result
 
 
@@ -123,7 +103,7 @@ def main() -> dict:
         c = r["biases_vs_temperature"]
         low, high = c["avg_difference_95ci"]
         print(f"{head:11s} biases - temperature: avg {100 * c['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
-              f"  DIAG only {c['diag_only_biases']} / {c['diag_only_temperature']}, p = {c['diag_exact_mcnemar_p']:.2f}")
+              f"  DIAG only {c['diag_only_a']} / {c['diag_only_b']}, p = {c['diag_exact_mcnemar_p']:.2f}")
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -28,7 +28,7 @@ from skinnet.transforms import ImageCache
 from training.evaluate import head_predictions
 from training.folds import pool_cases
 from training.ledger import Experiment, read_entry_oof
-from training.metrics import exact_mcnemar, expected_calibration_error, paired_bootstrap
+from training.metrics import expected_calibration_error, paired_comparison, right_per_task
 
 ROOT = Path(__file__).resolve().parents[1]
 # stored weights -> int8_min_elements (None: float16, as the fold models were saved)
@@ -61,7 +61,9 @@ def main(argv=None) -> dict:
         model, card = load_checkpoint(next((Path(args.runs) / f"fold{k}").glob("*.safetensors")))
         cases = [c for c in pool_cases(data) if c.case_id in position and int(ledger_oof["fold"][position[c.case_id]]) == k]
         rows = torch.tensor([position[c.case_id] for c in cases])
-        cache, trained = ImageCache(cases, card.image_size), model.state_dict()
+        # a copy: state_dict() shares the model's tensors, which each variant's load overwrites
+        trained = {key: value.clone() for key, value in model.state_dict().items()}
+        cache = ImageCache(cases, card.image_size)
         for name, min_elements in STORAGE.items():
             model.load_state_dict(stored_as(trained, min_elements))
             logits, _ = head_predictions(model, card, cases, "cpu", tta=False, cache=cache)
@@ -76,7 +78,7 @@ def main(argv=None) -> dict:
     right, record = {}, {"entry": entry.name, "runs": str(args.runs), "n_cases": len(labels), "storage": {}}
     for name, logits in fused.items():
         calibrated = calibrate(logits, calibration)
-        right[name] = torch.stack([t.argmax(-1) == labels[:, i] for i, t in enumerate(split_logits(calibrated).values())], 1)
+        right[name] = right_per_task(calibrated, labels)
         record["storage"][name] = {
             "int8_min_elements": STORAGE[name], "avg": float(right[name].float().mean()),
             "DIAG": float(right[name][:, 0].float().mean()),
@@ -88,15 +90,11 @@ def main(argv=None) -> dict:
         print(f"{name:22s} avg {100 * r['avg']:.1f}  DIAG {100 * r['DIAG']:.1f}  DIAG ECE {r['diag_ece']:.3f}  "
               f"max prob. change vs float16 {r['max_probability_change_vs_float16']:.3f}")
     a, b = right["int8_everywhere"], right["int8_partial_shipped"]
-    only_a, only_b = int((a[:, 0] & ~b[:, 0]).sum()), int((b[:, 0] & ~a[:, 0]).sum())
-    low, high = paired_bootstrap(a, b)
-    record["everywhere_vs_partial"] = {
-        "avg_difference": float(a.float().mean() - b.float().mean()), "avg_difference_95ci": [low, high],
-        "diag_only_everywhere": only_a, "diag_only_partial": only_b, "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b),
-        "answers_changed_any_task": int((a != b).any(1).sum())}
+    record["everywhere_vs_partial"] = {**paired_comparison(a, b), "answers_changed_any_task": int((a != b).any(1).sum())}
     c = record["everywhere_vs_partial"]
+    low, high = c["avg_difference_95ci"]
     print(f"int8 everywhere - partial: avg {100 * c['avg_difference']:+.2f} [{100 * low:+.1f}, {100 * high:+.1f}]  "
-          f"DIAG only {only_a} / {only_b}, p = {c['diag_exact_mcnemar_p']:.2f}; "
+          f"DIAG only {c['diag_only_a']} / {c['diag_only_b']}, p = {c['diag_exact_mcnemar_p']:.2f}; "
           f"{c['answers_changed_any_task']} cases right/wrong on some task changed")
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record

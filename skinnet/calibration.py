@@ -49,6 +49,16 @@ def fit_head(flat_logits: torch.Tensor, labels: torch.Tensor, biases: bool = Tru
             for t, (task, logits) in enumerate(split_logits(flat_logits).items())}
 
 
+def cross_fit(flat_logits: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor, biases: bool = True) -> torch.Tensor:
+    """Out-of-fold calibration: each fold's ``(N, NUM_OUTPUTS)`` logits calibrated by a fit on the
+    other folds' logits and ``(N, 8)`` labels only (how a calibration would do on cases it never saw)."""
+    out = flat_logits.detach().float().clone()
+    for k in folds.unique().tolist():
+        held = folds == k
+        out[held] = calibrate(flat_logits[held], fit_head(flat_logits[~held], labels[~held], biases))
+    return out
+
+
 def calibrate(flat_logits: torch.Tensor, head_calibration: dict | None) -> torch.Tensor:
     """Calibrated logits, same shape; ``None`` or ``{}`` (an uncalibrated card) is the identity."""
     if not head_calibration:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from skinnet.calibration import calibrate, fit_head, fit_task, from_temperature
+from skinnet.calibration import calibrate, cross_fit, fit_head, fit_task, from_temperature
 from skinnet.checkpoint import read_card
 from skinnet.labels import NUM_OUTPUTS, TASK_NAMES, split_logits
 
@@ -34,6 +34,27 @@ def test_temperature_alone_undoes_overconfidence_and_leaves_biases_at_zero():
     fit = fit_task(3 * z, labels, biases=False)
     assert fit["temperature"] == pytest.approx(3.0, rel=0.1)
     assert fit["bias"] == [0.0] * 4
+
+
+def test_cross_fit_calibrates_each_fold_from_the_other_folds_only():
+    """Logits that say nothing; DIAG is class 1 in fold 0 (250 cases) and class 0 in folds 1-3
+    (50 each). A fit that saw fold 0 calls its cases class 1 (its own labels, and the pooled
+    majority); fitted on the other folds only, they come out class 0. Each fold's result is
+    exactly the fit on the others applied to it."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(400, NUM_OUTPUTS, generator=g) * 0.01
+    folds = torch.cat([torch.zeros(250, dtype=torch.long), torch.arange(150) % 3 + 1])
+    labels = torch.zeros(400, len(TASK_NAMES), dtype=torch.long)
+    labels[folds == 0, 0] = 1
+    diag = split_logits(cross_fit(logits, labels, folds))["DIAG"]
+    in_sample = split_logits(calibrate(logits, fit_head(logits, labels)))["DIAG"]
+    assert (in_sample[folds == 0].argmax(-1) == 1).all()
+    assert (diag[folds == 0].argmax(-1) == 0).all()  # from folds 1-3 alone
+    assert (diag[folds != 0].argmax(-1) == 1).all()  # their fits include fold 0's 250 cases
+    out = cross_fit(logits, labels, folds)
+    for k in range(4):
+        others = folds != k
+        torch.testing.assert_close(out[folds == k], calibrate(logits[folds == k], fit_head(logits[others], labels[others])))
 
 
 def test_class_absent_from_labels_keeps_a_finite_bias():

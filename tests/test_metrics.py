@@ -10,7 +10,7 @@ from sklearn import metrics as sk
 
 from skinnet.labels import TASK_BY_NAME, TASK_NAMES, TASKS
 from training.metrics import (confusion_matrix, diagnosis_report, expected_calibration_error, paired_bootstrap,
-                              task_accuracies)
+                              paired_comparison, right_per_task, task_accuracies)
 
 SIZES = [t.num_classes for t in TASKS]
 
@@ -97,6 +97,25 @@ def test_paired_bootstrap_interval_brackets_the_paired_difference():
     assert low < 0.2 < high and low > 0
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
     assert paired_bootstrap(a, a) == (0.0, 0.0)
+
+
+def test_paired_comparison_counts_discordant_diag_cases_and_averages_all_tasks(predictions):
+    """Two predictions of the same cases: B is A with DIAG spoiled on 5 cases A gets right and
+    mended on 2 it gets wrong; the counts, the averages and McNemar's p come out as built."""
+    from scipy.stats import binomtest
+
+    logits, labels = predictions
+    a = right_per_task(logits, labels)
+    assert a.shape == (300, len(TASKS))
+    assert a.float().mean(0).tolist() == pytest.approx([task_accuracies(logits, labels)[t] for t in TASK_NAMES])
+    b = a.clone()
+    right, wrong = a[:, 0].nonzero().flatten(), (~a[:, 0]).nonzero().flatten()
+    b[right[:5], 0], b[wrong[:2], 0] = False, True
+    result = paired_comparison(a, b)
+    assert (result["diag_only_a"], result["diag_only_b"], result["n_cases"]) == (5, 2, 300)
+    assert result["diag_exact_mcnemar_p"] == pytest.approx(binomtest(2, 7).pvalue)
+    assert result["avg_difference"] == pytest.approx(3 / 300 / len(TASKS), abs=1e-6)  # float32 means
+    assert result["diag_a"] - result["diag_b"] == pytest.approx(3 / 300, abs=1e-6)
 
 
 def test_every_test_scoring_leaves_one_line_in_the_test_log(release, tmp_path):

@@ -19,6 +19,11 @@ def task_accuracies(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
     return acc
 
 
+def right_per_task(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, 8) booleans: each case's top class right or not, per task (DIAG first)."""
+    return torch.stack([part.argmax(-1) == labels[:, t] for t, part in enumerate(split_logits(logits).values())], 1)
+
+
 def task_probabilities(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: torch.softmax(l.float(), -1) for name, l in split_logits(logits).items()}
 
@@ -83,3 +88,15 @@ def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, draws: int = 2000, seed: 
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Two predictions of the same cases, from :func:`right_per_task` under A and under B: the
+    average of the 8 tasks for each, A - B with its 95% paired-bootstrap interval, and DIAG's
+    discordant cases (right only under A / only under B) with an exact McNemar p-value."""
+    only_a, only_b = int((a[:, 0] & ~b[:, 0]).sum()), int((b[:, 0] & ~a[:, 0]).sum())
+    avg_a, avg_b = float(a.float().mean()), float(b.float().mean())
+    return {"n_cases": len(a), "avg_a": avg_a, "avg_b": avg_b, "diag_a": float(a[:, 0].float().mean()),
+            "diag_b": float(b[:, 0].float().mean()), "avg_difference": avg_a - avg_b,
+            "avg_difference_95ci": list(paired_bootstrap(a, b)), "diag_only_a": only_a, "diag_only_b": only_b,
+            "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b)}
