@@ -326,6 +326,31 @@ def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_pat
     assert review.keep_draft(back, review.form_values(None), log, "dr_a")["drafts"] == {}  # back to blank: no draft
 
 
+def test_opening_the_same_queue_again_keeps_the_drafts_and_another_queue_starts_without(tmp_path):
+    """Opening the queue again (to start over from its first case) used to drop every draft, on
+    the server too. The same file keeps them; another file's c0 is another lesion, so none of
+    the drafts go with it."""
+    from skinnet.corrections import CorrectionsLog
+    from skinnet.ui import review
+
+    write_queue(tmp_path / "queues" / "queue", n=3)
+    write_queue(tmp_path / "queues" / "other", n=3, seed=12)
+    log = CorrectionsLog(tmp_path / "log")
+
+    def open_(state, name):
+        return review.open_queue_handler(state, str(tmp_path / "queues" / name), tmp_path / "queues", log, "dr_a",
+                                         name)[0]
+
+    state = review.move(open_(review.new_state(), "queue/manifest.csv"), "next", log, "dr_a")
+    values = ("correct", "SK", *["no change"] * 7, 3, "half done")
+    state = review.keep_draft(state, values, log, "dr_a")
+    again = open_(state, "queue/manifest.csv")
+    assert again["drafts"] == {"c0": list(values)}
+    again = review.move(again, "next", log, "dr_a")
+    assert review.form_for_case(again, None)[0] == values
+    assert open_(again, "other/manifest.csv")["drafts"] == {}
+
+
 def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):
     """Every step of a reviewer's session (open, filter, move, draft, restore, an upload case,
     the owner) returns a ``ReviewSession``: no key the type does not declare, none of the wrong kind."""
@@ -588,3 +613,35 @@ def test_a_restored_case_whose_image_is_broken_brings_the_queue_back_and_says_wh
     assert restored.success, restored.error
     assert "Back where you left off: gone/manifest.csv" in restored.data[1]
     assert "Its open case cannot be shown" in restored.data[1] and "No case open" in str(restored.data)
+
+
+def test_edits_made_after_a_case_failed_to_open_stay_with_the_case_on_screen(app_):
+    """A queue row's case whose image is damaged cannot be shown: the page keeps the case before
+    (its images, form and token) while the server has the new one open. What the reviewer then
+    types belongs to the case on screen, and the next move keeps it as that case's draft (it used
+    to become the unshowable case's draft). Runs after the restore test: it moves dr_a's place."""
+    import secrets
+
+    from skinnet.corrections import NO_CHANGE
+    from skinnet_testkit.raw_http import RawClient, fns
+    from test_security import open_first_case
+
+    settings, root = app_
+    write_queue(root / "queues" / "torn", n=3, prefix="t")
+    (root / "queues" / "torn" / "img" / "c2_derm.png").write_bytes(b"no longer a PNG")  # t2's dermoscopy image
+    client = RawClient(f"http://127.0.0.1:{settings.port}", "dr_a", "s3cret-pass")
+    config, session = client.config(), secrets.token_hex(6)
+    shown = open_first_case(client, config, session, "torn/manifest.csv")
+    assert shown.success and "case t0" in shown.data[3], shown.error
+    row = {"index": [2, 1], "value": "t2", "row_value": [3, "t2", "queue", "", ""]}
+    blank = [None, *[NO_CHANGE] * 8, None, ""]
+    assert client.call(fns(config, "open_queue_row")[0], [None, shown.data[-1], *blank], session, row).success
+    failed = client.call(fns(config, "show_case")[0], [None], session)
+    assert not failed.success and "image" in failed.error  # the page still shows t0
+    t0_labels = ["correct", "MEL", *[NO_CHANGE] * 7, 2, "typed on t0 after t2 failed"]
+    moved = client.call(fns(config, "go_prev")[0], [None, shown.data[-1], *t0_labels], session)
+    assert moved.success and "case t1" in moved.data[3], moved.error  # the move steps from t2's place
+    assert "unsaved changes to case t0 are kept as a draft" in moved.data[15]
+    back = client.call(fns(config, "go_prev")[0], [None, moved.data[-1], *blank], session)
+    assert "case t0" in back.data[3] and "Draft" in back.data[15]
+    assert [v.get("value") if isinstance(v, dict) else v for v in back.data[4:15]] == t0_labels

@@ -213,6 +213,7 @@ class AppEvents:
         # the form shows this pair's draft or saved review (its id is its pixels' hash), or a blank form
         values, status = review.form_for_case(state, self.saved(reviewer, state))
         token = state.get("event_id") or ""
+        state = review.shown(state)
         self.on_screen.show(request, *paths)
         return (state, review.case_header(state, self.log, reviewer), *values, status, form_ready(token), token)
 
@@ -227,15 +228,16 @@ class AppEvents:
         """Before a move away from the open case: unsaved changes in the form stay as the case's draft.
         Part of each move's own event, never an event of its own: two events of one page that both
         write the session's state can finish in either order, and the last one's state wins.
-        Only a form that shows the open case (its ``token``) makes a draft: a move sent while the
-        previous one is still on its way carries the case before's values, which are not this
-        case's (they are that case's, and its own move already kept them)."""
+        The draft is that of the case the form's ``token`` names (:func:`review.form_case`): a
+        move sent while the one before is still on its way carries the values of a case that
+        move already kept, and makes no draft of the case now open."""
         state, _, reviewer = self.act(state, request, profile)
-        if not state.get("event_id") or token != state["event_id"]:
+        case_id = review.form_case(state, token)
+        if case_id is None:
             return {**state, "left_draft": None}
         values = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
                   note_value)
-        return review.keep_draft(state, values, self.log, reviewer)
+        return review.keep_draft(state, values, self.log, reviewer, case_id)
 
     @event
     def show_case(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -247,7 +249,7 @@ class AppEvents:
         state, owner, reviewer = self.act(state, request, profile)
         images = review.load_case_images(state, self.queue_root)
         values, status = review.form_for_case(state, self.saved(reviewer, state))
-        state = {**state, "left_draft": None}
+        state = review.shown({**state, "left_draft": None})
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)
         editable = (state.get("case") or {}).get("source", "upload") == "upload"

@@ -50,6 +50,7 @@ class ReviewSession(TypedDict, total=False):
     queue_sha256: str  # its content hash (a reload finds the same file or starts over)
     drafts: dict[str, list]  # case id -> the form's unsaved values, kept when the reviewer moved on
     left_draft: str | None  # the case just left with a draft (the status line says so)
+    shown: list[str]  # [token, case id] of the case whose form was last sent to the page
 
 
 def new_state() -> ReviewSession:
@@ -124,7 +125,9 @@ def case_header(state: ReviewSession, log: CorrectionsLog, reviewer: str | None)
 def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: CorrectionsLog, reviewer: str | None,
                        name: str | None = None):
     """Open a manifest CSV or a Derm7pt meta.csv as this session's queue. A Derm7pt queue shows
-    its test split first: the cases the shipped model never trained on."""
+    its test split first: the cases the shipped model never trained on. The same file opened
+    again keeps the reviewer's drafts; another file's case ids name other cases, so its drafts
+    are not carried over."""
     if not path or not path.strip():
         raise gr.Error("Type the path of a manifest CSV (case_id, clinical, dermoscopy) or a Derm7pt meta.csv.")
     try:
@@ -135,8 +138,9 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
     digest = hashlib.sha256(Path(path.strip()).read_bytes()).hexdigest()
     cases = [asdict(c) for c in queue]
     split = "test" if any(c["split"] == "test" for c in cases) else "all"
+    same_file = digest == state.get("queue_sha256") and name == state.get("queue_file")
     state = {**new_state(), "owner": state.get("owner"), "all": cases, "queue_sha256": digest, "queue_file": name,
-             "filters": {**NO_FILTERS, "split": split}}
+             "filters": {**NO_FILTERS, "split": split}, "drafts": dict(state.get("drafts") or {}) if same_file else {}}
     state = apply_filters(state, log, reviewer)
     return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases. {view_status(state)}"
 
@@ -355,22 +359,43 @@ def clean_form(values) -> tuple | None:
     return (verdict, *corrected, confidence, note or "")
 
 
-def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str | None) -> ReviewSession:
-    """Before the reviewer leaves the open case: the form's values become the case's draft when
-    they differ from what is saved (the latest review, or the blank form), and any draft of it
-    goes when they do not. ``left_draft`` names the case left with a draft, for the next message."""
-    case = state.get("case") or {}
-    if not reviewer or not case.get("case_id"):
+def shown(state: ReviewSession) -> ReviewSession:
+    """The state as its case's form and token go to the page (what :func:`form_case` checks a form against)."""
+    case_id = (state.get("case") or {}).get("case_id")
+    return {**state, "shown": [state["event_id"], case_id]} if case_id and state.get("event_id") else state
+
+
+def form_case(state: ReviewSession, token) -> str | None:
+    """Whose values a form sent with this case token holds: the open case's when the token is its;
+    the case last shown on the page when a case opened since never reached it (its showing
+    failed: the page still shows the case before); None for a form sent before the page had
+    the case it names (a quick second move: that case's values went with the first one)."""
+    if not isinstance(token, str) or not token:
+        return None
+    if token == state.get("event_id"):
+        return (state.get("case") or {}).get("case_id")
+    last_token, last_case = (state.get("shown") or [None, None])[:2]
+    return last_case if token == last_token else None
+
+
+def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str | None,
+               case_id: str | None = None) -> ReviewSession:
+    """Before the reviewer leaves a case: the form's values become the draft of ``case_id`` (by
+    default the open case) when they differ from what is saved (the latest review, or the blank
+    form), and any draft of it goes when they do not. ``left_draft`` names the case left with a
+    draft, for the next message."""
+    case_id = case_id or (state.get("case") or {}).get("case_id")
+    if not reviewer or not case_id:
         return {**state, "left_draft": None}
     values = clean_form(values)
     drafts = dict(state.get("drafts") or {})
-    unsaved = values is not None and values != form_values(log.latest_review(reviewer, case["case_id"]))
-    drafts.pop(case["case_id"], None)
+    unsaved = values is not None and values != form_values(log.latest_review(reviewer, case_id))
+    drafts.pop(case_id, None)
     if unsaved:
-        drafts[case["case_id"]] = list(values)
+        drafts[case_id] = list(values)
         while len(drafts) > MAX_DRAFTS:
             drafts.pop(next(iter(drafts)))
-    return {**state, "drafts": drafts, "left_draft": case["case_id"] if unsaved else None}
+    return {**state, "drafts": drafts, "left_draft": case_id if unsaved else None}
 
 
 def form_for_case(state: ReviewSession, saved: dict | None) -> tuple[tuple, str]:
