@@ -1,13 +1,15 @@
 """Seconds per epoch of the shipped recipe in float32 against the new default (bf16 autocast +
 channels-last), and what each part and torch.compile add, measured in one run.
 
-    python benchmarks/train_speed.py --data-root /path/to/release_v0 [--steps 4] [--compile]
+    python benchmarks/train_speed.py --data-root /path/to/release_v0 [--steps 12] [--compile]
 
 Each configuration trains the shipped recipe's model (Lite2, shared encoder, cross-attention
-after the last two stages, 192 px, batch 32, mixup 0.3, EMA, the recipe's loss weights) on real
+after the last two stages, 192 px, batch 32, mixup 0.3, the recipe's loss weights) on real
 Derm7pt training pairs through ``training.loop.train_one_epoch``: one warm-up step, then
-``--steps`` timed steps (median). An epoch is the fold run's 15 steps (492 cases) plus the
-per-epoch prediction of the 124 left-out cases, timed the same way. Writes
+``--steps`` timed steps (median; float32 keeps speeding up over its first ten or so steps, so
+a short run overstates the gain: a whole fold run is the final word). An epoch is the fold
+run's 15 steps (492 cases) plus the per-epoch prediction of the 124 left-out cases, timed the
+same way. Writes
 ``benchmarks/results/train_speed.json`` and prints a Markdown table. Stop other work first: the
 2 cores are shared, only ratios from one run compare.
 """
@@ -79,7 +81,7 @@ def time_config(bf16: bool, channels_last: bool, compile_model: bool, train_cach
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per configuration (after one warm-up; at most 11: the train split's 413 cases)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (bf16 + channels-last)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "train_speed.json"))
