@@ -7,16 +7,17 @@ channels-last, the default since 2026-12-06, and ``e_method_fp32``, float32 NCHW
 model's out-of-fold score on the cases it never saw and the paired difference (bootstrap on the
 average of 8, McNemar on DIAG), which is the test; then, as the issue words it, whether the
 difference lies within ``e_method``'s fold-to-fold spread (a lenient yardstick: folds differ
-in their cases, the pair does not). Also the same fold's epoch times from both metrics.csv,
-median and fastest (the fastest is the least disturbed by other work on a shared machine; the
-two runs were made at different times, so this is a rough ratio, and
-``benchmarks/train_speed.py`` is the controlled one). Test is not read.
+in their cases, the pair does not). Then the time an epoch takes (training plus predicting the
+fold, from each run's metrics.csv), fastest and median, of the float32 fold and of every bf16
+fold of the same network (``e_method`` and ``d_shared_attention`` differ only in their loss
+weights), each with the time it finished: epoch times move with the day's machine and with
+other work, so the float32 fold compares best with bf16 folds of the same day, and the
+fastest epoch is the least disturbed one. Test is not read.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +28,15 @@ from training import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("e_method", "e_method_fp32")  # (bf16 + channels-last, float32)
+SAME_NETWORK = ("e_method", "d_shared_attention")  # bf16 entries whose steps cost what e_method's do
 
 
-def epoch_seconds(entry: ledger.Experiment, folds: list[int]) -> dict[str, float]:
-    """Median and fastest epoch of these folds' runs (each epoch: training plus predicting its fold)."""
-    seconds = [float(s) for k in folds for s in pd.read_csv(entry.fold_path(k) / "metrics.csv")["seconds"]]
-    return {"median": statistics.median(seconds), "fastest": min(seconds), "epochs": len(seconds)}
+def fold_epochs(entry: ledger.Experiment, fold: int) -> dict:
+    """The fold run's fastest and median epoch (seconds) and when it finished."""
+    seconds = pd.read_csv(entry.fold_path(fold) / "metrics.csv")["seconds"].astype(float)
+    finished = json.loads((entry.fold_path(fold) / "run.json").read_text())["recorded_at"]
+    return {"entry": entry.name, "fold": fold, "finished": finished, "fastest_s": float(seconds.min()),
+            "median_s": float(seconds.median()), "minutes": float(seconds.sum() / 60)}
 
 
 def main(argv=None) -> dict:
@@ -51,12 +55,12 @@ def main(argv=None) -> dict:
     within = {task: (None if spread["fold_sd"][task] is None  # one fold: no spread yet
                      else abs(result[f"{key}_a"] - result[f"{key}_b"]) <= spread["fold_sd"][task])
               for task, key in (("avg", "avg"), ("DIAG", "diag"))}
-    seconds = {name: epoch_seconds(entry, common) for name, entry in zip(PAIR, (bf16, fp32))}
+    float32 = [fold_epochs(fp32, k) for k in common]
+    same_network = [fold_epochs(entry, k) for entry in (ledger.Experiment.load(Path(args.root) / n) for n in SAME_NETWORK)
+                    for k in entry.planned_folds() if entry.done(k)]
     record = {"folds": common, "bf16_entry": PAIR[0], "fp32_entry": PAIR[1], **result,
               "bf16_fold_sd": spread["fold_sd"], "within_fold_spread": within,
-              "epoch_seconds": seconds,
-              "speedup_fastest_epoch": seconds[PAIR[1]]["fastest"] / seconds[PAIR[0]]["fastest"],
-              "speedup_median_epoch": seconds[PAIR[1]]["median"] / seconds[PAIR[0]]["median"]}
+              "epochs_float32": float32, "epochs_bf16_same_network": same_network}
     low, high = result["avg_difference_95ci"]
     print(f"fold(s) {common}, {result['n_cases']} cases: bf16 {100 * result['avg_a']:.1f} / DIAG "
           f"{100 * result['diag_a']:.1f}, float32 {100 * result['avg_b']:.1f} / DIAG {100 * result['diag_b']:.1f}")
@@ -64,10 +68,11 @@ def main(argv=None) -> dict:
           f"DIAG only bf16 {result['diag_only_a']} / only float32 {result['diag_only_b']} "
           f"(p = {result['diag_exact_mcnemar_p']:.2f}); e_method's fold sd: {spread['fold_sd']}; "
           f"within the spread: {within}")
-    b, f = seconds[PAIR[0]], seconds[PAIR[1]]
-    print(f"epoch, fastest / median: bf16 {b['fastest']:.0f} / {b['median']:.0f} s ({b['epochs']} epochs), float32 "
-          f"{f['fastest']:.0f} / {f['median']:.0f} s ({f['epochs']}): {record['speedup_fastest_epoch']:.2f}x / "
-          f"{record['speedup_median_epoch']:.2f}x")
+    print("epoch seconds, fastest / median (fold minutes), by when the run finished:")
+    for run in sorted(float32 + same_network, key=lambda r: r["finished"]):
+        kind = "float32" if run in float32 else "bf16   "
+        print(f"  {run['finished'][:16]}  {kind} {run['entry']} fold {run['fold']}: {run['fastest_s']:.0f} / "
+              f"{run['median_s']:.0f} s ({run['minutes']:.0f} min)")
     Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return record
 
