@@ -29,8 +29,8 @@ from skinnet.labels import split_logits
 from skinnet.model import HEADS
 from training.evaluate import scored_cases
 from training.ledger import Experiment, read_entry_oof
-from training.metrics import (diagnosis_report, expected_calibration_error, paired_comparison, right_per_task,
-                              task_accuracies)
+from training.metrics import (describe_paired, diagnosis_report, expected_calibration_error, paired_comparison,
+                              right_per_task, task_accuracies)
 
 ROOT = Path(__file__).resolve().parents[1]
 # calibrations compared out of fold: the fit_head ``biases`` flag (None: uncalibrated)
@@ -101,9 +101,7 @@ def main() -> dict:
                   f"ECE {v['ece_mean_of_8']:.3f} (DIAG {v['diag_ece']:.3f})  log-loss {v['log_loss_mean_of_8']:.4f}  "
                   f"MEL sens/spec {v['mel_sensitivity']:.2f}/{v['mel_specificity']:.2f}")
         c = r["biases_vs_temperature"]
-        low, high = c["avg_difference_95ci"]
-        print(f"{head:11s} biases - temperature: avg {100 * c['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
-              f"  DIAG only {c['diag_only_a']} / {c['diag_only_b']}, p = {c['diag_exact_mcnemar_p']:.2f}")
+        print(f"{head:11s} biases (A) - temperature (B): {describe_paired(c)}")
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record
 

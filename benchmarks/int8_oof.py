@@ -28,7 +28,7 @@ from skinnet.transforms import ImageCache
 from training.evaluate import head_predictions
 from training.folds import pool_cases
 from training.ledger import Experiment, read_entry_oof
-from training.metrics import expected_calibration_error, paired_comparison, right_per_task
+from training.metrics import describe_paired, expected_calibration_error, paired_comparison, right_per_task
 
 ROOT = Path(__file__).resolve().parents[1]
 # stored weights -> int8_min_elements (None: float16, as the fold models were saved)
@@ -92,9 +92,7 @@ def main(argv=None) -> dict:
     a, b = right["int8_everywhere"], right["int8_partial_shipped"]
     record["everywhere_vs_partial"] = {**paired_comparison(a, b), "answers_changed_any_task": int((a != b).any(1).sum())}
     c = record["everywhere_vs_partial"]
-    low, high = c["avg_difference_95ci"]
-    print(f"int8 everywhere - partial: avg {100 * c['avg_difference']:+.2f} [{100 * low:+.1f}, {100 * high:+.1f}]  "
-          f"DIAG only {c['diag_only_a']} / {c['diag_only_b']}, p = {c['diag_exact_mcnemar_p']:.2f}; "
+    print(f"int8 everywhere (A) - partial (B): {describe_paired(c)}; "
           f"{c['answers_changed_any_task']} cases right/wrong on some task changed")
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return record

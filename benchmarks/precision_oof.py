@@ -25,6 +25,7 @@ import pandas as pd
 from ablation_oof import compare, summarise
 from skinnet.data import Derm7pt
 from training import ledger
+from training.metrics import describe_paired
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("e_method", "e_method_fp32")  # (bf16 + channels-last, float32)
@@ -61,12 +62,9 @@ def main(argv=None) -> dict:
     record = {"folds": common, "bf16_entry": PAIR[0], "fp32_entry": PAIR[1], **result,
               "bf16_fold_sd": spread["fold_sd"], "within_fold_spread": within,
               "epochs_float32": float32, "epochs_bf16_same_network": same_network}
-    low, high = result["avg_difference_95ci"]
     print(f"fold(s) {common}, {result['n_cases']} cases: bf16 {100 * result['avg_a']:.1f} / DIAG "
           f"{100 * result['diag_a']:.1f}, float32 {100 * result['avg_b']:.1f} / DIAG {100 * result['diag_b']:.1f}")
-    print(f"bf16 - float32: avg {100 * result['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], "
-          f"DIAG only bf16 {result['diag_only_a']} / only float32 {result['diag_only_b']} "
-          f"(p = {result['diag_exact_mcnemar_p']:.2f}); e_method's fold sd: {spread['fold_sd']}; "
+    print(f"bf16 (A) - float32 (B): {describe_paired(result)}; e_method's fold sd: {spread['fold_sd']}; "
           f"within the spread: {within}")
     print("epoch seconds, fastest / median (fold minutes), by when the run finished:")
     for run in sorted(float32 + same_network, key=lambda r: r["finished"]):

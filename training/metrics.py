@@ -100,3 +100,11 @@ def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict:
             "diag_b": float(b[:, 0].float().mean()), "avg_difference": avg_a - avg_b,
             "avg_difference_95ci": list(paired_bootstrap(a, b)), "diag_only_a": only_a, "diag_only_b": only_b,
             "diag_exact_mcnemar_p": exact_mcnemar(only_a, only_b)}
+
+
+def describe_paired(result: dict) -> str:
+    """One line for a :func:`paired_comparison`: the average's difference with its interval, in
+    points, and DIAG's discordant cases with McNemar's p."""
+    low, high = result["avg_difference_95ci"]
+    return (f"avg {100 * result['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], DIAG only A "
+            f"{result['diag_only_a']} / only B {result['diag_only_b']}, p = {result['diag_exact_mcnemar_p']:.2f}")
