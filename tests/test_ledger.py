@@ -127,6 +127,46 @@ def test_int8_storage_is_scored_out_of_fold_on_the_entrys_own_fold_models(record
     assert refused.returncode != 0 and "does not reproduce the ledger" in refused.stderr
 
 
+def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
+    """benchmarks/stacking_oof.py end to end on a synthetic entry: every variant scores every case."""
+    from conftest import benchmark
+
+    release, entry, _, _ = recorded
+    benchmark([ROOT / "benchmarks" / "stacking_oof.py", "--data-root", release, "--entry", entry,
+               "--json", tmp_path / "stacking.json"])
+    result = json.loads((tmp_path / "stacking.json").read_text())
+    assert result["n_cases"] == 30 and len(result["variants"]) == 3
+    assert all(c["n_cases"] == 30 and "verdict" in c for c in result["comparisons"].values())
+
+
+def test_the_combiner_learns_from_other_heads_and_never_from_the_fold_it_predicts():
+    """No case is predicted by a fit that saw its label (changing one fold's labels moves the other
+    folds' predictions, not its own), and a head that knows the answers is found."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stacking_oof", ROOT / "benchmarks" / "stacking_oof.py")
+    stacking = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stacking)
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    labels = torch.stack([torch.randint(0, t.num_classes, (n,), generator=g) for t in TASKS], 1)
+    folds = torch.arange(n) % 5
+    noise = {h: torch.log_softmax(torch.randn(n, sum(t.num_classes for t in TASKS), generator=g), -1)
+             for h in ("clinical", "dermoscopy", "fused")}
+    before = stacking.combine(noise, labels, folds, own_task_only=False)
+    relabelled = labels.clone()
+    relabelled[folds == 0] = 0  # fold 0's answers changed: its own predictions must not move
+    after = stacking.combine(noise, relabelled, folds, own_task_only=False)
+    torch.testing.assert_close(after[folds == 0], before[folds == 0])
+    assert not torch.allclose(after[folds == 1], before[folds == 1])
+    knowing = dict(noise)
+    one_hot = torch.cat([torch.nn.functional.one_hot(labels[:, t], task.num_classes)
+                         for t, task in enumerate(TASKS)], 1).float()
+    knowing["dermoscopy"] = torch.log_softmax(3 * one_hot + torch.randn(one_hot.shape, generator=g), -1)
+    learned = stacking.right_per_task(stacking.combine(knowing, labels, folds, own_task_only=True), labels)
+    assert learned.float().mean() > 0.9
+
+
 def test_an_entry_refuses_another_recipe(recorded, tmp_path):
     release, entry, _, _ = recorded
     with pytest.raises(SystemExit, match="use another --ledger"):
