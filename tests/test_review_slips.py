@@ -24,6 +24,7 @@ def app_(tmp_path_factory):
     root = tmp_path_factory.mktemp("slips")
     predictor = Predictor.from_checkpoint(tiny_checkpoint(root))
     write_queue(root / "queues" / "queue", n=5)
+    write_queue(root / "queues" / "other", n=2, seed=12, prefix="o")
     slow = pixel_sha256(load_rgb(root / "queues" / "queue" / "img" / "c1_derm.png"))
     real = predictor.predict
 
@@ -298,6 +299,42 @@ def test_after_ctrl_enter_from_the_note_the_next_n_moves_on(page, app_):
     assert [(r["case_id"], r["note"]) for r in rows(settings)] == [("c0", "typical")]
 
 
+def test_a_draft_waits_in_its_queue_while_the_reviewer_works_another(page, app_, tmp_path):
+    """A reviewer leaves c0 half labelled, opens another queue file, then comes back: the page
+    says the draft is kept, the other queue's first case starts blank, and the first queue's c0
+    shows the draft again (it used to be dropped with the switch)."""
+    from playwright.sync_api import expect
+
+    settings, _ = app_
+    page.locator("#verdict input[value=correct]").check()
+    choose(page, "correct-DIAG", "SK")
+    page.get_by_label("Note (max 2000 chars)").fill("half done")
+
+    def open_file(name: str) -> None:
+        page.get_by_role("tab", name="Queue").click()
+        choose(page, "queue-file", name)
+        page.locator("#open-queue").click()
+
+    open_file("other/manifest.csv")
+    expect(page.locator("#queue-status")).to_contain_text("Your 1 unsaved draft in queue/manifest.csv is kept",
+                                                          timeout=60_000)
+    page.screenshot(path=str(tmp_path / "draft_put_aside.png"))
+    page.get_by_role("tab", name="Review").click()
+    wait_for_case(page, "o0")
+    expect(page.locator("#correct-DIAG input")).to_have_value("no change")
+    expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("")
+    open_file("queue/manifest.csv")
+    expect(page.locator("#queue-status")).to_contain_text("1 unsaved draft from your last time in this queue is back",
+                                                          timeout=60_000)
+    page.get_by_role("tab", name="Review").click()
+    wait_for_case(page, "c0")
+    expect(page.locator("#save-status")).to_contain_text("Draft: your unsaved changes to this case from before")
+    expect(page.locator("#correct-DIAG input")).to_have_value("SK")
+    expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("half done")
+    page.screenshot(path=str(tmp_path / "draft_back_from_other_queue.png"))
+    assert rows(settings) == []  # a draft is not a review
+
+
 def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_path):
     """Drafts go to the server with the reviewer's place in the queue (a reload or another browser
     finds them); values a form cannot hold (a raw call) make no draft."""
@@ -326,10 +363,11 @@ def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_pat
     assert review.keep_draft(back, review.form_values(None), log, "dr_a")["drafts"] == {}  # back to blank: no draft
 
 
-def test_opening_the_same_queue_again_keeps_the_drafts_and_another_queue_starts_without(tmp_path):
+def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path):
     """Opening the queue again (to start over from its first case) used to drop every draft, on
-    the server too. The same file keeps them; another file's c0 is another lesion, so none of
-    the drafts go with it."""
+    the server too, and so did a look at another queue. The same file keeps them; another file's
+    c0 is another lesion, so the drafts are put aside, said so, and come back with their file
+    (after a reload too); a file changed since gets none of them."""
     from skinnet.corrections import CorrectionsLog
     from skinnet.ui import review
 
@@ -348,7 +386,23 @@ def test_opening_the_same_queue_again_keeps_the_drafts_and_another_queue_starts_
     assert again["drafts"] == {"c0": list(values)}
     again = review.move(again, "next", log, "dr_a")
     assert review.form_for_case(again, None)[0] == values
-    assert open_(again, "other/manifest.csv")["drafts"] == {}
+    other, _, said = review.open_queue_handler(again, str(tmp_path / "queues" / "other/manifest.csv"),
+                                               tmp_path / "queues", log, "dr_a", "other/manifest.csv")
+    assert other["drafts"] == {} and "Your 1 unsaved draft in queue/manifest.csv is kept" in said
+    other = review.keep_draft(review.move(other, "next", log, "dr_a"),
+                              ("agree", *["no change"] * 8, 5, "other c0"), log, "dr_a")
+    review.remember(review.move(other, "next", log, "dr_a"), log.folder, "dr_a")
+    back = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")  # a reload
+    assert back["queue_file"] == "other/manifest.csv" and back["drafts"] == {"c0": ["agree", *["no change"] * 8, 5,
+                                                                                        "other c0"]}
+    first, _, said = review.open_queue_handler(back, str(tmp_path / "queues" / "queue/manifest.csv"),
+                                               tmp_path / "queues", log, "dr_a", "queue/manifest.csv")
+    assert first["drafts"] == {"c0": list(values)} and "1 unsaved draft from your last time in this queue is back" in said
+    assert review.form_for_case(review.move(first, "next", log, "dr_a"), None)[0] == values  # c0, as left
+    assert open_(first, "other/manifest.csv")["drafts"]["c0"][-1] == "other c0"
+    with open(tmp_path / "queues" / "queue" / "manifest.csv", "a") as f:  # the file changes: its drafts stay out
+        f.write("c9,img/c0_clin.jpg,img/c0_derm.png\n")
+    assert open_(open_(first, "other/manifest.csv"), "queue/manifest.csv")["drafts"] == {}
 
 
 def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):

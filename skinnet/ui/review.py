@@ -49,6 +49,7 @@ class ReviewSession(TypedDict, total=False):
     queue_file: str | None  # the open queue, relative to the queue folder
     queue_sha256: str  # its content hash (a reload finds the same file or starts over)
     drafts: dict[str, list]  # case id -> the form's unsaved values, kept when the reviewer moved on
+    other_drafts: dict[str, dict[str, list]]  # drafts of the queues left for another (queue_key -> drafts)
     left_draft: str | None  # the case just left with a draft (the status line says so)
     shown: list[str]  # [token, case id] of the case whose form was last sent to the page
 
@@ -126,8 +127,9 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
                        name: str | None = None):
     """Open a manifest CSV or a Derm7pt meta.csv as this session's queue. A Derm7pt queue shows
     its test split first: the cases the shipped model never trained on. The same file opened
-    again keeps the reviewer's drafts; another file's case ids name other cases, so its drafts
-    are not carried over."""
+    again keeps the reviewer's drafts. Another file's case ids name other cases: the drafts of
+    the queue left are put aside (``other_drafts``, the last MAX_OTHER_QUEUES files) and come
+    back when that file, unchanged, is opened again."""
     if not path or not path.strip():
         raise gr.Error("Type the path of a manifest CSV (case_id, clinical, dermoscopy) or a Derm7pt meta.csv.")
     try:
@@ -139,10 +141,35 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
     cases = [asdict(c) for c in queue]
     split = "test" if any(c["split"] == "test" for c in cases) else "all"
     same_file = digest == state.get("queue_sha256") and name == state.get("queue_file")
+    drafts, other_drafts, notes = dict(state.get("drafts") or {}), dict(state.get("other_drafts") or {}), []
+    if not same_file:
+        left = state.get("queue_file")
+        if left and drafts:
+            other_drafts.pop(queue_key(left, state.get("queue_sha256")), None)
+            other_drafts[queue_key(left, state.get("queue_sha256"))] = drafts
+            notes.append(f"Your {plural(len(drafts), 'unsaved draft')} in {left} {'is' if len(drafts) == 1 else 'are'} "
+                         "kept: open that queue again to finish.")
+        drafts = other_drafts.pop(queue_key(name, digest), {}) if name else {}
+        if drafts:
+            notes.append(f"{plural(len(drafts), 'unsaved draft')} from your last time in this queue "
+                         f"{'is' if len(drafts) == 1 else 'are'} back.")
+        while len(other_drafts) > MAX_OTHER_QUEUES:
+            other_drafts.pop(next(iter(other_drafts)))
     state = {**new_state(), "owner": state.get("owner"), "all": cases, "queue_sha256": digest, "queue_file": name,
-             "filters": {**NO_FILTERS, "split": split}, "drafts": dict(state.get("drafts") or {}) if same_file else {}}
+             "filters": {**NO_FILTERS, "split": split}, "drafts": drafts, "other_drafts": other_drafts}
     state = apply_filters(state, log, reviewer)
-    return state, queue_table(state, log, reviewer), f"Opened {len(queue)} cases. {view_status(state)}"
+    return state, queue_table(state, log, reviewer), " ".join([f"Opened {len(queue)} cases.", *notes,
+                                                                view_status(state)])
+
+
+def queue_key(name: str, sha256: str | None) -> str:
+    """Which queue a set of put-aside drafts belongs to: its file, as it was (a changed file's case
+    ids may name other cases)."""
+    return f"{sha256}:{name}"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 SESSIONS = "reviewer_sessions"
@@ -161,7 +188,8 @@ def remember(state: ReviewSession, folder: Path, reviewer: str | None) -> None:
     record = {"queue_file": state["queue_file"], "queue_sha256": state.get("queue_sha256"),
               "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
               "case_id": case.get("case_id") if case.get("source") != "upload" else None,
-              "uncertainty": state["uncertainty"], "predicted": state["predicted"], "drafts": state.get("drafts", {})}
+              "uncertainty": state["uncertainty"], "predicted": state["predicted"], "drafts": state.get("drafts", {}),
+              "other_drafts": state.get("other_drafts", {})}
     kept_on_disk(_session_file(folder, reviewer), json.dumps(record),
                  "Your place in this queue was not kept on the server (it comes back on reload only once kept)")
 
@@ -198,7 +226,10 @@ def restore(state: ReviewSession, folder: Path, root: Path | None, log: Correcti
     opened["all"] = sorted(opened["all"], key=lambda c: rank.get(c["case_id"], len(rank)))
     opened["uncertainty"] = {k: float(v) for k, v in record.get("uncertainty", {}).items()}
     opened["predicted"] = {k: str(v) for k, v in record.get("predicted", {}).items()}
-    opened["drafts"] = {k: list(v) for k, v in record.get("drafts", {}).items() if clean_form(v) is not None}
+    opened["drafts"] = clean_drafts(record.get("drafts"))
+    other = record.get("other_drafts")
+    opened["other_drafts"] = {str(k): clean_drafts(v) for k, v in list(other.items())[-MAX_OTHER_QUEUES:]
+                              if clean_drafts(v)} if isinstance(other, dict) else {}
     at = next((c for c in opened["all"] if c["case_id"] == record.get("case_id")), None)
     if at is not None:
         opened = _open_case(opened, dict(at))
@@ -341,7 +372,17 @@ def form_values(row: dict | None) -> tuple:
 
 
 MAX_DRAFTS = 200
-"""Drafts kept per reviewer (the oldest go first)."""
+"""Drafts kept per reviewer and queue file (the oldest go first)."""
+MAX_OTHER_QUEUES = 5
+"""Queue files left for another whose drafts are kept (the one left longest ago goes first)."""
+
+
+def clean_drafts(drafts) -> dict[str, list]:
+    """Drafts read back from the server's file: only forms the page could have sent, at most MAX_DRAFTS."""
+    if not isinstance(drafts, dict):
+        return {}
+    kept = {str(k): list(v) for k, v in drafts.items() if clean_form(v) is not None}
+    return dict(list(kept.items())[-MAX_DRAFTS:])
 
 
 def clean_form(values) -> tuple | None:
