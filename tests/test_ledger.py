@@ -231,6 +231,52 @@ def test_a_killed_run_restarts_at_the_first_unfinished_fold_and_ends_as_an_unbro
         pd.testing.assert_frame_equal(resumed, unbroken, atol=1e-5, rtol=1e-4)
 
 
+def test_one_training_fills_two_teacher_folds_that_learn_the_same_cases(recorded, tmp_path):
+    """teach_k0's fold 1 and teach_k1's fold 0 both learn fold 2 alone (3 folds): the ledger
+    trains one of them and fills the other from the same model, which predicts the fold it held
+    out. 4 teacher folds, 3 trainings; the twin's card says what it learnt and where it came from."""
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    root = tmp_path / "exp"
+    flags = [*FAST[:-5], "--epochs", "1", "--tta", "--name", "cv"]
+    for k in (0, 1):
+        ledger.Experiment(name=f"teach_k{k}", description="", train_flags=flags, folds=3, hold_out=k,
+                          path=root / f"teach_k{k}").save()
+    assert "pending: 4 folds (3 trainings" in ledger.status_lines(root)[-1]
+    done = subprocess.run([sys.executable, "-m", "training.ledger", "--root", str(root), "run", "--data-root",
+                           str(release), "--runs", str(tmp_path / "runs"), "--threads", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    trained = [line.split("== ")[1].split(" ==")[0] for line in done.stderr.splitlines() if "== teach" in line]
+    assert trained == ["teach_k1 fold 0", "teach_k0 fold 2", "teach_k1 fold 2"], done.stderr
+    first, second = (ledger.Experiment.load(root / f"teach_k{k}") for k in (0, 1))
+    assert first.complete() and second.complete()
+    card = json.loads((first.fold_path(1) / "run.json").read_text())["card"]["training"]
+    assert card["data"]["less_fold"] == 1 and card["data"]["held_out_fold"] == 0
+    assert card["twin_of"].endswith("teach_k1/fold0") and ledger.fold_minutes(first, 1) is None
+    folds = json.loads((root / "teach_k0" / "folds.json").read_text())["folds"]
+    assert card["data"]["n_train_cases"] == sum(f == 2 for f in folds.values())  # fold 2, and only fold 2
+    row_of = {c.case_id: i for i, c in enumerate(Derm7pt(release).cases())}
+    for view in ("oof.csv", "oof_tta_off.csv"):
+        frame = pd.read_csv(first.fold_path(1) / view)
+        assert sorted(frame["case"]) == sorted(row_of[c] for c, f in folds.items() if f == 1)
+    assert not (tmp_path / "runs" / "teach_k0" / "fold1" / "last_state.pt").exists()  # predicted, never trained
+    # the same with folds trained at once (training/device.sh): a twin is never started beside its twin
+    for k in (0, 1):
+        ledger.Experiment(name=f"teach_k{k}", description="", train_flags=flags, folds=3, hold_out=k,
+                          path=tmp_path / "at_once" / f"teach_k{k}").save()
+    done = subprocess.run([sys.executable, "-m", "training.ledger", "--root", str(tmp_path / "at_once"), "run",
+                           "--data-root", str(release), "--runs", str(tmp_path / "runs_at_once"), "--threads", "1",
+                           "--jobs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    started = [line.split("== ")[1].split(" started")[0] for line in done.stderr.splitlines() if " started (" in line]
+    assert sorted(started) == ["teach_k0 fold 2", "teach_k1 fold 0", "teach_k1 fold 2"], done.stderr
+    assert all(ledger.Experiment.load(tmp_path / "at_once" / f"teach_k{k}").complete() for k in (0, 1))
+    with pytest.raises(ValueError, match="not a held-out fold run"):  # an ordinary fold model is no teacher's twin
+        _, _, ordinary, _ = recorded
+        crossval.predict_twin(ordinary / "fold0", tmp_path / "nope", Derm7pt(recorded[0]),
+                              recorded[1] / "folds.json")
+
+
 def test_individual_cross_attention_has_one_module_per_direction():
     shared = create_model(cross_attention_stages=(-2, -1), attention_dim=32)
     individual = create_model(cross_attention_stages=(-2, -1), attention_dim=32, attention_sharing="individual")

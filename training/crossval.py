@@ -18,7 +18,9 @@ fold m, trained on the folds other than k and m, so their OOF (all cases but fol
 saw fold k; then train the student's fold k on it and compare with the recipe's fold k
 (``training.train`` refuses a teacher file held out for another fold, and records in the
 student's card whether its targets were leak-free). All five folds this way: 5 x 4 = 20
-teacher runs.
+teacher folds, from 10 trainings: the model that holds out k and predicts m learnt exactly the
+cases (every fold but k and m) that the one holding out m and predicting k needs, so one run
+predicts both (:func:`predict_twin`; the ledger does it as each teacher finishes).
 
     python -m training.crossval ... --out runs/teach_k2 --hold-out 2 -- <recipe>   # 4 teachers
     python -m training.crossval ... --out runs/student_k2 --only 2 -- <recipe> --distill runs/teach_k2/oof.pt
@@ -87,6 +89,49 @@ def check_fold_run(where: Path, hold_out: int | None) -> None:
         said = "no --hold-out" if theirs is None else f"--hold-out {theirs}"
         raise SystemExit(f"{where} was trained with {said}, not "
                          f"{'no --hold-out' if hold_out is None else f'--hold-out {hold_out}'}: use another --out")
+
+
+def predict_twin(source: Path, target: Path, data: Derm7pt, folds_file: Path, device: str = "cpu") -> Path:
+    """A teacher fold without training: ``source`` is a finished fold run that held out fold H and
+    predicted fold m, so it learnt every fold but H and m; the run that holds out m and predicts
+    fold H must learn exactly those cases with the same recipe, so ``source``'s model is that
+    run's model. Its weights and training log go to ``target``, with the card saying which fold
+    it held out and predicts (and ``twin_of``), and it predicts fold H there as a trained run would.
+
+    Raises:
+        ValueError: ``source`` is not a finished held-out run on these folds.
+    """
+    from types import SimpleNamespace
+
+    from skinnet.checkpoint import file_sha256, save_checkpoint
+    from skinnet.transforms import ImageCache
+
+    from .distributed import DistInfo
+
+    checkpoint = next(source.glob("*.safetensors"), None)
+    if checkpoint is None or not (source / OOF_FILE).is_file():
+        raise ValueError(f"{source}: not a finished fold run")
+    model, card = load_checkpoint(checkpoint, device)
+    data_record = card.training.get("data", {})
+    held, learnt_less = data_record.get("held_out_fold"), data_record.get("less_fold")
+    if held is None or learnt_less is None or data_record.get("folds_sha256") != file_sha256(folds_file):
+        raise ValueError(f"{source}: not a held-out fold run on {folds_file}")
+    folds, _ = read_folds(folds_file, data)
+    pool = pool_cases(data)
+    if data_record.get("n_train_cases") != sum(folds[c.case_id] not in (held, learnt_less) for c in pool):
+        raise ValueError(f"{source}: learnt a subset of its folds (--train-fraction or --limit-cases)")
+    cases = [c for c in pool if folds[c.case_id] == held]
+    target.mkdir(parents=True, exist_ok=True)
+    card.training = {**card.training, "twin_of": str(source),
+                     "data": {**data_record, "less_fold": held, "held_out_fold": learnt_less}}
+    twin = save_checkpoint(model, card, target / checkpoint.name)
+    for name in ("metrics.csv", "curves.png"):  # the training itself: scored each epoch on fold m, as it ran
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+    cache = ImageCache(cases, card.image_size, device)
+    args = SimpleNamespace(fold=held, tta=bool(card.tta))
+    log.info("fold %d (holding out %d): predicted by %s, which learnt the same cases", held, learnt_less, source)
+    return train.finish_fold(model, card, twin, cache, cases, args, device, DistInfo())
 
 
 def gather_oof(out: Path, n_folds: int, data: Derm7pt, folds: dict[str, int], hold_out: int | None = None) -> dict:

@@ -349,7 +349,62 @@ def fold_card(entry: Experiment, fold: int) -> dict:
 
 
 def fold_minutes(entry: Experiment, fold: int) -> float | None:
-    return fold_card(entry, fold).get("training", {}).get("minutes")
+    """The fold's training minutes; None for a twin (its minutes are its twin's, spent once)."""
+    training = fold_card(entry, fold).get("training", {})
+    return None if "twin_of" in training else training.get("minutes")
+
+
+def twin(entries: list[Experiment], entry: Experiment, fold: int) -> tuple[Experiment, int] | None:
+    """The other ledger fold that the model of ``entry``'s ``fold`` also serves, if any.
+
+    A fold of an entry holding out H learns every fold but H and ``fold``; the fold H of the entry
+    holding out ``fold``, same recipe and folds, must learn exactly the same cases
+    (:func:`training.crossval.predict_twin`). So the 20 teacher folds of a leak-free
+    distillation check need 10 trainings."""
+    if entry.hold_out is None:
+        return None
+    for other in entries:
+        if (other.name != entry.name and other.hold_out == fold and other.train_flags == entry.train_flags
+                and (other.folds, other.fold_seed) == (entry.folds, entry.fold_seed)
+                and entry.hold_out in other.planned_folds()):
+            return other, entry.hold_out
+    return None
+
+
+def fill_twin(entries: list[Experiment], entry: Experiment, fold: int, runs: Path, data: Derm7pt,
+              device: str = "cpu", commit: bool = False) -> bool:
+    """After ``entry``'s ``fold`` trained (its run in ``runs/<entry>/fold<k>``): fill its twin's
+    fold from the same model, record it in the ledger (and commit it). False when there is no
+    twin, it is done, or the run's weights are not on this machine."""
+    from .crossval import predict_twin
+    from .folds import FOLDS_FILE
+
+    found = twin(entries, entry, fold)
+    source = runs / entry.name / f"fold{fold}"
+    if found is None or found[0].done(found[1]) or not (source / "oof.pt").is_file():
+        return False
+    other, other_fold = found
+    folds_file = entry.path / FOLDS_FILE
+    if not (other.path / FOLDS_FILE).is_file():
+        shutil.copyfile(folds_file, other.path / FOLDS_FILE)
+    elif (other.path / FOLDS_FILE).read_bytes() != folds_file.read_bytes():
+        return False  # another fold assignment: the same fold numbers name other cases
+    target = runs / other.name / f"fold{other_fold}"
+    predict_twin(source, target, data, folds_file, device)
+    record_fold(other, other_fold, target, data)
+    log.info("%s fold %d: from %s fold %d's model (the same training cases), no training", other.name,
+             other_fold, entry.name, fold)
+    if commit:
+        commit_fold(other, other_fold)
+    return True
+
+
+def twin_source(entries: list[Experiment], entry: Experiment, fold: int, runs: Path) -> tuple[Experiment, int] | None:
+    """The finished run on this machine that can fill ``entry``'s ``fold`` without training, if any."""
+    found = twin(entries, entry, fold)
+    if found is not None and (runs / found[0].name / f"fold{found[1]}" / "oof.pt").is_file():
+        return found
+    return None
 
 
 def is_ledger_path(path: Path) -> bool:
@@ -423,19 +478,27 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
     measured = [(fold_minutes(e, k), e.cost) for e in entries for k in e.planned_folds() if e.done(k)]
     per_unit = [m / c for m, c in measured if m is not None]
     unit = fold_minutes_estimate or (sorted(per_unit)[len(per_unit) // 2] if per_unit else None)
-    lines, hours = [], 0.0
+    lines, hours, trainings, counted = [], 0.0, 0, set()
     for e in entries:
         done = [k for k in e.planned_folds() if e.done(k)]
         pending = e.pending()
         state = "complete" if e.complete() else ("done" if not pending else f"pending folds {pending}")
         lines.append(f"{e.name:28s} {len(done)}/{len(e.planned_folds())} folds  {state}")
-        if unit is not None:
-            hours += len(pending) * unit * e.cost / 60
+        for k in pending:
+            pair = twin(entries, e, k)
+            if pair is not None and ((pair[0].name, pair[1]) in counted or pair[0].done(pair[1])):
+                continue  # its twin's training (done, or counted already) fills it
+            counted.add((e.name, k))
+            trainings += 1
+            hours += (unit or 0) * e.cost / 60
+    n_pending = sum(len(e.pending()) for e in entries)
+    runs = f"{n_pending} folds ({trainings} trainings: a teacher fold's twin fills another)" if trainings != n_pending \
+        else f"{n_pending} folds"
     if unit is not None:
-        lines.append(f"pending: {sum(len(e.pending()) for e in entries)} folds, about {hours:.1f} CPU hours "
+        lines.append(f"pending: {runs}, about {hours:.1f} CPU hours "
                      f"({unit:.0f} min per shipped-recipe fold, the median of the finished ones)")
     else:
-        lines.append(f"pending: {sum(len(e.pending()) for e in entries)} folds (no finished fold to time them by)")
+        lines.append(f"pending: {runs} (no finished fold to time them by)")
     return lines
 
 
@@ -522,6 +585,7 @@ def run_pending(args) -> int:
     deadline = time.time() + args.max_hours * 3600 if args.max_hours else math.inf
     tried: set[tuple[str, int]] = set()
     running: dict = {}
+    data = lru_cache(maxsize=None)(lambda: Derm7pt(args.data_root))  # read once, when a twin needs it
     log.info("%d fold runs pending%s", len(pending_runs(entries, only, folds)),
              f" (of {', '.join(sorted(only))})" if only else "")
     if args.jobs > 1:
@@ -536,14 +600,27 @@ def run_pending(args) -> int:
                 break
             entry, fold = ready[0]
             tried.add((entry.name, fold))
+            source = twin_source(entries, entry, fold, Path(args.runs))
+            if source is not None:  # a finished run on this machine learnt its cases already
+                fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit)
+                continue
             log.info("== %s fold %d ==", entry.name, fold)
             crossval.main(fold_argv(entry, fold, args))
             if args.commit and entry.done(fold):
                 commit_fold(entry, fold)
+            if entry.done(fold):
+                fill_twin(experiments(Path(args.root)), entry, fold, Path(args.runs), data(), args.device, args.commit)
             continue
         while ready and len(running) < args.jobs and time.time() < deadline:
             entry, fold = ready.pop(0)
+            pair = twin(entries, entry, fold)
+            if pair is not None and any((e.name, k) == (pair[0].name, pair[1]) for e, k in running.values()):
+                continue  # its twin is training now and will fill it
             tried.add((entry.name, fold))
+            source = twin_source(entries, entry, fold, Path(args.runs))
+            if source is not None:
+                fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit)
+                continue
             logfile = Path(args.runs) / entry.name / f"fold{fold}.log"
             logfile.parent.mkdir(parents=True, exist_ok=True)
             with open(logfile, "a") as out:
@@ -560,6 +637,7 @@ def run_pending(args) -> int:
                 log.info("%s fold %d done", entry.name, fold)
                 if args.commit:
                     commit_fold(entry, fold)
+                fill_twin(experiments(Path(args.root)), entry, fold, Path(args.runs), data(), args.device, args.commit)
             else:
                 failed += 1
                 log.warning("%s fold %d failed (exit %s): see its log", entry.name, fold, process.returncode)
