@@ -5,7 +5,8 @@
 On the folds every listed entry has finished, each entry's fused-head OOF accuracy (avg over the
 8 tasks, and DIAG), that of the mean of their per-task softmax probabilities, and how much the
 models' DIAG answers overlap: the share of cases all of them get right, none of them, and at
-least one (what an ideal combiner of these models could reach). Test is not read.
+least one (what an ideal combiner of these models could reach), and per diagnosis how often all
+of them are wrong and what the mean says instead. Test is not read.
 """
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ def main(argv=None) -> dict:
     record["diag_overlap"] = {"all_right": float(diag_right.all(0).float().mean()),
                               "none_right": float((~diag_right).all(0).float().mean()),
                               "any_right": float(diag_right.any(0).float().mean())}
+    none_right = (~diag_right).all(0)
+    called = mean[0].argmax(-1)
+    record["diag_none_right_by_class"] = {
+        cls: {"cases": int((labels[:, 0] == c).sum()),
+              "none_right": float(none_right[labels[:, 0] == c].float().mean()) if (labels[:, 0] == c).any() else None,
+              "ensemble_says": {TASKS[0].classes[o]: int(((called == o) & none_right & (labels[:, 0] == c)).sum())
+                                for o in range(TASKS[0].num_classes) if o != c}}
+        for c, cls in enumerate(TASKS[0].classes)}
     print(f"{'fused head, out of fold':<36}{'avg':>7}{'DIAG':>7}   ({record['n_cases']} cases, folds {folds})")
     for name, r in record["entries"].items():
         print(f"{name:<36}{100 * r['avg']:7.1f}{100 * r['DIAG']:7.1f}")
@@ -75,6 +84,11 @@ def main(argv=None) -> dict:
     o = record["diag_overlap"]
     print(f"DIAG: all right on {100 * o['all_right']:.1f}% of cases, none on {100 * o['none_right']:.1f}%, "
           f"at least one on {100 * o['any_right']:.1f}%")
+    for cls, r in record["diag_none_right_by_class"].items():
+        if r["cases"]:
+            says = ", ".join(f"{k} {v}" for k, v in r["ensemble_says"].items() if v)
+            print(f"  {cls:5s} {r['cases']:4d} cases, all models wrong on {100 * r['none_right']:5.1f}%"
+                  f"{' (the mean calls them ' + says + ')' if says else ''}")
     Path(args.json).write_text(json.dumps(record, indent=2))
     return record
 
