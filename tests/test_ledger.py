@@ -232,26 +232,39 @@ def test_a_killed_run_restarts_at_the_first_unfinished_fold_and_ends_as_an_unbro
 
 
 def test_one_training_fills_two_teacher_folds_that_learn_the_same_cases(recorded, tmp_path):
-    """teach_k0's fold 1 and teach_k1's fold 0 both learn fold 2 alone (3 folds): the ledger
-    trains one of them and fills the other from the same model, which predicts the fold it held
-    out. 4 teacher folds, 3 trainings; the twin's card says what it learnt and where it came from."""
+    """With 3 folds, teach_k0's fold 1 and teach_k1's fold 0 both learn fold 2 alone (and so on
+    for each pair): the ledger trains one of each pair and fills the other from the same model,
+    which predicts the fold it held out. 6 teacher folds, 3 trainings; an entry completed by a
+    twin is joined like one completed by training; the twin's card says what it learnt."""
     release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
-    root = tmp_path / "exp"
     flags = [*FAST[:-5], "--epochs", "1", "--tta", "--name", "cv"]
-    for k in (0, 1):
-        ledger.Experiment(name=f"teach_k{k}", description="", train_flags=flags, folds=3, hold_out=k,
-                          path=root / f"teach_k{k}").save()
-    assert "pending: 4 folds (3 trainings" in ledger.status_lines(root)[-1]
-    done = subprocess.run([sys.executable, "-m", "training.ledger", "--root", str(root), "run", "--data-root",
-                           str(release), "--runs", str(tmp_path / "runs"), "--threads", "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    trained = [line.split("== ")[1].split(" ==")[0] for line in done.stderr.splitlines() if "== teach" in line]
-    assert trained == ["teach_k1 fold 0", "teach_k0 fold 2", "teach_k1 fold 2"], done.stderr
-    first, second = (ledger.Experiment.load(root / f"teach_k{k}") for k in (0, 1))
-    assert first.complete() and second.complete()
+
+    def teachers(root: Path) -> list[ledger.Experiment]:
+        for k in range(3):
+            ledger.Experiment(name=f"teach_k{k}", description="", train_flags=flags, folds=3, hold_out=k,
+                              path=root / f"teach_k{k}").save()
+        return ledger.experiments(root)
+
+    def run(root: Path, *more: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "training.ledger", "--root", str(root), "run", "--data-root",
+                               str(release), "--runs", str(root.parent / f"runs_{root.name}"), "--threads", "1",
+                               *more], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    root = tmp_path / "one_at_a_time"
+    teachers(root)
+    assert "pending: 6 folds (3 trainings" in ledger.status_lines(root)[-1]
+    log = run(root).stderr
+    trained = [line.split("== ")[1].split(" ==")[0] for line in log.splitlines() if "== teach" in line]
+    assert trained == ["teach_k1 fold 0", "teach_k2 fold 0", "teach_k2 fold 1"], log
+    entries = ledger.experiments(root)
+    assert all(e.complete() and (e.path / "crossval.json").is_file() and (e.path / "oof.csv").is_file()
+               for e in entries)  # teach_k0 and teach_k1 were completed by twins
+    first = entries[0]
     card = json.loads((first.fold_path(1) / "run.json").read_text())["card"]["training"]
     assert card["data"]["less_fold"] == 1 and card["data"]["held_out_fold"] == 0
+    assert (card["config"]["fold"], card["config"]["hold_out"]) == (1, 0)
     assert card["twin_of"].endswith("teach_k1/fold0") and ledger.fold_minutes(first, 1) is None
     folds = json.loads((root / "teach_k0" / "folds.json").read_text())["folds"]
     assert card["data"]["n_train_cases"] == sum(f == 2 for f in folds.values())  # fold 2, and only fold 2
@@ -259,18 +272,13 @@ def test_one_training_fills_two_teacher_folds_that_learn_the_same_cases(recorded
     for view in ("oof.csv", "oof_tta_off.csv"):
         frame = pd.read_csv(first.fold_path(1) / view)
         assert sorted(frame["case"]) == sorted(row_of[c] for c, f in folds.items() if f == 1)
-    assert not (tmp_path / "runs" / "teach_k0" / "fold1" / "last_state.pt").exists()  # predicted, never trained
+    assert not (root.parent / "runs_one_at_a_time" / "teach_k0" / "fold1" / "last_state.pt").exists()  # never trained
     # the same with folds trained at once (training/device.sh): a twin is never started beside its twin
-    for k in (0, 1):
-        ledger.Experiment(name=f"teach_k{k}", description="", train_flags=flags, folds=3, hold_out=k,
-                          path=tmp_path / "at_once" / f"teach_k{k}").save()
-    done = subprocess.run([sys.executable, "-m", "training.ledger", "--root", str(tmp_path / "at_once"), "run",
-                           "--data-root", str(release), "--runs", str(tmp_path / "runs_at_once"), "--threads", "1",
-                           "--jobs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    started = [line.split("== ")[1].split(" started")[0] for line in done.stderr.splitlines() if " started (" in line]
-    assert sorted(started) == ["teach_k0 fold 2", "teach_k1 fold 0", "teach_k1 fold 2"], done.stderr
-    assert all(ledger.Experiment.load(tmp_path / "at_once" / f"teach_k{k}").complete() for k in (0, 1))
+    at_once = tmp_path / "at_once"
+    teachers(at_once)
+    log = run(at_once, "--jobs", "2").stderr
+    started = [line.split("== ")[1].split(" started")[0] for line in log.splitlines() if " started (" in line]
+    assert len(started) == 3 and all(e.complete() for e in ledger.experiments(at_once)), log
     with pytest.raises(ValueError, match="not a held-out fold run"):  # an ordinary fold model is no teacher's twin
         _, _, ordinary, _ = recorded
         crossval.predict_twin(ordinary / "fold0", tmp_path / "nope", Derm7pt(recorded[0]),

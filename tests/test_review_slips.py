@@ -403,6 +403,10 @@ def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path)
     with open(tmp_path / "queues" / "queue" / "manifest.csv", "a") as f:  # the file changes: its drafts stay out
         f.write("c9,img/c0_clin.jpg,img/c0_derm.png\n")
     assert open_(open_(first, "other/manifest.csv"), "queue/manifest.csv")["drafts"] == {}
+    changed, _, said = review.open_queue_handler(first, str(tmp_path / "queues" / "queue/manifest.csv"),
+                                                 tmp_path / "queues", log, "dr_a", "queue/manifest.csv")
+    assert changed["drafts"] == {} and changed["other_drafts"] == first["other_drafts"]  # nothing kept for nothing
+    assert "queue/manifest.csv has changed since you opened it: your 1 unsaved draft in it cannot be carried" in said
 
 
 def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):

@@ -95,8 +95,9 @@ def predict_twin(source: Path, target: Path, data: Derm7pt, folds_file: Path, de
     """A teacher fold without training: ``source`` is a finished fold run that held out fold H and
     predicted fold m, so it learnt every fold but H and m; the run that holds out m and predicts
     fold H must learn exactly those cases with the same recipe, so ``source``'s model is that
-    run's model. Its weights and training log go to ``target``, with the card saying which fold
-    it held out and predicts (and ``twin_of``), and it predicts fold H there as a trained run would.
+    run's model. Its weights go to ``target``, with the card saying which fold it held out and
+    predicts (and ``twin_of``), and it predicts fold H there as a trained run would. The epoch log
+    is not copied: it belongs to the training, recorded once, in ``source``'s fold.
 
     Raises:
         ValueError: ``source`` is not a finished held-out run on these folds.
@@ -119,15 +120,15 @@ def predict_twin(source: Path, target: Path, data: Derm7pt, folds_file: Path, de
     folds, _ = read_folds(folds_file, data)
     pool = pool_cases(data)
     if data_record.get("n_train_cases") != sum(folds[c.case_id] not in (held, learnt_less) for c in pool):
-        raise ValueError(f"{source}: learnt a subset of its folds (--train-fraction or --limit-cases)")
+        raise ValueError(f"{source}: learnt other cases than its folds' (--train-fraction, --limit-cases or "
+                         "corrections)")
     cases = [c for c in pool if folds[c.case_id] == held]
     target.mkdir(parents=True, exist_ok=True)
+    config = card.training.get("config", {})
     card.training = {**card.training, "twin_of": str(source),
-                     "data": {**data_record, "less_fold": held, "held_out_fold": learnt_less}}
+                     "data": {**data_record, "less_fold": held, "held_out_fold": learnt_less},
+                     **({"config": {**config, "fold": held, "hold_out": learnt_less}} if config else {})}
     twin = save_checkpoint(model, card, target / checkpoint.name)
-    for name in ("metrics.csv", "curves.png"):  # the training itself: scored each epoch on fold m, as it ran
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
     cache = ImageCache(cases, card.image_size, device)
     args = SimpleNamespace(fold=held, tta=bool(card.tta))
     log.info("fold %d (holding out %d): predicted by %s, which learnt the same cases", held, learnt_less, source)

@@ -361,10 +361,13 @@ def twin(entries: list[Experiment], entry: Experiment, fold: int) -> tuple[Exper
     holding out ``fold``, same recipe and folds, must learn exactly the same cases
     (:func:`training.crossval.predict_twin`). So the 20 teacher folds of a leak-free
     distillation check need 10 trainings."""
+    from .crossval import fold_flags
+
     if entry.hold_out is None:
         return None
     for other in entries:
-        if (other.name != entry.name and other.hold_out == fold and other.train_flags == entry.train_flags
+        if (other.name != entry.name and other.hold_out == fold
+                and fold_flags(other.train_flags, entry.hold_out) == fold_flags(entry.train_flags, fold)
                 and (other.folds, other.fold_seed) == (entry.folds, entry.fold_seed)
                 and entry.hold_out in other.planned_folds()):
             return other, entry.hold_out
@@ -374,8 +377,9 @@ def twin(entries: list[Experiment], entry: Experiment, fold: int) -> tuple[Exper
 def fill_twin(entries: list[Experiment], entry: Experiment, fold: int, runs: Path, data: Derm7pt,
               device: str = "cpu", commit: bool = False) -> bool:
     """After ``entry``'s ``fold`` trained (its run in ``runs/<entry>/fold<k>``): fill its twin's
-    fold from the same model, record it in the ledger (and commit it). False when there is no
-    twin, it is done, or the run's weights are not on this machine."""
+    fold from the same model, record it in the ledger, join the twin's entry if that completes
+    it (and commit). False when there is no twin, it is done, the run's weights are not on this
+    machine, or the run is not one the twin can use (said in the log): the twin is then trained."""
     from .crossval import predict_twin
     from .folds import FOLDS_FILE
 
@@ -390,10 +394,19 @@ def fill_twin(entries: list[Experiment], entry: Experiment, fold: int, runs: Pat
     elif (other.path / FOLDS_FILE).read_bytes() != folds_file.read_bytes():
         return False  # another fold assignment: the same fold numbers name other cases
     target = runs / other.name / f"fold{other_fold}"
-    predict_twin(source, target, data, folds_file, device)
+    try:
+        predict_twin(source, target, data, folds_file, device)
+    except ValueError as err:
+        log.warning("%s fold %d cannot come from %s: %s; it will be trained", other.name, other_fold, source, err)
+        return False
+    learnt = _fold_card(target).get("training", {}).get("data", {})
+    if (learnt.get("less_fold"), learnt.get("held_out_fold")) != (other_fold, other.hold_out):
+        raise ValueError(f"{target}: predicts fold {learnt.get('less_fold')} holding out "
+                         f"{learnt.get('held_out_fold')}, not fold {other_fold} holding out {other.hold_out}")
     record_fold(other, other_fold, target, data)
     log.info("%s fold %d: from %s fold %d's model (the same training cases), no training", other.name,
              other_fold, entry.name, fold)
+    finish_entry(other, data)  # the twin may be the entry's last fold: its joined files, as a trained one gets
     if commit:
         commit_fold(other, other_fold)
     return True
@@ -601,9 +614,8 @@ def run_pending(args) -> int:
             entry, fold = ready[0]
             tried.add((entry.name, fold))
             source = twin_source(entries, entry, fold, Path(args.runs))
-            if source is not None:  # a finished run on this machine learnt its cases already
-                fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit)
-                continue
+            if source is not None and fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit):
+                continue  # a finished run on this machine had learnt its cases already
             log.info("== %s fold %d ==", entry.name, fold)
             crossval.main(fold_argv(entry, fold, args))
             if args.commit and entry.done(fold):
@@ -618,8 +630,7 @@ def run_pending(args) -> int:
                 continue  # its twin is training now and will fill it
             tried.add((entry.name, fold))
             source = twin_source(entries, entry, fold, Path(args.runs))
-            if source is not None:
-                fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit)
+            if source is not None and fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit):
                 continue
             logfile = Path(args.runs) / entry.name / f"fold{fold}.log"
             logfile.parent.mkdir(parents=True, exist_ok=True)

@@ -422,6 +422,7 @@ class AppEvents:
             raise gr.Error("Choose a queue file from the list.")
         state, table, status = review.open_queue_handler(state, str(self.queue_root / chosen), self.queue_root,
                                                          self.log, reviewer, chosen)
+        review.remember(state, self.log.folder, reviewer)  # the drafts put aside are on the server at once
         return state, table, status, *self.filter_values(state)
 
     @event

@@ -144,7 +144,10 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
     drafts, other_drafts, notes = dict(state.get("drafts") or {}), dict(state.get("other_drafts") or {}), []
     if not same_file:
         left = state.get("queue_file")
-        if left and drafts:
+        if left and drafts and left == name:  # the same file, changed since: its case ids may name other lesions
+            notes.append(f"{name} has changed since you opened it: your {plural(len(drafts), 'unsaved draft')} "
+                         "in it cannot be carried over.")
+        elif left and drafts:
             other_drafts.pop(queue_key(left, state.get("queue_sha256")), None)
             other_drafts[queue_key(left, state.get("queue_sha256"))] = drafts
             notes.append(f"Your {plural(len(drafts), 'unsaved draft')} in {left} {'is' if len(drafts) == 1 else 'are'} "
@@ -373,7 +376,7 @@ def form_values(row: dict | None) -> tuple:
 
 MAX_DRAFTS = 200
 """Drafts kept per reviewer and queue file (the oldest go first)."""
-MAX_OTHER_QUEUES = 5
+MAX_OTHER_QUEUES = 20
 """Queue files left for another whose drafts are kept (the one left longest ago goes first)."""
 
 
