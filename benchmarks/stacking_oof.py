@@ -23,7 +23,7 @@ import torch
 
 from skinnet.calibration import cross_fit
 from skinnet.data import Derm7pt
-from skinnet.labels import TASKS
+from skinnet.labels import TASK_SLICES, TASKS
 from skinnet.model import HEADS
 from training.ledger import Experiment, read_entry_oof
 from training.metrics import describe_paired, expected_calibration_error, paired_comparison, right_per_task
@@ -34,19 +34,9 @@ INNER_FOLDS = 4
 FLOOR = 1e-6  # probability given to a class a combiner never saw in its training folds
 
 
-def task_columns() -> dict[str, slice]:
-    """Where each task's classes sit in a head's flat (N, NUM_OUTPUTS) output."""
-    columns, start = {}, 0
-    for task in TASKS:
-        columns[task.name] = slice(start, start + task.num_classes)
-        start += task.num_classes
-    return columns
-
-
 def features(logits: dict[str, torch.Tensor], task: str | None) -> np.ndarray:
     """The heads' log-probabilities side by side: every task's (``task`` None) or one task's."""
-    cols = task_columns()
-    parts = [logits[head] if task is None else logits[head][:, cols[task]] for head in HEADS]
+    parts = [logits[head] if task is None else logits[head][:, TASK_SLICES[task]] for head in HEADS]
     return torch.cat(parts, dim=1).float().numpy()
 
 
@@ -80,14 +70,13 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, nu
 def combine(logits: dict[str, torch.Tensor], labels: torch.Tensor, folds: torch.Tensor, own_task_only: bool,
             seed: int = 0) -> torch.Tensor:
     """Cross-fitted combiner output, flat (N, NUM_OUTPUTS) log-probabilities like a head's."""
-    cols = task_columns()
     out = torch.zeros_like(logits["fused"], dtype=torch.float32)
     for t, task in enumerate(TASKS):
         x = features(logits, task.name if own_task_only else None)
         y = labels[:, t].numpy()
         for k in folds.unique().tolist():
             held = (folds == k).numpy()
-            out[torch.from_numpy(held), cols[task.name]] = torch.from_numpy(
+            out[torch.from_numpy(held), TASK_SLICES[task.name]] = torch.from_numpy(
                 fit_predict(x[~held], y[~held], x[held], task.num_classes, seed)).float()
     return out
 
