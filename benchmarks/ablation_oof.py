@@ -10,7 +10,9 @@ resampled, 2000 draws, seed 0), and an exact McNemar test on DIAG's discordant c
 verdict follows the rule written in docs/results.md before the runs: a "replaces" claim holds
 when the interval's lower end is above -1.0 point (non-inferior by at most a point), a "helps"
 claim when it is above 0; otherwise it does not hold here, and with folds missing it is
-"pending". Writes ``benchmarks/results/ablation_oof.json`` and the section of docs/results.md.
+"pending". Writes ``benchmarks/results/ablation_oof.json`` (and ``ablation_oof_claims.json`` beside
+it) and rewrites the table section of docs/results.md between its ``ablation-oof`` markers; give
+``--json`` and ``--results-md`` other paths to look without touching the committed files.
 """
 from __future__ import annotations
 
@@ -82,10 +84,12 @@ def pct(x: float) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--root", default=str(ledger.LEDGER))
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_oof.json"))
-    p.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--data-root", required=True, help="Derm7pt release_v0 (labels and case rows; no image is read)")
+    p.add_argument("--root", default=str(ledger.LEDGER), help="the ledger folder (default: experiments/)")
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_oof.json"),
+                   help="per-config summary written here; the claims go to ablation_oof_claims.json beside it")
+    p.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"),
+                   help="the Markdown file whose ablation-oof section is rewritten")
     args = p.parse_args(argv)
     data = Derm7pt(args.data_root)
     entries = {name: ledger.Experiment.load(Path(args.root) / name) for name in CONFIGS}
@@ -120,7 +124,9 @@ def main(argv=None) -> dict:
         lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {len(r['folds_done'])} of 5 | {r['n_cases']} | "
                      f"{pct(r['oof_avg']) if r['oof_avg'] is not None else '-'} | "
                      f"{pct(r['oof_diag']) if r['oof_diag'] is not None else '-'} | {sd_text} | `{r['ledger']}` |")
-    lines += ["", "| claim | A vs B | cases | avg A / B | avg A - B, 95% CI | DIAG A / B | DIAG only A / only B, "
+    lines += ["", "Rows differ in their folds (and so in cases and in fold spread): compare configurations only "
+              "in the paired table below, which uses the folds both have finished.",
+              "", "| claim | A vs B | cases | avg A / B | avg A - B, 95% CI | DIAG A / B | DIAG only A / only B, "
               "McNemar p | verdict |", "|---|---|---|---|---|---|---|---|"]
     for c in claims:
         r = c["result"]
@@ -129,7 +135,7 @@ def main(argv=None) -> dict:
             continue
         low, high = r["avg_difference_95ci"]
         lines.append(f"| {c['claim']} | {c['a'][0]} vs {c['b'][0]} | {r['n_cases']} | {pct(r['avg_a'])} / "
-                     f"{pct(r['avg_b'])} | {100 * r['avg_difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | "
+                     f"{pct(r['avg_b'])} | {100 * r['avg_difference']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | "
                      f"{pct(r['diag_a'])} / {pct(r['diag_b'])} | {r['diag_only_a']} / {r['diag_only_b']}, "
                      f"p = {r['diag_exact_mcnemar_p']:.2f} | {c['verdict']} |")
     status = "\n".join(ledger.status_lines(Path(args.root)))
