@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     for r in rows:
         sd = r["fold_sd"] or {}
         sd_text = " / ".join(pct(sd[k]) if sd.get(k) is not None else "-" for k in ("avg", "DIAG")) if sd else "-"
-        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {len(r['folds_done'])} of 5 | {r['n_cases']} | "
+        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {len(r['folds_done'])} of {len(entries[r['entry']].planned_folds())} | {r['n_cases']} | "
                      f"{pct(r['oof_avg']) if r['oof_avg'] is not None else '-'} | "
                      f"{pct(r['oof_diag']) if r['oof_diag'] is not None else '-'} | {sd_text} | `{r['ledger']}` |")
     lines += ["", "Rows differ in their folds (and so in cases and in fold spread): compare configurations only "

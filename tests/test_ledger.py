@@ -127,6 +127,56 @@ def test_int8_storage_is_scored_out_of_fold_on_the_entrys_own_fold_models(record
     assert refused.returncode != 0 and "does not reproduce the ledger" in refused.stderr
 
 
+def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
+    """benchmarks/ablation_oof.py on a ledger of the six configurations with made-up out-of-fold
+    probabilities whose answers are known: b wrong on half the DIAG cases, every other entry
+    right everywhere; a and f with folds missing. Each verdict follows the written rule
+    ("replaces": interval above -1 point; "helps": above 0), paired on the folds both finished."""
+    from conftest import benchmark
+
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    data = Derm7pt(release)
+    root = tmp_path / "exp"
+    rows = ledger.case_rows(data)
+    labels = {c.case_id: c.labels for c in pool_cases(data)}
+    finished = {"a_two_encoders": [0, 1], "b_shared_encoder": [0, 1, 2], "c_individual_attention": [0, 1, 2],
+                "d_shared_attention": [0, 1, 2], "e_method": [0, 1, 2], "f_single_scale": [0]}
+    for name, folds_done in finished.items():
+        entry = ledger.Experiment(name=name, description="", train_flags=FAST, folds=3, path=root / name)
+        entry.save()
+        folds = crossval.ensure_folds(entry.path, data, 3, 0)
+        for k in folds_done:
+            ids = [c for c, f in folds.items() if f == k]
+            logits = torch.full((len(ids), sum(t.num_classes for t in TASKS)), -5.0)
+            start = 0
+            for t, task in enumerate(TASKS):
+                for i, case_id in enumerate(ids):
+                    said = labels[case_id][t]
+                    if name == "b_shared_encoder" and t == 0 and i % 2 == 0:
+                        said = (said + 1) % task.num_classes  # wrong on every other DIAG case
+                    logits[i, start + said] = 5.0
+                start += task.num_classes
+            entry.fold_path(k).mkdir(parents=True)
+            ledger.write_probabilities(entry.fold_path(k) / "oof.csv",
+                                       ledger.probabilities_frame(logits, [rows[c] for c in ids], [k] * len(ids)))
+    markdown = tmp_path / "results.md"
+    markdown.write_text("# Results\n\n<!-- ablation-oof:begin -->\nSTALE TABLE\n<!-- ablation-oof:end -->\nafter\n")
+    benchmark([ROOT / "benchmarks" / "ablation_oof.py", "--data-root", release, "--root", root,
+               "--json", tmp_path / "ablation_oof.json", "--results-md", markdown])
+    configs = json.loads((tmp_path / "ablation_oof.json").read_text())
+    assert [c["entry"] for c in configs] == list(finished) and configs[4]["n_cases"] == 30
+    assert configs[4]["oof_avg"] == 1.0 and configs[1]["oof_diag"] < 0.6
+    claims = {c["a"][0] + c["b"][0]: c for c in json.loads((tmp_path / "ablation_oof_claims.json").read_text())}
+    assert claims["ba"]["verdict"].startswith("does not hold so far") and claims["ba"]["folds"] == [0, 1]
+    assert claims["dc"]["verdict"] == "holds"  # level: the interval [0, 0] is above -1 point
+    assert claims["db"]["verdict"] == "holds"  # DIAG right on half the cases more: about +6 points, above 0
+    assert claims["ed"]["verdict"] == "does not hold"  # level: a "helps" claim needs more than 0
+    assert claims["ef"]["verdict"].startswith("does not hold so far") and claims["ef"]["folds"] == [0]
+    text = markdown.read_text()
+    assert "STALE TABLE" not in text and "| 3 of 3 | 30 |" in text and text.endswith("<!-- ablation-oof:end -->\nafter\n")
+    assert "| cross-attention helps | d vs b | 30 |" in text and "Ledger status when this table was made" in text
+
+
 def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
     """benchmarks/stacking_oof.py end to end on a synthetic entry: every variant scores every case."""
     from conftest import benchmark
