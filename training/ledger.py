@@ -349,9 +349,23 @@ def fold_card(entry: Experiment, fold: int) -> dict:
 
 
 def fold_minutes(entry: Experiment, fold: int) -> float | None:
-    """The fold's training minutes; None for a twin (its minutes are its twin's, spent once)."""
+    """The fold's training minutes, every epoch counted (the sum of ``metrics.csv``'s seconds,
+    so a fold resumed on another day counts whole; the card's minutes are the last process's
+    only); None for a twin (its minutes are its twin's, spent once)."""
     training = fold_card(entry, fold).get("training", {})
-    return None if "twin_of" in training else training.get("minutes")
+    if "twin_of" in training:
+        return None
+    metrics = entry.fold_path(fold) / "metrics.csv"
+    if metrics.is_file():
+        seconds = pd.read_csv(metrics).get("seconds")
+        if seconds is not None and seconds.notna().all() and len(seconds):
+            return round(float(seconds.sum()) / 60, 1)
+    return training.get("minutes")
+
+
+def fold_recorded_at(entry: Experiment, fold: int) -> str:
+    path = entry.fold_path(fold) / "run.json"
+    return json.loads(path.read_text()).get("recorded_at", "") if path.is_file() else ""
 
 
 def twin(entries: list[Experiment], entry: Experiment, fold: int) -> tuple[Experiment, int] | None:
@@ -484,12 +498,18 @@ def load_oof(path: str | Path, data: Derm7pt) -> tuple[dict, dict]:
                  "ledger": False}
 
 
+RECENT_FOLDS = 8
+"""Finished folds whose minutes estimate the pending ones (the latest: machines differ by day)."""
+
+
 def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None) -> list[str]:
-    """What is done and pending, and the CPU hours the pending folds need (from the finished
-    folds' own minutes on this kind of machine, scaled by each entry's ``cost``)."""
+    """What is done and pending, and the CPU hours the pending folds need (the median minutes of
+    the last RECENT_FOLDS finished folds, each divided by its entry's ``cost``, times each
+    pending training's ``cost``)."""
     entries = experiments(root)
-    measured = [(fold_minutes(e, k), e.cost) for e in entries for k in e.planned_folds() if e.done(k)]
-    per_unit = [m / c for m, c in measured if m is not None]
+    measured = sorted((fold_recorded_at(e, k), fold_minutes(e, k), e.cost) for e in entries
+                      for k in e.planned_folds() if e.done(k))
+    per_unit = [m / c for _, m, c in measured if m is not None][-RECENT_FOLDS:]  # this machine, these days
     unit = fold_minutes_estimate or (sorted(per_unit)[len(per_unit) // 2] if per_unit else None)
     lines, hours, trainings, counted = [], 0.0, 0, set()
     for e in entries:
@@ -509,7 +529,7 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
         else f"{n_pending} folds"
     if unit is not None:
         lines.append(f"pending: {runs}, about {hours:.1f} CPU hours "
-                     f"({unit:.0f} min per shipped-recipe fold, the median of the finished ones)")
+                     f"({unit:.0f} min per shipped-recipe fold, the median of the last {len(per_unit)} finished)")
     else:
         lines.append(f"pending: {runs} (no finished fold to time them by)")
     return lines
