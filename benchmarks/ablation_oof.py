@@ -5,7 +5,7 @@ from the experiment ledger (experiments/a_* ... f_*), with paired tests on the s
 
 Each claim compares two ledger entries on the folds both have finished (the same cases, each
 predicted by a model that never saw it): OOF average of the 8 tasks and DIAG accuracy (fused
-head), the paired difference of the average with a 95% paired-bootstrap interval (cases
+head; DIAG also balanced: the mean recall of its five classes), the paired difference of the average with a 95% paired-bootstrap interval (cases
 resampled, 2000 draws, seed 0), and an exact McNemar test on DIAG's discordant cases. The
 verdict follows the rule written in docs/results.md before the runs: a "replaces" claim holds
 when the interval's lower end is above -1.0 point (non-inferior by at most a point), a "helps"
@@ -21,13 +21,14 @@ import json
 import statistics
 from pathlib import Path
 
+import torch
 
-from training.metrics import paired_comparison, right_per_task
 from report import write_section
 from skinnet.data import Derm7pt
 from skinnet.labels import TASK_NAMES
 from skinnet.model import count_parameters, create_model
 from training import ledger
+from training.metrics import paired_comparison, right_per_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +59,15 @@ def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int]) -> dict
     spread = {"avg": [float(f.mean()) for f in per_fold], "DIAG": [float(f[0]) for f in per_fold]}
     return {"oof": oof, "right": right, "n_cases": len(oof["case_ids"]), "avg": float(right.float().mean()),
             "DIAG": float(right[:, 0].float().mean()),
+            "DIAG_balanced": balanced_accuracy(right[:, 0], oof["labels"][:, 0]),
             "tasks": {t: float(right[:, i].float().mean()) for i, t in enumerate(TASK_NAMES)},
             "fold_sd": {k: (statistics.stdev(v) if len(v) > 1 else None) for k, v in spread.items()}}
+
+
+def balanced_accuracy(right: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over the classes present of the share of their cases answered right (the rare
+    diagnoses count as much as the nevi)."""
+    return float(torch.stack([right[labels == c].float().mean() for c in labels.unique()]).mean())
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -103,7 +111,8 @@ def main(argv=None) -> dict:
         rows.append({"name": label, "entry": name, "params": params[name], "ledger": f"experiments/{name}",
                      "folds_done": done[name], "complete": entries[name].complete(),
                      "n_cases": s["n_cases"] if s else 0, "oof_avg": s["avg"] if s else None,
-                     "oof_diag": s["DIAG"] if s else None, "oof_tasks": s["tasks"] if s else None,
+                     "oof_diag": s["DIAG"] if s else None,
+                     "oof_diag_balanced": s["DIAG_balanced"] if s else None, "oof_tasks": s["tasks"] if s else None,
                      "fold_sd": s["fold_sd"] if s else None})
     claims = []
     for claim, a, b, kind in CLAIMS:
@@ -116,14 +125,16 @@ def main(argv=None) -> dict:
     Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     Path(args.json).with_name("ablation_oof_claims.json").write_text(json.dumps(claims, indent=1) + "\n")
 
-    lines = ["| config | params | folds done | cases | OOF avg | OOF DIAG | fold sd (avg / DIAG) | ledger |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | params | folds done | cases | OOF avg | OOF DIAG | DIAG balanced | fold sd (avg / DIAG) "
+             "| ledger |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sd = r["fold_sd"] or {}
         sd_text = " / ".join(pct(sd[k]) if sd.get(k) is not None else "-" for k in ("avg", "DIAG")) if sd else "-"
         lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {len(r['folds_done'])} of {len(entries[r['entry']].planned_folds())} | {r['n_cases']} | "
                      f"{pct(r['oof_avg']) if r['oof_avg'] is not None else '-'} | "
-                     f"{pct(r['oof_diag']) if r['oof_diag'] is not None else '-'} | {sd_text} | `{r['ledger']}` |")
+                     f"{pct(r['oof_diag']) if r['oof_diag'] is not None else '-'} | "
+                     f"{pct(r['oof_diag_balanced']) if r['oof_diag_balanced'] is not None else '-'} | {sd_text} | "
+                     f"`{r['ledger']}` |")
     lines += ["", "Rows differ in their folds (and so in cases and in fold spread): compare configurations only "
               "in the paired table below, which uses the folds both have finished.",
               "", "| claim | A vs B | cases | avg A / B | avg A - B, 95% CI | DIAG A / B | DIAG only A / only B, "

@@ -165,7 +165,8 @@ def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
                "--json", tmp_path / "ablation_oof.json", "--results-md", markdown])
     configs = json.loads((tmp_path / "ablation_oof.json").read_text())
     assert [c["entry"] for c in configs] == list(finished) and configs[4]["n_cases"] == 30
-    assert configs[4]["oof_avg"] == 1.0 and configs[1]["oof_diag"] < 0.6
+    assert configs[4]["oof_avg"] == 1.0 and configs[4]["oof_diag_balanced"] == 1.0 and configs[1]["oof_diag"] < 0.6
+    assert 0.2 < configs[1]["oof_diag_balanced"] < 0.8
     claims = {c["a"][0] + c["b"][0]: c for c in json.loads((tmp_path / "ablation_oof_claims.json").read_text())}
     assert claims["ba"]["verdict"].startswith("does not hold so far") and claims["ba"]["folds"] == [0, 1]
     assert claims["dc"]["verdict"] == "holds"  # level: the interval [0, 0] is above -1 point
