@@ -426,14 +426,6 @@ def fill_twin(entries: list[Experiment], entry: Experiment, fold: int, runs: Pat
     return True
 
 
-def twin_source(entries: list[Experiment], entry: Experiment, fold: int, runs: Path) -> tuple[Experiment, int] | None:
-    """The finished run on this machine that can fill ``entry``'s ``fold`` without training, if any."""
-    found = twin(entries, entry, fold)
-    if found is not None and (runs / found[0].name / f"fold{found[1]}" / "oof.pt").is_file():
-        return found
-    return None
-
-
 def is_ledger_path(path: Path) -> bool:
     return path.is_dir() or path.suffix == ".csv"
 
@@ -633,14 +625,14 @@ def run_pending(args) -> int:
                 break
             entry, fold = ready[0]
             tried.add((entry.name, fold))
-            source = twin_source(entries, entry, fold, Path(args.runs))
-            if source is not None and fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit):
+            pair = twin(entries, entry, fold)  # twins are mutual: its twin's finished run can fill it
+            if pair is not None and fill_twin(entries, *pair, Path(args.runs), data(), args.device, args.commit):
                 continue  # a finished run on this machine had learnt its cases already
             log.info("== %s fold %d ==", entry.name, fold)
             crossval.main(fold_argv(entry, fold, args))
-            if args.commit and entry.done(fold):
-                commit_fold(entry, fold)
             if entry.done(fold):
+                if args.commit:
+                    commit_fold(entry, fold)
                 fill_twin(experiments(Path(args.root)), entry, fold, Path(args.runs), data(), args.device, args.commit)
             continue
         while ready and len(running) < args.jobs and time.time() < deadline:
@@ -649,8 +641,7 @@ def run_pending(args) -> int:
             if pair is not None and any((e.name, k) == (pair[0].name, pair[1]) for e, k in running.values()):
                 continue  # its twin is training now and will fill it
             tried.add((entry.name, fold))
-            source = twin_source(entries, entry, fold, Path(args.runs))
-            if source is not None and fill_twin(entries, *source, Path(args.runs), data(), args.device, args.commit):
+            if pair is not None and fill_twin(entries, *pair, Path(args.runs), data(), args.device, args.commit):
                 continue
             logfile = Path(args.runs) / entry.name / f"fold{fold}.log"
             logfile.parent.mkdir(parents=True, exist_ok=True)
