@@ -6,7 +6,7 @@ from the experiment ledger (experiments/a_* ... f_*), with paired tests on the s
 Each claim compares two ledger entries on the folds both have finished (the same cases, each
 predicted by a model that never saw it): OOF average of the 8 tasks and DIAG accuracy (fused
 head; DIAG also balanced: the mean recall of its five classes), the paired difference of the average with a 95% paired-bootstrap interval (cases
-resampled, 2000 draws, seed 0), and an exact McNemar test on DIAG's discordant cases. The
+resampled, 100,000 draws, seed 0), and an exact McNemar test on DIAG's discordant cases. The
 verdict follows the rule written in docs/results.md before the runs: a "replaces" claim holds
 when the interval's lower end is above -1.0 point (non-inferior by at most a point), a "helps"
 claim when it is above 0; otherwise it does not hold here, and with folds missing it is

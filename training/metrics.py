@@ -81,12 +81,21 @@ def exact_mcnemar(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+BOOTSTRAP_DRAWS = 100_000  # the 2.5% point moves by ~0.03 accuracy points with the seed at 2,000 draws, ~0.004 here
+
+
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
+                     chunk: int = 10_000) -> tuple[float, float]:
     """95% interval of the mean-over-tasks accuracy difference A - B from ``(N, tasks)`` booleans
-    (each case right or not, per task, under A and under B), cases resampled with replacement."""
+    (each case right or not, per task, under A and under B), cases resampled with replacement.
+
+    Enough draws that the interval's ends do not depend on the seed at the precision verdicts
+    are read at (hundredths of a point): with 2,000 draws the low end of one ablation claim
+    moved between -0.99 and -0.89 over 20 seeds. Drawn in chunks to bound memory."""
     diff = (a.float() - b.float()).mean(1).numpy()  # per case: the difference of its task average
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
+    means = np.concatenate([diff[rng.integers(0, len(diff), (min(chunk, draws - start), len(diff)))].mean(1)
+                            for start in range(0, draws, chunk)])
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
