@@ -349,11 +349,11 @@ def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_pat
     state = review.move(state, "next", log, "dr_a")
     values = ("correct", "SK", *["no change"] * 7, 3, "half done")
     state = review.keep_draft(state, values, log, "dr_a")
-    assert state["left_draft"] == "c0" and state["drafts"] == {"c0": list(values)}
+    assert state["left_draft"] == "c0" and state["drafts"] == {"c0": {"form": list(values), "base": None}}
     state = review.move(state, "next", log, "dr_a")
     review.remember(state, log.folder, "dr_a")
     back = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")
-    assert back["case"]["case_id"] == "c1" and back["drafts"] == {"c0": list(values)}
+    assert back["case"]["case_id"] == "c1" and back["drafts"] == {"c0": {"form": list(values), "base": None}}
     back = review.move(back, "prev", log, "dr_a")
     shown, status = review.form_for_case(back, None)
     assert shown == values and "Draft: your unsaved changes" in status
@@ -383,7 +383,7 @@ def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path)
     values = ("correct", "SK", *["no change"] * 7, 3, "half done")
     state = review.keep_draft(state, values, log, "dr_a")
     again = open_(state, "queue/manifest.csv")
-    assert again["drafts"] == {"c0": list(values)}
+    assert again["drafts"] == {"c0": {"form": list(values), "base": None}}
     again = review.move(again, "next", log, "dr_a")
     assert review.form_for_case(again, None)[0] == values
     other, _, said = review.open_queue_handler(again, str(tmp_path / "queues" / "other/manifest.csv"),
@@ -393,20 +393,136 @@ def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path)
                               ("agree", *["no change"] * 8, 5, "other c0"), log, "dr_a")
     review.remember(review.move(other, "next", log, "dr_a"), log.folder, "dr_a")
     back = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")  # a reload
-    assert back["queue_file"] == "other/manifest.csv" and back["drafts"] == {"c0": ["agree", *["no change"] * 8, 5,
-                                                                                        "other c0"]}
+    assert back["queue_file"] == "other/manifest.csv" and back["drafts"]["c0"]["form"] == ["agree", *["no change"] * 8,
+                                                                                           5, "other c0"]
     first, _, said = review.open_queue_handler(back, str(tmp_path / "queues" / "queue/manifest.csv"),
                                                tmp_path / "queues", log, "dr_a", "queue/manifest.csv")
-    assert first["drafts"] == {"c0": list(values)} and "1 unsaved draft from your last time in this queue is back" in said
+    assert first["drafts"]["c0"]["form"] == list(values)
+    assert "1 unsaved draft from your last time in this queue is back" in said
     assert review.form_for_case(review.move(first, "next", log, "dr_a"), None)[0] == values  # c0, as left
-    assert open_(first, "other/manifest.csv")["drafts"]["c0"][-1] == "other c0"
+    assert open_(first, "other/manifest.csv")["drafts"]["c0"]["form"][-1] == "other c0"
     with open(tmp_path / "queues" / "queue" / "manifest.csv", "a") as f:  # the file changes: its drafts stay out
         f.write("c9,img/c0_clin.jpg,img/c0_derm.png\n")
     assert open_(open_(first, "other/manifest.csv"), "queue/manifest.csv")["drafts"] == {}
     changed, _, said = review.open_queue_handler(first, str(tmp_path / "queues" / "queue/manifest.csv"),
                                                  tmp_path / "queues", log, "dr_a", "queue/manifest.csv")
-    assert changed["drafts"] == {} and changed["other_drafts"] == first["other_drafts"]  # nothing kept for nothing
+    assert changed["drafts"] == {}
     assert "queue/manifest.csv has changed since you opened it: your 1 unsaved draft in it cannot be carried" in said
+    old_version = review.queue_key("queue/manifest.csv", first["queue_sha256"])  # kept for the file as it was
+    assert changed["other_drafts"][old_version]["drafts"]["c0"]["form"] == list(values)
+    again, _, said = review.open_queue_handler(review.move(changed, "next", log, "dr_a"),
+                                               str(tmp_path / "queues" / "other/manifest.csv"), tmp_path / "queues",
+                                               log, "dr_a", "other/manifest.csv")
+    again, _, said = review.open_queue_handler(again, str(tmp_path / "queues" / "queue/manifest.csv"),
+                                               tmp_path / "queues", log, "dr_a", "queue/manifest.csv")
+    assert "Your 1 unsaved draft in an earlier version of queue/manifest.csv stays aside" in said
+
+
+def _slips_setup(tmp_path):
+    from skinnet.corrections import CorrectionsLog
+    from skinnet.ui import review
+
+    write_queue(tmp_path / "queues" / "queue", n=3)
+    write_queue(tmp_path / "queues" / "other", n=3, seed=12, prefix="o")
+    log = CorrectionsLog(tmp_path / "log")
+
+    def open_(state, name):
+        state = review.with_server_drafts(state, log.folder, "dr_a")  # as the app's open_queue does
+        return review.open_queue_handler(state, str(tmp_path / "queues" / name), tmp_path / "queues", log, "dr_a",
+                                         name)
+
+    def draft_and_leave(state, values):  # the open case's form changed, then the next case opened
+        state = review.keep_draft(state, values, log, "dr_a")
+        state = review.move(state, "next", log, "dr_a")
+        review.remember(state, log.folder, "dr_a")
+        return state
+
+    return review, log, open_, draft_and_leave
+
+
+def test_a_changed_last_queue_file_does_not_wipe_the_drafts_of_other_queues(tmp_path):
+    """The reload after the last open queue file changed on disk restores nothing (its order means
+    nothing now). The next queue opened used to write an empty set of put-aside drafts over the
+    server's: the drafts of every queue were gone, unsaid. Now they all stay, the changed file's too
+    (kept for its old version)."""
+    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    values = ("correct", "SK", *["no change"] * 7, 3, "queue c0")
+    state = draft_and_leave(review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a"),
+                            values)
+    state = open_(state, "other/manifest.csv")[0]
+    draft_and_leave(review.move(state, "next", log, "dr_a"), ("agree", *["no change"] * 8, 5, "other o0"))
+    with open(tmp_path / "queues" / "other" / "manifest.csv", "a") as f:  # the open file changes on disk
+        f.write("o9,img/o0_clin.jpg,img/o0_derm.png\n")
+    assert review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a") is None  # the reload
+    fresh, _, _ = open_(review.new_state(), "queue/manifest.csv")
+    assert fresh["drafts"]["c0"]["form"] == list(values)  # was {}: wiped
+    review.remember(fresh, log.folder, "dr_a")
+    record = review._read_record(log.folder, "dr_a")
+    kept = [entry["drafts"] for entry in record["other_drafts"].values()]
+    assert [d["o0"]["form"][-1] for d in kept] == ["other o0"]  # the changed file's drafts, for its old version
+
+
+def test_two_tabs_of_one_reviewer_keep_each_others_drafts(tmp_path):
+    """One reviewer, two tabs, one queue file in each. Each tab wrote its own view of the drafts
+    put aside over the server's, so a reload lost the other tab's drafts. Now the server's copy
+    and the tab's are merged (the copy put aside last wins per file)."""
+    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    tab_1 = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
+    tab_1 = draft_and_leave(tab_1, ("unsure", *["no change"] * 8, 2, "tab 1"))
+    tab_2 = review.move(open_(review.new_state(), "other/manifest.csv")[0], "next", log, "dr_a")
+    draft_and_leave(tab_2, ("agree", *["no change"] * 8, 4, "tab 2"))  # written last: the server's open queue
+    reload_1 = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")
+    assert reload_1["queue_file"] == "other/manifest.csv" and reload_1["drafts"]["o0"]["form"][-1] == "tab 2"
+    back, _, said = open_(reload_1, "queue/manifest.csv")
+    assert back["drafts"]["c0"]["form"][-1] == "tab 1" and "1 unsaved draft from your last time" in said
+    review.remember(back, log.folder, "dr_a")
+    assert review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")["drafts"]["c0"]["form"][-1] \
+        == "tab 1"
+    assert open_(back, "other/manifest.csv")[0]["drafts"]["o0"]["form"][-1] == "tab 2"
+
+
+def test_an_older_draft_never_replaces_a_review_saved_since(tmp_path):
+    """A draft of c0 left in one queue; the same case id reviewed and saved meanwhile (another tab,
+    or another queue naming the same Derm7pt case). Coming back used to show the old draft with
+    "press Save to keep them": one Enter overwrote the newer review with the older values. Now
+    the saved review is shown and the reviewer told why."""
+    from skinnet_testkit.reviews import review as a_review
+
+    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    state = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
+    state = draft_and_leave(state, ("correct", "SK", *["no change"] * 7, 3, "old draft"))
+    log.append(a_review(verdict="agree", case_id="c0"))  # saved since, elsewhere
+    saved = log.latest_review("dr_a", "c0")
+    form, said = review.form_for_case(review.move(state, "prev", log, "dr_a"), saved)
+    assert form == review.form_values(saved) and "older than the review you saved since" in said
+    state = review.move(state, "prev", log, "dr_a")  # a draft made on top of that review is kept and shown
+    newer = ("correct", "MEL", *["no change"] * 7, 5, "on top of the saved one")
+    state = review.keep_draft(state, newer, log, "dr_a")
+    form, said = review.form_for_case(state, saved)
+    assert form == newer and "Draft: your unsaved changes" in said
+
+
+def test_put_aside_drafts_are_bounded_and_a_broken_note_is_no_draft(tmp_path):
+    """A signed-in reviewer (or a raw call in their name) filling drafts with 2,000-emoji notes in
+    many queue files: the server-side file stays bounded (it is rewritten at every step), and the
+    files dropped are named. A note with a lone surrogate (no page or file can carry it) is not
+    kept as a draft at all."""
+    from skinnet.corrections import MAX_NOTE
+
+    review, log, _, _ = _slips_setup(tmp_path)
+    heavy = {f"c{i}": {"form": ["unsure", *["no change"] * 8, 1, "\U0001F600" * MAX_NOTE], "base": None}
+             for i in range(review.MAX_DRAFTS)}
+    aside = {review.queue_key(f"q{n}/manifest.csv", f"{n:064x}"): {"at": float(n), "drafts": dict(heavy)}
+             for n in range(review.MAX_OTHER_QUEUES + 1)}
+    kept, dropped = review.cap_aside(aside)
+    assert sum(len(e["drafts"]) for e in kept.values()) <= review.MAX_DRAFTS_ASIDE
+    assert dropped[0] == "q0/manifest.csv" and "q20/manifest.csv" in [k.split(":", 1)[1] for k in kept]
+    state = review.open_queue_handler(review.new_state(), str(tmp_path / "queues" / "queue/manifest.csv"),
+                                      tmp_path / "queues", log, "dr_a", "queue/manifest.csv")[0]
+    review.remember({**state, "drafts": dict(heavy), "other_drafts": aside}, log.folder, "dr_a")
+    size = review._session_file(log.folder, "dr_a").stat().st_size
+    assert size < (review.MAX_DRAFTS + review.MAX_DRAFTS_ASIDE) * MAX_NOTE * 4 * 1.1  # UTF-8, not \\u escapes
+    assert review.clean_form(("agree", *["no change"] * 8, None, "broken \ud800 note")) is None
 
 
 def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):

@@ -420,6 +420,7 @@ class AppEvents:
             raise gr.Error("No queue folder is configured (--queue-root).")
         if not isinstance(chosen, str) or chosen not in list_queues(self.queue_root):
             raise gr.Error("Choose a queue file from the list.")
+        state = review.with_server_drafts(state, self.log.folder, reviewer)  # put aside in another tab, or before a reload
         state, table, status = review.open_queue_handler(state, str(self.queue_root / chosen), self.queue_root,
                                                          self.log, reviewer, chosen)
         review.remember(state, self.log.folder, reviewer)  # the drafts put aside are on the server at once

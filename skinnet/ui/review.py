@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import threading
 import time
 from dataclasses import asdict
 from typing import TypedDict
@@ -48,8 +49,8 @@ class ReviewSession(TypedDict, total=False):
     filters: dict[str, str]  # split, status, predicted (NO_FILTERS)
     queue_file: str | None  # the open queue, relative to the queue folder
     queue_sha256: str  # its content hash (a reload finds the same file or starts over)
-    drafts: dict[str, list]  # case id -> the form's unsaved values, kept when the reviewer moved on
-    other_drafts: dict[str, dict[str, list]]  # drafts of the queues left for another (queue_key -> drafts)
+    drafts: dict[str, dict]  # case id -> {"form": the form's unsaved values, "base": the saved review they change}
+    other_drafts: dict[str, dict]  # the queues left for another: queue_key -> {"at": when left, "drafts": their drafts}
     left_draft: str | None  # the case just left with a draft (the status line says so)
     shown: list[str]  # [token, case id] of the case whose form was last sent to the page
 
@@ -144,20 +145,30 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
     drafts, other_drafts, notes = dict(state.get("drafts") or {}), dict(state.get("other_drafts") or {}), []
     if not same_file:
         left = state.get("queue_file")
+        if left:  # put aside, even when empty: an older copy of this queue's drafts (another tab's) must not win
+            other_drafts.pop(queue_key(left, state.get("queue_sha256")), None)
+            other_drafts[queue_key(left, state.get("queue_sha256"))] = {"at": time.time(), "drafts": drafts}
         if left and drafts and left == name:  # the same file, changed since: its case ids may name other lesions
             notes.append(f"{name} has changed since you opened it: your {plural(len(drafts), 'unsaved draft')} "
-                         "in it cannot be carried over.")
+                         "in it cannot be carried over (they are kept for that version of the file).")
         elif left and drafts:
-            other_drafts.pop(queue_key(left, state.get("queue_sha256")), None)
-            other_drafts[queue_key(left, state.get("queue_sha256"))] = drafts
             notes.append(f"Your {plural(len(drafts), 'unsaved draft')} in {left} {'is' if len(drafts) == 1 else 'are'} "
                          "kept: open that queue again to finish.")
-        drafts = other_drafts.pop(queue_key(name, digest), {}) if name else {}
+        drafts = clean_drafts((other_drafts.pop(queue_key(name, digest), None) or {}).get("drafts")) if name else {}
         if drafts:
             notes.append(f"{plural(len(drafts), 'unsaved draft')} from your last time in this queue "
                          f"{'is' if len(drafts) == 1 else 'are'} back.")
-        while len(other_drafts) > MAX_OTHER_QUEUES:
-            other_drafts.pop(next(iter(other_drafts)))
+        just_left = queue_key(left, state.get("queue_sha256")) if left else None  # said above
+        older = sum(len(entry["drafts"]) for key, entry in other_drafts.items()
+                    if key.split(":", 1)[1] == name and key != just_left)
+        if older:
+            notes.append(f"Your {plural(older, 'unsaved draft')} in an earlier version of {name} "
+                         f"{'stays' if older == 1 else 'stay'} aside: the file has changed since, and its case ids "
+                         "may name other lesions now.")
+        other_drafts, dropped = cap_aside(other_drafts)
+        if dropped:
+            notes.append(f"Unsaved drafts in {', '.join(dropped)} were dropped: drafts are kept for at most "
+                         f"{MAX_OTHER_QUEUES} other queue files and {MAX_DRAFTS_ASIDE} drafts.")
     state = {**new_state(), "owner": state.get("owner"), "all": cases, "queue_sha256": digest, "queue_file": name,
              "filters": {**NO_FILTERS, "split": split}, "drafts": drafts, "other_drafts": other_drafts}
     state = apply_filters(state, log, reviewer)
@@ -182,19 +193,61 @@ def _session_file(folder: Path, reviewer: str) -> Path:
     return folder / SESSIONS / f"{hashlib.sha256(reviewer.encode()).hexdigest()[:32]}.json"
 
 
+_SESSION_FILES = threading.Lock()  # one reviewer's tabs write the same file: read, merge and write as one step
+
+
+def _read_record(folder: Path, reviewer: str) -> dict:
+    try:
+        record = json.loads(_session_file(folder, reviewer).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def merged_aside(state: ReviewSession, record: dict) -> dict[str, dict]:
+    """The drafts put aside, as this tab knows them and as the server's file has them (written by
+    this reviewer's other tabs, or before a reload): per queue file the copy put aside last wins,
+    the server's open queue counts as put aside when it was written, and the queue this tab has
+    open is left out (its drafts are the tab's own)."""
+    aside = clean_aside(record.get("other_drafts"))
+    if isinstance(record.get("queue_file"), str) and isinstance(record.get("written_at"), (int, float)):
+        key = queue_key(record["queue_file"], record.get("queue_sha256"))
+        if key not in aside or aside[key]["at"] < record["written_at"]:
+            aside[key] = {"at": float(record["written_at"]), "drafts": clean_drafts(record.get("drafts"))}
+    for key, entry in clean_aside(state.get("other_drafts")).items():
+        if key not in aside or aside[key]["at"] <= entry["at"]:
+            aside[key] = entry
+    if state.get("queue_file"):
+        aside.pop(queue_key(state["queue_file"], state.get("queue_sha256")), None)
+    return dict(sorted(aside.items(), key=lambda item: item[1]["at"]))
+
+
+def with_server_drafts(state: ReviewSession, folder: Path, reviewer: str | None) -> ReviewSession:
+    """The state with the drafts this reviewer put aside in other tabs or before a reload (see
+    :func:`merged_aside`): what opening a queue looks in for that queue's drafts."""
+    if not reviewer:
+        return state
+    with _SESSION_FILES:
+        return {**state, "other_drafts": merged_aside(state, _read_record(folder, reviewer))}
+
+
 def remember(state: ReviewSession, folder: Path, reviewer: str | None) -> None:
     """Keep this reviewer's queue, order, filters and open case on the server (a page reload or
-    another browser picks them up with :func:`restore`)."""
+    another browser picks them up with :func:`restore`), and every draft put aside, this tab's
+    merged with the server's (another tab's, or those of a queue a reload could not reopen)."""
     if not reviewer or not state.get("queue_file"):
         return
     case = state.get("case") or {}
-    record = {"queue_file": state["queue_file"], "queue_sha256": state.get("queue_sha256"),
-              "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
-              "case_id": case.get("case_id") if case.get("source") != "upload" else None,
-              "uncertainty": state["uncertainty"], "predicted": state["predicted"], "drafts": state.get("drafts", {}),
-              "other_drafts": state.get("other_drafts", {})}
-    kept_on_disk(_session_file(folder, reviewer), json.dumps(record),
-                 "Your place in this queue was not kept on the server (it comes back on reload only once kept)")
+    with _SESSION_FILES:
+        aside, _ = cap_aside(merged_aside(state, _read_record(folder, reviewer)))
+        record = {"queue_file": state["queue_file"], "queue_sha256": state.get("queue_sha256"),
+                  "order": [c["case_id"] for c in state["all"]], "filters": state["filters"],
+                  "case_id": case.get("case_id") if case.get("source") != "upload" else None,
+                  "uncertainty": state["uncertainty"], "predicted": state["predicted"],
+                  "drafts": state.get("drafts", {}), "written_at": time.time(),
+                  "other_drafts": {k: v for k, v in aside.items() if v["drafts"]}}
+        kept_on_disk(_session_file(folder, reviewer), json.dumps(record, ensure_ascii=False),
+                     "Your place in this queue was not kept on the server (it comes back on reload only once kept)")
 
 
 def kept_on_disk(path: Path, text: str, what_failed: str) -> bool:
@@ -216,7 +269,7 @@ def restore(state: ReviewSession, folder: Path, root: Path | None, log: Correcti
     if not reviewer or root is None:
         return None
     try:
-        record = json.loads(_session_file(folder, reviewer).read_text())
+        record = _read_record(folder, reviewer)
         name = record["queue_file"]
         if name not in list_queues(root):
             return None
@@ -230,9 +283,7 @@ def restore(state: ReviewSession, folder: Path, root: Path | None, log: Correcti
     opened["uncertainty"] = {k: float(v) for k, v in record.get("uncertainty", {}).items()}
     opened["predicted"] = {k: str(v) for k, v in record.get("predicted", {}).items()}
     opened["drafts"] = clean_drafts(record.get("drafts"))
-    other = record.get("other_drafts")
-    opened["other_drafts"] = {str(k): clean_drafts(v) for k, v in list(other.items())[-MAX_OTHER_QUEUES:]
-                              if clean_drafts(v)} if isinstance(other, dict) else {}
+    opened["other_drafts"] = cap_aside(clean_aside(record.get("other_drafts")))[0]
     at = next((c for c in opened["all"] if c["case_id"] == record.get("case_id")), None)
     if at is not None:
         opened = _open_case(opened, dict(at))
@@ -378,14 +429,60 @@ MAX_DRAFTS = 200
 """Drafts kept per reviewer and queue file (the oldest go first)."""
 MAX_OTHER_QUEUES = 20
 """Queue files left for another whose drafts are kept (the one left longest ago goes first)."""
+MAX_DRAFTS_ASIDE = 400
+"""Drafts kept over all the queue files left (a reviewer's server-side file stays a few MB at most)."""
 
 
-def clean_drafts(drafts) -> dict[str, list]:
+def make_draft(values: tuple, saved: dict | None) -> dict:
+    """A draft: the form's values and the event id of the saved review they change (None: none
+    saved), so a review saved since (in another queue or tab) is not overwritten by an older draft."""
+    return {"form": list(values), "base": saved["event_id"] if saved else None}
+
+
+def clean_draft(draft) -> dict | None:
+    """A draft as read back from the server's file or the tab: None unless the form could hold it.
+    A bare list (a draft kept before drafts had a base) counts as changing no saved review."""
+    if isinstance(draft, list):
+        draft = {"form": draft, "base": None}
+    if not isinstance(draft, dict) or not isinstance(draft.get("base"), (str, type(None))):
+        return None
+    form = clean_form(draft.get("form"))
+    return None if form is None else {"form": list(form), "base": draft["base"]}
+
+
+def clean_drafts(drafts) -> dict[str, dict]:
     """Drafts read back from the server's file: only forms the page could have sent, at most MAX_DRAFTS."""
     if not isinstance(drafts, dict):
         return {}
-    kept = {str(k): list(v) for k, v in drafts.items() if clean_form(v) is not None}
+    kept = {str(k): d for k, d in ((k, clean_draft(v)) for k, v in drafts.items()) if d is not None}
     return dict(list(kept.items())[-MAX_DRAFTS:])
+
+
+def clean_aside(aside) -> dict[str, dict]:
+    """Drafts put aside, read back: queue_key -> {"at", "drafts"} (an older file's bare drafts count
+    as put aside long ago)."""
+    if not isinstance(aside, dict):
+        return {}
+    kept = {}
+    for key, entry in aside.items():
+        if isinstance(entry, dict) and set(entry) == {"at", "drafts"} and isinstance(entry["at"], (int, float)):
+            kept[str(key)] = {"at": float(entry["at"]), "drafts": clean_drafts(entry["drafts"])}
+        elif isinstance(entry, dict):
+            kept[str(key)] = {"at": 0.0, "drafts": clean_drafts(entry)}
+    return kept
+
+
+def cap_aside(aside: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
+    """At most MAX_OTHER_QUEUES queue files and MAX_DRAFTS_ASIDE drafts put aside, those left longest
+    ago dropped first; returns what stays and the names of the files whose drafts were dropped."""
+    order = sorted(aside, key=lambda key: aside[key]["at"])
+    dropped = []
+    while (sum(bool(aside[k]["drafts"]) for k in order) > MAX_OTHER_QUEUES
+           or sum(len(aside[k]["drafts"]) for k in order) > MAX_DRAFTS_ASIDE):
+        key = next(k for k in order if aside[k]["drafts"])
+        order.remove(key)
+        dropped.append(key.split(":", 1)[1])
+    return {k: aside[k] for k in order}, dropped
 
 
 def clean_form(values) -> tuple | None:
@@ -396,11 +493,19 @@ def clean_form(values) -> tuple | None:
     verdict, *corrected, confidence, note = values
     if verdict not in (None, *VERDICTS) or confidence not in (None, 1, 2, 3, 4, 5) or isinstance(confidence, bool):
         return None
-    if not isinstance(note, (str, type(None))) or len(note or "") > MAX_NOTE:
+    if not isinstance(note, (str, type(None))) or len(note or "") > MAX_NOTE or not _storable(note or ""):
         return None
     if any(not isinstance(v, str) or (v != NO_CHANGE and not is_answer(t, v)) for t, v in zip(TASKS, corrected)):
         return None
     return (verdict, *corrected, confidence, note or "")
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate: no file or page can carry it
+        return False
 
 
 def shown(state: ReviewSession) -> ReviewSession:
@@ -433,10 +538,11 @@ def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str 
         return {**state, "left_draft": None}
     values = clean_form(values)
     drafts = dict(state.get("drafts") or {})
-    unsaved = values is not None and values != form_values(log.latest_review(reviewer, case_id))
+    saved = log.latest_review(reviewer, case_id)
+    unsaved = values is not None and values != form_values(saved)
     drafts.pop(case_id, None)
     if unsaved:
-        drafts[case_id] = list(values)
+        drafts[case_id] = make_draft(values, saved)
         while len(drafts) > MAX_DRAFTS:
             drafts.pop(next(iter(drafts)))
     return {**state, "drafts": drafts, "left_draft": case_id if unsaved else None}
@@ -447,16 +553,18 @@ def form_for_case(state: ReviewSession, saved: dict | None) -> tuple[tuple, str]
     left unsaved changes in it (and saved nothing newer), else the saved review or a blank form;
     the line also says where the draft of the case just left is."""
     case_id = (state.get("case") or {}).get("case_id")
-    draft = (state.get("drafts") or {}).get(case_id)
-    draft = clean_form(draft) if draft is not None else None
+    draft = clean_draft((state.get("drafts") or {}).get(case_id))
     lines = []
     left = state.get("left_draft")
     if left and left != case_id:
         lines.append(f"Your unsaved changes to case {left} are kept as a draft: open it again to finish.")
-    if draft is not None and draft != form_values(saved):
+    if draft is not None and saved and draft["base"] != saved["event_id"]:
+        lines.append("Your unsaved draft of this case was older than the review you saved since (in another queue "
+                     "or tab): it is dropped, and the saved review is shown.")
+    elif draft is not None and tuple(draft["form"]) != form_values(saved):
         lines.append("✎ Draft: your unsaved changes to this case from before, not saved yet: press Save (Enter) "
                      "to keep them.")
-        return draft, " ".join(lines)
+        return tuple(draft["form"]), " ".join(lines)
     if saved:
         lines.append(f"Showing your saved review ({saved['verdict']}, {saved['logged_at'][:16].replace('T', ' ')} "
                      "UTC): change it and save to replace it.")
