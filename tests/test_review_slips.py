@@ -502,6 +502,22 @@ def test_an_older_draft_never_replaces_a_review_saved_since(tmp_path):
     assert form == newer and "Draft: your unsaved changes" in said
 
 
+def test_a_draft_of_an_uploaded_pair_goes_along_to_any_queue(tmp_path):
+    """Drafts of an uploaded pair made before any queue was open (nothing to put them aside
+    under) were dropped, unsaid, when a queue was opened. An upload's id is its pixels' hash: the
+    same lesion whatever the queue, so its draft now stays with the reviewer across queues."""
+    review, log, open_, _ = _slips_setup(tmp_path)
+    images = tmp_path / "queues" / "queue" / "img"
+    state = review.start_upload_case(review.new_state(), str(images / "c0_clin.jpg"), str(images / "c0_derm.png"))
+    upload = state["case"]["case_id"]
+    values = ("unsure", *["no change"] * 8, 2, "my own pair")
+    state = review.keep_draft(state, values, log, "dr_a")
+    state, _, said = open_(state, "queue/manifest.csv")
+    assert state["drafts"][upload]["form"] == list(values) and "unsaved draft" not in said
+    state = open_(review.move(state, "next", log, "dr_a"), "other/manifest.csv")[0]
+    assert state["drafts"][upload]["form"] == list(values)
+
+
 def test_put_aside_drafts_are_bounded_and_a_broken_note_is_no_draft(tmp_path):
     """A signed-in reviewer (or a raw call in their name) filling drafts with 2,000-emoji notes in
     many queue files: the server-side file stays bounded (it is rewritten at every step), and the

@@ -144,6 +144,9 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
     same_file = digest == state.get("queue_sha256") and name == state.get("queue_file")
     drafts, other_drafts, notes = dict(state.get("drafts") or {}), dict(state.get("other_drafts") or {}), []
     if not same_file:
+        # an upload's id is its pixels' hash: the same lesion in any queue, so its draft goes along
+        uploads = {k: v for k, v in drafts.items() if k.startswith("upload:")}
+        drafts = {k: v for k, v in drafts.items() if k not in uploads}
         left = state.get("queue_file")
         if left:  # put aside, even when empty: an older copy of this queue's drafts (another tab's) must not win
             other_drafts.pop(queue_key(left, state.get("queue_sha256")), None)
@@ -169,6 +172,7 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
         if dropped:
             notes.append(f"Unsaved drafts in {', '.join(dropped)} were dropped: drafts are kept for at most "
                          f"{MAX_OTHER_QUEUES} other queue files and {MAX_DRAFTS_ASIDE} drafts.")
+        drafts = {**drafts, **uploads}
     state = {**new_state(), "owner": state.get("owner"), "all": cases, "queue_sha256": digest, "queue_file": name,
              "filters": {**NO_FILTERS, "split": split}, "drafts": drafts, "other_drafts": other_drafts}
     state = apply_filters(state, log, reviewer)
