@@ -71,9 +71,13 @@ def balanced_accuracy(right: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def compare(a: dict, b: dict) -> dict:
+    """The paired comparison of two entries on the same cases, and where its difference comes
+    from: A - B per task (accuracy, fraction)."""
     if a["oof"]["case_ids"] != b["oof"]["case_ids"]:
         raise SystemExit("the entries cover other cases: compare entries of one folds.json")
-    return paired_comparison(a["right"], b["right"])
+    difference = a["right"].float().mean(0) - b["right"].float().mean(0)
+    return {**paired_comparison(a["right"], b["right"]),
+            "task_difference": {t: float(difference[i]) for i, t in enumerate(TASK_NAMES)}}
 
 
 def verdict(kind: str, result: dict | None, complete: bool) -> str:
@@ -149,6 +153,12 @@ def main(argv=None) -> dict:
                      f"{pct(r['avg_b'])} | {100 * r['avg_difference']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | "
                      f"{pct(r['diag_a'])} / {pct(r['diag_b'])} | {r['diag_only_a']} / {r['diag_only_b']}, "
                      f"p = {r['diag_exact_mcnemar_p']:.2f} | {c['verdict']} |")
+    lines += ["", "Where each difference comes from: A - B per task, accuracy points (the average above is their mean).",
+              "", "| A vs B | cases | " + " | ".join(TASK_NAMES) + " |", "|---|---|" + "---|" * len(TASK_NAMES)]
+    for c in claims:
+        if c["result"] is not None:
+            lines.append(f"| {c['a'][0]} vs {c['b'][0]} | {c['result']['n_cases']} | " + " | ".join(
+                f"{100 * c['result']['task_difference'][t]:+.1f}" for t in TASK_NAMES) + " |")
     status = "\n".join(ledger.status_lines(Path(args.root)))
     table = "\n".join(lines) + f"\n\nLedger status when this table was made:\n\n```\n{status}\n```"
     print(table)

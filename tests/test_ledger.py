@@ -14,7 +14,7 @@ import torch
 
 from skinnet.calibration import calibrate
 from skinnet.data import Derm7pt
-from skinnet.labels import TASKS
+from skinnet.labels import TASK_NAMES, TASKS
 from skinnet.model import count_parameters, create_model
 from skinnet_testkit.synthetic import make_release
 from training import crossval, ledger
@@ -176,6 +176,9 @@ def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
     text = markdown.read_text()
     assert "STALE TABLE" not in text and "| 3 of 3 | 30 |" in text and text.endswith("<!-- ablation-oof:end -->\nafter\n")
     assert "| cross-attention helps | d vs b | 30 |" in text and "Ledger status when this table was made" in text
+    assert claims["db"]["result"]["task_difference"] == pytest.approx({"DIAG": 0.5, **{t: 0.0 for t in TASK_NAMES[1:]}},
+                                                                     abs=0.04)  # all of it on DIAG
+    assert "| d vs b | 30 | +" in text
 
 
 def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
