@@ -335,6 +335,49 @@ def test_a_draft_waits_in_its_queue_while_the_reviewer_works_another(page, app_,
     assert rows(settings) == []  # a draft is not a review
 
 
+def test_a_draft_left_in_one_tab_never_shows_over_a_review_saved_in_another(page, app_, tmp_path):
+    """Tab 1 leaves c0 half labelled (SK). The reviewer opens a second window, goes to c0 there and
+    saves MEL. Back in tab 1, c0 used to come back with the older SK draft and "press Save to
+    keep them": one Enter replaced the newer review. Now tab 1 shows the saved MEL review and
+    says why, and an Enter there logs nothing new."""
+    from playwright.sync_api import expect
+
+    settings, _ = app_
+    page.locator("#verdict input[value=correct]").check()
+    choose(page, "correct-DIAG", "SK")
+    page.get_by_label("Note (max 2000 chars)").fill("first look")
+    page.locator("#case-header").click()
+    page.keyboard.press("ArrowRight")
+    wait_for_case(page, "c1")
+    second = page.context.browser.new_context(viewport={"width": 1366, "height": 768}).new_page()  # another window
+    second.goto(f"http://127.0.0.1:{settings.port}/")
+    second.get_by_label("username").fill("dr_a")
+    second.get_by_label("password").fill("s3cret-pass")
+    second.get_by_role("button", name="Login").click()
+    wait_until_restored(second)
+    wait_for_case(second, "c1")
+    second.keyboard.press("ArrowLeft")
+    wait_for_case(second, "c0")
+    choose(second, "correct-DIAG", "MEL")
+    second.get_by_label("Note (max 2000 chars)").fill("second look")
+    second.locator("#case-header").click()
+    second.keyboard.press("Enter")
+    expect(second.locator("#save-status")).to_contain_text("Saved: correct for case c0", timeout=60_000)
+    page.bring_to_front()
+    page.keyboard.press("ArrowLeft")
+    wait_for_case(page, "c0")
+    expect(page.locator("#save-status")).to_contain_text("older than the review you saved since")
+    expect(page.locator("#case-header")).not_to_contain_text("unsaved draft")
+    expect(page.locator("#correct-DIAG input")).to_have_value("MEL")
+    expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("second look")
+    page.screenshot(path=str(tmp_path / "older_draft_not_shown.png"))
+    page.locator("#case-header").click()
+    page.keyboard.press("Enter")
+    expect(page.locator("#save-status")).to_contain_text("Already saved", timeout=60_000)
+    assert [(r["case_id"], r["DIAG"], r["note"]) for r in rows(settings)] == [("c0", "MEL", "second look")]
+    second.context.close()
+
+
 def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_path):
     """Drafts go to the server with the reviewer's place in the queue (a reload or another browser
     finds them); values a form cannot hold (a raw call) make no draft."""

@@ -119,7 +119,8 @@ def case_header(state: ReviewSession, log: CorrectionsLog, reviewer: str | None)
         parts.append(f"{state['index'] + 1} of {len(state['queue'])}, {reviewed} reviewed by you")
     status = done.get(case["case_id"])
     parts.append(f"your review: **{status}**" if status else "not reviewed by you yet")
-    if case["case_id"] in (state.get("drafts") or {}):
+    draft = clean_draft((state.get("drafts") or {}).get(case["case_id"]))
+    if draft is not None and not is_stale(draft, log.latest_review(reviewer, case["case_id"]) if reviewer else None):
         parts.append("unsaved draft")
     return " · ".join(parts)
 
@@ -454,6 +455,12 @@ def clean_draft(draft) -> dict | None:
     return None if form is None else {"form": list(form), "base": draft["base"]}
 
 
+def is_stale(draft: dict, saved: dict | None) -> bool:
+    """Whether a review of the case was saved after the draft was made (elsewhere: another queue
+    naming the same case, another tab): the draft must not be shown over it."""
+    return saved is not None and draft["base"] != saved["event_id"]
+
+
 def clean_drafts(drafts) -> dict[str, dict]:
     """Drafts read back from the server's file: only forms the page could have sent, at most MAX_DRAFTS."""
     if not isinstance(drafts, dict):
@@ -562,7 +569,7 @@ def form_for_case(state: ReviewSession, saved: dict | None) -> tuple[tuple, str]
     left = state.get("left_draft")
     if left and left != case_id:
         lines.append(f"Your unsaved changes to case {left} are kept as a draft: open it again to finish.")
-    if draft is not None and saved and draft["base"] != saved["event_id"]:
+    if draft is not None and is_stale(draft, saved):
         lines.append("Your unsaved draft of this case was older than the review you saved since (in another queue "
                      "or tab): it is dropped, and the saved review is shown.")
     elif draft is not None and tuple(draft["form"]) != form_values(saved):
