@@ -398,7 +398,7 @@ def test_drafts_come_back_after_a_reload_and_hostile_values_are_no_draft(tmp_pat
     back = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")
     assert back["case"]["case_id"] == "c1" and back["drafts"] == {"c0": {"form": list(values), "base": None}}
     back = review.move(back, "prev", log, "dr_a")
-    shown, status = review.form_for_case(back, None)
+    shown, status = review.form_for_case(back, None, None)
     assert shown == values and "Draft: your unsaved changes" in status
     for hostile in (("correct", "<script>", *["no change"] * 7, 3, ""), ("approve", *["no change"] * 8, None, ""),
                     ("agree", *["no change"] * 8, 9, ""), ("agree", *["no change"] * 8, None, "x" * 5000), "x", None):
@@ -428,7 +428,7 @@ def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path)
     again = open_(state, "queue/manifest.csv")
     assert again["drafts"] == {"c0": {"form": list(values), "base": None}}
     again = review.move(again, "next", log, "dr_a")
-    assert review.form_for_case(again, None)[0] == values
+    assert review.form_for_case(again, None, None)[0] == values
     other, _, said = review.open_queue_handler(again, str(tmp_path / "queues" / "other/manifest.csv"),
                                                tmp_path / "queues", log, "dr_a", "other/manifest.csv")
     assert other["drafts"] == {} and "Your 1 unsaved draft in queue/manifest.csv is kept" in said
@@ -442,7 +442,7 @@ def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path)
                                                tmp_path / "queues", log, "dr_a", "queue/manifest.csv")
     assert first["drafts"]["c0"]["form"] == list(values)
     assert "1 unsaved draft from your last time in this queue is back" in said
-    assert review.form_for_case(review.move(first, "next", log, "dr_a"), None)[0] == values  # c0, as left
+    assert review.form_for_case(review.move(first, "next", log, "dr_a"), None, None)[0] == values  # c0, as left
     assert open_(first, "other/manifest.csv")["drafts"]["c0"]["form"][-1] == "other c0"
     with open(tmp_path / "queues" / "queue" / "manifest.csv", "a") as f:  # the file changes: its drafts stay out
         f.write("c9,img/c0_clin.jpg,img/c0_derm.png\n")
@@ -536,13 +536,33 @@ def test_an_older_draft_never_replaces_a_review_saved_since(tmp_path):
     state = draft_and_leave(state, ("correct", "SK", *["no change"] * 7, 3, "old draft"))
     log.append(a_review(verdict="agree", case_id="c0"))  # saved since, elsewhere
     saved = log.latest_review("dr_a", "c0")
-    form, said = review.form_for_case(review.move(state, "prev", log, "dr_a"), saved)
+
+    def shown(state):
+        state = review.move(state, "prev", log, "dr_a") if state["case"]["case_id"] != "c0" else state
+        return review.form_for_case(state, log.latest_review("dr_a", "c0"), log.newest_save("dr_a", "c0"))
+
+    form, said = shown(state)
     assert form == review.form_values(saved) and "older than the review you saved since" in said
     state = review.move(state, "prev", log, "dr_a")  # a draft made on top of that review is kept and shown
     newer = ("correct", "MEL", *["no change"] * 7, 5, "on top of the saved one")
     state = review.keep_draft(state, newer, log, "dr_a")
-    form, said = review.form_for_case(state, saved)
+    form, said = shown(state)
     assert form == newer and "Draft: your unsaved changes" in said
+    assert "unsaved draft" in review.case_header(state, log, "dr_a")
+    # that review undone elsewhere: the draft was made on top of it, and still shows
+    assert review.undo_last_save(state, log, "dr_a")[2] and log.latest_review("dr_a", "c0") is None
+    assert shown(state)[0] == newer
+    # saved, then undone: the undone values do not come back as a draft over what stands again
+    log.append(a_review(verdict="unsure", case_id="c0"))
+    state = review.keep_draft(state, ("skip", *["no change"] * 8, None, "a third try"), log, "dr_a")
+    log.append(a_review(verdict="agree", case_id="c0"))  # the draft saved
+    assert review.undo_last_save(state, log, "dr_a")[2]
+    form, said = shown(state)
+    assert form == review.form_values(log.latest_review("dr_a", "c0")) and "older than the review" in said
+    assert "unsaved draft" not in review.case_header(state, log, "dr_a")
+    # a draft kept by an older app (a bare list) changed whatever was saved then: shown as before
+    legacy = {**state, "drafts": {"c0": list(newer)}}
+    assert shown(legacy)[0] == newer
 
 
 def test_a_draft_of_an_uploaded_pair_goes_along_to_any_queue(tmp_path):
@@ -559,6 +579,48 @@ def test_a_draft_of_an_uploaded_pair_goes_along_to_any_queue(tmp_path):
     assert state["drafts"][upload]["form"] == list(values) and "unsaved draft" not in said
     state = open_(review.move(state, "next", log, "dr_a"), "other/manifest.csv")[0]
     assert state["drafts"][upload]["form"] == list(values)
+
+
+def test_a_draft_discarded_in_one_tab_does_not_come_back_from_another(tmp_path):
+    """Tab B leaves a draft in queue Q1 and moves to Q2; tab A opens Q1 (the draft comes with
+    it), discards the draft and moves to Q2. B still holds its old copy of Q1's drafts: its next
+    step must not put the discarded draft back on the server for a reload or a third tab."""
+    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    values = ("unsure", *["no change"] * 8, 2, "discard me")
+    tab_b = draft_and_leave(review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a"),
+                            values)
+    tab_b = open_(tab_b, "other/manifest.csv")[0]
+    review.remember(tab_b, log.folder, "dr_a")
+    tab_a, _, said = open_(review.new_state(), "queue/manifest.csv")
+    assert tab_a["drafts"]["c0"]["form"] == list(values)
+    tab_a = review.move(tab_a, "next", log, "dr_a")
+    tab_a = draft_and_leave(tab_a, review.form_values(None))  # back to the blank form: the draft goes
+    assert tab_a["drafts"] == {}
+    tab_a = open_(tab_a, "other/manifest.csv")[0]
+    review.remember(tab_a, log.folder, "dr_a")
+    review.remember(review.move(tab_b, "next", log, "dr_a"), log.folder, "dr_a")  # tab B's next step
+    tab_c, _, _ = open_(review.new_state(), "queue/manifest.csv")
+    assert tab_c["drafts"] == {}
+
+
+def test_a_session_file_with_odd_values_restores_what_it_can(tmp_path):
+    """The server-side file of a reviewer, written by hand or by an older app: numbers too big
+    for a float, wrong types. Restoring and the next steps work; what cannot be read is left out."""
+    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    draft_and_leave(review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a"),
+                    ("unsure", *["no change"] * 8, 2, "kept"))
+    path = review._session_file(log.folder, "dr_a")
+    record = review._read_record(log.folder, "dr_a")
+    key = review.queue_key("other/manifest.csv", "0" * 64)
+    odd = {**record, "written_at": 10 ** 400, "uncertainty": ["not", "a", "dict"], "order": 7,
+           "other_drafts": {key: {"at": 10 ** 400, "drafts": {}}, "x": {"at": "soon", "drafts": 3}}}
+    import json
+
+    path.write_text(json.dumps(odd))
+    back = review.restore(review.new_state(), log.folder, tmp_path / "queues", log, "dr_a")
+    assert back["drafts"]["c0"]["form"][-1] == "kept" and back["uncertainty"] == {}
+    review.remember(back, log.folder, "dr_a")
+    assert open_(back, "other/manifest.csv")[0]["drafts"] == {}
 
 
 def test_put_aside_drafts_are_bounded_and_a_broken_note_is_no_draft(tmp_path):

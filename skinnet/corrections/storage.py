@@ -285,6 +285,14 @@ class CorrectionsLog:
         with self._index_lock:
             return self.refresh().latest(reviewer, case_id)
 
+    def newest_save(self, reviewer: str, case_id: str) -> str | None:
+        """The event id of this reviewer's newest saved review of the case, withdrawn or not: a
+        draft made before it is older than what the reviewer saved last (an undo makes no draft
+        older; a save does)."""
+        with self._index_lock:
+            rows = self.refresh().reviews.get((reviewer, case_id), ())
+            return rows[-1][1]["event_id"] if rows else None
+
     def reviewed_cases(self, reviewer: str) -> dict[str, str]:
         """case id -> this reviewer's latest standing verdict."""
         with self._index_lock:

@@ -211,7 +211,7 @@ class AppEvents:
         paths = [self.store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
         state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
         # the form shows this pair's draft or saved review (its id is its pixels' hash), or a blank form
-        values, status = review.form_for_case(state, self.saved(reviewer, state))
+        values, status = review.form_for_case(state, self.saved(reviewer, state), self.newest_save(reviewer, state))
         token = state.get("event_id") or ""
         state = review.shown(state)
         self.on_screen.show(request, *paths)
@@ -221,6 +221,11 @@ class AppEvents:
         """Your latest review of the open case, if any."""
         case = state.get("case")
         return self.log.latest_review(reviewer, case["case_id"]) if reviewer and case else None
+
+    def newest_save(self, reviewer, state) -> str | None:
+        """Your newest save of the open case, withdrawn or not (what a draft must not be older than)."""
+        case = state.get("case")
+        return self.log.newest_save(reviewer, case["case_id"]) if reviewer and case else None
 
     @event
     def keep_draft(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
@@ -248,7 +253,7 @@ class AppEvents:
         right arrow lead to are prepared (:mod:`skinnet.ui.prepare`); the maps follow this case."""
         state, owner, reviewer = self.act(state, request, profile)
         images = review.load_case_images(state, self.queue_root)
-        values, status = review.form_for_case(state, self.saved(reviewer, state))
+        values, status = review.form_for_case(state, self.saved(reviewer, state), self.newest_save(reviewer, state))
         state = review.shown({**state, "left_draft": None})
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)

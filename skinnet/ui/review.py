@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import threading
 import time
 from dataclasses import asdict
@@ -120,7 +121,7 @@ def case_header(state: ReviewSession, log: CorrectionsLog, reviewer: str | None)
     status = done.get(case["case_id"])
     parts.append(f"your review: **{status}**" if status else "not reviewed by you yet")
     draft = clean_draft((state.get("drafts") or {}).get(case["case_id"]))
-    if draft is not None and not is_stale(draft, log.latest_review(reviewer, case["case_id"]) if reviewer else None):
+    if draft is not None and reviewer and not is_stale(draft, log.newest_save(reviewer, case["case_id"])):
         parts.append("unsaved draft")
     return " · ".join(parts)
 
@@ -215,11 +216,12 @@ def merged_aside(state: ReviewSession, record: dict) -> dict[str, dict]:
     the server's open queue counts as put aside when it was written, and the queue this tab has
     open is left out (its drafts are the tab's own)."""
     aside = clean_aside(record.get("other_drafts"))
-    if isinstance(record.get("queue_file"), str) and isinstance(record.get("written_at"), (int, float)):
+    written_at = finite_time(record.get("written_at"))
+    if isinstance(record.get("queue_file"), str) and written_at is not None:
         key = queue_key(record["queue_file"], record.get("queue_sha256"))
-        if key not in aside or aside[key]["at"] < record["written_at"]:
-            aside[key] = {"at": float(record["written_at"]), "drafts": clean_drafts(record.get("drafts"))}
-    for key, entry in clean_aside(state.get("other_drafts")).items():
+        if key not in aside or aside[key]["at"] < written_at:
+            aside[key] = {"at": written_at, "drafts": clean_drafts(record.get("drafts"))}
+    for key, entry in clean_aside(state.get("other_drafts")).items():  # a tie goes to this tab: it acts now
         if key not in aside or aside[key]["at"] <= entry["at"]:
             aside[key] = entry
     if state.get("queue_file"):
@@ -250,7 +252,7 @@ def remember(state: ReviewSession, folder: Path, reviewer: str | None) -> None:
                   "case_id": case.get("case_id") if case.get("source") != "upload" else None,
                   "uncertainty": state["uncertainty"], "predicted": state["predicted"],
                   "drafts": state.get("drafts", {}), "written_at": time.time(),
-                  "other_drafts": {k: v for k, v in aside.items() if v["drafts"]}}
+                  "other_drafts": aside}
         kept_on_disk(_session_file(folder, reviewer), json.dumps(record, ensure_ascii=False),
                      "Your place in this queue was not kept on the server (it comes back on reload only once kept)")
 
@@ -283,10 +285,13 @@ def restore(state: ReviewSession, folder: Path, root: Path | None, log: Correcti
         return None
     if opened["queue_sha256"] != record.get("queue_sha256"):
         return None  # the file changed: its old order and position mean nothing now
-    rank = {case_id: i for i, case_id in enumerate(record.get("order", []))}
-    opened["all"] = sorted(opened["all"], key=lambda c: rank.get(c["case_id"], len(rank)))
-    opened["uncertainty"] = {k: float(v) for k, v in record.get("uncertainty", {}).items()}
-    opened["predicted"] = {k: str(v) for k, v in record.get("predicted", {}).items()}
+    try:  # a record written by hand or by an older app: what cannot be read starts from the defaults
+        rank = {case_id: i for i, case_id in enumerate(record.get("order") or [])}
+        opened["all"] = sorted(opened["all"], key=lambda c: rank.get(c["case_id"], len(rank)))
+        opened["uncertainty"] = {str(k): float(v) for k, v in (record.get("uncertainty") or {}).items()}
+        opened["predicted"] = {str(k): str(v) for k, v in (record.get("predicted") or {}).items()}
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        opened["uncertainty"], opened["predicted"] = {}, {}
     opened["drafts"] = clean_drafts(record.get("drafts"))
     opened["other_drafts"] = cap_aside(clean_aside(record.get("other_drafts")))[0]
     at = next((c for c in opened["all"] if c["case_id"] == record.get("case_id")), None)
@@ -436,29 +441,37 @@ MAX_OTHER_QUEUES = 20
 """Queue files left for another whose drafts are kept (the one left longest ago goes first)."""
 MAX_DRAFTS_ASIDE = 400
 """Drafts kept over all the queue files left (a reviewer's server-side file stays a few MB at most)."""
+MAX_EMPTY_ASIDE = 50
+"""Queue files left with no draft that are remembered as such (see :func:`cap_aside`)."""
 
 
-def make_draft(values: tuple, saved: dict | None) -> dict:
-    """A draft: the form's values and the event id of the saved review they change (None: none
-    saved), so a review saved since (in another queue or tab) is not overwritten by an older draft."""
-    return {"form": list(values), "base": saved["event_id"] if saved else None}
+MADE_BEFORE_BASES = "made before drafts had a base"
+"""The base of a draft kept by an older app: it changed whatever was saved then, and is shown as before."""
+
+
+def make_draft(values: tuple, newest_save: str | None) -> dict:
+    """A draft: the form's values and the event id of the reviewer's newest save of the case when
+    it was made (None: none), so a review saved since (in another queue or tab) is not
+    overwritten by an older draft."""
+    return {"form": list(values), "base": newest_save}
 
 
 def clean_draft(draft) -> dict | None:
     """A draft as read back from the server's file or the tab: None unless the form could hold it.
-    A bare list (a draft kept before drafts had a base) counts as changing no saved review."""
+    A bare list (a draft kept by an older app) gets the base MADE_BEFORE_BASES."""
     if isinstance(draft, list):
-        draft = {"form": draft, "base": None}
+        draft = {"form": draft, "base": MADE_BEFORE_BASES}
     if not isinstance(draft, dict) or not isinstance(draft.get("base"), (str, type(None))):
         return None
     form = clean_form(draft.get("form"))
     return None if form is None else {"form": list(form), "base": draft["base"]}
 
 
-def is_stale(draft: dict, saved: dict | None) -> bool:
-    """Whether a review of the case was saved after the draft was made (elsewhere: another queue
-    naming the same case, another tab): the draft must not be shown over it."""
-    return saved is not None and draft["base"] != saved["event_id"]
+def is_stale(draft: dict, newest_save: str | None) -> bool:
+    """Whether the reviewer saved a review of the case after the draft was made (elsewhere:
+    another queue naming the same case, another tab), ``newest_save`` being the event id of their
+    newest save, withdrawn or not: the draft must not be shown over it."""
+    return draft["base"] != MADE_BEFORE_BASES and draft["base"] != newest_save
 
 
 def clean_drafts(drafts) -> dict[str, dict]:
@@ -476,17 +489,34 @@ def clean_aside(aside) -> dict[str, dict]:
         return {}
     kept = {}
     for key, entry in aside.items():
-        if isinstance(entry, dict) and set(entry) == {"at", "drafts"} and isinstance(entry["at"], (int, float)):
-            kept[str(key)] = {"at": float(entry["at"]), "drafts": clean_drafts(entry["drafts"])}
+        if isinstance(entry, dict) and set(entry) == {"at", "drafts"}:
+            if finite_time(entry["at"]) is not None:
+                kept[str(key)] = {"at": finite_time(entry["at"]), "drafts": clean_drafts(entry["drafts"])}
         elif isinstance(entry, dict):
             kept[str(key)] = {"at": 0.0, "drafts": clean_drafts(entry)}
     return kept
 
 
+def finite_time(value) -> float | None:
+    """A time read back from a file, or None for anything else (text, a bool, inf, 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def cap_aside(aside: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
     """At most MAX_OTHER_QUEUES queue files and MAX_DRAFTS_ASIDE drafts put aside, those left longest
-    ago dropped first; returns what stays and the names of the files whose drafts were dropped."""
+    ago dropped first; returns what stays and the names of the files whose drafts were dropped.
+    Of the files left with no draft (kept so that an older copy of their drafts, another tab's,
+    cannot come back) the last MAX_EMPTY_ASIDE stay."""
     order = sorted(aside, key=lambda key: aside[key]["at"])
+    empty = [k for k in order if not aside[k]["drafts"]]
+    for key in empty[:max(0, len(empty) - MAX_EMPTY_ASIDE)]:
+        order.remove(key)
     dropped = []
     while (sum(bool(aside[k]["drafts"]) for k in order) > MAX_OTHER_QUEUES
            or sum(len(aside[k]["drafts"]) for k in order) > MAX_DRAFTS_ASIDE):
@@ -549,17 +579,16 @@ def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str 
         return {**state, "left_draft": None}
     values = clean_form(values)
     drafts = dict(state.get("drafts") or {})
-    saved = log.latest_review(reviewer, case_id)
-    unsaved = values is not None and values != form_values(saved)
+    unsaved = values is not None and values != form_values(log.latest_review(reviewer, case_id))
     drafts.pop(case_id, None)
     if unsaved:
-        drafts[case_id] = make_draft(values, saved)
+        drafts[case_id] = make_draft(values, log.newest_save(reviewer, case_id))
         while len(drafts) > MAX_DRAFTS:
             drafts.pop(next(iter(drafts)))
     return {**state, "drafts": drafts, "left_draft": case_id if unsaved else None}
 
 
-def form_for_case(state: ReviewSession, saved: dict | None) -> tuple[tuple, str]:
+def form_for_case(state: ReviewSession, saved: dict | None, newest_save: str | None) -> tuple[tuple, str]:
     """(the form's values, the status line) for the case just opened: its draft if the reviewer
     left unsaved changes in it (and saved nothing newer), else the saved review or a blank form;
     the line also says where the draft of the case just left is."""
@@ -569,7 +598,7 @@ def form_for_case(state: ReviewSession, saved: dict | None) -> tuple[tuple, str]
     left = state.get("left_draft")
     if left and left != case_id:
         lines.append(f"Your unsaved changes to case {left} are kept as a draft: open it again to finish.")
-    if draft is not None and is_stale(draft, saved):
+    if draft is not None and is_stale(draft, newest_save):
         lines.append("Your unsaved draft of this case was older than the review you saved since (in another queue "
                      "or tab): it is dropped, and the saved review is shown.")
     elif draft is not None and tuple(draft["form"]) != form_values(saved):
