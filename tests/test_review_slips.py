@@ -50,11 +50,7 @@ def page(app_):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.goto(f"http://127.0.0.1:{settings.port}/")
-        page.get_by_label("username").fill("dr_a")
-        page.get_by_label("password").fill("s3cret-pass")
-        page.get_by_role("button", name="Login").click()
-        wait_until_restored(page)
+        sign_in(page, settings.port)
         page.get_by_role("tab", name="Queue").click()
         choose(page, "queue-file", "queue/manifest.csv")
         page.locator("#open-queue").click()
@@ -62,6 +58,25 @@ def page(app_):
         wait_for_case(page, "c0")
         yield page
         browser.close()
+
+
+def sign_in(page, port: int) -> None:
+    """dr_a signs in, and the page's load (the queue restored, if any) is done."""
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.get_by_label("username").fill("dr_a")
+    page.get_by_label("password").fill("s3cret-pass")
+    page.get_by_role("button", name="Login").click()
+    wait_until_restored(page)
+
+
+def leave_c0_half_labelled(page, note: str) -> None:
+    """On c0: verdict correct, DIAG SK, a note, then the right arrow (unsaved: a draft)."""
+    page.locator("#verdict input[value=correct]").check()
+    choose(page, "correct-DIAG", "SK")
+    page.get_by_label("Note (max 2000 chars)").fill(note)
+    page.locator("#case-header").click()
+    page.keyboard.press("ArrowRight")
+    wait_for_case(page, "c1")
 
 
 def wait_for_case(page, case_id: str, timeout: float = 60_000) -> None:
@@ -150,12 +165,7 @@ def test_leaving_a_case_with_unsaved_changes_keeps_a_draft_and_says_so(page, app
 
     settings, _ = app_
     status = page.locator("#save-status")
-    page.locator("#verdict input[value=correct]").check()
-    choose(page, "correct-DIAG", "SK")
-    page.get_by_label("Note (max 2000 chars)").fill("half done")
-    page.locator("#case-header").click()
-    page.keyboard.press("ArrowRight")
-    wait_for_case(page, "c1")
+    leave_c0_half_labelled(page, "half done")
     expect(status).to_contain_text("Your unsaved changes to case c0 are kept as a draft")
     page.screenshot(path=str(tmp_path / "draft_kept.png"))
     page.keyboard.press("ArrowLeft")
@@ -343,18 +353,9 @@ def test_a_draft_left_in_one_tab_never_shows_over_a_review_saved_in_another(page
     from playwright.sync_api import expect
 
     settings, _ = app_
-    page.locator("#verdict input[value=correct]").check()
-    choose(page, "correct-DIAG", "SK")
-    page.get_by_label("Note (max 2000 chars)").fill("first look")
-    page.locator("#case-header").click()
-    page.keyboard.press("ArrowRight")
-    wait_for_case(page, "c1")
+    leave_c0_half_labelled(page, "first look")
     second = page.context.browser.new_context(viewport={"width": 1366, "height": 768}).new_page()  # another window
-    second.goto(f"http://127.0.0.1:{settings.port}/")
-    second.get_by_label("username").fill("dr_a")
-    second.get_by_label("password").fill("s3cret-pass")
-    second.get_by_role("button", name="Login").click()
-    wait_until_restored(second)
+    sign_in(second, settings.port)
     wait_for_case(second, "c1")
     second.keyboard.press("ArrowLeft")
     wait_for_case(second, "c0")
