@@ -151,7 +151,6 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
         drafts = {k: v for k, v in drafts.items() if k not in uploads}
         left = state.get("queue_file")
         if left:  # put aside, even when empty: an older copy of this queue's drafts (another tab's) must not win
-            other_drafts.pop(queue_key(left, state.get("queue_sha256")), None)
             other_drafts[queue_key(left, state.get("queue_sha256"))] = {"at": time.time(), "drafts": drafts}
         if left and drafts and left == name:  # the same file, changed since: its case ids may name other lesions
             notes.append(f"{name} has changed since you opened it: your {plural(len(drafts), 'unsaved draft')} "
@@ -490,8 +489,9 @@ def clean_aside(aside) -> dict[str, dict]:
     kept = {}
     for key, entry in aside.items():
         if isinstance(entry, dict) and set(entry) == {"at", "drafts"}:
-            if finite_time(entry["at"]) is not None:
-                kept[str(key)] = {"at": finite_time(entry["at"]), "drafts": clean_drafts(entry["drafts"])}
+            at = finite_time(entry["at"])
+            if at is not None:
+                kept[str(key)] = {"at": at, "drafts": clean_drafts(entry["drafts"])}
         elif isinstance(entry, dict):
             kept[str(key)] = {"at": 0.0, "drafts": clean_drafts(entry)}
     return kept
@@ -633,10 +633,8 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
     changed = {t: v for t, v in corrected.items() if v not in (None, "", NO_CHANGE)}
     if not isinstance(note, (str, type(None))):
         raise gr.Error("The note must be text.")
-    try:
-        (note or "").encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: it cannot be written, so refuse before any image is stored
-        raise gr.Error("The note has characters that cannot be stored; retype it.") from None
+    if not _storable(note or ""):  # a lone surrogate: it cannot be written, so refuse before any image is stored
+        raise gr.Error("The note has characters that cannot be stored; retype it.")
     if verdict == "correct" and not changed:
         raise gr.Error("Verdict 'correct' needs at least one corrected label (or choose 'agree').")
     if verdict == "agree" and changed:
