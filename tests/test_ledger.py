@@ -127,6 +127,30 @@ def test_int8_storage_is_scored_out_of_fold_on_the_entrys_own_fold_models(record
     assert refused.returncode != 0 and "does not reproduce the ledger" in refused.stderr
 
 
+def made_up_entry(data: Derm7pt, path: Path, folds_done: list[int], diag_wrong_every: int = 0) -> None:
+    """A 3-fold ledger entry whose out-of-fold answers are known: right on every task of every
+    case, except DIAG wrong on every ``diag_wrong_every``-th case of each fold (0: never)."""
+    rows = ledger.case_rows(data)
+    labels = {c.case_id: c.labels for c in pool_cases(data)}
+    entry = ledger.Experiment(name=path.name, description="", train_flags=FAST, folds=3, path=path)
+    entry.save()
+    folds = crossval.ensure_folds(entry.path, data, 3, 0)
+    for k in folds_done:
+        ids = [c for c, f in folds.items() if f == k]
+        logits = torch.full((len(ids), sum(t.num_classes for t in TASKS)), -5.0)
+        start = 0
+        for t, task in enumerate(TASKS):
+            for i, case_id in enumerate(ids):
+                said = labels[case_id][t]
+                if t == 0 and diag_wrong_every and i % diag_wrong_every == 0:
+                    said = (said + 1) % task.num_classes
+                logits[i, start + said] = 5.0
+            start += task.num_classes
+        entry.fold_path(k).mkdir(parents=True)
+        ledger.write_probabilities(entry.fold_path(k) / "oof.csv",
+                                   ledger.probabilities_frame(logits, [rows[c] for c in ids], [k] * len(ids)))
+
+
 def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
     """benchmarks/ablation_oof.py on a ledger of the six configurations with made-up out-of-fold
     probabilities whose answers are known: b wrong on half the DIAG cases, every other entry
@@ -135,30 +159,11 @@ def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
     from conftest import benchmark
 
     release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
-    data = Derm7pt(release)
     root = tmp_path / "exp"
-    rows = ledger.case_rows(data)
-    labels = {c.case_id: c.labels for c in pool_cases(data)}
     finished = {"a_two_encoders": [0, 1], "b_shared_encoder": [0, 1, 2], "c_individual_attention": [0, 1, 2],
                 "d_shared_attention": [0, 1, 2], "e_method": [0, 1, 2], "f_single_scale": [0]}
     for name, folds_done in finished.items():
-        entry = ledger.Experiment(name=name, description="", train_flags=FAST, folds=3, path=root / name)
-        entry.save()
-        folds = crossval.ensure_folds(entry.path, data, 3, 0)
-        for k in folds_done:
-            ids = [c for c, f in folds.items() if f == k]
-            logits = torch.full((len(ids), sum(t.num_classes for t in TASKS)), -5.0)
-            start = 0
-            for t, task in enumerate(TASKS):
-                for i, case_id in enumerate(ids):
-                    said = labels[case_id][t]
-                    if name == "b_shared_encoder" and t == 0 and i % 2 == 0:
-                        said = (said + 1) % task.num_classes  # wrong on every other DIAG case
-                    logits[i, start + said] = 5.0
-                start += task.num_classes
-            entry.fold_path(k).mkdir(parents=True)
-            ledger.write_probabilities(entry.fold_path(k) / "oof.csv",
-                                       ledger.probabilities_frame(logits, [rows[c] for c in ids], [k] * len(ids)))
+        made_up_entry(Derm7pt(release), root / name, folds_done, diag_wrong_every=2 if name == "b_shared_encoder" else 0)
     markdown = tmp_path / "results.md"
     markdown.write_text("# Results\n\n<!-- ablation-oof:begin -->\nSTALE TABLE\n<!-- ablation-oof:end -->\nafter\n")
     benchmark([ROOT / "benchmarks" / "ablation_oof.py", "--data-root", release, "--root", root,
@@ -180,6 +185,34 @@ def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
                                                                      abs=0.04)  # all of it on DIAG
     assert "| d vs b | 30 | +" in text
 
+
+def test_the_candidates_table_follows_the_rules_written_before_the_runs(tmp_path):
+    """benchmarks/candidates_oof.py on made-up entries: the reference (e_method) wrong on every
+    third DIAG case; g_lite1 right everywhere (passes "helps"), i_epochs40 the same as the
+    reference (level: does not pass), h_distilled right everywhere but with a fold missing (so
+    far). The decision names the one that passed on every case, and no other section moves."""
+    from conftest import benchmark
+
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    root = tmp_path / "exp"
+    for name, folds_done, wrong in (("e_method", [0, 1, 2], 3), ("g_lite1", [0, 1, 2], 0),
+                                    ("i_epochs40", [0, 1, 2], 3), ("h_distilled", [0, 1], 0)):
+        made_up_entry(Derm7pt(release), root / name, folds_done, diag_wrong_every=wrong)
+    markdown = tmp_path / "results.md"
+    markdown.write_text("# Results\n\n<!-- ablation-oof:begin -->\nkept\n<!-- ablation-oof:end -->\n"
+                        "<!-- candidates-oof:begin -->\nSTALE\n<!-- candidates-oof:end -->\nafter\n")
+    benchmark([ROOT / "benchmarks" / "candidates_oof.py", "--data-root", release, "--root", root,
+               "--json", tmp_path / "candidates.json", "--results-md", markdown])
+    result = json.loads((tmp_path / "candidates.json").read_text())
+    rows = {r["entry"]: r for r in result["candidates"]}
+    assert rows["g_lite1"]["verdict"] == "passes" and rows["g_lite1"]["result"]["avg_difference_95ci"][0] > 0
+    assert rows["g_lite1"]["params"] < count_parameters(create_model(backbone="tf_efficientnet_lite2"))
+    assert rows["i_epochs40"]["verdict"] == "does not pass" and rows["i_epochs40"]["result"]["avg_difference"] == 0
+    assert rows["h_distilled"]["verdict"].startswith("passes so far") and rows["h_distilled"]["folds"] == [0, 1]
+    assert result["decision"].startswith("next model: g_lite1")
+    text = markdown.read_text()
+    assert "STALE" not in text and "kept" in text and text.endswith("<!-- candidates-oof:end -->\nafter\n")
+    assert "**Decision: next model: g_lite1" in text and "| `h_distilled`: " in text
 
 def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
     """benchmarks/stacking_oof.py end to end on a synthetic entry: every variant scores every case."""

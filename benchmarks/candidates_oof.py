@@ -1,0 +1,123 @@
+"""The search for the next model, out of fold: each candidate ledger entry against the shipped
+recipe's own cross-fit (``e_method``), paired on the same cases, with the verdict of the rule
+written in docs/results.md before their runs ("The next model: candidates out of fold").
+
+    python benchmarks/candidates_oof.py --data-root /path/to/release_v0
+
+A "helps" candidate passes when the 95% paired-bootstrap interval of the 8-task average's
+difference has its low end above 0 and its DIAG is not below the reference's; the distilled
+student's older rule asks for an average at least 1.0 point above and DIAG not below. Only a
+verdict on every case of the reference counts ("so far" otherwise). Of the candidates that pass
+(at most 6M parameters), the highest OOF average is the next model, to be refit, calibrated from
+its own OOF predictions and scored on test once. No test case is read here.
+
+Writes ``benchmarks/results/candidates_oof.json`` and rewrites the section of docs/results.md
+between its ``candidates-oof`` markers; ``--json`` and ``--results-md`` point elsewhere.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ablation_oof import compare, pct, summarise
+from report import write_section
+from skinnet.data import Derm7pt
+from skinnet.labels import TASK_NAMES
+from skinnet.model import count_parameters, create_model
+from training import ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "e_method"
+MAX_PARAMS = 6_000_000
+CANDIDATES = {  # ledger entry -> (row label, rule, backbone)
+    "g_lite1": ("EfficientNet-Lite1 backbone", "helps", "tf_efficientnet_lite1"),
+    "i_epochs40": ("40 epochs instead of 28", "helps", "tf_efficientnet_lite2"),
+    "h_distilled": ("distilled from leak-free teachers (0.5, T 2)", "one point", "tf_efficientnet_lite2"),
+}
+RULES = {"helps": "avg interval's low end > 0 and DIAG not below",
+         "one point": "avg at least +1.0 point and DIAG not below"}
+
+
+def passes(rule: str, result: dict) -> bool:
+    diag_not_below = result["diag_a"] >= result["diag_b"]
+    if rule == "helps":
+        return result["avg_difference_95ci"][0] > 0 and diag_not_below
+    if rule == "one point":
+        return result["avg_difference"] >= 0.010 and diag_not_below
+    raise ValueError(rule)
+
+
+def verdict(rule: str, result: dict | None, complete: bool) -> str:
+    if result is None:
+        return "pending (no fold finished)"
+    word = "passes" if passes(rule, result) else "does not pass"
+    return word if complete else f"{word} so far ({result['n_cases']} cases; pending)"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", required=True, help="Derm7pt release_v0 (labels and case rows; no image is read)")
+    p.add_argument("--root", default=str(ledger.LEDGER), help="the ledger folder (default: experiments/)")
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "candidates_oof.json"))
+    p.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"),
+                   help="the Markdown file whose candidates-oof section is rewritten")
+    args = p.parse_args(argv)
+    data = Derm7pt(args.data_root)
+    names = [REFERENCE, *CANDIDATES]
+    entries = {name: ledger.Experiment.load(Path(args.root) / name) for name in names}
+    # one look at the ledger for everything below (a fold that lands meanwhile waits for the next run)
+    done = {name: [k for k in e.planned_folds() if e.done(k)] for name, e in entries.items()}
+    complete = {name: done[name] == list(e.planned_folds()) for name, e in entries.items()}
+    reference_cases = len(ledger.read_entry_oof(entries[REFERENCE], data, folds=done[REFERENCE])["case_ids"])
+
+    rows = []
+    for name, (label, rule, backbone) in CANDIDATES.items():
+        common = sorted(set(done[name]) & set(done[REFERENCE]))
+        result = (compare(summarise(entries[name], data, common), summarise(entries[REFERENCE], data, common))
+                  if common else None)
+        params = count_parameters(create_model(backbone=backbone))
+        rows.append({"entry": name, "label": label, "rule": rule, "rule_text": RULES[rule], "params": params,
+                     "ledger": f"experiments/{name}", "folds_done": done[name], "folds": common,
+                     "complete": complete[name] and complete[REFERENCE], "result": result,
+                     "verdict": verdict(rule, result, complete[name] and complete[REFERENCE])})
+    winners = [r for r in rows if r["verdict"] == "passes" and r["params"] <= MAX_PARAMS]
+    best = max(winners, key=lambda r: r["result"]["avg_a"]) if winners else None
+    everything_decided = all(r["complete"] for r in rows)
+    decision = (f"next model: {best['entry']} (refit, calibrate from its own OOF, score test once)" if best else
+                "no candidate: the shipped card stays" if everything_decided else
+                "no candidate yet (folds pending)")
+    output = {"reference": REFERENCE, "reference_cases": reference_cases, "candidates": rows, "decision": decision}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(output, indent=1) + "\n")
+
+    lines = [f"Each against `{REFERENCE}` on the folds both have finished ({reference_cases} cases in all); "
+             "DIAG \"only A / only B\": the cases right under one and wrong under the other.", "",
+             "| candidate | params | folds | cases | avg A / ref | avg A - ref, 95% CI | DIAG A / ref | "
+             "DIAG only A / only ref, McNemar p | rule | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        res = r["result"]
+        head = f"| `{r['entry']}`: {r['label']} | {r['params'] / 1e6:.2f}M | {len(r['folds_done'])} of {len(entries[r['entry']].planned_folds())} |"
+        if res is None:
+            lines.append(f"{head} 0 | | | | | {r['rule_text']} | {r['verdict']} |")
+            continue
+        low, high = res["avg_difference_95ci"]
+        lines.append(f"{head} {res['n_cases']} | {pct(res['avg_a'])} / {pct(res['avg_b'])} | "
+                     f"{100 * res['avg_difference']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | "
+                     f"{pct(res['diag_a'])} / {pct(res['diag_b'])} | {res['diag_only_a']} / {res['diag_only_b']}, "
+                     f"p = {res['diag_exact_mcnemar_p']:.2f} | {r['rule_text']} | {r['verdict']} |")
+    decided = [r for r in rows if r["result"] is not None]
+    if decided:
+        lines += ["", "Per task, candidate - reference (accuracy points):", "",
+                  "| candidate | cases | " + " | ".join(TASK_NAMES) + " |", "|---|---|" + "---|" * len(TASK_NAMES)]
+        lines += [f"| `{r['entry']}` | {r['result']['n_cases']} | " + " | ".join(
+            f"{100 * r['result']['task_difference'][t]:+.1f}" for t in TASK_NAMES) + " |" for r in decided]
+    lines += ["", f"**Decision: {decision}.**"]
+    table = "\n".join(lines)
+    print(table)
+    write_section(Path(args.results_md), "candidates-oof", table)
+    return output
+
+
+if __name__ == "__main__":
+    main()
