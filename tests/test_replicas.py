@@ -15,7 +15,7 @@ from skinnet.corrections import NO_CHANGE, read_corrections, read_events
 from skinnet.data import Derm7pt
 from skinnet_testkit.synthetic import make_release
 from skinnet_testkit.queues import write_manifest
-from test_security import case_shown, fns, open_first_case, save_data
+from test_security import case_shown, fns, open_first_case, save_data, undo_data
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_the_teaching_lock_and_one_id_per_case_hold_across_two_processes(replica
     pair = b.call(fns(config, "save")[0], save_data(made.data[-1], "correct", corrections=["BCC", *[NO_CHANGE] * 7]),
                   own)
     assert not pair.success and f"reference labels of case {case_id}, whose images this case shows" in pair.error
-    undone = b.call(fns(config, "undo")[0], [None, token_b], session_b)
+    undone = b.call(fns(config, "undo")[0], undo_data(token_b), session_b)
     assert undone.success and "stays as it was saved before the reveal" in undone.data[0]
 
     clash = replicas["root"] / "queues" / "clash"

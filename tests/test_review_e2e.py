@@ -371,7 +371,9 @@ def test_queue_images_are_read_only_keys_fill_the_form_and_question_mark_lists_t
 
         page.locator("#own-images").click()  # back to a pair of one's own: empty, uploadable slots
         expect(page.locator("#case-header")).to_contain_text("No case open", timeout=60_000)
-        expect(page.locator("#clinical-input input[type=file]")).to_have_count(1, timeout=30_000)
+        for slot in ("clinical", "dermoscopy"):  # both slots: the case's images are gone from each
+            expect(page.locator(f"#{slot}-input input[type=file]")).to_have_count(1, timeout=30_000)
+            expect(page.locator(f"#{slot}-input img")).to_have_count(0)
         expect(page.locator("#summary")).not_to_contain_text("Fused head")
 
 

@@ -647,6 +647,108 @@ def test_put_aside_drafts_are_bounded_and_a_broken_note_is_no_draft(tmp_path):
     assert review.clean_form(("agree", *["no change"] * 8, None, "broken \ud800 note")) is None
 
 
+
+def _saving_setup(tmp_path, checkpoint=None):
+    """(review module, log, state with c0 of the queue open, c0's images, predictor, save): save(verdict,
+    corrections dict or None, note, **kw) saves c0 as dr_a and returns the status message."""
+    review, log, open_, _ = _slips_setup(tmp_path)
+    predictor = Predictor.from_checkpoint(checkpoint or tiny_checkpoint(tmp_path))
+    state = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
+    assert state["case"]["case_id"] == "c0"
+    images = review.load_case_images(state, tmp_path / "queues")
+
+    def save(verdict, corrected=None, note="", confidence=None, **kw):
+        corrected = {t.name: (corrected or {}).get(t.name, "no change") for t in TASKS}
+        return review.save_review(state, predictor, log, "dr_a", *images, verdict, corrected, confidence, note, **kw)[1]
+
+    return review, log, state, save
+
+
+@pytest.mark.parametrize("note", ["first line\nsecond line", "a\r\nb\rc", "'+ve for MEL? second opinion",
+                                  "'=SUM(A1)", "''two quotes", "'-already", "=formula\nand a line"])
+def test_a_saved_note_is_what_the_form_holds_and_saving_it_again_logs_nothing(tmp_path, note):
+    """A note with a line break (Shift+Enter, a paste) or starting with a quote before = + - @ was
+    saved changed (line breaks as spaces, the quote dropped on reading): the form then differed
+    from the saved review, so each later Save logged the same review again and the case stayed
+    marked "unsaved draft". Now the log gives back what a form with that note compares as, the
+    status says when line breaks became spaces, and a second save, the draft check and Undo all
+    see the saved review."""
+    from skinnet.corrections import one_line
+
+    review, log, state, save = _saving_setup(tmp_path)
+    said = save("unsure", note=note)
+    assert said.startswith("Saved: unsure for case c0")
+    assert ("line breaks are saved as spaces" in said) == ("\n" in note or "\r" in note)
+    saved = rows_of(log)
+    assert [r["note"] for r in saved] == [one_line(note)] and one_line(note) == note.replace("\r\n", "\n\n") \
+        .replace("\r", "\n").replace("\n", " ")
+    assert save("unsure", note=note).startswith("Already saved") and len(rows_of(log)) == 1
+    form = ("unsure", *["no change"] * 8, None, note)
+    kept = review.keep_draft(state, form, log, "dr_a")
+    assert kept["left_draft"] is None and "c0" not in kept["drafts"]
+    assert "unsaved draft" not in review.case_header(kept, log, "dr_a")
+    message, _, undone = review.undo_last_save(state, log, "dr_a", form)
+    assert undone, message
+
+
+def rows_of(log):
+    return read_corrections(log.folder)[0] if any(log.folder.glob("shards/*.csv")) else []
+
+
+@pytest.mark.parametrize("verdict", ["unsure", "skip"])
+def test_labels_picked_under_unsure_or_skip_are_refused_not_dropped(tmp_path, verdict):
+    """MEL picked, then the verdict set to unsure: "Saved" came back and MEL was nowhere in the log
+    (unsure and skip keep no labels), and the case stayed marked as an unsaved draft. Now the save
+    is refused with what to do, nothing is logged, and the same verdict without labels saves."""
+    import gradio as gr
+
+    _, log, _, save = _saving_setup(tmp_path)
+    with pytest.raises(gr.Error, match=f"Verdict '{verdict}' keeps no labels, and you picked MEL, ATP"):
+        save(verdict, {"DIAG": "MEL", "PN": "ATP"}, note="maybe melanoma")
+    assert rows_of(log) == []
+    assert save(verdict, note="maybe melanoma").startswith(f"Saved: {verdict}")
+
+
+def test_agree_is_refused_while_the_prediction_is_hidden_until_it_is_shown(tmp_path):
+    """The lesion check hid the prediction (every task "prediction hidden"), and "agree" saved the
+    eight hidden labels as confirmed: labels the reviewer never saw, which training then uses.
+    Now "agree" needs the prediction on screen ('show anyway'); the other verdicts are unchanged."""
+    import gradio as gr
+    import numpy as np
+    from app_helpers import guarded_checkpoint
+    from skinnet.imaging import load_rgb
+    from skinnet_testkit.non_lesion import generated_images
+    from skinnet_testkit.synthetic import dermoscopy_like_image
+
+    review, log, _, _ = _slips_setup(tmp_path)
+    predictor = Predictor.from_checkpoint(guarded_checkpoint(tmp_path / "guarded"))
+    document, derm = tmp_path / "page.png", tmp_path / "derm.jpg"
+    dict(generated_images())["document-1"].save(document)
+    dermoscopy_like_image(np.random.default_rng(21)).save(derm, quality=90)
+    pair = load_rgb(document), load_rgb(derm)
+    assert not predictor.predict(*pair).checks.trustworthy  # the page would say "No prediction shown"
+    state = review.start_upload_case(review.new_state(), str(document), str(derm))
+    blank = {t.name: "no change" for t in TASKS}
+    with pytest.raises(gr.Error, match="'agree' would confirm labels you have not seen"):
+        review.save_review(state, predictor, log, "dr_a", *pair, "agree", blank, None, "", prediction_shown=False)
+    assert rows_of(log) == []
+    said = review.save_review(state, predictor, log, "dr_a", *pair, "agree", blank, None, "", prediction_shown=True)[1]
+    assert said.startswith("Saved: agree") and [r["verdict"] for r in rows_of(log)] == ["agree"]
+
+
+def test_the_draft_that_goes_to_keep_a_queues_drafts_bounded_is_named(tmp_path):
+    """Drafts of a queue file are capped (MAX_DRAFTS); the oldest went unsaid, and reopening its
+    case showed a blank form. Now the next status line names it, once."""
+    review, log, _, _ = _slips_setup(tmp_path)
+    state = review.new_state()
+    for i in range(review.MAX_DRAFTS + 1):
+        state = review.keep_draft(state, ("unsure", *["no change"] * 8, None, f"draft {i}"), log, "dr_a", f"x{i}")
+        assert state["dropped_draft"] == (None if i < review.MAX_DRAFTS else "x0")
+    assert len(state["drafts"]) == review.MAX_DRAFTS and "x0" not in state["drafts"]
+    state = {**state, "case": {"case_id": "x5", "source": "upload"}}
+    _, said = review.form_for_case(state, None, None)
+    assert f"at most {review.MAX_DRAFTS} cases of a queue file: the oldest, of case x0, is dropped" in said
+
 def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):
     """Every step of a reviewer's session (open, filter, move, draft, restore, an upload case,
     the owner) returns a ``ReviewSession``: no key the type does not declare, none of the wrong kind."""

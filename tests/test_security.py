@@ -133,9 +133,17 @@ def open_first_case(client: RawClient, config: dict, session: str, queue: str = 
 
 
 def save_data(token: str, verdict: str = "agree", **fields) -> list:
-    """The save event's inputs: state, case token, reveal, verdict, confidence, note, 8 corrections."""
+    """The save event's inputs: state, case token, reveal, verdict, confidence, note, 8 corrections,
+    whether the page shows a hidden prediction anyway."""
     return [None, token, fields.get("reveal", False), verdict, fields.get("confidence"), fields.get("note", ""),
-            *fields.get("corrections", [NO_CHANGE] * 8)]
+            *fields.get("corrections", [NO_CHANGE] * 8), fields.get("shown_anyway", False)]
+
+
+def undo_data(token: str, verdict: str | None = "agree", **fields) -> list:
+    """The undo event's inputs: state, case token and the form the page shows (verdict, 8
+    corrections, confidence, note)."""
+    return [None, token, verdict, *fields.get("corrections", [NO_CHANGE] * 8), fields.get("confidence"),
+            fields.get("note", "")]
 
 
 def test_another_reviewer_cannot_act_on_a_session_by_its_hash(server):
@@ -186,18 +194,29 @@ def test_an_undo_is_for_the_case_on_screen(server):
     c0_token = open_first_case(client, config, session).data[-1]
     assert client.call(fns(config, "save")[0], save_data(c0_token, note="undo race c0"), session).success
     assert client.call(fns(config, "step_next")[0], [None], session).success  # the server moves to c1
-    late = client.call(undo, [None, c0_token], session)  # said in the status line: no error marks on the form
+    late = client.call(undo, undo_data(c0_token, note="undo race c0"), session)  # said in the status line: no error marks on the form
     assert late.success and "The case changed before this undo reached the server" in late.data[0]
-    other = RawClient(server["url"], "dr_b", USERS["dr_b"]).call(undo, [None, c0_token], session)
+    other = RawClient(server["url"], "dr_b", USERS["dr_b"]).call(undo, undo_data(c0_token, note="undo race c0"), session)
     assert not other.success and "belongs to another sign-in" in other.error
     for forged in ("", "0" * 32, None, ["x"], "a" * 100_000):
-        forged_undo = client.call(undo, [None, forged], session)
+        forged_undo = client.call(undo, undo_data(forged, note="undo race c0"), session)
         assert not forged_undo.success or "nothing was undone" in forged_undo.data[0]
     rows, _ = read_corrections(server["log"] / "corrections.csv")
     assert [r["case_id"] for r in rows if r["note"] == "undo race c0"] == ["c0"]  # still standing
     c1_token = client.call(fns(config, "show_case")[0], [None], session).data[-1]
-    nothing = client.call(undo, [None, c1_token], session)
+    nothing = client.call(undo, undo_data(c1_token), session)
     assert nothing.success and "Nothing to undo" in nothing.data[0]
+    # an undo withdraws the review the page shows, and only that one
+    assert client.call(fns(config, "save")[0], save_data(c1_token, "unsure", note="c1 first"), session).success
+    assert client.call(fns(config, "save")[0], save_data(c1_token, "skip", note="c1 second"), session).success
+    for shown in (undo_data(c1_token, "unsure", note="c1 first"), undo_data(c1_token, "skip", note="c1 changed"),
+                  undo_data(c1_token, None), [None, c1_token, "skip", ["x"], *[NO_CHANGE] * 7, None, "c1 second"]):
+        refused = client.call(undo, shown, session)
+        assert refused.success and refused.data[0].startswith("Not undone: the form is not your latest"), shown
+    assert read_corrections(server["log"] / "corrections.csv")[0][-1]["note"] == "c1 second"  # nothing withdrawn
+    undone = client.call(undo, undo_data(c1_token, "skip", note="c1 second"), session)
+    assert undone.success and "Undone: your skip review of case c1 is withdrawn" in undone.data[0]
+    assert "unsure" in undone.data[0] and undone.data[3] == "unsure" and undone.data[-1] == "c1 first"
 
 
 def test_a_queue_row_click_opens_the_case_it_names_and_nothing_else(server):
@@ -517,7 +536,7 @@ def test_reference_labels_come_only_after_a_labelled_save_and_then_the_case_take
     changed = client.call(save, save_data(token, "correct", corrections=[other] + [NO_CHANGE] * 7), session)
     assert not changed.success and "seen the Derm7pt reference labels" in changed.error
     assert client.call(save, save_data(token, "agree"), session).data[0].startswith("Already saved")
-    undone = client.call(fns(config, "undo")[0], [None, token], session)
+    undone = client.call(fns(config, "undo")[0], undo_data(token), session)
     assert undone.success and "Not undone: You have seen the Derm7pt reference labels" in undone.data[0]
     # a manifest that reuses the case's id is not a way around it (nor a way to mix two cases
     # under one id, for anyone)

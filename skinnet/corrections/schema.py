@@ -71,17 +71,31 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
+def one_line(text: str) -> str:
+    """``text`` as the log keeps it: one physical line per row (a row cut short by a crash can
+    never swallow the next one), so each line break becomes a space. What a form sends is put
+    through this before it is compared with, or saved over, what the log holds."""
+    return " ".join(text.replace("\r", "\n").split("\n")) if ("\n" in text or "\r" in text) else text
+
+
 def neutralise(value: object) -> str:
-    """A CSV cell that no spreadsheet runs as a formula (OWASP: prefix a quote)."""
-    text = "" if value is None else str(value)
-    # one physical line per row: a row cut short by a crash can never swallow the next one
-    text = " ".join(text.replace("\r", "\n").split("\n")) if ("\n" in text or "\r" in text) else text
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    """A CSV cell that no spreadsheet runs as a formula (OWASP: prefix a quote). A value that
+    starts with a quote before a formula character or another quote gets one more, so that
+    :func:`restore` gives back exactly ``one_line(value)`` (``'+ve`` stays ``'+ve``)."""
+    text = one_line("" if value is None else str(value))
+    quoted = text.startswith("'") and text[1:2] in QUOTED_AFTER
+    return "'" + text if text.startswith(FORMULA_PREFIXES) or quoted else text
+
+
+QUOTED_AFTER = (*FORMULA_PREFIXES, "'")
+"""After a leading quote, the characters that make it :func:`neutralise`'s (logs written before
+2026-12-07 did not add a quote before a quote, so a value of theirs that began with two quotes now
+reads with one: none is known)."""
 
 
 def restore(value: str) -> str:
     """Inverse of :func:`neutralise` for reading."""
-    return value[1:] if value.startswith("'") and value[1:2] in FORMULA_PREFIXES else value
+    return value[1:] if value.startswith("'") and value[1:2] in QUOTED_AFTER else value
 
 
 @dataclass

@@ -79,14 +79,24 @@ def event(method):
     return run
 
 
-NO_BARS = gr.update(value=None, visible=False)
-"""The five diagnoses' bars while there is no answer to show (an empty gr.Label is a blank box)."""
-CLEARED_OUTPUTS = ("", False, "", NO_BARS, None, None, None, None, [], gr.update(visible=False),
-                   gr.update(visible=False))
-"""What a new pair does to the last pair's results: no message beside the images, no 'show
-anyway', no summary, bars, tables or maps."""
-NO_ANSWER = ("", NO_BARS, None, None)
-"""An analysis that did not run: no summary, bars or tables."""
+# Each of these makes new update dicts on every call: Gradio pops "value" out of an update dict
+# while sending it, so one dict given to two outputs (or kept and returned twice) reaches the
+# second without its value; an image slot "cleared" that way keeps its old image.
+
+def no_bars() -> dict:
+    """The five diagnoses' bars while there is no answer to show (an empty gr.Label is a blank box)."""
+    return gr.update(value=None, visible=False)
+
+
+def cleared_outputs() -> tuple:
+    """What a new pair does to the last pair's results: no message beside the images, no 'show
+    anyway', no summary, bars, tables or maps."""
+    return ("", False, "", no_bars(), None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
+
+
+def no_answer() -> tuple:
+    """An analysis that did not run: no summary, bars or tables."""
+    return ("", no_bars(), None, None)
 
 
 class OnScreen:
@@ -195,12 +205,12 @@ class AppEvents:
                 raise gr.Error(str(err)) from None
             except ImageError as err:  # the refused image leaves its slot; the message says why
                 self.on_screen.show(request, None, slot=0 if name.startswith("clinical") else 1)
-                return (None, f"⚠️ {err}", *CLEARED_OUTPUTS[1:])
+                return (None, f"⚠️ {err}", *cleared_outputs()[1:])
             # the last pair's results go in the same response as the new image (no later step
             # can wipe an analysis the user started meanwhile)
             clean = self.store.add(owner, image) if image is not None else None
             self.on_screen.show(request, clean, slot=0 if name.startswith("clinical") else 1)
-            return (clean, *CLEARED_OUTPUTS)
+            return (clean, *cleared_outputs())
         handler.__name__ = f"upload_{name.split()[0]}"
         return handler
 
@@ -239,7 +249,7 @@ class AppEvents:
         state, _, reviewer = self.act(state, request, profile)
         case_id = review.form_case(state, token)
         if case_id is None:
-            return {**state, "left_draft": None}
+            return {**state, "left_draft": None, "dropped_draft": None}
         values = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
                   note_value)
         return review.keep_draft(state, values, self.log, reviewer, case_id)
@@ -254,7 +264,7 @@ class AppEvents:
         state, owner, reviewer = self.act(state, request, profile)
         images = review.load_case_images(state, self.queue_root)
         values, status = review.form_for_case(state, self.saved(reviewer, state), self.newest_save(reviewer, state))
-        state = review.shown({**state, "left_draft": None})
+        state = review.shown({**state, "left_draft": None, "dropped_draft": None})
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)
         editable = (state.get("case") or {}).get("source", "upload") == "upload"
@@ -276,26 +286,25 @@ class AppEvents:
         predictor computes it once)."""
         if all(image is None for image in pair):
             blank = [{"label": task_label(t)} for t in TASKS]
-            return ("", *NO_ANSWER), blank, gr.update(visible=False), gr.update(visible=False)
+            return ("", *no_answer()), blank, gr.update(visible=False), gr.update(visible=False)
         summary, bars, diagnosis, criteria = answer(self.predictor, *pair, False, bars=False)
         labels = [{"label": update["label"]} for update in form_labels(self.predictor, *pair)]
-        shown_bars = NO_BARS if bars is None else gr.update(value=bars, visible=True)
+        shown_bars = no_bars() if bars is None else gr.update(value=bars, visible=True)
         return ("", summary, shown_bars, diagnosis, criteria), labels, *self._guard_updates(pair, False)
 
     @event
     def own_images(self, state, request: gr.Request, profile: gr.OAuthProfile | None):
         """Close the open case and give back two empty image slots for the reviewer's own pair."""
         state, _, reviewer = self.act(state, request, profile)
-        left = state.get("left_draft")
-        state = {**review.start_upload_case(state, None, None), "left_draft": None}
-        blank = gr.update(value=None, interactive=True)
-        status = (f"Your unsaved changes to case {left} are kept as a draft: open it again to finish."
-                  if left else "")
-        hidden = gr.update(visible=False)
+        left, dropped = state.get("left_draft"), state.get("dropped_draft")
+        state = {**review.start_upload_case(state, None, None), "left_draft": None, "dropped_draft": None}
+        status = " ".join(([f"Your unsaved changes to case {left} are kept as a draft: open it again to finish."]
+                           if left else []) + ([review.dropped_message(dropped)] if dropped else []))
         self.on_screen.show(request, None, None)
-        return (state, blank, blank, review.case_header(state, self.log, reviewer), None,
+        return (state, gr.update(value=None, interactive=True), gr.update(value=None, interactive=True),
+                review.case_header(state, self.log, reviewer), None,
                 *(gr.update(value=NO_CHANGE, label=task_label(t)) for t in TASKS), None, "", status, False, "",
-                *NO_ANSWER, hidden, hidden, form_ready(""), "")
+                *no_answer(), gr.update(visible=False), gr.update(visible=False), form_ready(""), "")
 
     @event
     def open_example(self, state, event: gr.SelectData, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -308,7 +317,7 @@ class AppEvents:
         stored = [self.store.add(owner, im) if im is not None else None
                   for im in (example.clinical, example.dermoscopy)]
         self.on_screen.show(request, *stored)
-        return (*(gr.update(value=path, interactive=True) for path in stored), *CLEARED_OUTPUTS)
+        return (*(gr.update(value=path, interactive=True) for path in stored), *cleared_outputs())
 
     @event
     def swap_images(self, state, clinical_value, dermoscopy_value, request: gr.Request,
@@ -330,9 +339,9 @@ class AppEvents:
         _, owner, _ = self.act(state, request, profile)
         pair, problem = self.open_for_page(owner, (clinical_value, dermoscopy_value))
         if problem or all(image is None for image in pair):
-            return (f"⚠️ {problem or NO_IMAGES}", *NO_ANSWER)
+            return (f"⚠️ {problem or NO_IMAGES}", *no_answer())
         summary, bars, diagnosis, criteria = answer(self.predictor, *pair, anyway is True, bars=False)
-        return "", summary, NO_BARS if bars is None else gr.update(value=bars, visible=True), diagnosis, criteria
+        return "", summary, no_bars() if bars is None else gr.update(value=bars, visible=True), diagnosis, criteria
 
     @event
     def predict(self, state, clinical_value, dermoscopy_value, anyway, request: gr.Request,
@@ -496,10 +505,12 @@ class AppEvents:
     # -- reviews ----------------------------------------------------------------------------------
     @event
     def save(self, state, token, reveal, verdict_value, confidence_value, note_value, diag, pn, streaks,
-             pigmentation, regression, dots, veil, vascular, request: gr.Request, profile: gr.OAuthProfile | None):
+             pigmentation, regression, dots, veil, vascular, shown_anyway, request: gr.Request,
+             profile: gr.OAuthProfile | None):
         """Append the review of the case on screen; with ``reveal`` (a Derm7pt case), the
         reference labels come back with the confirmation (and the reviewer's later changes to
-        that case are refused: they would no longer be an independent reading)."""
+        that case are refused: they would no longer be an independent reading). ``shown_anyway``:
+        the page shows a prediction the lesion check hides (its 'show anyway' was pressed)."""
         state, owner, reviewer = self.act(state, request, profile, "Saving")  # before anything is decoded
         if not state.get("event_id") or token != state["event_id"]:
             raise gr.Error("The case changed before this save reached the server; nothing was saved. "
@@ -510,7 +521,7 @@ class AppEvents:
         images = review.load_case_images(state, self.queue_root)  # the server's own images of the open case
         state, message = review.save_review(state, self.predictor, self.log, reviewer, *images, verdict_value,
                                             dict(zip([t.name for t in TASKS], corrected)),
-                                            confidence_value, note_value)
+                                            confidence_value, note_value, prediction_shown=shown_anyway is True)
         if reveal is True:
             reference = review.reveal_reference(state, self.log, reviewer)
             message = f"{message}\n\n{reference}" if reference else message
@@ -518,15 +529,19 @@ class AppEvents:
         return message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer)
 
     @event
-    def undo(self, state, token, request: gr.Request, profile: gr.OAuthProfile | None):
-        """Withdraw your latest review of the case on screen. What cannot be undone is said in the
-        status line, and the form keeps what it shows (no error marks on its fields)."""
+    def undo(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
+             confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
+        """Withdraw your latest review of the case on screen, if the form shows it. What cannot be
+        undone is said in the status line, and the form keeps what it shows (no error marks on its
+        fields)."""
         state, _, reviewer = self.act(state, request, profile, "Undo")
+        form = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
+                note_value)
         unchanged = (gr.skip(),) * (2 + len(TASKS) + 3)  # header, table, verdict, corrections, confidence, note
         if not state.get("event_id") or token != state["event_id"]:
             return ("The case changed before this undo reached the server; nothing was undone. Check the case on "
                     "screen and undo again.", *unchanged)
-        message, standing, undone = review.undo_last_save(state, self.log, reviewer)
+        message, standing, undone = review.undo_last_save(state, self.log, reviewer, form)
         if not undone:
             return (message, *unchanged)
         return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),

@@ -15,7 +15,7 @@ from ..labels import TASK_BY_NAME, TASKS
 from ..model import HEADS
 from ..predict import Predictor
 from . import access, review, uploads
-from .events import CLEARED_OUTPUTS, AppEvents
+from .events import AppEvents, cleared_outputs
 from .examples import Example, read_examples
 from .exports import Exports
 from .handlers import AUTO_HEAD, CRITERIA_COLUMNS, DIAGNOSIS_COLUMNS, PREDICTED, class_choices
@@ -313,7 +313,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         row_opened.success(lambda: gr.Tabs(selected="review"), None, tabs, api_visibility="private")
         with_maps(row_opened)
         leaving(own_button.click, (events.own_images, state, case_outputs)).success(
-            lambda: CLEARED_OUTPUTS, None, cleared, api_visibility="private")
+            cleared_outputs, None, cleared, api_visibility="private")
         export_button.click(events.export_labels, export_rule, export_file, **private)
         agreement_button.click(events.agreement, None, agreement_view, **private)
         # typed or picked by the user, not loaded. In the browser, not on the server: a server round
@@ -325,10 +325,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         # keys.js holds moves while a save or undo is under way (their answers name the case on
         # screen); their answer in, it lets the moves go and says so when the form changed meanwhile
         save_answered = f"(status) => window.skinnetForm?.answered() ? {unsaved} : status"
-        save.click(events.save, [state, case_token, reveal, verdict, confidence, note, *corrections],
+        save.click(events.save, [state, case_token, reveal, verdict, confidence, note, *corrections, show_anyway],
                    [save_status, header, queue_view], concurrency_limit=4, **private).then(
             None, save_status, save_status, js=save_answered, api_visibility="private", queue=False)
-        undo.click(events.undo, [state, case_token],
+        undo.click(events.undo, form_inputs,
                    [save_status, header, queue_view, verdict, *corrections, confidence, note], **private).then(
             None, None, None, js="() => { window.skinnetForm?.undone(); }", api_visibility="private", queue=False)
         app.load(events.refresh_queues, None, queue_file, **private)

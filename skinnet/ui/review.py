@@ -21,7 +21,7 @@ import pandas as pd
 from PIL.Image import Image
 
 from ..corrections import (CHANGED, CONFIRMED, LABELLED_VERDICTS, MAX_NOTE, NO_CHANGE, RETRACT, VERDICTS,
-                          CorrectionsError, CorrectionsLog, Review, is_answer, new_event_id, task_labels)
+                          CorrectionsError, CorrectionsLog, Review, is_answer, new_event_id, one_line, task_labels)
 from ..data import DatasetError
 from ..files import write_atomically
 from ..imaging import ImageError, load_rgb, pixel_sha256
@@ -53,6 +53,7 @@ class ReviewSession(TypedDict, total=False):
     drafts: dict[str, dict]  # case id -> {"form": the form's unsaved values, "base": the saved review they change}
     other_drafts: dict[str, dict]  # the queues left for another: queue_key -> {"at": when left, "drafts": their drafts}
     left_draft: str | None  # the case just left with a draft (the status line says so)
+    dropped_draft: str | None  # the case whose draft went to keep the queue's drafts bounded (said once)
     shown: list[str]  # [token, case id] of the case whose form was last sent to the page
 
 
@@ -528,7 +529,8 @@ def cap_aside(aside: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
 
 def clean_form(values) -> tuple | None:
     """The review form's values as sent by a browser (verdict, the 8 corrections, confidence,
-    note), or None when they are not values the form can hold (a raw call)."""
+    note, its line breaks as the log keeps them: spaces), or None when they are not values the
+    form can hold (a raw call)."""
     if not isinstance(values, (list, tuple)) or len(values) != len(TASKS) + 3:
         return None
     verdict, *corrected, confidence, note = values
@@ -538,7 +540,7 @@ def clean_form(values) -> tuple | None:
         return None
     if any(not isinstance(v, str) or (v != NO_CHANGE and not is_answer(t, v)) for t, v in zip(TASKS, corrected)):
         return None
-    return (verdict, *corrected, confidence, note or "")
+    return (verdict, *corrected, confidence, one_line(note or ""))  # compared with what the log gives back
 
 
 def _storable(text: str) -> bool:
@@ -576,16 +578,23 @@ def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str 
     draft, for the next message."""
     case_id = case_id or (state.get("case") or {}).get("case_id")
     if not reviewer or not case_id:
-        return {**state, "left_draft": None}
+        return {**state, "left_draft": None, "dropped_draft": None}
     values = clean_form(values)
     drafts = dict(state.get("drafts") or {})
     unsaved = values is not None and values != form_values(log.latest_review(reviewer, case_id))
     drafts.pop(case_id, None)
+    dropped = None
     if unsaved:
         drafts[case_id] = make_draft(values, log.newest_save(reviewer, case_id))
         while len(drafts) > MAX_DRAFTS:
-            drafts.pop(next(iter(drafts)))
-    return {**state, "drafts": drafts, "left_draft": case_id if unsaved else None}
+            dropped = next(iter(drafts))
+            drafts.pop(dropped)
+    return {**state, "drafts": drafts, "left_draft": case_id if unsaved else None, "dropped_draft": dropped}
+
+
+def dropped_message(case_id: str) -> str:
+    return (f"Drafts are kept for at most {MAX_DRAFTS} cases of a queue file: the oldest, of case {case_id}, "
+            "is dropped.")
 
 
 def form_for_case(state: ReviewSession, saved: dict | None, newest_save: str | None) -> tuple[tuple, str]:
@@ -598,6 +607,8 @@ def form_for_case(state: ReviewSession, saved: dict | None, newest_save: str | N
     left = state.get("left_draft")
     if left and left != case_id:
         lines.append(f"Your unsaved changes to case {left} are kept as a draft: open it again to finish.")
+    if state.get("dropped_draft"):
+        lines.append(dropped_message(state["dropped_draft"]))
     if draft is not None and is_stale(draft, newest_save):
         lines.append("Your unsaved draft of this case was older than the review you saved since (in another queue "
                      "or tab): it is dropped, and the saved review is shown.")
@@ -613,9 +624,15 @@ def form_for_case(state: ReviewSession, saved: dict | None, newest_save: str | N
 
 def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog, reviewer: str | None,
                 clinical: Image | None, dermoscopy: Image | None, verdict: str | None,
-                corrected: dict[str, str], confidence: int | None, note: str) -> tuple[dict, str]:
+                corrected: dict[str, str], confidence: int | None, note: str,
+                prediction_shown: bool = True) -> tuple[dict, str]:
     """Append the open case's review to the log. Saving what is already your latest review of
     the case logs nothing; a changed review appends a row that supersedes the earlier one.
+
+    Refused, with what to do instead: a review whose verdict does not fit its labels ("correct"
+    without a change, "agree" with one, "unsure" or "skip" with labels picked: they would be
+    dropped unsaid), and "agree" while the lesion check hides the prediction and the page was not
+    told to show it anyway (``prediction_shown``): it would confirm labels nobody saw.
 
     Returns:
         The state and a status message.
@@ -639,7 +656,16 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
         raise gr.Error("Verdict 'correct' needs at least one corrected label (or choose 'agree').")
     if verdict == "agree" and changed:
         raise gr.Error("Verdict 'agree' with corrected labels: choose 'correct' instead.")
+    if verdict in ("unsure", "skip") and changed:
+        raise gr.Error(f"Verdict '{verdict}' keeps no labels, and you picked {', '.join(changed.values())}: "
+                       "choose 'correct' to save them, or set them back to 'no change'.")
     prediction = predictor.predict(clinical, dermoscopy)
+    hidden = prediction.checks is not None and not prediction.checks.trustworthy and prediction_shown is not True
+    if verdict == "agree" and hidden:
+        raise gr.Error("The prediction of this case is hidden (see 'No prediction shown' under the images): "
+                       "'agree' would confirm labels you have not seen. Show the prediction anyway first, or "
+                       "choose another verdict.")
+    flattened = one_line(note or "")
     review = Review(
         event_id=state["event_id"], reviewer=reviewer, case_id=state["case"]["case_id"],
         source=state["case"]["source"], verdict=verdict,
@@ -647,7 +673,7 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
         corrected={t.name: corrected.get(t.name) or NO_CHANGE for t in TASKS},
         model_version=predictor.version, checkpoint_sha256=predictor.checkpoint_sha256,
         seconds_spent=time.time() - (state.get("opened_at") or time.time()),
-        confidence=confidence if confidence not in (None, "") else None, note=note or "")
+        confidence=confidence if confidence not in (None, "") else None, note=flattened)
     previous = log.latest_review(reviewer, review.case_id)
     # the log's size enters the id: after an undo the same answer is a new save, not a repeat
     review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
@@ -660,14 +686,21 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
     if not logged:
         return state, f"Already saved: your review of case {review.case_id} is unchanged (logged once)."
     replaced = " (replaces your earlier review of this case)" if previous is not None else ""
-    return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s){replaced}."
+    lines = " The note's line breaks are saved as spaces." if flattened != (note or "") else ""
+    return state, f"Saved: {verdict} for case {review.case_id} ({review.seconds_spent:.0f} s){replaced}.{lines}"
 
 
-def undo_last_save(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> tuple[str, dict | None, bool]:
+def undo_last_save(state: ReviewSession, log: CorrectionsLog, reviewer: str | None,
+                   form=None) -> tuple[str, dict | None, bool]:
     """Withdraw your latest review of the open case with an appended retraction row (the log
     stays append-only; readers drop both). Returns (message, the review that now stands, whether
     anything was undone): an undo with nothing to withdraw is a message, not an error, so the form
-    keeps what it shows."""
+    keeps what it shows.
+
+    ``form``: the values the page shows (verdict, the 8 corrections, confidence, note). The undo
+    withdraws the latest review only when the page shows it: after another tab saved or undid,
+    or with unsaved changes in the form, the page's Undo would act on a review it does not
+    show, so it is refused with a message. None (a library caller): no such check."""
     if reviewer is None:
         raise gr.Error("Undo needs a signed-in reviewer.")
     case = state.get("case")
@@ -676,6 +709,11 @@ def undo_last_save(state: ReviewSession, log: CorrectionsLog, reviewer: str | No
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
         return f"Nothing to undo: you have no saved review of case {case['case_id']}.", None, False
+    if form is not None and clean_form(form) != form_values(latest):
+        when = latest["logged_at"][:16].replace("T", " ")
+        return (f"Not undone: the form is not your latest saved review of case {case['case_id']} ({latest['verdict']}, "
+                f"{when} UTC): it has unsaved changes, or another tab or window saved or undid since. Save the "
+                "form, or open the case again to see the review that stands, then undo."), None, False
     predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
     retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
                         case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
