@@ -7,9 +7,10 @@ written in docs/results.md before their runs ("The next model: candidates out of
 A "helps" candidate passes when the 95% paired-bootstrap interval of the 8-task average's
 difference has its low end above 0 and its DIAG is not below the reference's; the distilled
 student's older rule asks for an average at least 1.0 point above and DIAG not below. Only a
-verdict on every case of the reference counts ("so far" otherwise). Of the candidates that pass
-(at most 6M parameters), the highest OOF average is the next model, to be refit, calibrated from
-its own OOF predictions and scored on test once. No test case is read here.
+verdict on all 616 train + valid cases counts ("so far" otherwise). Once every candidate has its
+verdict, the passing one (at most 6M parameters) with the highest OOF average is the next model,
+to be refit, calibrated from its own OOF predictions and scored on test once. No test case is
+read here.
 
 Writes ``benchmarks/results/candidates_oof.json`` and rewrites the section of docs/results.md
 between its ``candidates-oof`` markers; ``--json`` and ``--results-md`` point elsewhere.
@@ -26,6 +27,7 @@ from skinnet.data import Derm7pt
 from skinnet.labels import TASK_NAMES
 from skinnet.model import count_parameters, create_model
 from training import ledger
+from training.folds import pool_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "e_method"
@@ -55,6 +57,24 @@ def verdict(rule: str, result: dict | None, complete: bool) -> str:
     return word if complete else f"{word} so far ({result['n_cases']} cases; pending)"
 
 
+def decide(rows: list[dict]) -> str:
+    """The rule's choice: only when every candidate has its final verdict (a pending one could still
+    pass with a higher average), the passing one with the highest OOF average and at most 6M
+    parameters; test is scored once, for that one only."""
+    passing = [r for r in rows if r["verdict"] == "passes"]
+    too_big = [r["entry"] for r in passing if r["params"] > MAX_PARAMS]
+    winners = [r for r in passing if r["params"] <= MAX_PARAMS]
+    pending = [r["entry"] for r in rows if not r["complete"]]
+    note = f"; {', '.join(too_big)} passes but has more than {MAX_PARAMS / 1e6:.0f}M parameters" if too_big else ""
+    if pending:
+        so_far = f"{', '.join(r['entry'] for r in winners)} passes" if winners else "none passes so far"
+        return f"no choice yet: {so_far}; waiting for {', '.join(pending)}{note}"
+    if not winners:
+        return f"no candidate: the shipped card stays{note}"
+    best = max(winners, key=lambda r: r["result"]["avg_a"])
+    return f"next model: {best['entry']} (refit, calibrate from its own OOF, score test once){note}"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="Derm7pt release_v0 (labels and case rows; no image is read)")
@@ -68,8 +88,10 @@ def main(argv=None) -> dict:
     entries = {name: ledger.Experiment.load(Path(args.root) / name) for name in names}
     # one look at the ledger for everything below (a fold that lands meanwhile waits for the next run)
     done = {name: [k for k in e.planned_folds() if e.done(k)] for name, e in entries.items()}
-    complete = {name: done[name] == list(e.planned_folds()) for name, e in entries.items()}
+    if not done[REFERENCE]:
+        raise SystemExit(f"{REFERENCE} has no finished fold: nothing to compare the candidates with")
     reference_cases = len(ledger.read_entry_oof(entries[REFERENCE], data, folds=done[REFERENCE])["case_ids"])
+    pool = len(pool_cases(data))  # every train + valid case: only a verdict on all of them counts
 
     rows = []
     for name, (label, rule, backbone) in CANDIDATES.items():
@@ -77,17 +99,13 @@ def main(argv=None) -> dict:
         result = (compare(summarise(entries[name], data, common), summarise(entries[REFERENCE], data, common))
                   if common else None)
         params = count_parameters(create_model(backbone=backbone))
+        complete = result is not None and result["n_cases"] == pool
         rows.append({"entry": name, "label": label, "rule": rule, "rule_text": RULES[rule], "params": params,
                      "ledger": f"experiments/{name}", "folds_done": done[name], "folds": common,
-                     "complete": complete[name] and complete[REFERENCE], "result": result,
-                     "verdict": verdict(rule, result, complete[name] and complete[REFERENCE])})
-    winners = [r for r in rows if r["verdict"] == "passes" and r["params"] <= MAX_PARAMS]
-    best = max(winners, key=lambda r: r["result"]["avg_a"]) if winners else None
-    everything_decided = all(r["complete"] for r in rows)
-    decision = (f"next model: {best['entry']} (refit, calibrate from its own OOF, score test once)" if best else
-                "no candidate: the shipped card stays" if everything_decided else
-                "no candidate yet (folds pending)")
-    output = {"reference": REFERENCE, "reference_cases": reference_cases, "candidates": rows, "decision": decision}
+                     "complete": complete, "result": result, "verdict": verdict(rule, result, complete)})
+    output = {"reference": REFERENCE, "reference_cases": reference_cases, "pool_cases": pool, "candidates": rows,
+              "decision": decide(rows)}
+    decision = output["decision"]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(output, indent=1) + "\n")
 

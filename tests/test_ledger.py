@@ -190,7 +190,8 @@ def test_the_candidates_table_follows_the_rules_written_before_the_runs(tmp_path
     """benchmarks/candidates_oof.py on made-up entries: the reference (e_method) wrong on every
     third DIAG case; g_lite1 right everywhere (passes "helps"), i_epochs40 the same as the
     reference (level: does not pass), h_distilled right everywhere but with a fold missing (so
-    far). The decision names the one that passed on every case, and no other section moves."""
+    far). Nothing is chosen while a candidate is pending; then the passing one with the highest
+average is, and no other section of the file moves."""
     from conftest import benchmark
 
     release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
@@ -209,10 +210,20 @@ def test_the_candidates_table_follows_the_rules_written_before_the_runs(tmp_path
     assert rows["g_lite1"]["params"] < count_parameters(create_model(backbone="tf_efficientnet_lite2"))
     assert rows["i_epochs40"]["verdict"] == "does not pass" and rows["i_epochs40"]["result"]["avg_difference"] == 0
     assert rows["h_distilled"]["verdict"].startswith("passes so far") and rows["h_distilled"]["folds"] == [0, 1]
-    assert result["decision"].startswith("next model: g_lite1")
+    # a pending candidate could still pass with a higher average: nothing is chosen yet
+    assert result["decision"] == "no choice yet: g_lite1 passes; waiting for h_distilled"
     text = markdown.read_text()
     assert "STALE" not in text and "kept" in text and text.endswith("<!-- candidates-oof:end -->\nafter\n")
-    assert "**Decision: next model: g_lite1" in text and "| `h_distilled`: " in text
+    assert "**Decision: no choice yet: g_lite1 passes" in text and "| `h_distilled`: " in text
+    # h_distilled's last fold: it passes too (DIAG above the reference's), with a lower average
+    made_up_entry(Derm7pt(release), root / "h_distilled", [2], diag_wrong_every=2)
+    benchmark([ROOT / "benchmarks" / "candidates_oof.py", "--data-root", release, "--root", root,
+               "--json", tmp_path / "candidates.json", "--results-md", markdown])
+    result = json.loads((tmp_path / "candidates.json").read_text())
+    rows = {r["entry"]: r for r in result["candidates"]}
+    assert rows["h_distilled"]["verdict"] == "passes" and rows["h_distilled"]["result"]["avg_a"] < 1.0
+    assert result["decision"].startswith("next model: g_lite1")
+    assert "**Decision: next model: g_lite1" in markdown.read_text()
 
 def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
     """benchmarks/stacking_oof.py end to end on a synthetic entry: every variant scores every case."""
