@@ -14,6 +14,7 @@ from skinnet.predict import Predictor
 from test_browser import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401  (same skip rule)
 from skinnet_testkit.queues import write_queue
 from test_review_e2e import choose, reviewer_app, wait_until_restored
+from test_review_saves import drafts_setup
 
 SLOW_S = 2.5
 """How long the model takes for the slow case (c1's images), so that a move to it can be watched."""
@@ -462,34 +463,12 @@ def test_drafts_stay_with_their_queue_file_across_switches_and_reloads(tmp_path)
     assert "Your 1 unsaved draft in an earlier version of queue/manifest.csv stays aside" in said
 
 
-def _slips_setup(tmp_path):
-    from skinnet.corrections import CorrectionsLog
-    from skinnet.ui import review
-
-    write_queue(tmp_path / "queues" / "queue", n=3)
-    write_queue(tmp_path / "queues" / "other", n=3, seed=12, prefix="o")
-    log = CorrectionsLog(tmp_path / "log")
-
-    def open_(state, name):
-        state = review.with_server_drafts(state, log.folder, "dr_a")  # as the app's open_queue does
-        return review.open_queue_handler(state, str(tmp_path / "queues" / name), tmp_path / "queues", log, "dr_a",
-                                         name)
-
-    def draft_and_leave(state, values):  # the open case's form changed, then the next case opened
-        state = review.keep_draft(state, values, log, "dr_a")
-        state = review.move(state, "next", log, "dr_a")
-        review.remember(state, log.folder, "dr_a")
-        return state
-
-    return review, log, open_, draft_and_leave
-
-
 def test_a_changed_last_queue_file_does_not_wipe_the_drafts_of_other_queues(tmp_path):
     """The reload after the last open queue file changed on disk restores nothing (its order means
     nothing now). The next queue opened used to write an empty set of put-aside drafts over the
     server's: the drafts of every queue were gone, unsaid. Now they all stay, the changed file's too
     (kept for its old version)."""
-    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    review, log, open_, draft_and_leave = drafts_setup(tmp_path)
     values = ("correct", "SK", *["no change"] * 7, 3, "queue c0")
     state = draft_and_leave(review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a"),
                             values)
@@ -510,7 +489,7 @@ def test_two_tabs_of_one_reviewer_keep_each_others_drafts(tmp_path):
     """One reviewer, two tabs, one queue file in each. Each tab wrote its own view of the drafts
     put aside over the server's, so a reload lost the other tab's drafts. Now the server's copy
     and the tab's are merged (the copy put aside last wins per file)."""
-    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    review, log, open_, draft_and_leave = drafts_setup(tmp_path)
     tab_1 = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
     tab_1 = draft_and_leave(tab_1, ("unsure", *["no change"] * 8, 2, "tab 1"))
     tab_2 = review.move(open_(review.new_state(), "other/manifest.csv")[0], "next", log, "dr_a")
@@ -532,7 +511,7 @@ def test_an_older_draft_never_replaces_a_review_saved_since(tmp_path):
     the saved review is shown and the reviewer told why."""
     from skinnet_testkit.reviews import review as a_review
 
-    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    review, log, open_, draft_and_leave = drafts_setup(tmp_path)
     state = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
     state = draft_and_leave(state, ("correct", "SK", *["no change"] * 7, 3, "old draft"))
     log.append(a_review(verdict="agree", case_id="c0"))  # saved since, elsewhere
@@ -570,7 +549,7 @@ def test_a_draft_of_an_uploaded_pair_goes_along_to_any_queue(tmp_path):
     """Drafts of an uploaded pair made before any queue was open (nothing to put them aside
     under) were dropped, unsaid, when a queue was opened. An upload's id is its pixels' hash: the
     same lesion whatever the queue, so its draft now stays with the reviewer across queues."""
-    review, log, open_, _ = _slips_setup(tmp_path)
+    review, log, open_, _ = drafts_setup(tmp_path)
     images = tmp_path / "queues" / "queue" / "img"
     state = review.start_upload_case(review.new_state(), str(images / "c0_clin.jpg"), str(images / "c0_derm.png"))
     upload = state["case"]["case_id"]
@@ -586,7 +565,7 @@ def test_a_draft_discarded_in_one_tab_does_not_come_back_from_another(tmp_path):
     """Tab B leaves a draft in queue Q1 and moves to Q2; tab A opens Q1 (the draft comes with
     it), discards the draft and moves to Q2. B still holds its old copy of Q1's drafts: its next
     step must not put the discarded draft back on the server for a reload or a third tab."""
-    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    review, log, open_, draft_and_leave = drafts_setup(tmp_path)
     values = ("unsure", *["no change"] * 8, 2, "discard me")
     tab_b = draft_and_leave(review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a"),
                             values)
@@ -607,7 +586,7 @@ def test_a_draft_discarded_in_one_tab_does_not_come_back_from_another(tmp_path):
 def test_a_session_file_with_odd_values_restores_what_it_can(tmp_path):
     """The server-side file of a reviewer, written by hand or by an older app: numbers too big
     for a float, wrong types. Restoring and the next steps work; what cannot be read is left out."""
-    review, log, open_, draft_and_leave = _slips_setup(tmp_path)
+    review, log, open_, draft_and_leave = drafts_setup(tmp_path)
     draft_and_leave(review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a"),
                     ("unsure", *["no change"] * 8, 2, "kept"))
     path = review._session_file(log.folder, "dr_a")
@@ -631,7 +610,7 @@ def test_put_aside_drafts_are_bounded_and_a_broken_note_is_no_draft(tmp_path):
     kept as a draft at all."""
     from skinnet.corrections import MAX_NOTE
 
-    review, log, _, _ = _slips_setup(tmp_path)
+    review, log, _, _ = drafts_setup(tmp_path)
     heavy = {f"c{i}": {"form": ["unsure", *["no change"] * 8, 1, "\U0001F600" * MAX_NOTE], "base": None}
              for i in range(review.MAX_DRAFTS)}
     aside = {review.queue_key(f"q{n}/manifest.csv", f"{n:064x}"): {"at": float(n), "drafts": dict(heavy)}
@@ -647,107 +626,6 @@ def test_put_aside_drafts_are_bounded_and_a_broken_note_is_no_draft(tmp_path):
     assert review.clean_form(("agree", *["no change"] * 8, None, "broken \ud800 note")) is None
 
 
-
-def _saving_setup(tmp_path, checkpoint=None):
-    """(review module, log, state with c0 of the queue open, c0's images, predictor, save): save(verdict,
-    corrections dict or None, note, **kw) saves c0 as dr_a and returns the status message."""
-    review, log, open_, _ = _slips_setup(tmp_path)
-    predictor = Predictor.from_checkpoint(checkpoint or tiny_checkpoint(tmp_path))
-    state = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
-    assert state["case"]["case_id"] == "c0"
-    images = review.load_case_images(state, tmp_path / "queues")
-
-    def save(verdict, corrected=None, note="", confidence=None, **kw):
-        corrected = {t.name: (corrected or {}).get(t.name, "no change") for t in TASKS}
-        return review.save_review(state, predictor, log, "dr_a", *images, verdict, corrected, confidence, note, **kw)[1]
-
-    return review, log, state, save
-
-
-@pytest.mark.parametrize("note", ["first line\nsecond line", "a\r\nb\rc", "'+ve for MEL? second opinion",
-                                  "'=SUM(A1)", "''two quotes", "'-already", "=formula\nand a line"])
-def test_a_saved_note_is_what_the_form_holds_and_saving_it_again_logs_nothing(tmp_path, note):
-    """A note with a line break (Shift+Enter, a paste) or starting with a quote before = + - @ was
-    saved changed (line breaks as spaces, the quote dropped on reading): the form then differed
-    from the saved review, so each later Save logged the same review again and the case stayed
-    marked "unsaved draft". Now the log gives back what a form with that note compares as, the
-    status says when line breaks became spaces, and a second save, the draft check and Undo all
-    see the saved review."""
-    from skinnet.corrections import one_line
-
-    review, log, state, save = _saving_setup(tmp_path)
-    said = save("unsure", note=note)
-    assert said.startswith("Saved: unsure for case c0")
-    assert ("line breaks are saved as spaces" in said) == ("\n" in note or "\r" in note)
-    saved = rows_of(log)
-    assert [r["note"] for r in saved] == [one_line(note)] and one_line(note) == note.replace("\r\n", "\n\n") \
-        .replace("\r", "\n").replace("\n", " ")
-    assert save("unsure", note=note).startswith("Already saved") and len(rows_of(log)) == 1
-    form = ("unsure", *["no change"] * 8, None, note)
-    kept = review.keep_draft(state, form, log, "dr_a")
-    assert kept["left_draft"] is None and "c0" not in kept["drafts"]
-    assert "unsaved draft" not in review.case_header(kept, log, "dr_a")
-    message, _, undone = review.undo_last_save(state, log, "dr_a", form)
-    assert undone, message
-
-
-def rows_of(log):
-    return read_corrections(log.folder)[0] if any(log.folder.glob("shards/*.csv")) else []
-
-
-@pytest.mark.parametrize("verdict", ["unsure", "skip"])
-def test_labels_picked_under_unsure_or_skip_are_refused_not_dropped(tmp_path, verdict):
-    """MEL picked, then the verdict set to unsure: "Saved" came back and MEL was nowhere in the log
-    (unsure and skip keep no labels), and the case stayed marked as an unsaved draft. Now the save
-    is refused with what to do, nothing is logged, and the same verdict without labels saves."""
-    import gradio as gr
-
-    _, log, _, save = _saving_setup(tmp_path)
-    with pytest.raises(gr.Error, match=f"Verdict '{verdict}' keeps no labels, and you picked MEL, ATP"):
-        save(verdict, {"DIAG": "MEL", "PN": "ATP"}, note="maybe melanoma")
-    assert rows_of(log) == []
-    assert save(verdict, note="maybe melanoma").startswith(f"Saved: {verdict}")
-
-
-def test_agree_is_refused_while_the_prediction_is_hidden_until_it_is_shown(tmp_path):
-    """The lesion check hid the prediction (every task "prediction hidden"), and "agree" saved the
-    eight hidden labels as confirmed: labels the reviewer never saw, which training then uses.
-    Now "agree" needs the prediction on screen ('show anyway'); the other verdicts are unchanged."""
-    import gradio as gr
-    import numpy as np
-    from app_helpers import guarded_checkpoint
-    from skinnet.imaging import load_rgb
-    from skinnet_testkit.non_lesion import generated_images
-    from skinnet_testkit.synthetic import dermoscopy_like_image
-
-    review, log, _, _ = _slips_setup(tmp_path)
-    predictor = Predictor.from_checkpoint(guarded_checkpoint(tmp_path / "guarded"))
-    document, derm = tmp_path / "page.png", tmp_path / "derm.jpg"
-    dict(generated_images())["document-1"].save(document)
-    dermoscopy_like_image(np.random.default_rng(21)).save(derm, quality=90)
-    pair = load_rgb(document), load_rgb(derm)
-    assert not predictor.predict(*pair).checks.trustworthy  # the page would say "No prediction shown"
-    state = review.start_upload_case(review.new_state(), str(document), str(derm))
-    blank = {t.name: "no change" for t in TASKS}
-    with pytest.raises(gr.Error, match="'agree' would confirm labels you have not seen"):
-        review.save_review(state, predictor, log, "dr_a", *pair, "agree", blank, None, "", prediction_shown=False)
-    assert rows_of(log) == []
-    said = review.save_review(state, predictor, log, "dr_a", *pair, "agree", blank, None, "", prediction_shown=True)[1]
-    assert said.startswith("Saved: agree") and [r["verdict"] for r in rows_of(log)] == ["agree"]
-
-
-def test_the_draft_that_goes_to_keep_a_queues_drafts_bounded_is_named(tmp_path):
-    """Drafts of a queue file are capped (MAX_DRAFTS); the oldest went unsaid, and reopening its
-    case showed a blank form. Now the next status line names it, once."""
-    review, log, _, _ = _slips_setup(tmp_path)
-    state = review.new_state()
-    for i in range(review.MAX_DRAFTS + 1):
-        state = review.keep_draft(state, ("unsure", *["no change"] * 8, None, f"draft {i}"), log, "dr_a", f"x{i}")
-        assert state["dropped_draft"] == (None if i < review.MAX_DRAFTS else "x0")
-    assert len(state["drafts"]) == review.MAX_DRAFTS and "x0" not in state["drafts"]
-    state = {**state, "case": {"case_id": "x5", "source": "upload"}}
-    _, said = review.form_for_case(state, None, None)
-    assert f"at most {review.MAX_DRAFTS} cases of a queue file: the oldest, of case x0, is dropped" in said
 
 def test_a_session_holds_only_the_keys_its_type_declares(tmp_path):
     """Every step of a reviewer's session (open, filter, move, draft, restore, an upload case,

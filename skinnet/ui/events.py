@@ -221,9 +221,10 @@ class AppEvents:
         paths = [self.store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
         state = review.start_upload_case(state, *(str(p) if p else None for p in paths))
         # the form shows this pair's draft or saved review (its id is its pixels' hash), or a blank form
-        values, status = review.form_for_case(state, self.saved(reviewer, state), self.newest_save(reviewer, state))
+        saved = self.saved(reviewer, state)
+        values, status = review.form_for_case(state, saved, self.newest_save(reviewer, state))
         token = state.get("event_id") or ""
-        state = review.shown(state)
+        state = review.shown(state, values, saved)
         self.on_screen.show(request, *paths)
         return (state, review.case_header(state, self.log, reviewer), *values, status, form_ready(token), token)
 
@@ -263,8 +264,9 @@ class AppEvents:
         right arrow lead to are prepared (:mod:`skinnet.ui.prepare`); the maps follow this case."""
         state, owner, reviewer = self.act(state, request, profile)
         images = review.load_case_images(state, self.queue_root)
-        values, status = review.form_for_case(state, self.saved(reviewer, state), self.newest_save(reviewer, state))
-        state = review.shown({**state, "left_draft": None, "dropped_draft": None})
+        saved = self.saved(reviewer, state)
+        values, status = review.form_for_case(state, saved, self.newest_save(reviewer, state))
+        state = review.shown({**state, "left_draft": None, "dropped_draft": None}, values, saved)
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)
         editable = (state.get("case") or {}).get("source", "upload") == "upload"

@@ -55,6 +55,7 @@ class ReviewSession(TypedDict, total=False):
     left_draft: str | None  # the case just left with a draft (the status line says so)
     dropped_draft: str | None  # the case whose draft went to keep the queue's drafts bounded (said once)
     shown: list[str]  # [token, case id] of the case whose form was last sent to the page
+    shown_review: list | None  # the saved review's form values the page got with that case (None: it got a draft)
 
 
 def new_state() -> ReviewSession:
@@ -175,6 +176,8 @@ def open_queue_handler(state: ReviewSession, path: str, root: Path | None, log: 
             notes.append(f"Unsaved drafts in {', '.join(dropped)} were dropped: drafts are kept for at most "
                          f"{MAX_OTHER_QUEUES} other queue files and {MAX_DRAFTS_ASIDE} drafts.")
         drafts = {**drafts, **uploads}
+    if state.get("dropped_draft"):  # the last move's keep_draft dropped it; the new state forgets the key
+        notes.append(dropped_message(state["dropped_draft"]))
     state = {**new_state(), "owner": state.get("owner"), "all": cases, "queue_sha256": digest, "queue_file": name,
              "filters": {**NO_FILTERS, "split": split}, "drafts": drafts, "other_drafts": other_drafts}
     state = apply_filters(state, log, reviewer)
@@ -551,10 +554,23 @@ def _storable(text: str) -> bool:
         return False
 
 
-def shown(state: ReviewSession) -> ReviewSession:
-    """The state as its case's form and token go to the page (what :func:`form_case` checks a form against)."""
+def shown(state: ReviewSession, values: tuple | None = None, saved: dict | None = None) -> ReviewSession:
+    """The state as its case's form and token go to the page (what :func:`form_case` checks a form
+    against). ``values``: the form sent; when it is the saved review ``saved`` (or the blank form
+    and nothing saved), it is remembered as ``shown_review``: a page that shows an older review
+    because another tab saved since has no unsaved changes (:func:`keep_draft`, :func:`undo_last_save`)."""
     case_id = (state.get("case") or {}).get("case_id")
-    return {**state, "shown": [state["event_id"], case_id]} if case_id and state.get("event_id") else state
+    if not (case_id and state.get("event_id")):
+        return state
+    as_saved = list(values) if values is not None and tuple(values) == form_values(saved) else None
+    return {**state, "shown": [state["event_id"], case_id], "shown_review": as_saved}
+
+
+def review_shown(state: ReviewSession, case_id: str) -> tuple | None:
+    """The saved review's form values the page got with ``case_id`` (None: it got a draft, or another case)."""
+    shown_case = (state.get("shown") or [None, None])[1]
+    as_saved = state.get("shown_review")
+    return tuple(as_saved) if shown_case == case_id and isinstance(as_saved, list) else None
 
 
 def form_case(state: ReviewSession, token) -> str | None:
@@ -574,14 +590,17 @@ def keep_draft(state: ReviewSession, values, log: CorrectionsLog, reviewer: str 
                case_id: str | None = None) -> ReviewSession:
     """Before the reviewer leaves a case: the form's values become the draft of ``case_id`` (by
     default the open case) when they differ from what is saved (the latest review, or the blank
-    form), and any draft of it goes when they do not. ``left_draft`` names the case left with a
+    form) and from the saved review the page was given with the case, and any draft of it goes
+    when they do not. ``left_draft`` names the case left with a
     draft, for the next message."""
     case_id = case_id or (state.get("case") or {}).get("case_id")
     if not reviewer or not case_id:
         return {**state, "left_draft": None, "dropped_draft": None}
     values = clean_form(values)
     drafts = dict(state.get("drafts") or {})
-    unsaved = values is not None and values != form_values(log.latest_review(reviewer, case_id))
+    # a form as the page got it is no change, though another tab may have saved a newer review since
+    unsaved = (values is not None and values != form_values(log.latest_review(reviewer, case_id))
+               and values != review_shown(state, case_id))
     drafts.pop(case_id, None)
     dropped = None
     if unsaved:
@@ -657,14 +676,12 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
     if verdict == "agree" and changed:
         raise gr.Error("Verdict 'agree' with corrected labels: choose 'correct' instead.")
     if verdict in ("unsure", "skip") and changed:
-        raise gr.Error(f"Verdict '{verdict}' keeps no labels, and you picked {', '.join(changed.values())}: "
-                       "choose 'correct' to save them, or set them back to 'no change'.")
+        if not all(is_answer(task, changed[task.name]) for task in TASKS if task.name in changed):
+            raise gr.Error("Corrections must be class names or 'no change'.")
+        picked = ", ".join(f"{task.name} {changed[task.name]}" for task in TASKS if task.name in changed)
+        raise gr.Error(f"Verdict '{verdict}' keeps no labels, and you picked {picked}: choose 'correct' to save "
+                       "them, or set them back to 'no change'.")
     prediction = predictor.predict(clinical, dermoscopy)
-    hidden = prediction.checks is not None and not prediction.checks.trustworthy and prediction_shown is not True
-    if verdict == "agree" and hidden:
-        raise gr.Error("The prediction of this case is hidden (see 'No prediction shown' under the images): "
-                       "'agree' would confirm labels you have not seen. Show the prediction anyway first, or "
-                       "choose another verdict.")
     flattened = one_line(note or "")
     review = Review(
         event_id=state["event_id"], reviewer=reviewer, case_id=state["case"]["case_id"],
@@ -675,6 +692,14 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
         seconds_spent=time.time() - (state.get("opened_at") or time.time()),
         confidence=confidence if confidence not in (None, "") else None, note=flattened)
     previous = log.latest_review(reviewer, review.case_id)
+    checks = prediction.checks
+    hidden = checks is not None and not checks.trustworthy and prediction_shown is not True
+    if verdict == "agree" and hidden and not (previous is not None and review.same_answer(previous)):
+        shown_by = ("'They are right as they are' or 'Swap the images'" if checks.swapped
+                    else "'Show the prediction anyway'")
+        raise gr.Error(f"The prediction of this case is hidden until you press {shown_by}: 'agree' would confirm "
+                       f"labels you have not seen. Press {'one' if checks.swapped else 'it'} first, or choose "
+                       "another verdict.")
     # the log's size enters the id: after an undo the same answer is a new save, not a repeat
     review.event_id = content_event_id(state["event_id"], previous["event_id"] if previous else "",
                                        len(log.event_ids()), verdict, review.corrected, review.confidence,
@@ -709,11 +734,15 @@ def undo_last_save(state: ReviewSession, log: CorrectionsLog, reviewer: str | No
     latest = log.latest_review(reviewer, case["case_id"])
     if latest is None:
         return f"Nothing to undo: you have no saved review of case {case['case_id']}.", None, False
-    if form is not None and clean_form(form) != form_values(latest):
-        when = latest["logged_at"][:16].replace("T", " ")
-        return (f"Not undone: the form is not your latest saved review of case {case['case_id']} ({latest['verdict']}, "
-                f"{when} UTC): it has unsaved changes, or another tab or window saved or undid since. Save the "
-                "form, or open the case again to see the review that stands, then undo."), None, False
+    on_page = clean_form(form) if form is not None else None
+    if form is not None and on_page != form_values(latest):
+        latest_said = f"your {latest['verdict']} review of {latest['logged_at'][:16].replace('T', ' ')} UTC"
+        if on_page is not None and on_page == review_shown(state, case["case_id"]):
+            return (f"Not undone: another tab or window saved or undid a review of case {case['case_id']} since "
+                    f"this page showed it; {latest_said} stands. Open the case again to see it, then undo if you "
+                    "still want to."), None, False
+        return (f"Not undone: the form has unsaved changes to {latest_said} of case {case['case_id']}. Set the "
+                "fields back to it to undo it, or save your changes to replace it."), None, False
     predicted = {t.name: latest[f"model_{t.name}"] for t in TASKS}
     retraction = Review(event_id=content_event_id(RETRACT, latest["event_id"]), reviewer=reviewer,
                         case_id=case["case_id"], source=latest["source"], verdict=RETRACT, predicted=predicted,
