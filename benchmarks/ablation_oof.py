@@ -94,6 +94,14 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def paired_cells(r: dict) -> str:
+    """A paired comparison as table cells: cases | avg A / B | A - B [95% CI] | DIAG A / B | only A / only B, p."""
+    low, high = r["avg_difference_95ci"]
+    return (f"{r['n_cases']} | {pct(r['avg_a'])} / {pct(r['avg_b'])} | {100 * r['avg_difference']:+.2f} "
+            f"[{100 * low:+.2f}, {100 * high:+.2f}] | {pct(r['diag_a'])} / {pct(r['diag_b'])} | "
+            f"{r['diag_only_a']} / {r['diag_only_b']}, p = {r['diag_exact_mcnemar_p']:.2f}")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="Derm7pt release_v0 (labels and case rows; no image is read)")
@@ -149,11 +157,7 @@ def main(argv=None) -> dict:
         if r is None:
             lines.append(f"| {c['claim']} | {c['a'][0]} vs {c['b'][0]} | 0 | | | | | {c['verdict']} |")
             continue
-        low, high = r["avg_difference_95ci"]
-        lines.append(f"| {c['claim']} | {c['a'][0]} vs {c['b'][0]} | {r['n_cases']} | {pct(r['avg_a'])} / "
-                     f"{pct(r['avg_b'])} | {100 * r['avg_difference']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | "
-                     f"{pct(r['diag_a'])} / {pct(r['diag_b'])} | {r['diag_only_a']} / {r['diag_only_b']}, "
-                     f"p = {r['diag_exact_mcnemar_p']:.2f} | {c['verdict']} |")
+        lines.append(f"| {c['claim']} | {c['a'][0]} vs {c['b'][0]} | {paired_cells(r)} | {c['verdict']} |")
     lines += ["", "Where each difference comes from: A - B per task, accuracy points (the average above is their mean).",
               "", "| A vs B | cases | " + " | ".join(TASK_NAMES) + " |", "|---|---|" + "---|" * len(TASK_NAMES)]
     for c in claims:

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ablation_oof import compare, pct, summarise
+from ablation_oof import compare, paired_cells, summarise
 from report import write_section
 from skinnet.data import Derm7pt
 from skinnet.labels import TASK_NAMES
@@ -119,11 +119,7 @@ def main(argv=None) -> dict:
         if res is None:
             lines.append(f"{head} 0 | | | | | {r['rule_text']} | {r['verdict']} |")
             continue
-        low, high = res["avg_difference_95ci"]
-        lines.append(f"{head} {res['n_cases']} | {pct(res['avg_a'])} / {pct(res['avg_b'])} | "
-                     f"{100 * res['avg_difference']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | "
-                     f"{pct(res['diag_a'])} / {pct(res['diag_b'])} | {res['diag_only_a']} / {res['diag_only_b']}, "
-                     f"p = {res['diag_exact_mcnemar_p']:.2f} | {r['rule_text']} | {r['verdict']} |")
+        lines.append(f"{head} {paired_cells(res)} | {r['rule_text']} | {r['verdict']} |")
     decided = [r for r in rows if r["result"] is not None]
     if decided:
         lines += ["", "Per task, candidate - reference (accuracy points):", "",
