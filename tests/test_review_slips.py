@@ -346,6 +346,17 @@ def test_a_draft_waits_in_its_queue_while_the_reviewer_works_another(page, app_,
     assert rows(settings) == []  # a draft is not a review
 
 
+def save_mel_on_c0(window) -> None:
+    """In another window on c0 (verdict correct): DIAG MEL, note "second look", saved with Enter."""
+    from playwright.sync_api import expect
+
+    choose(window, "correct-DIAG", "MEL")
+    window.get_by_label("Note (max 2000 chars)").fill("second look")
+    window.locator("#case-header").click()
+    window.keyboard.press("Enter")
+    expect(window.locator("#save-status")).to_contain_text("Saved: correct for case c0", timeout=60_000)
+
+
 def test_a_draft_left_in_one_tab_never_shows_over_a_review_saved_in_another(page, app_, tmp_path):
     """Tab 1 leaves c0 half labelled (SK). The reviewer opens a second window, goes to c0 there and
     saves MEL. Back in tab 1, c0 used to come back with the older SK draft and "press Save to
@@ -360,11 +371,7 @@ def test_a_draft_left_in_one_tab_never_shows_over_a_review_saved_in_another(page
     wait_for_case(second, "c1")
     second.keyboard.press("ArrowLeft")
     wait_for_case(second, "c0")
-    choose(second, "correct-DIAG", "MEL")
-    second.get_by_label("Note (max 2000 chars)").fill("second look")
-    second.locator("#case-header").click()
-    second.keyboard.press("Enter")
-    expect(second.locator("#save-status")).to_contain_text("Saved: correct for case c0", timeout=60_000)
+    save_mel_on_c0(second)
     page.bring_to_front()
     page.keyboard.press("ArrowLeft")
     wait_for_case(page, "c0")
@@ -921,3 +928,124 @@ def test_edits_made_after_a_case_failed_to_open_stay_with_the_case_on_screen(app
     back = client.call(fns(config, "go_prev")[0], [None, moved.data[-1], *blank], session)
     assert "case t0" in back.data[3] and "Draft" in back.data[15]
     assert [v.get("value") if isinstance(v, dict) else v for v in back.data[4:15]] == t0_labels
+
+
+def test_unsaved_changes_survive_an_app_restart(tmp_path):
+    """dr_a has half a review of c0 on screen (correct, DIAG SK, PN TYP, confidence 4, a note)
+    when the app restarts. The page used to say "Attempting reconnection" for ever and nothing on
+    it worked; a reload lost the form. Now the page reloads itself once the app is back, dr_a
+    signs in again (a password login does not outlive the process), c0 comes back with the
+    changes put back and says so on screen, and one Save logs them once, as meant."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from app_helpers import app_env, start_app, stop_app
+
+    write_queue(tmp_path / "queues" / "queue", n=3)
+    env = app_env(tmp_path, SKINNET_USERS="dr_a:s3cret-pass", SKINNET_QUEUE_ROOT=str(tmp_path / "queues"))
+    process, _ = start_app(env)
+    port = int(env["GRADIO_SERVER_PORT"])
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            sign_in(page, port)
+            page.get_by_role("tab", name="Queue").click()
+            choose(page, "queue-file", "queue/manifest.csv")
+            page.locator("#open-queue").click()
+            page.get_by_role("tab", name="Review").click()
+            wait_for_case(page, "c0")
+            page.locator("#verdict input[value=correct]").check()
+            choose(page, "correct-DIAG", "SK")
+            choose(page, "correct-PN", "TYP")
+            page.locator("#confidence input[value='4']").check()
+            page.get_by_label("Note (max 2000 chars)").fill("flat, waxy; check again")
+            expect(page.locator("#save-status")).to_contain_text("Unsaved changes", timeout=30_000)
+
+            stop_app(process)
+            process, _ = start_app(env)
+            expect(page.get_by_label("username")).to_be_visible(timeout=60_000)  # reloaded by itself
+            sign_in(page, port)
+            kept = page.locator("#kept-changes")
+            expect(kept).to_have_text("✎ Unsaved changes from before the reload are back: press Save (Enter) to "
+                                      "keep them.", timeout=60_000)
+            expect(kept).to_be_in_viewport(ratio=1)
+            expect(page.locator("#save-review")).to_be_in_viewport(ratio=1)
+            expect(page.locator("#correct-DIAG input")).to_have_value("SK")
+            expect(page.locator("#correct-PN input")).to_have_value("TYP")
+            expect(page.locator("#correct-STR input")).to_have_value("no change")
+            expect(page.locator("#verdict input[value=correct]")).to_be_checked()
+            expect(page.locator("#confidence input[value='4']")).to_be_checked()
+            expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("flat, waxy; check again")
+            page.screenshot(path=str(tmp_path / "changes_back_after_restart.png"))
+            page.locator("#case-header").click()
+            page.keyboard.press("Enter")
+            expect(page.locator("#save-status")).to_contain_text("Saved: correct for case c0", timeout=60_000)
+            expect(kept).to_have_count(0)
+            page.reload()  # saved: nothing is put back a second time
+            wait_until_restored(page)
+            wait_for_case(page, "c0")
+            expect(page.locator("#save-status")).to_contain_text("Showing your saved review")
+            expect(page.locator("#kept-changes")).to_have_count(0)
+            browser.close()
+    finally:
+        stop_app(process)
+    saved = [(r["case_id"], r["reviewer"], r["verdict"], r["DIAG"], r["PN"], r["STR"], r["confidence"], r["note"])
+             for r in read_corrections(tmp_path / "log")[0]]
+    assert saved == [("c0", "dr_a", "correct", "SK", "TYP", "", "4", "flat, waxy; check again")]
+
+
+def test_changes_kept_through_a_reload_go_back_only_into_their_case_with_nothing_saved_since(page, app_, tmp_path):
+    """Tab 1 has unsaved changes on c0 when a second window moves dr_a's place to c2, and tab 1
+    reloads: it opens on c2 with nothing put back, and the changes go back into c0 when tab 1
+    opens it. Then the second window saves a review of c0 and tab 1 reloads again: the older
+    changes are not put over the newer review; the page lists them instead, and Enter logs
+    nothing new."""
+    from playwright.sync_api import expect
+
+    settings, _ = app_
+    page.locator("#verdict input[value=correct]").check()
+    choose(page, "correct-PN", "TYP")
+    page.get_by_label("Note (max 2000 chars)").fill("first look")
+    second = page.context.browser.new_context(viewport={"width": 1366, "height": 768}).new_page()  # another window
+    sign_in(second, settings.port)
+    wait_for_case(second, "c0")
+    for case in ("c1", "c2"):
+        second.keyboard.press("ArrowRight")
+        wait_for_case(second, case)
+
+    page.bring_to_front()
+    page.reload()
+    wait_until_restored(page)
+    wait_for_case(page, "c2")
+    expect(page.locator("#kept-changes")).to_have_count(0)
+    expect(page.locator("#correct-PN input")).to_have_value("no change")
+    for case in ("c1", "c0"):
+        page.keyboard.press("ArrowLeft")
+        wait_for_case(page, case)
+    expect(page.locator("#kept-changes")).to_contain_text("from before the reload are back", timeout=30_000)
+    expect(page.locator("#correct-PN input")).to_have_value("TYP")
+    expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("first look")
+
+    second.bring_to_front()
+    for case in ("c1", "c0"):
+        second.keyboard.press("ArrowLeft")
+        wait_for_case(second, case)
+    second.locator("#verdict input[value=correct]").check()
+    save_mel_on_c0(second)
+
+    page.bring_to_front()
+    page.reload()
+    wait_until_restored(page)
+    wait_for_case(page, "c0")
+    expect(page.locator("#kept-changes")).to_contain_text(
+        'Unsaved changes from before the reload not put back: a review of case c0 was saved since (in another '
+        'tab, or your last Save went through). They were: verdict correct, PN TYP, note "first look".', timeout=30_000)
+    expect(page.locator("#correct-DIAG input")).to_have_value("MEL")
+    expect(page.locator("#correct-PN input")).to_have_value("no change")
+    expect(page.locator("#kept-changes")).to_be_in_viewport()  # its first lines: it may go on below
+    page.screenshot(path=str(tmp_path / "kept_changes_not_put_back.png"))
+    page.locator("#case-header").click()
+    page.keyboard.press("Enter")
+    expect(page.locator("#save-status")).to_contain_text("Already saved", timeout=60_000)
+    assert [(r["case_id"], r["DIAG"], r["PN"], r["note"]) for r in rows(settings)] == [("c0", "MEL", "", "second look")]
+    second.context.close()

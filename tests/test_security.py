@@ -216,7 +216,8 @@ def test_an_undo_is_for_the_case_on_screen(server):
     assert read_corrections(server["log"] / "corrections.csv")[0][-1]["note"] == "c1 second"  # nothing withdrawn
     undone = client.call(undo, undo_data(c1_token, "skip", note="c1 second"), session)
     assert undone.success and "Undone: your skip review of case c1 is withdrawn" in undone.data[0]
-    assert "unsure" in undone.data[0] and undone.data[3] == "unsure" and undone.data[-1] == "c1 first"
+    assert "unsure" in undone.data[0] and undone.data[3] == "unsure" and undone.data[-2] == "c1 first"
+    assert 'data-case="c1"' in undone.data[-1]  # the form's marker, with the review that stands now
 
 
 def test_a_queue_row_click_opens_the_case_it_names_and_nothing_else(server):
@@ -809,11 +810,13 @@ OPEN_ROUTES = {("GET", "/"), ("HEAD", "/"), ("GET", "/config"), ("GET", "/config
                ("GET", "/pwa_icon/{size}"), ("GET", "/static/{path:path}"), ("GET", "/assets/{path:path}"),
                ("GET", "/gradio_api/info"), ("GET", "/gradio_api/info/"), ("GET", "/gradio_api/queue/data"),
                ("GET", "/gradio_api/upload_progress"), ("GET", "/gradio_api/startup-events"),
+               ("GET", "/gradio_api/app_id"), ("GET", "/gradio_api/app_id/"),
                ("GET", "/gradio_api/heartbeat/{session_hash}"), ("GET", "/gradio_api/file={path_or_url:path}"),
                ("HEAD", "/gradio_api/file={path_or_url:path}"), ("GET", "/logout"), ("POST", "/login"),
                ("POST", "/login/"), ("POST", "/gradio_api/upload"), ("POST", "/gradio_api/queue/join"),
                ("POST", "/gradio_api/run/{api_name}"), ("POST", "/gradio_api/run/{api_name}/")}
-"""What the page, gradio_client and the logins use (recorded from a browser and a client); the
+"""What the page, gradio_client and the logins use (recorded from a browser and a client; ``app_id``
+is what a page that lost its connection polls, to reload once the app is back); the
 Hugging Face sign-in routes exist only on a Space (tests/test_space_security.py)."""
 
 

@@ -238,6 +238,15 @@ class AppEvents:
         case = state.get("case")
         return self.log.newest_save(reviewer, case["case_id"]) if reviewer and case else None
 
+    def form_marker(self, state, reviewer) -> str:
+        """The form's marker (:func:`~skinnet.ui.views.form_ready`) for the open case; a queue
+        case's carries what the page needs to keep unsaved changes through a reload."""
+        case = state.get("case") or {}
+        token = state.get("event_id") or ""
+        if not reviewer or not case.get("case_id") or case.get("source", "upload") == "upload":
+            return form_ready(token)  # an upload does not come back after a reload: nothing to put back
+        return form_ready(token, case["case_id"], self.newest_save(reviewer, state) or "none", reviewer)
+
     @event
     def keep_draft(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -280,7 +289,7 @@ class AppEvents:
         token = state.get("event_id") or ""
         return (state, *shown, review.case_header(state, self.log, reviewer), verdict,
                 *(gr.update(value=value, **label) for value, label in zip(corrected, labels)), confidence, note,
-                status, False, *answered, anyway, swap, form_ready(token), token)
+                status, False, *answered, anyway, swap, self.form_marker(state, reviewer), token)
 
     def case_answer(self, pair):
         """(the answer as Analyse gives it: message, summary, bars, DIAG table, criteria table;
@@ -528,7 +537,8 @@ class AppEvents:
             reference = review.reveal_reference(state, self.log, reviewer)
             message = f"{message}\n\n{reference}" if reference else message
         # the state is not an output: a step that finished meanwhile must not be undone by this one
-        return message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer)
+        return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),
+                self.form_marker(state, reviewer))
 
     @event
     def undo(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
@@ -539,7 +549,7 @@ class AppEvents:
         state, _, reviewer = self.act(state, request, profile, "Undo")
         form = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
                 note_value)
-        unchanged = (gr.skip(),) * (2 + len(TASKS) + 3)  # header, table, verdict, corrections, confidence, note
+        unchanged = (gr.skip(),) * (2 + len(TASKS) + 4)  # header, table, verdict, corrections, confidence, note, marker
         if not state.get("event_id") or token != state["event_id"]:
             return ("The case changed before this undo reached the server; nothing was undone. Check the case on "
                     "screen and undo again.", *unchanged)
@@ -547,7 +557,7 @@ class AppEvents:
         if not undone:
             return (message, *unchanged)
         return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),
-                *review.form_values(standing))
+                *review.form_values(standing), self.form_marker(state, reviewer))
 
     @event
     def agreement(self, request: gr.Request, profile: gr.OAuthProfile | None):

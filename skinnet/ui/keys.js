@@ -57,6 +57,8 @@
       readyToken = token;
       cursor = 0;
       stopLoading();
+      keptSay('');
+      if (marker.dataset.case) putBack(marker);
     }
     outline();
     const toast = document.querySelector('[data-testid="toast-body"].error');
@@ -70,9 +72,115 @@
     labelOptions();
   };
   new MutationObserver(checkReady).observe(document.documentElement, {childList: true, subtree: true});
+
+  // -- unsaved changes kept through a page reload ----------------------------------------------
+  // Once the app answers again after a restart, Gradio reloads every page, and a reviewer may
+  // reload by hand: as the page goes, the form's values are kept in this tab's sessionStorage
+  // (labels, verdict, confidence and note; never images; gone with the tab), and put back when
+  // this tab next shows the same case to the same reviewer with nothing saved to it in between
+  // (the marker's case, who and base). Otherwise the status line lists what was not put back.
+  const KEPT = 'skinnet-unsaved-forms', MAX_KEPT = 20, KEPT_MS = 24 * 3600 * 1000;
+  let restoring = false;
+  const readKept = () => { try { return JSON.parse(sessionStorage.getItem(KEPT) || '{}') || {}; } catch (e) { return {}; } };
+  const writeKept = (kept) => { try { sessionStorage.setItem(KEPT, JSON.stringify(kept)); } catch (e) { /* storage off or full */ } };
+  const keptKey = (m) => `${m.dataset.who}\n${m.dataset.case}`;
+  const formFields = () => ({
+    verdict: (document.querySelector('#verdict input:checked') || {}).value || null,
+    labels: TASKS.map((t) => { const input = document.querySelector(`#correct-${t} input`); return input ? input.value : null; }),
+    confidence: (document.querySelector('#confidence input:checked') || {}).value || null,
+    note: (document.querySelector('#review-note textarea, #review-note input') || {}).value || '',
+  });
+  const described = (v) => [v.verdict ? `verdict ${v.verdict}` : '',
+    ...v.labels.map((label, i) => (label && label !== 'no change') ? `${TASKS[i]} ${label}` : ''),
+    v.confidence ? `confidence ${v.confidence}` : '', v.note ? `note "${v.note}"` : ''].filter(Boolean).join(', ');
+  const keptSay = (text) => {  // said in place of the status line, until the next case or save
+    let line = document.querySelector('#kept-changes');
+    if (!text) { if (line) line.remove(); return; }
+    const status = document.querySelector('#save-status');
+    if (!status) return;
+    if (!line) { line = document.createElement('p'); line.id = 'kept-changes'; line.setAttribute('role', 'status'); status.before(line); }
+    line.textContent = text;
+  };
+  window.addEventListener('pagehide', () => {
+    const m = document.querySelector('#form-state .form-ready');
+    if (!m || !m.dataset.case || restoring) return;
+    const kept = readKept();
+    kept[keptKey(m)] = {base: m.dataset.base, values: formFields(), at: Date.now()};
+    Object.keys(kept).sort((a, b) => kept[b].at - kept[a].at).slice(MAX_KEPT).forEach((k) => { delete kept[k]; });
+    writeKept(kept);
+  });
+  const until = (test, ms) => new Promise((resolve) => {
+    const started = Date.now();
+    const poll = () => { if (test()) resolve(true); else if (Date.now() - started > ms) resolve(false); else setTimeout(poll, 40); };
+    poll();
+  });
+  const chooseText = async (input, wanted) => {  // a dropdown's choice by its text, as a click would pick it
+    input.focus(); press(input);
+    let options = [];
+    await until(() => {
+      const list = document.getElementById(input.getAttribute('aria-controls') || '');
+      options = list ? Array.from(list.querySelectorAll('[role="option"]')) : [];
+      return options.length > 0;
+    }, 3000);
+    const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
+    if (option) press(option);
+    input.blur();
+    return until(() => input.value === wanted, 2000);
+  };
+  const putBack = async (m) => {
+    const kept = readKept(), entry = kept[keptKey(m)];
+    // another reviewer signed in on this tab: their unsaved values are not left behind for this one
+    const others = Object.keys(kept).filter((k) => !k.startsWith(`${m.dataset.who}\n`));
+    others.forEach((k) => { delete kept[k]; });
+    if (!entry) { if (others.length) writeKept(kept); return; }
+    delete kept[keptKey(m)];
+    writeKept(kept);
+    if (!entry.values || Date.now() - entry.at > KEPT_MS) return;
+    const token = m.dataset.token;
+    await new Promise((resolve) => setTimeout(resolve, 150));  // the case's values are drawn with its marker
+    const now = formFields(), wanted = entry.values;
+    if (JSON.stringify(now) === JSON.stringify(wanted)) return;  // nothing unsaved, or saved before the reload
+    const what = `case ${m.dataset.case}`;
+    if (entry.base !== m.dataset.base) {
+      keptSay(`Unsaved changes from before the reload not put back: a review of ${what} was saved since ` +
+              `(in another tab, or your last Save went through). They were: ${described(wanted)}.`);
+      return;
+    }
+    restoring = true;
+    try {
+      if (wanted.verdict && wanted.verdict !== now.verdict) {
+        const radio = document.querySelector(`#verdict input[value="${CSS.escape(wanted.verdict)}"]`);
+        if (radio) radio.click();
+      }
+      for (let i = 0; i < TASKS.length; i++) {
+        const input = document.querySelector(`#correct-${TASKS[i]} input`);
+        if (input && wanted.labels[i] && input.value !== wanted.labels[i]) await chooseText(input, wanted.labels[i]);
+      }
+      if (wanted.confidence && wanted.confidence !== now.confidence) {
+        const radio = document.querySelector(`#confidence input[value="${CSS.escape(wanted.confidence)}"]`);
+        if (radio) radio.click();
+      }
+      const note = document.querySelector('#review-note textarea, #review-note input');
+      if (note && note.value !== wanted.note) {
+        note.value = wanted.note;
+        note.dispatchEvent(new Event('input', {bubbles: true}));
+      }
+    } finally {
+      restoring = false;
+    }
+    const marker = document.querySelector('#form-state .form-ready');
+    if (!marker || marker.dataset.token !== token) return;  // the reviewer moved on meanwhile
+    keptSay(JSON.stringify(formFields()) === JSON.stringify(wanted)
+      ? '✎ Unsaved changes from before the reload are back: press Save (Enter) to keep them.'
+      : `Some unsaved changes from before the reload could not be put back into ${what}. ` +
+        `They were: ${described(wanted)}.`);
+  };
   document.addEventListener('click', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target) return;
+    if (restoring && event.isTrusted && target.closest(`${NAVIGATION}, #save-review, #undo-save, #review-form`)) {
+      event.preventDefault(); event.stopImmediatePropagation(); return;  // the kept changes go back in first
+    }
     if (loading() && target.closest('#save-review, #undo-save, #review-form, #queue-filters')) {
       // not the new case's form yet; a filter picked now would be undone by the case's arrival
       event.preventDefault(); event.stopImmediatePropagation(); return;
@@ -83,7 +191,7 @@
       if (button) moveAfterSave = `#${button.id}`;
       return;
     }
-    if (target.closest('#save-review, #undo-save')) startSaving();
+    if (target.closest('#save-review, #undo-save')) { keptSay(''); startSaving(); }
     else if (target.closest(NAVIGATION)) startLoading();
   }, true);
   document.addEventListener('mousedown', (event) => {
@@ -191,6 +299,7 @@
       const moves = {n: '#next-unreviewed', ArrowRight: '#next-case', ArrowLeft: '#prev-case'};
       if (moves[event.key]) moveAfterSave = moves[event.key];  // made once the save's answer is in
     }
+    if (restoring && event.isTrusted) { event.preventDefault(); return; }  // the kept changes go back in first
     if (loading() || saving()) {  // a move or save is under way: nothing acts on the form, the filters or the case until it is in
       if (event.key === 'Enter' || (!typing && !event.ctrlKey && !event.metaKey && !event.altKey)) event.preventDefault();
       return;

@@ -149,7 +149,7 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                             with gr.Row():
                                 confidence = gr.Radio([1, 2, 3, 4, 5], value=None, label="Confidence (1 low - 5 high)",
                                                       min_width=290, scale=3, elem_id="confidence")
-                                note = gr.Textbox(label=f"Note (max {MAX_NOTE} chars)", lines=1,
+                                note = gr.Textbox(label=f"Note (max {MAX_NOTE} chars)", lines=1, elem_id="review-note",
                                                   max_length=MAX_NOTE, min_width=120, scale=2)
                             # the event id of the case on screen: a save names the case the reviewer saw
                             case_token = gr.Textbox(visible=False, elem_id="case-token")
@@ -326,10 +326,11 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         # screen); their answer in, it lets the moves go and says so when the form changed meanwhile
         save_answered = f"(status) => window.skinnetForm?.answered() ? {unsaved} : status"
         save.click(events.save, [state, case_token, reveal, verdict, confidence, note, *corrections, show_anyway],
-                   [save_status, header, queue_view], concurrency_limit=4, **private).then(
+                   [save_status, header, queue_view, form_state], concurrency_limit=4, **private).then(
             None, save_status, save_status, js=save_answered, api_visibility="private", queue=False)
         undo.click(events.undo, form_inputs,
-                   [save_status, header, queue_view, verdict, *corrections, confidence, note], **private).then(
+                   [save_status, header, queue_view, verdict, *corrections, confidence, note, form_state],
+                   **private).then(
             None, None, None, js="() => { window.skinnetForm?.undone(); }", api_visibility="private", queue=False)
         app.load(events.refresh_queues, None, queue_file, **private)
         app.load(events.backup_status, None, backup_status, **private)

@@ -20,14 +20,17 @@ CSS = Path(__file__).with_name("style.css").read_text()
 OPEN_ROUTES = {
     "GET": (r"/", r"/config", r"/theme\.css", r"/favicon\.ico", r"/robots\.txt", r"/manifest\.json",
             r"/pwa_icon(/\d+)?", r"/(assets|static)/.+",
-            r"/gradio_api/(info|queue/data|upload_progress|startup-events)", r"/gradio_api/heartbeat/[^/]+",
+            r"/gradio_api/(info|queue/data|upload_progress|startup-events|app_id)", r"/gradio_api/heartbeat/[^/]+",
             r"/gradio_api/file=.+", r"/logout", r"/login/(huggingface|callback)",
             re.escape(EXPORT_ROUTE) + rf"[0-9a-f]{{{TOKEN_CHARS}}}"),
     "POST": (r"/login", r"/gradio_api/upload", r"/gradio_api/queue/join", r"/gradio_api/run/predict"),
 }
 """Every route the page, ``gradio_client`` and the sign-ins use (found by recording a browser's
 and a client's requests); all of Gradio's others answer 404. ``/gradio_api/run/predict`` serves
-only the page's one unqueued event (``queue(api_open=False)`` keeps every other event in the queue)."""
+only the page's one unqueued event (``queue(api_open=False)`` keeps every other event in the queue).
+``/gradio_api/app_id`` is what a page that lost its connection asks every 2 s; the first answer
+(the app is back, after a restart) makes it reload itself: without it, the page said "Attempting
+reconnection" for ever, and nothing on it worked again until the user reloaded by hand."""
 _OPEN = {method: re.compile("|".join(f"(?:{p})" for p in patterns)) for method, patterns in OPEN_ROUTES.items()}
 _OPEN["HEAD"] = _OPEN["GET"]
 

@@ -225,10 +225,19 @@ def model_markdown(predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
-def form_ready(token: str) -> str:
+def form_ready(token: str, case: str = "", base: str = "", who: str = "") -> str:
     """The marker the page's script watches: the form now shows the case this token names (an
-    empty token: no case). Until it changes after a move, the review keys and Save do nothing."""
-    return f'<span class="form-ready" data-token="{html.escape(token or "none-" + uuid.uuid4().hex[:8])}"></span>'
+    empty token: no case). Until it changes after a move, the review keys and Save do nothing.
+
+    For a queue case, also which case it is (``case``: its queue file and id), the reviewer's
+    newest save of it when the form was filled or last saved (``base``) and the reviewer
+    (``who``): the script keeps the form's unsaved changes across a page reload (an app restart
+    reloads every page) and puts them back only into the same case, for the same reviewer, with
+    nothing saved in between."""
+    token = token or "none-" + uuid.uuid4().hex[:8]
+    data = {"token": token, "case": case, "base": base, "who": who}
+    attributes = " ".join(f'data-{k}="{html.escape(v, quote=True)}"' for k, v in data.items() if v)
+    return f'<span class="form-ready" {attributes}></span>'
 
 
 def task_label(task, predicted: str | None = None, hidden: bool = False) -> str:
