@@ -201,3 +201,37 @@ def test_agree_on_a_pair_that_looks_swapped_names_the_buttons_on_screen_and_an_u
                               prediction_shown=True)[1].startswith("Saved: agree")
     again = review.save_review(state, predictor, log, "dr_a", *pair, "agree", blank, None, "", prediction_shown=False)
     assert again[1].startswith("Already saved") and len(rows_of(log)) == 1
+
+
+def test_the_forms_marker_names_the_queue_file_the_reviewer_and_the_form_as_the_page_shows_it(tmp_path):
+    """What the page keeps a form's unsaved changes under through a reload (keys.js): two queue
+    files that both have a case c0 (other images) give different keys, so kept changes never go
+    into the other file's c0; the form is given as the page shows it (a fine value by its label,
+    the confidence as its radio's text); a hostile reviewer name stays inside its attribute;
+    uploads and visitors carry nothing to put back."""
+    import html
+    import json
+    import re
+
+    from skinnet.ui.events import form_marker
+
+    review, log, open_, _ = drafts_setup(tmp_path)
+    write_queue(tmp_path / "queues" / "copy", n=3, seed=5)  # c0, c1, c2 again: other lesions
+    markers = []
+    for name in ("queue/manifest.csv", "copy/manifest.csv"):
+        state = review.move(open_(review.new_state(), name)[0], "next", log, "dr_a")
+        assert state["case"]["case_id"] == "c0"
+        values = ("correct", "dermal nevus", *["no change"] * 7, 4, 'says "flat"')
+        markers.append(form_marker(state, 'dr_a"><script>x</script>', values))
+
+    def data(marker):
+        return {k: html.unescape(v) for k, v in re.findall(r'data-(\w+)="([^"]*)"', marker)}
+
+    first, second = data(markers[0]), data(markers[1])
+    assert first["case"].endswith(":queue/manifest.csv|c0") and second["case"].endswith(":copy/manifest.csv|c0")
+    assert first["name"] == second["name"] == "c0" and first["who"] == 'dr_a"><script>x</script>'
+    assert "<script>" not in markers[0]
+    assert json.loads(first["form"]) == ["correct", "NEV · dermal nevus", *["no change"] * 7, "4", 'says "flat"']
+    upload = review.start_upload_case(review.new_state(), None, None)
+    for state, reviewer in ((upload, "dr_a"), (state, None)):
+        assert set(data(form_marker(state, reviewer, review.form_values(None)))) == {"token"}

@@ -931,9 +931,10 @@ def test_edits_made_after_a_case_failed_to_open_stay_with_the_case_on_screen(app
 
 
 def test_unsaved_changes_survive_an_app_restart(tmp_path):
-    """dr_a has half a review of c0 on screen (correct, DIAG SK, PN TYP, confidence 4, a note)
-    when the app restarts. The page used to say "Attempting reconnection" for ever and nothing on
-    it worked; a reload lost the form. Now the page reloads itself once the app is back, dr_a
+    """dr_a has half a review of c0 on screen (correct, DIAG SK, PN TYP, confidence 4, a note),
+    the page idle, when the app restarts. The page used to show bare "Error" badges on the next
+    click (or "Attempting reconnection" for ever) and nothing on it worked; a reload lost the
+    form. Now the page reloads itself once another app answers, dr_a
     signs in again (a password login does not outlive the process), c0 comes back with the
     changes put back and says so on screen, and one Save logs them once, as meant."""
     from playwright.sync_api import expect, sync_playwright
@@ -960,6 +961,7 @@ def test_unsaved_changes_survive_an_app_restart(tmp_path):
             page.locator("#confidence input[value='4']").check()
             page.get_by_label("Note (max 2000 chars)").fill("flat, waxy; check again")
             expect(page.locator("#save-status")).to_contain_text("Unsaved changes", timeout=30_000)
+            page.wait_for_timeout(3000)  # idle: no event under way as the app goes (Gradio's own reload needs one)
 
             stop_app(process)
             process, _ = start_app(env)
@@ -999,7 +1001,8 @@ def test_changes_kept_through_a_reload_go_back_only_into_their_case_with_nothing
     reloads: it opens on c2 with nothing put back, and the changes go back into c0 when tab 1
     opens it. Then the second window saves a review of c0 and tab 1 reloads again: the older
     changes are not put over the newer review; the page lists them instead, and Enter logs
-    nothing new."""
+    nothing new. Last, the second window withdraws that review and tab 1 reloads: nothing comes
+    back (the form had no unsaved changes)."""
     from playwright.sync_api import expect
 
     settings, _ = app_
@@ -1038,8 +1041,9 @@ def test_changes_kept_through_a_reload_go_back_only_into_their_case_with_nothing
     wait_until_restored(page)
     wait_for_case(page, "c0")
     expect(page.locator("#kept-changes")).to_contain_text(
-        'Unsaved changes from before the reload not put back: a review of case c0 was saved since (in another '
-        'tab, or your last Save went through). They were: verdict correct, PN TYP, note "first look".', timeout=30_000)
+        'Unsaved changes from before the reload not put back: case c0 changed since in another tab (a review saved '
+        'or withdrawn, or a draft kept), or your last Save went through. They were: verdict correct, PN TYP, '
+        'note "first look".', timeout=30_000)
     expect(page.locator("#correct-DIAG input")).to_have_value("MEL")
     expect(page.locator("#correct-PN input")).to_have_value("no change")
     expect(page.locator("#kept-changes")).to_be_in_viewport()  # its first lines: it may go on below
@@ -1048,4 +1052,16 @@ def test_changes_kept_through_a_reload_go_back_only_into_their_case_with_nothing
     page.keyboard.press("Enter")
     expect(page.locator("#save-status")).to_contain_text("Already saved", timeout=60_000)
     assert [(r["case_id"], r["DIAG"], r["PN"], r["note"]) for r in rows(settings)] == [("c0", "MEL", "", "second look")]
+
+    second.bring_to_front()  # the review withdrawn in the other window: a reload brings nothing back
+    second.locator("#undo-save").click()
+    expect(second.locator("#save-status")).to_contain_text("Undone", timeout=60_000)
+    page.bring_to_front()
+    page.reload()
+    wait_until_restored(page)
+    wait_for_case(page, "c0")
+    page.wait_for_timeout(1000)
+    expect(page.locator("#kept-changes")).to_have_count(0)
+    expect(page.locator("#correct-DIAG input")).to_have_value("no change")
+    expect(page.locator("#case-header")).to_contain_text("not reviewed by you yet")
     second.context.close()

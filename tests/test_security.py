@@ -217,7 +217,7 @@ def test_an_undo_is_for_the_case_on_screen(server):
     undone = client.call(undo, undo_data(c1_token, "skip", note="c1 second"), session)
     assert undone.success and "Undone: your skip review of case c1 is withdrawn" in undone.data[0]
     assert "unsure" in undone.data[0] and undone.data[3] == "unsure" and undone.data[-2] == "c1 first"
-    assert 'data-case="c1"' in undone.data[-1]  # the form's marker, with the review that stands now
+    assert 'data-name="c1"' in undone.data[-1] and "c1 first" in undone.data[-1]  # the marker: the form as it stands
 
 
 def test_a_queue_row_click_opens_the_case_it_names_and_nothing_else(server):

@@ -99,6 +99,19 @@ def no_answer() -> tuple:
     return ("", no_bars(), None, None)
 
 
+def form_marker(state, reviewer: str | None, values: tuple) -> str:
+    """The form's marker (:func:`~skinnet.ui.views.form_ready`) for the open case, whose form the
+    server gives as ``values``. A queue case's names the queue file as it is, so that a reload's
+    kept changes never go into a case of another file that reuses the id (an upload does not
+    come back after a reload: its marker carries nothing to put back)."""
+    case = state.get("case") or {}
+    token = state.get("event_id") or ""
+    if not reviewer or not case.get("case_id") or case.get("source", "upload") == "upload":
+        return form_ready(token)
+    where = review.queue_key(state.get("queue_file") or "", state.get("queue_sha256"))
+    return form_ready(token, f"{where}|{case['case_id']}", case["case_id"], reviewer, values)
+
+
 class OnScreen:
     """Which images (the store's file names, named by their pixels) each page shows now, by
     session and slot. An event that ends after its page shows other images (a case's maps,
@@ -238,15 +251,6 @@ class AppEvents:
         case = state.get("case")
         return self.log.newest_save(reviewer, case["case_id"]) if reviewer and case else None
 
-    def form_marker(self, state, reviewer) -> str:
-        """The form's marker (:func:`~skinnet.ui.views.form_ready`) for the open case; a queue
-        case's carries what the page needs to keep unsaved changes through a reload."""
-        case = state.get("case") or {}
-        token = state.get("event_id") or ""
-        if not reviewer or not case.get("case_id") or case.get("source", "upload") == "upload":
-            return form_ready(token)  # an upload does not come back after a reload: nothing to put back
-        return form_ready(token, case["case_id"], self.newest_save(reviewer, state) or "none", reviewer)
-
     @event
     def keep_draft(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
                    confidence_value, note_value, request: gr.Request, profile: gr.OAuthProfile | None):
@@ -289,7 +293,7 @@ class AppEvents:
         token = state.get("event_id") or ""
         return (state, *shown, review.case_header(state, self.log, reviewer), verdict,
                 *(gr.update(value=value, **label) for value, label in zip(corrected, labels)), confidence, note,
-                status, False, *answered, anyway, swap, self.form_marker(state, reviewer), token)
+                status, False, *answered, anyway, swap, form_marker(state, reviewer, values), token)
 
     def case_answer(self, pair):
         """(the answer as Analyse gives it: message, summary, bars, DIAG table, criteria table;
@@ -538,7 +542,7 @@ class AppEvents:
             message = f"{message}\n\n{reference}" if reference else message
         # the state is not an output: a step that finished meanwhile must not be undone by this one
         return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),
-                self.form_marker(state, reviewer))
+                form_marker(state, reviewer, review.form_values(self.saved(reviewer, state))))
 
     @event
     def undo(self, state, token, verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular,
@@ -557,7 +561,7 @@ class AppEvents:
         if not undone:
             return (message, *unchanged)
         return (message, review.case_header(state, self.log, reviewer), review.queue_table(state, self.log, reviewer),
-                *review.form_values(standing), self.form_marker(state, reviewer))
+                *review.form_values(standing), form_marker(state, reviewer, review.form_values(standing)))
 
     @event
     def agreement(self, request: gr.Request, profile: gr.OAuthProfile | None):

@@ -74,25 +74,33 @@
   new MutationObserver(checkReady).observe(document.documentElement, {childList: true, subtree: true});
 
   // -- unsaved changes kept through a page reload ----------------------------------------------
-  // Once the app answers again after a restart, Gradio reloads every page, and a reviewer may
-  // reload by hand: as the page goes, the form's values are kept in this tab's sessionStorage
-  // (labels, verdict, confidence and note; never images; gone with the tab), and put back when
-  // this tab next shows the same case to the same reviewer with nothing saved to it in between
-  // (the marker's case, who and base). Otherwise the status line lists what was not put back.
+  // Once the app answers again after a restart the page reloads (below), and a reviewer may
+  // reload by hand: as the page goes, the form of the queue case on screen is kept in this tab's
+  // sessionStorage (labels, verdict, confidence and note; never images; gone with the tab) with
+  // the form the server had given (the marker's data-form). Its unsaved changes are put back
+  // when this tab next shows that case (same queue file, same id) to the same reviewer while
+  // the server still gives the same form; if it gives another one (a review saved or withdrawn,
+  // a draft kept, in another tab), they are listed instead of put over it.
   const KEPT = 'skinnet-unsaved-forms', MAX_KEPT = 20, KEPT_MS = 24 * 3600 * 1000;
-  let restoring = false;
+  let restoring = false, signingOut = false;
   const readKept = () => { try { return JSON.parse(sessionStorage.getItem(KEPT) || '{}') || {}; } catch (e) { return {}; } };
   const writeKept = (kept) => { try { sessionStorage.setItem(KEPT, JSON.stringify(kept)); } catch (e) { /* storage off or full */ } };
   const keptKey = (m) => `${m.dataset.who}\n${m.dataset.case}`;
-  const formFields = () => ({
-    verdict: (document.querySelector('#verdict input:checked') || {}).value || null,
-    labels: TASKS.map((t) => { const input = document.querySelector(`#correct-${t} input`); return input ? input.value : null; }),
-    confidence: (document.querySelector('#confidence input:checked') || {}).value || null,
-    note: (document.querySelector('#review-note textarea, #review-note input') || {}).value || '',
-  });
-  const described = (v) => [v.verdict ? `verdict ${v.verdict}` : '',
-    ...v.labels.map((label, i) => (label && label !== 'no change') ? `${TASKS[i]} ${label}` : ''),
-    v.confidence ? `confidence ${v.confidence}` : '', v.note ? `note "${v.note}"` : ''].filter(Boolean).join(', ');
+  const shownForm = (m) => { try { return JSON.parse(m.dataset.form); } catch (e) { return null; } };
+  const formFields = () => [
+    (document.querySelector('#verdict input:checked') || {}).value || null,
+    ...TASKS.map((t) => { const input = document.querySelector(`#correct-${t} input`); return input ? input.value : null; }),
+    (document.querySelector('#confidence input:checked') || {}).value || null,
+    (document.querySelector('#review-note textarea, #review-note input') || {}).value || '',
+  ];
+  // as the log keeps a note (skinnet.corrections.one_line): its line breaks are spaces
+  const asLogged = (form) => form && form.map((v, i) => (i === form.length - 1 && v) ? v.replace(/\r/g, '\n').split('\n').join(' ') : v);
+  const same = (a, b) => JSON.stringify(asLogged(a)) === JSON.stringify(asLogged(b));
+  const described = (form) => {
+    const [verdict, ...rest] = form, note = rest.pop(), confidence = rest.pop();
+    return [verdict ? `verdict ${verdict}` : '', ...rest.map((label, i) => (label && label !== 'no change') ? `${TASKS[i]} ${label}` : ''),
+      confidence ? `confidence ${confidence}` : '', note ? `note "${note}"` : ''].filter(Boolean).join(', ');
+  };
   const keptSay = (text) => {  // said in place of the status line, until the next case or save
     let line = document.querySelector('#kept-changes');
     if (!text) { if (line) line.remove(); return; }
@@ -102,13 +110,18 @@
     line.textContent = text;
   };
   window.addEventListener('pagehide', () => {
+    if (signingOut) { try { sessionStorage.removeItem(KEPT); } catch (e) { /* storage off */ } return; }
     const m = document.querySelector('#form-state .form-ready');
-    if (!m || !m.dataset.case || restoring) return;
-    const kept = readKept();
-    kept[keptKey(m)] = {base: m.dataset.base, values: formFields(), at: Date.now()};
+    if (!m || !m.dataset.case || !m.dataset.form || restoring) return;  // mid-put-back: the entry is still kept
+    const kept = readKept(), given = shownForm(m), values = formFields();
+    if (!given || same(values, given)) delete kept[keptKey(m)];  // nothing unsaved
+    else kept[keptKey(m)] = {given, values, at: Date.now()};
     Object.keys(kept).sort((a, b) => kept[b].at - kept[a].at).slice(MAX_KEPT).forEach((k) => { delete kept[k]; });
     writeKept(kept);
   });
+  document.addEventListener('click', (event) => {  // signing out: nothing of this reviewer's stays in the tab
+    if (event.target instanceof Element && event.target.closest('#log-out')) signingOut = true;
+  }, true);
   const until = (test, ms) => new Promise((resolve) => {
     const started = Date.now();
     const poll = () => { if (test()) resolve(true); else if (Date.now() - started > ms) resolve(false); else setTimeout(poll, 40); };
@@ -128,53 +141,82 @@
     return until(() => input.value === wanted, 2000);
   };
   const putBack = async (m) => {
-    const kept = readKept(), entry = kept[keptKey(m)];
-    // another reviewer signed in on this tab: their unsaved values are not left behind for this one
+    const kept = readKept(), key = keptKey(m), entry = kept[key];
+    // another reviewer signed in on this tab: what the one before left is not kept for this one
     const others = Object.keys(kept).filter((k) => !k.startsWith(`${m.dataset.who}\n`));
     others.forEach((k) => { delete kept[k]; });
-    if (!entry) { if (others.length) writeKept(kept); return; }
-    delete kept[keptKey(m)];
-    writeKept(kept);
-    if (!entry.values || Date.now() - entry.at > KEPT_MS) return;
-    const token = m.dataset.token;
+    if (others.length) writeKept(kept);
+    if (!entry) return;
+    const forget = () => { const now = readKept(); delete now[key]; writeKept(now); };
+    if (!entry.values || !entry.given || Date.now() - entry.at > KEPT_MS) { forget(); return; }
+    const token = m.dataset.token, wanted = entry.values, what = `case ${m.dataset.name}`;
+    const here = () => { const marker = document.querySelector('#form-state .form-ready'); return marker && marker.dataset.token === token; };
     await new Promise((resolve) => setTimeout(resolve, 150));  // the case's values are drawn with its marker
-    const now = formFields(), wanted = entry.values;
-    if (JSON.stringify(now) === JSON.stringify(wanted)) return;  // nothing unsaved, or saved before the reload
-    const what = `case ${m.dataset.case}`;
-    if (entry.base !== m.dataset.base) {
-      keptSay(`Unsaved changes from before the reload not put back: a review of ${what} was saved since ` +
-              `(in another tab, or your last Save went through). They were: ${described(wanted)}.`);
+    if (!here()) return;  // moved on already: kept for the next time this case shows
+    if (same(formFields(), wanted)) { forget(); return; }  // nothing to put back (saved before the reload)
+    if (!same(shownForm(m), entry.given)) {
+      forget();
+      keptSay(`Unsaved changes from before the reload not put back: ${what} changed since in another tab (a review ` +
+              `saved or withdrawn, or a draft kept), or your last Save went through. They were: ${described(wanted)}.`);
       return;
     }
     restoring = true;
     try {
-      if (wanted.verdict && wanted.verdict !== now.verdict) {
-        const radio = document.querySelector(`#verdict input[value="${CSS.escape(wanted.verdict)}"]`);
-        if (radio) radio.click();
-      }
-      for (let i = 0; i < TASKS.length; i++) {
-        const input = document.querySelector(`#correct-${TASKS[i]} input`);
-        if (input && wanted.labels[i] && input.value !== wanted.labels[i]) await chooseText(input, wanted.labels[i]);
-      }
-      if (wanted.confidence && wanted.confidence !== now.confidence) {
-        const radio = document.querySelector(`#confidence input[value="${CSS.escape(wanted.confidence)}"]`);
-        if (radio) radio.click();
-      }
-      const note = document.querySelector('#review-note textarea, #review-note input');
-      if (note && note.value !== wanted.note) {
-        note.value = wanted.note;
-        note.dispatchEvent(new Event('input', {bubbles: true}));
+      const steps = [
+        ...[[0, '#verdict'], [TASKS.length + 1, '#confidence']].map(([i, radios]) => () => {
+          if (!wanted[i] || formFields()[i] === wanted[i]) return;
+          const radio = document.querySelector(`${radios} input[value="${CSS.escape(wanted[i])}"]`);
+          if (radio) radio.click();
+        }),
+        ...TASKS.map((t, i) => async () => {
+          const input = document.querySelector(`#correct-${t} input`);
+          if (input && wanted[i + 1] && input.value !== wanted[i + 1]) await chooseText(input, wanted[i + 1]);
+        }),
+        () => {
+          const note = document.querySelector('#review-note textarea, #review-note input');
+          const text = wanted[wanted.length - 1];
+          if (note && note.value !== text) { note.value = text; note.dispatchEvent(new Event('input', {bubbles: true})); }
+        },
+      ];
+      for (const step of steps) {
+        if (!here()) return;  // another case came (not by the reviewer: their moves wait): kept for it
+        await step();
       }
     } finally {
       restoring = false;
     }
-    const marker = document.querySelector('#form-state .form-ready');
-    if (!marker || marker.dataset.token !== token) return;  // the reviewer moved on meanwhile
-    keptSay(JSON.stringify(formFields()) === JSON.stringify(wanted)
+    if (!here()) return;
+    forget();
+    keptSay(same(formFields(), wanted)
       ? '✎ Unsaved changes from before the reload are back: press Save (Enter) to keep them.'
-      : `Some unsaved changes from before the reload could not be put back into ${what}. ` +
-        `They were: ${described(wanted)}.`);
+      : `Some unsaved changes from before the reload could not be put back into ${what}. They were: ${described(wanted)}.`);
   };
+
+  // -- the app restarted: reload ------------------------------------------------------------
+  // Gradio's page reloads itself only when an event was under way as the connection broke: an
+  // idle page, or one whose password sign-in went with the old process, showed bare errors.
+  // Every 10 s (and when the tab is shown again) the page asks which app answers; another one,
+  // or a sign-in refused, reloads it (the form's unsaved changes go through the reload, above).
+  const config = window.gradio_config || {};
+  let appId = config.app_id ?? null;  // the app this page came from
+  const checkApp = async () => {
+    if (document.visibilityState === 'hidden' || restoring) return;
+    let response;
+    try {
+      response = await fetch(`${(config.root || '').replace(/\/$/, '')}/gradio_api/app_id`,
+                             {credentials: 'same-origin', cache: 'no-store'});
+    } catch (e) { return; }  // not answering (restarting): asked again later
+    if (response.status === 401 || response.status === 403) { location.reload(); return; }
+    if (!response.ok) return;
+    let id = null;
+    try { id = (await response.json()).app_id; } catch (e) { return; }
+    if (appId === null) appId = id;
+    else if (id !== appId) location.reload();
+  };
+  checkApp();
+  setInterval(checkApp, 10000);
+  document.addEventListener('visibilitychange', checkApp);
+
   document.addEventListener('click', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target) return;
@@ -197,7 +239,7 @@
   document.addEventListener('mousedown', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target || event.button !== 0 || !target.closest(ROW_CELLS)) return;
-    if (saving()) { event.preventDefault(); event.stopImmediatePropagation(); return; }  // the save's answer first
+    if (saving() || restoring) { event.preventDefault(); event.stopImmediatePropagation(); return; }  // the save's answer first
     startLoading();
   }, true);
 

@@ -3,6 +3,7 @@ and the review form's labels, as Markdown text and DataFrames (no Gradio here)."
 from __future__ import annotations
 
 import html
+import json
 import uuid
 
 import pandas as pd
@@ -12,7 +13,7 @@ from ..labels import (CLASS_TITLES, SEVEN_POINT_CRITERIA, SEVEN_POINT_THRESHOLD,
                       seven_point_meaning)
 from ..model import HEADS
 from ..predict import Prediction, Predictor
-from .keys import SHORTCUTS_HELP
+from .keys import SHORTCUTS_HELP, form_choices
 
 DISCLAIMER = ("**Research tool, not a diagnosis.** A model trained on Derm7pt (research use only), not a "
               "medical device: it must not guide the care of a patient.")
@@ -225,19 +226,31 @@ def model_markdown(predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
-def form_ready(token: str, case: str = "", base: str = "", who: str = "") -> str:
+def form_ready(token: str, case: str = "", name: str = "", who: str = "", values: tuple | None = None) -> str:
     """The marker the page's script watches: the form now shows the case this token names (an
     empty token: no case). Until it changes after a move, the review keys and Save do nothing.
 
-    For a queue case, also which case it is (``case``: its queue file and id), the reviewer's
-    newest save of it when the form was filled or last saved (``base``) and the reviewer
-    (``who``): the script keeps the form's unsaved changes across a page reload (an app restart
-    reloads every page) and puts them back only into the same case, for the same reviewer, with
-    nothing saved in between."""
+    For a queue case, also which one (``case``: its queue file as it is and its id; ``name``:
+    the id the reviewer sees), the reviewer (``who``) and the form as the server gives it now
+    (``values``: the draft, the review that stands or the blank form; shown as the page shows
+    them): the script keeps the form's unsaved changes across a page reload (an app restart
+    reloads every page) and puts them back only into that case, for that reviewer, while the
+    server still gives the same form (:func:`shown_form`)."""
     token = token or "none-" + uuid.uuid4().hex[:8]
-    data = {"token": token, "case": case, "base": base, "who": who}
+    data = {"token": token, "case": case, "name": name, "who": who,
+            "form": shown_form(values) if values is not None else ""}
     attributes = " ".join(f'data-{k}="{html.escape(v, quote=True)}"' for k, v in data.items() if v)
     return f'<span class="form-ready" {attributes}></span>'
+
+
+def shown_form(values: tuple) -> str:
+    """The form's values (verdict, a value per task, confidence, note) as the page shows them
+    (a fine Derm7pt value by its label, ``NEV · dermal nevus``), in JSON: what the page's script
+    compares its own fields with."""
+    verdict, *corrected, confidence, note = values
+    labels = [{value: label for label, value in form_choices(t)}.get(v, v) for t, v in zip(TASKS, corrected)]
+    return json.dumps([verdict or None, *labels, str(confidence) if confidence else None, note or ""],
+                      ensure_ascii=False)
 
 
 def task_label(task, predicted: str | None = None, hidden: bool = False) -> str:
