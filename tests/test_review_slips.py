@@ -1065,3 +1065,35 @@ def test_changes_kept_through_a_reload_go_back_only_into_their_case_with_nothing
     expect(page.locator("#correct-DIAG input")).to_have_value("no change")
     expect(page.locator("#case-header")).to_contain_text("not reviewed by you yet")
     second.context.close()
+
+
+def test_keys_and_clicks_during_a_put_back_leave_it_whole(page, app_):
+    """Every task of c0 changed, then a reload. While the changes go back in (about a second,
+    the form dimmed), the reviewer presses the right arrow, Enter and clicks next: a click used
+    to close the dropdown being set and a key to land in it, so some changes were not put back.
+    Now they are not taken: c0 stays open, nothing is saved, and every change is back."""
+    from playwright.sync_api import expect
+
+    settings, _ = app_
+    page.locator("#verdict input[value=correct]").check()
+    wanted = {t.name: t.classes[-1] for t in TASKS}
+    for task, value in wanted.items():  # each from its own option list (a closing one can still be drawn)
+        field = page.locator(f"#correct-{task} input")
+        field.click()
+        page.locator(f"#{field.get_attribute('aria-controls')}").get_by_role("option", name=value, exact=True).click()
+        expect(field).to_have_value(value)
+    page.locator("#confidence input[value='3']").check()
+    page.get_by_label("Note (max 2000 chars)").fill("all eight")
+    page.locator("#case-header").click()
+    page.reload()
+    page.wait_for_function("document.body.classList.contains('form-restoring')", timeout=60_000)
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+        page.locator("#next-case").click(force=True)
+    page.keyboard.press("Enter")
+    expect(page.locator("#kept-changes")).to_contain_text("from before the reload are back", timeout=30_000)
+    expect(page.locator("#case-header")).to_contain_text("case c0 (")
+    for task, value in wanted.items():
+        expect(page.locator(f"#correct-{task} input")).to_have_value(value)
+    expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("all eight")
+    assert rows(settings) == []

@@ -120,8 +120,15 @@
     writeKept(kept);
   });
   document.addEventListener('click', (event) => {  // signing out: nothing of this reviewer's stays in the tab
-    if (event.target instanceof Element && event.target.closest('#log-out')) signingOut = true;
+    if (event.target instanceof Element && event.target.closest('#log-out, #hf-login')) signingOut = true;
   }, true);
+  // during a put-back (about a second) the reviewer's keys and clicks are not taken: a click
+  // would close the dropdown being set, a key would land in it
+  const browserKey = (event) => event.type === 'keydown' && event.key !== 'Enter'
+    && (event.ctrlKey || event.metaKey || /^F\d+$/.test(event.key));  // a reload, a new tab: the browser's
+  ['keydown', 'mousedown', 'pointerdown', 'click'].forEach((type) => window.addEventListener(type, (event) => {
+    if (restoring && event.isTrusted && !browserKey(event)) { event.preventDefault(); event.stopImmediatePropagation(); }
+  }, true));
   const until = (test, ms) => new Promise((resolve) => {
     const started = Date.now();
     const poll = () => { if (test()) resolve(true); else if (Date.now() - started > ms) resolve(false); else setTimeout(poll, 40); };
@@ -151,17 +158,18 @@
     if (!entry.values || !entry.given || Date.now() - entry.at > KEPT_MS) { forget(); return; }
     const token = m.dataset.token, wanted = entry.values, what = `case ${m.dataset.name}`;
     const here = () => { const marker = document.querySelector('#form-state .form-ready'); return marker && marker.dataset.token === token; };
-    await new Promise((resolve) => setTimeout(resolve, 150));  // the case's values are drawn with its marker
-    if (!here()) return;  // moved on already: kept for the next time this case shows
-    if (same(formFields(), wanted)) { forget(); return; }  // nothing to put back (saved before the reload)
-    if (!same(shownForm(m), entry.given)) {
-      forget();
-      keptSay(`Unsaved changes from before the reload not put back: ${what} changed since in another tab (a review ` +
-              `saved or withdrawn, or a draft kept), or your last Save went through. They were: ${described(wanted)}.`);
-      return;
-    }
-    restoring = true;
+    restoring = true;  // from now on a reload keeps the entry as it is
+    document.body.classList.add('form-restoring');
     try {
+      await new Promise((resolve) => setTimeout(resolve, 150));  // the case's values are drawn with its marker
+      if (!here()) return;  // moved on already: kept for the next time this case shows
+      if (same(formFields(), wanted)) { forget(); return; }  // nothing to put back (saved before the reload)
+      if (!same(shownForm(m), entry.given)) {
+        forget();
+        keptSay(`Unsaved changes from before the reload not put back: ${what} changed since in another tab (a review ` +
+                `saved or withdrawn, or a draft kept), or your last Save went through. They were: ${described(wanted)}.`);
+        return;
+      }
       const steps = [
         ...[[0, '#verdict'], [TASKS.length + 1, '#confidence']].map(([i, radios]) => () => {
           if (!wanted[i] || formFields()[i] === wanted[i]) return;
@@ -178,12 +186,16 @@
           if (note && note.value !== text) { note.value = text; note.dispatchEvent(new Event('input', {bubbles: true})); }
         },
       ];
-      for (const step of steps) {
-        if (!here()) return;  // another case came (not by the reviewer: their moves wait): kept for it
-        await step();
+      for (const pass of [1, 2]) {  // a second pass sets what the first could not (a dropdown slow to draw)
+        if (pass === 2 && same(formFields(), wanted)) break;
+        for (const step of steps) {
+          if (!here()) return;  // another case came (not by the reviewer: their clicks wait): kept for it
+          await step();
+        }
       }
     } finally {
       restoring = false;
+      document.body.classList.remove('form-restoring');
     }
     if (!here()) return;
     forget();
@@ -195,8 +207,8 @@
   // -- the app restarted: reload ------------------------------------------------------------
   // Gradio's page reloads itself only when an event was under way as the connection broke: an
   // idle page, or one whose password sign-in went with the old process, showed bare errors.
-  // Every 10 s (and when the tab is shown again) the page asks which app answers; another one,
-  // or a sign-in refused, reloads it (the form's unsaved changes go through the reload, above).
+  // Every 10 s (and when the tab is shown again) the page asks which app answers (a random id
+  // per app start); another one reloads it (the form's unsaved changes go through, above).
   const config = window.gradio_config || {};
   let appId = config.app_id ?? null;  // the app this page came from
   const checkApp = async () => {
@@ -206,7 +218,6 @@
       response = await fetch(`${(config.root || '').replace(/\/$/, '')}/gradio_api/app_id`,
                              {credentials: 'same-origin', cache: 'no-store'});
     } catch (e) { return; }  // not answering (restarting): asked again later
-    if (response.status === 401 || response.status === 403) { location.reload(); return; }
     if (!response.ok) return;
     let id = null;
     try { id = (await response.json()).app_id; } catch (e) { return; }
@@ -220,9 +231,6 @@
   document.addEventListener('click', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target) return;
-    if (restoring && event.isTrusted && target.closest(`${NAVIGATION}, #save-review, #undo-save, #review-form`)) {
-      event.preventDefault(); event.stopImmediatePropagation(); return;  // the kept changes go back in first
-    }
     if (loading() && target.closest('#save-review, #undo-save, #review-form, #queue-filters')) {
       // not the new case's form yet; a filter picked now would be undone by the case's arrival
       event.preventDefault(); event.stopImmediatePropagation(); return;
@@ -239,7 +247,7 @@
   document.addEventListener('mousedown', (event) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target || event.button !== 0 || !target.closest(ROW_CELLS)) return;
-    if (saving() || restoring) { event.preventDefault(); event.stopImmediatePropagation(); return; }  // the save's answer first
+    if (saving()) { event.preventDefault(); event.stopImmediatePropagation(); return; }  // the save's answer first
     startLoading();
   }, true);
 
@@ -341,7 +349,6 @@
       const moves = {n: '#next-unreviewed', ArrowRight: '#next-case', ArrowLeft: '#prev-case'};
       if (moves[event.key]) moveAfterSave = moves[event.key];  // made once the save's answer is in
     }
-    if (restoring && event.isTrusted) { event.preventDefault(); return; }  // the kept changes go back in first
     if (loading() || saving()) {  // a move or save is under way: nothing acts on the form, the filters or the case until it is in
       if (event.key === 'Enter' || (!typing && !event.ctrlKey && !event.metaKey && !event.altKey)) event.preventDefault();
       return;
