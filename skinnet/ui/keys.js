@@ -134,10 +134,12 @@
     const poll = () => { if (test()) resolve(true); else if (Date.now() - started > ms) resolve(false); else setTimeout(poll, 40); };
     poll();
   });
-  const chooseText = async (input, wanted) => {  // a dropdown's choice by its text, as a click would pick it
+  // a dropdown's choice by its text, as a click picks it (the digit keys and the put-back): true
+  // once the dropdown shows it
+  const chooseText = async (input, wanted) => {
     input.focus(); press(input);
     let options = [];
-    await until(() => {
+    await until(() => {  // this dropdown's own option list, once it is drawn (a busy page can take a while)
       const list = document.getElementById(input.getAttribute('aria-controls') || '');
       options = list ? Array.from(list.querySelectorAll('[role="option"]')) : [];
       return options.length > 0;
@@ -145,7 +147,7 @@
     const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
     if (option) press(option);
     input.blur();
-    return until(() => input.value === wanted, 2000);
+    return Boolean(option) && until(() => input.value === wanted, 2000);
   };
   const putBack = async (m) => {
     const kept = readKept(), key = keptKey(m), entry = kept[key];
@@ -189,7 +191,7 @@
       for (const pass of [1, 2]) {  // a second pass sets what the first could not (a dropdown slow to draw)
         if (pass === 2 && same(formFields(), wanted)) break;
         for (const step of steps) {
-          if (!here()) return;  // another case came (not by the reviewer: their clicks wait): kept for it
+          if (!here()) return;  // another case came (not by the reviewer: theirs are not taken): kept for it
           await step();
         }
       }
@@ -289,20 +291,10 @@
     if (!input) return;
     picking += 1;
     pickInput = input;
-    input.focus(); press(input);
-    // this dropdown's own option list, once it is drawn (a busy page can take a while)
-    let tries = 0;
-    const choose = () => {
-      const list = document.getElementById(input.getAttribute('aria-controls') || '');
-      const options = list ? Array.from(list.querySelectorAll('[role="option"]')) : [];
-      if (!options.length && ++tries < 50) { setTimeout(choose, 40); return; }
-      const wanted = CHOICES[cursor][n];
-      const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
-      if (option) { press(option); if (n > 0) markCorrect(); }
-      input.blur();
+    chooseText(input, CHOICES[cursor][n]).then((chosen) => {
+      if (chosen && n > 0) markCorrect();
       setTimeout(() => { picking -= 1; replayKeys(); }, 60);  // keys keep waiting until the pick has settled
-    };
-    setTimeout(choose, 40);
+    });
   };
   // f: type to filter the outlined task's values (DIAG has 24), arrows and Enter to pick one
   let filtering = null;

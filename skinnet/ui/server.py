@@ -28,9 +28,10 @@ OPEN_ROUTES = {
 """Every route the page, ``gradio_client`` and the sign-ins use (found by recording a browser's
 and a client's requests); all of Gradio's others answer 404. ``/gradio_api/run/predict`` serves
 only the page's one unqueued event (``queue(api_open=False)`` keeps every other event in the queue).
-``/gradio_api/app_id`` is what a page that lost its connection asks every 2 s; the first answer
-(the app is back, after a restart) makes it reload itself: without it, the page said "Attempting
-reconnection" for ever, and nothing on it worked again until the user reloaded by hand."""
+``/gradio_api/app_id`` (a random number per app start): Gradio's page asks it every 2 s after an
+event lost its connection, and the app's own script (``keys.js``) every 10 s; an answer from a
+restarted app reloads the page. Without it, the page said "Attempting reconnection" for ever, or
+showed bare errors, until the user reloaded by hand."""
 _OPEN = {method: re.compile("|".join(f"(?:{p})" for p in patterns)) for method, patterns in OPEN_ROUTES.items()}
 _OPEN["HEAD"] = _OPEN["GET"]
 
