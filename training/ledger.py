@@ -495,15 +495,18 @@ RECENT_FOLDS = 8
 
 
 def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None) -> list[str]:
-    """What is done and pending, and the CPU hours the pending folds need (the median minutes of
-    the last RECENT_FOLDS finished folds, each divided by its entry's ``cost``, times each
-    pending training's ``cost``)."""
+    """What is done and pending, and the CPU hours the pending folds need: each pending
+    training's ``cost`` times the minutes per unit of cost of the last RECENT_FOLDS finished
+    folds, as a range from their lower quartile (a quiet machine) to their median (folds that
+    shared the cores with test runs or a browser count in it, and they take up to 3x longer)."""
     entries = experiments(root)
     measured = sorted((fold_recorded_at(e, k), fold_minutes(e, k), e.cost) for e in entries
                       for k in e.planned_folds() if e.done(k))
     per_unit = [m / c for _, m, c in measured if m is not None][-RECENT_FOLDS:]  # this machine, these days
-    unit = fold_minutes_estimate or (sorted(per_unit)[len(per_unit) // 2] if per_unit else None)
-    lines, hours, trainings, counted = [], 0.0, 0, set()
+    ranked = sorted(per_unit)
+    quiet = fold_minutes_estimate or (ranked[len(ranked) // 4] if ranked else None)
+    unit = fold_minutes_estimate or (ranked[len(ranked) // 2] if ranked else None)
+    lines, units, trainings, counted = [], 0.0, 0, set()
     for e in entries:
         done = [k for k in e.planned_folds() if e.done(k)]
         pending = e.pending()
@@ -515,13 +518,16 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
                 continue  # its twin's training (done, or counted already) fills it
             counted.add((e.name, k))
             trainings += 1
-            hours += (unit or 0) * e.cost / 60
+            units += e.cost
     n_pending = sum(len(e.pending()) for e in entries)
     runs = f"{n_pending} folds ({trainings} trainings: a teacher fold's twin fills another)" if trainings != n_pending \
         else f"{n_pending} folds"
-    if unit is not None:
-        lines.append(f"pending: {runs}, about {hours:.1f} CPU hours "
-                     f"({unit:.0f} min per shipped-recipe fold, the median of the last {len(per_unit)} finished)")
+    if unit is not None and quiet == unit:
+        lines.append(f"pending: {runs}, about {units * unit / 60:.1f} CPU hours ({unit:.0f} min per shipped-recipe fold)")
+    elif unit is not None:
+        lines.append(f"pending: {runs}, about {units * quiet / 60:.1f}-{units * unit / 60:.1f} CPU hours "
+                     f"({quiet:.0f}-{unit:.0f} min per shipped-recipe fold: the lower quartile and the median "
+                     f"of the last {len(per_unit)} finished; the quartile is a quiet machine's)")
     else:
         lines.append(f"pending: {runs} (no finished fold to time them by)")
     return lines
