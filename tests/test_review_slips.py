@@ -972,13 +972,23 @@ def test_unsaved_changes_survive_an_app_restart(tmp_path):
                                       "keep them.", timeout=60_000)
             expect(kept).to_be_in_viewport(ratio=1)
             expect(page.locator("#save-review")).to_be_in_viewport(ratio=1)
+            note = page.locator("#restart-note")  # why the page reloaded, and what did not come through
+            expect(note).to_contain_text("The app restarted")
+            expect(note).to_contain_text("Uploaded images are never kept")
+            expect(note).to_contain_text("Unsaved changes to a queue case come back when you open it")
+            page.screenshot(path=str(tmp_path / "changes_back_after_restart.png"))
+            note_box = note.bounding_box()
+            for covered in ("#save-review", "#review-form", "#case-header", ".disclaimer"):  # the note is above them all
+                box = page.locator(covered).first.bounding_box()
+                assert note_box["y"] + note_box["height"] <= box["y"], f"the note covers {covered}"
+            note.get_by_role("button", name="Dismiss").click()
+            expect(note).to_have_count(0)
             expect(page.locator("#correct-DIAG input")).to_have_value("SK")
             expect(page.locator("#correct-PN input")).to_have_value("TYP")
             expect(page.locator("#correct-STR input")).to_have_value("no change")
             expect(page.locator("#verdict input[value=correct]")).to_be_checked()
             expect(page.locator("#confidence input[value='4']")).to_be_checked()
             expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("flat, waxy; check again")
-            page.screenshot(path=str(tmp_path / "changes_back_after_restart.png"))
             page.locator("#case-header").click()
             page.keyboard.press("Enter")
             expect(page.locator("#save-status")).to_contain_text("Saved: correct for case c0", timeout=60_000)
@@ -988,6 +998,7 @@ def test_unsaved_changes_survive_an_app_restart(tmp_path):
             wait_for_case(page, "c0")
             expect(page.locator("#save-status")).to_contain_text("Showing your saved review")
             expect(page.locator("#kept-changes")).to_have_count(0)
+            expect(page.locator("#restart-note")).to_have_count(0)  # a reload by hand is not a restart
             browser.close()
     finally:
         stop_app(process)

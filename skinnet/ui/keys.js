@@ -224,8 +224,34 @@
     let id = null;
     try { id = (await response.json()).app_id; } catch (e) { return; }
     if (appId === null) appId = id;
-    else if (id !== appId) location.reload();
+    else if (id !== appId) {
+      try { sessionStorage.setItem(RESTARTED, String(Date.now())); } catch (e) { /* storage off */ }
+      location.reload();
+    }
   };
+  // after that reload (and a sign-in, if the login went with the old process) the page says why
+  // it reloaded and what did not come through: a visitor's uploaded pair is never kept
+  const RESTARTED = 'skinnet-restarted', RESTART_NOTE_MS = 30 * 60 * 1000;
+  const sayRestarted = async () => {
+    let at = 0;
+    try { at = Number(sessionStorage.getItem(RESTARTED) || 0); sessionStorage.removeItem(RESTARTED); } catch (e) { return; }
+    if (!at || Date.now() - at > RESTART_NOTE_MS) return;
+    if (!await until(() => document.querySelector('.disclaimer'), 30000)) return;
+    const note = document.createElement('div');
+    note.id = 'restart-note';
+    note.setAttribute('role', 'status');
+    const text = document.createElement('span');
+    text.textContent = 'The app restarted and this page reloaded. ' +
+      'Uploaded images are never kept: add your pair again if you had one.' +
+      (document.querySelector('#intro') ? '' : ' Unsaved changes to a queue case come back when you open it.');
+    const close = document.createElement('button');
+    close.type = 'button'; close.textContent = '×'; close.setAttribute('aria-label', 'Dismiss');
+    close.addEventListener('click', () => note.remove());
+    note.append(text, close);
+    document.body.append(note);
+    setTimeout(() => note.remove(), 60000);
+  };
+  sayRestarted();
   checkApp();
   setInterval(checkApp, 10000);
   document.addEventListener('visibilitychange', checkApp);
