@@ -127,28 +127,36 @@ def test_int8_storage_is_scored_out_of_fold_on_the_entrys_own_fold_models(record
     assert refused.returncode != 0 and "does not reproduce the ledger" in refused.stderr
 
 
-def made_up_entry(data: Derm7pt, path: Path, folds_done: list[int], diag_wrong_every: int = 0) -> None:
+def made_up_entry(data: Derm7pt, path: Path, folds_done: list[int], diag_wrong_every: int = 0,
+                  one_view_diag_wrong_every: int | None = None) -> None:
     """A 3-fold ledger entry whose out-of-fold answers are known: right on every task of every
-    case, except DIAG wrong on every ``diag_wrong_every``-th case of each fold (0: never)."""
+    case, except DIAG wrong on every ``diag_wrong_every``-th case of each fold (0: never). With
+    ``one_view_diag_wrong_every`` the entry predicts with flips (``--tta``) and also keeps one-view
+    answers (``oof_tta_off.csv``), DIAG wrong on every such case."""
     rows = ledger.case_rows(data)
     labels = {c.case_id: c.labels for c in pool_cases(data)}
-    entry = ledger.Experiment(name=path.name, description="", train_flags=FAST, folds=3, path=path)
+    flags = FAST if one_view_diag_wrong_every is None else [*FAST, "--tta"]
+    entry = ledger.Experiment(name=path.name, description="", train_flags=flags, folds=3, path=path)
     entry.save()
     folds = crossval.ensure_folds(entry.path, data, 3, 0)
     for k in folds_done:
         ids = [c for c, f in folds.items() if f == k]
-        logits = torch.full((len(ids), sum(t.num_classes for t in TASKS)), -5.0)
-        start = 0
-        for t, task in enumerate(TASKS):
-            for i, case_id in enumerate(ids):
-                said = labels[case_id][t]
-                if t == 0 and diag_wrong_every and i % diag_wrong_every == 0:
-                    said = (said + 1) % task.num_classes
-                logits[i, start + said] = 5.0
-            start += task.num_classes
         entry.fold_path(k).mkdir(parents=True)
-        ledger.write_probabilities(entry.fold_path(k) / "oof.csv",
-                                   ledger.probabilities_frame(logits, [rows[c] for c in ids], [k] * len(ids)))
+        files = {"": diag_wrong_every}
+        if one_view_diag_wrong_every is not None:
+            files["tta_off"] = one_view_diag_wrong_every
+        for views, wrong_every in files.items():
+            logits = torch.full((len(ids), sum(t.num_classes for t in TASKS)), -5.0)
+            start = 0
+            for t, task in enumerate(TASKS):
+                for i, case_id in enumerate(ids):
+                    said = labels[case_id][t]
+                    if t == 0 and wrong_every and i % wrong_every == 0:
+                        said = (said + 1) % task.num_classes
+                    logits[i, start + said] = 5.0
+                start += task.num_classes
+            ledger.write_probabilities(entry.fold_path(k) / ledger.oof_file_name("fused", views),
+                                       ledger.probabilities_frame(logits, [rows[c] for c in ids], [k] * len(ids)))
 
 
 def test_the_claims_table_gives_each_claim_the_verdict_its_rule_says(tmp_path):
@@ -224,6 +232,47 @@ average is, and no other section of the file moves."""
     assert rows["h_distilled"]["verdict"] == "passes" and rows["h_distilled"]["result"]["avg_a"] < 1.0
     assert result["decision"].startswith("next model: g_lite1")
     assert "**Decision: next model: g_lite1" in markdown.read_text()
+
+def test_the_flips_verdict_follows_the_rule_written_before_it_ran(tmp_path):
+    """benchmarks/tta_oof.py on six made-up cross-fits: with flips DIAG is wrong on every sixth
+    case, with one view on every second, so the flips come back; then the shipped recipe's
+    (e_method's) one view is the better one, so one view stays although the pooled interval is
+    above 0; an incomplete entry is refused (the rule needs all six)."""
+    from conftest import benchmark
+
+    release = make_release(tmp_path / "derm7pt", n_cases=60, seed=3)
+    names = ["a_two_encoders", "b_shared_encoder", "c_individual_attention", "d_shared_attention", "e_method",
+             "f_single_scale"]
+    markdown = tmp_path / "results.md"
+    markdown.write_text("# Results\n\n<!-- tta-oof:begin -->\nSTALE\n<!-- tta-oof:end -->\nafter\n")
+
+    def run(root: Path) -> dict:
+        benchmark([ROOT / "benchmarks" / "tta_oof.py", "--data-root", release, "--root", root,
+                   "--json", tmp_path / "tta.json", "--results-md", markdown])
+        return json.loads((tmp_path / "tta.json").read_text())
+
+    for name in names:
+        made_up_entry(Derm7pt(release), tmp_path / "better" / name, [0, 1, 2], diag_wrong_every=6,
+                      one_view_diag_wrong_every=2)
+    result = run(tmp_path / "better")
+    assert result["flips_come_back"] and result["pooled"]["avg_difference_95ci"][0] > 0
+    assert result["pooled"]["entries_avg_up"] == 6 and result["pooled"]["diag_difference"] > 0
+    assert "**Decision: the flips come back" in markdown.read_text() and "STALE" not in markdown.read_text()
+
+    for name in names:  # the same, but the shipped recipe is worse with flips
+        wrong = (2, 6) if name == "e_method" else (6, 2)
+        made_up_entry(Derm7pt(release), tmp_path / "mixed" / name, [0, 1, 2], diag_wrong_every=wrong[0],
+                      one_view_diag_wrong_every=wrong[1])
+    result = run(tmp_path / "mixed")
+    assert result["pooled"]["avg_difference_95ci"][0] > 0 and not result["flips_come_back"]
+    assert "**Decision: one view stays" in markdown.read_text()
+
+    made_up_entry(Derm7pt(release), tmp_path / "short" / names[0], [0, 1], one_view_diag_wrong_every=2)
+    for name in names[1:]:
+        made_up_entry(Derm7pt(release), tmp_path / "short" / name, [0, 1, 2], one_view_diag_wrong_every=2)
+    with pytest.raises(subprocess.CalledProcessError):
+        run(tmp_path / "short")
+
 
 def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
     """benchmarks/stacking_oof.py end to end on a synthetic entry: every variant scores every case."""
