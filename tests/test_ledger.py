@@ -103,6 +103,14 @@ def test_the_report_and_calibration_come_from_the_ledger_alone(recorded, tmp_pat
                                torch.softmax(calibrate(probe, reference["fused"])[:, :5], -1), atol=2e-3, rtol=0)
     with pytest.raises(SystemExit, match="TTA"):  # one-view predictions do not calibrate a four-view card
         calibration_from_oof(entry / "oof_tta_off.csv", card, data)
+    # a card written before a model field existed (the shipped one has no attention_sharing) holds
+    # its default: the same recipe; the other value is another model
+    import dataclasses
+    older = dataclasses.replace(card, model={k: v for k, v in card.model.items() if k != "attention_sharing"})
+    assert calibration_from_oof(entry, older, data)[1]["n_cases"] == 30
+    with pytest.raises(SystemExit, match="another recipe.*model or loss weights"):
+        calibration_from_oof(entry, dataclasses.replace(card, model={**card.model, "attention_sharing": "individual"}),
+                             data)
 
 
 def test_int8_storage_is_scored_out_of_fold_on_the_entrys_own_fold_models(recorded, tmp_path):

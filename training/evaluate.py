@@ -145,7 +145,9 @@ def calibration_from_oof(path: str | Path, card: ModelCard, data: Derm7pt | None
         differ.append(f"TTA: the logits were predicted with it {'on' if flips else 'off'}, the card has it "
                       f"{'off' if flips else 'on'}; the one-view OOF is oof_tta_off (ledger) or "
                       "training.crossval --tta-oof writes the other")
-    if fold_card.model != card.model or fold_card.loss_weights != card.loss_weights:
+    # as configs, not as stored dicts: a card written before a config field existed (the shipped
+    # one has no attention_sharing) holds its default
+    if fold_card.model_config != card.model_config or fold_card.loss_weights != card.loss_weights:
         differ.append("model or loss weights")
     if differ:
         raise SystemExit(f"--calibrate-from {path}: the fold models were trained with another recipe "
