@@ -254,9 +254,15 @@ def test_the_flips_verdict_follows_the_rule_written_before_it_ran(tmp_path):
     markdown = tmp_path / "results.md"
     markdown.write_text("# Results\n\n<!-- tta-oof:begin -->\nSTALE\n<!-- tta-oof:end -->\nafter\n")
 
-    def run(root: Path) -> dict:
+    latency = tmp_path / "latency.json"
+
+    def run(root: Path, predict_ratio: float | None = 1.5) -> dict:
+        latency.unlink(missing_ok=True)
+        if predict_ratio is not None:  # a four-flip card's latency record
+            latency.write_text(json.dumps({"four_flips": {"tta": True, "ratio_predict_to_forward": predict_ratio,
+                                                          "ratio_explain_to_forward": 5.0}}))
         benchmark([ROOT / "benchmarks" / "tta_oof.py", "--data-root", release, "--root", root,
-                   "--json", tmp_path / "tta.json", "--results-md", markdown])
+                   "--json", tmp_path / "tta.json", "--results-md", markdown, "--latency", latency])
         return json.loads((tmp_path / "tta.json").read_text())
 
     for name in names:
@@ -266,6 +272,12 @@ def test_the_flips_verdict_follows_the_rule_written_before_it_ran(tmp_path):
     assert result["flips_come_back"] and result["pooled"]["avg_difference_95ci"][0] > 0
     assert result["pooled"]["entries_avg_up"] == 6 and result["pooled"]["diag_difference"] > 0
     assert "**Decision: the flips come back" in markdown.read_text() and "STALE" not in markdown.read_text()
+    # the same answers, but four flips make prediction 3.4x a bare forward (target 2x): one view stays
+    result = run(tmp_path / "better", predict_ratio=3.4)
+    assert result["out_of_fold_conditions_hold"] and not result["flips_come_back"]
+    assert "misses its latency targets (predict 3.4x (target 2x)" in result["decision"]
+    result = run(tmp_path / "better", predict_ratio=None)  # not measured: no verdict either way
+    assert not result["flips_come_back"] and "not measured yet" in result["decision"]
 
     for name in names:  # the same, but the shipped recipe is worse with flips
         wrong = (2, 6) if name == "e_method" else (6, 2)
