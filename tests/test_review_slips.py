@@ -294,6 +294,31 @@ def test_digit_keys_show_beside_choices_and_typing_filters_diags_24_values(page,
     assert [(r["DIAG"], r["diagnosis"]) for r in saved] == [("NEV", "dermal nevus")]
 
 
+def test_a_digit_pick_is_dropped_when_another_cases_form_arrives_before_its_choice_is_pressed(page, app_):
+    """A digit key opens the outlined dropdown and presses its choice once the option list is
+    drawn. A move clicked just after the key, on a page slow to draw the list, brought the next
+    case's form in first: the choice landed there and marked that case "correct". The arrival is
+    made certain here (the form marker names another case the moment the key has started its
+    pick): the choice is not pressed, nothing is marked, and a later pick works."""
+    from playwright.sync_api import expect
+
+    page.locator("#case-header").click()
+    page.evaluate("""() => window.addEventListener('keydown', () => {  // after the page's own key handlers
+        const marker = document.querySelector('#form-state .form-ready');
+        window.skinnetTestToken = marker.dataset.token;
+        marker.dataset.token = 'another-case';
+    }, {once: true})""")
+    page.keyboard.press("3")
+    page.wait_for_timeout(1500)  # the list is drawn and the pick has settled
+    expect(page.locator("#correct-DIAG input")).to_have_value("no change")
+    expect(page.locator("#verdict input[value=correct]")).not_to_be_checked()
+    page.evaluate("document.querySelector('#form-state .form-ready').dataset.token = window.skinnetTestToken")
+    page.locator("#case-header").click()
+    page.keyboard.press("3")  # the same case again: the pick is taken
+    expect(page.locator("#correct-DIAG input")).to_have_value("MEL", timeout=10_000)
+    expect(page.locator("#verdict input[value=correct]")).to_be_checked()
+
+
 def test_after_ctrl_enter_from_the_note_the_next_n_moves_on(page, app_):
     from playwright.sync_api import expect
 
@@ -1107,4 +1132,26 @@ def test_keys_and_clicks_during_a_put_back_leave_it_whole(page, app_):
     for task, value in wanted.items():
         expect(page.locator(f"#correct-{task} input")).to_have_value(value)
     expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("all eight")
+    assert rows(settings) == []
+
+
+def test_what_else_lies_in_the_tabs_storage_does_not_stop_the_form_being_kept(page, app_):
+    """The tab's storage holds entries this page did not write (another script of the origin, an
+    older version: null, values that are not lists). The sort that trims the kept entries threw
+    on them at every page exit, so no change was kept again in that tab. Now they are dropped,
+    and c0's changes come back after the reload."""
+    from playwright.sync_api import expect
+
+    settings, _ = app_
+    page.evaluate("""() => sessionStorage.setItem('skinnet-unsaved-forms', JSON.stringify({
+        junk: null, 'dr_a\\nold': {values: 'not a list', given: [], at: 'yesterday'}, list: [1, 2]}))""")
+    page.locator("#verdict input[value=correct]").check()
+    choose(page, "correct-PN", "TYP")
+    page.get_by_label("Note (max 2000 chars)").fill("kept anyway")
+    page.locator("#case-header").click()
+    page.reload()
+    wait_until_restored(page)
+    expect(page.locator("#kept-changes")).to_contain_text("from before the reload are back", timeout=30_000)
+    expect(page.locator("#correct-PN input")).to_have_value("TYP")
+    expect(page.get_by_label("Note (max 2000 chars)")).to_have_value("kept anyway")
     assert rows(settings) == []

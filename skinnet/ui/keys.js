@@ -81,9 +81,18 @@
   // when this tab next shows that case (same queue file, same id) to the same reviewer while
   // the server still gives the same form; if it gives another one (a review saved or withdrawn,
   // a draft kept, in another tab), they are listed instead of put over it.
-  const KEPT = 'skinnet-unsaved-forms', MAX_KEPT = 20, KEPT_MS = 24 * 3600 * 1000;
-  let restoring = false, signingOut = false;
-  const readKept = () => { try { return JSON.parse(sessionStorage.getItem(KEPT) || '{}') || {}; } catch (e) { return {}; } };
+  const KEPT = 'skinnet-unsaved-forms', MAX_KEPT = 20, KEPT_MS = 24 * 3600 * 1000, PUT_BACK_MS = 6000;
+  let restoring = false, restoreRun = 0, signingOut = false;
+  const readKept = () => {  // what another script or an old version left there is dropped, not trusted
+    let kept;
+    try { kept = JSON.parse(sessionStorage.getItem(KEPT) || '{}'); } catch (e) { return {}; }
+    if (!kept || typeof kept !== 'object' || Array.isArray(kept)) return {};
+    Object.keys(kept).forEach((k) => {
+      const e = kept[k];
+      if (!e || !Array.isArray(e.values) || !Array.isArray(e.given) || typeof e.at !== 'number') delete kept[k];
+    });
+    return kept;
+  };
   const writeKept = (kept) => { try { sessionStorage.setItem(KEPT, JSON.stringify(kept)); } catch (e) { /* storage off or full */ } };
   const keptKey = (m) => `${m.dataset.who}\n${m.dataset.case}`;
   const shownForm = (m) => { try { return JSON.parse(m.dataset.form); } catch (e) { return null; } };
@@ -119,11 +128,19 @@
     Object.keys(kept).sort((a, b) => kept[b].at - kept[a].at).slice(MAX_KEPT).forEach((k) => { delete kept[k]; });
     writeKept(kept);
   });
+  window.addEventListener('pageshow', (event) => {
+    // back from the browser's back/forward cache: the page is live again and its form is the truth
+    // (the next pagehide keeps it afresh); an entry left standing would come back after a change undone
+    if (!event.persisted) return;
+    const m = document.querySelector('#form-state .form-ready');
+    if (m && m.dataset.case) { const kept = readKept(); delete kept[keptKey(m)]; writeKept(kept); }
+  });
   document.addEventListener('click', (event) => {  // signing out: nothing of this reviewer's stays in the tab
     if (event.target instanceof Element && event.target.closest('#log-out, #hf-login')) signingOut = true;
   }, true);
-  // during a put-back (about a second) the reviewer's keys and clicks are not taken: a click
-  // would close the dropdown being set, a key would land in it
+  // during a put-back (about a second; never more than PUT_BACK_MS and a dropdown's wait) the
+  // reviewer's keys and clicks are not taken: a click would close the dropdown being set, a key
+  // would land in it
   const browserKey = (event) => event.type === 'keydown' && event.key !== 'Enter'
     && (event.ctrlKey || event.metaKey || /^F\d+$/.test(event.key));  // a reload, a new tab: the browser's
   ['keydown', 'mousedown', 'pointerdown', 'click'].forEach((type) => window.addEventListener(type, (event) => {
@@ -134,9 +151,11 @@
     const poll = () => { if (test()) resolve(true); else if (Date.now() - started > ms) resolve(false); else setTimeout(poll, 40); };
     poll();
   });
+  const shownToken = () => { const m = document.querySelector('#form-state .form-ready'); return m ? m.dataset.token : null; };
   // a dropdown's choice by its text, as a click picks it (the digit keys and the put-back): true
-  // once the dropdown shows it
-  const chooseText = async (input, wanted) => {
+  // once the dropdown shows it. ``still`` is asked just before the choice is pressed: another case
+  // may have arrived while the option list was drawn, and its form is not the one meant
+  const chooseText = async (input, wanted, still = () => true) => {
     input.focus(); press(input);
     let options = [];
     await until(() => {  // this dropdown's own option list, once it is drawn (a busy page can take a while)
@@ -145,9 +164,10 @@
       return options.length > 0;
     }, 3000);
     const option = options.find((o) => o.textContent.replace('✓', '').trim() === wanted);
-    if (option) press(option);
+    const go = Boolean(option) && still();
+    if (go) press(option);
     input.blur();
-    return Boolean(option) && until(() => input.value === wanted, 2000);
+    return go && until(() => input.value === wanted, 2000);
   };
   const putBack = async (m) => {
     const kept = readKept(), key = keptKey(m), entry = kept[key];
@@ -160,8 +180,10 @@
     if (!entry.values || !entry.given || Date.now() - entry.at > KEPT_MS) { forget(); return; }
     const token = m.dataset.token, wanted = entry.values, what = `case ${m.dataset.name}`;
     const here = () => { const marker = document.querySelector('#form-state .form-ready'); return marker && marker.dataset.token === token; };
+    const run = ++restoreRun;  // a put-back of a case that came after this one outlives it: its block stays on
     restoring = true;  // from now on a reload keeps the entry as it is
     document.body.classList.add('form-restoring');
+    const deadline = Date.now() + PUT_BACK_MS;
     try {
       await new Promise((resolve) => setTimeout(resolve, 150));  // the case's values are drawn with its marker
       if (!here()) return;  // moved on already: kept for the next time this case shows
@@ -180,7 +202,7 @@
         }),
         ...TASKS.map((t, i) => async () => {
           const input = document.querySelector(`#correct-${t} input`);
-          if (input && wanted[i + 1] && input.value !== wanted[i + 1]) await chooseText(input, wanted[i + 1]);
+          if (input && wanted[i + 1] && input.value !== wanted[i + 1]) await chooseText(input, wanted[i + 1], here);
         }),
         () => {
           const note = document.querySelector('#review-note textarea, #review-note input');
@@ -192,12 +214,15 @@
         if (pass === 2 && same(formFields(), wanted)) break;
         for (const step of steps) {
           if (!here()) return;  // another case came (not by the reviewer: theirs are not taken): kept for it
+          if (Date.now() > deadline) break;  // a page too busy to draw the lists: what is set stays, the rest is listed
           await step();
         }
       }
     } finally {
-      restoring = false;
-      document.body.classList.remove('form-restoring');
+      if (run === restoreRun) {
+        restoring = false;
+        document.body.classList.remove('form-restoring');
+      }
     }
     if (!here()) return;
     forget();
@@ -317,7 +342,8 @@
     if (!input) return;
     picking += 1;
     pickInput = input;
-    chooseText(input, CHOICES[cursor][n]).then((chosen) => {
+    const token = shownToken();  // a move on before the list is drawn: the pick is not the next case's
+    chooseText(input, CHOICES[cursor][n], () => shownToken() === token && !loading()).then((chosen) => {
       if (chosen && n > 0) markCorrect();
       setTimeout(() => { picking -= 1; replayKeys(); }, 60);  // keys keep waiting until the pick has settled
     });
