@@ -527,6 +527,7 @@ def test_the_accelerator_script_runs_pending_folds_at_once_and_students_after_th
     assert teachers.done(1) and teachers.done(2) and not teachers.pending() and student.done(0)
     card = json.loads((student.fold_path(0) / "run.json").read_text())["card"]
     assert card["training"]["distill"]["leak_free"] is True
+    assert card["training"]["distill"]["teachers"] == ["teach_k0"]  # the entry, not its parent folder
     log = (tmp_path / "runs" / "ledger.log").read_text()
     started = [line.split("== ")[1].split(" started")[0] for line in log.splitlines() if "started" in line]
     assert started[-1] == "student fold 0" and set(started[:2]) == {"teach_k0 fold 1", "teach_k0 fold 2"}

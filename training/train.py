@@ -332,6 +332,13 @@ def score_epoch(run: Run, trainer: Trainer, epoch: int, train_stats: dict, epoch
     state_path.with_suffix(".tmp").replace(state_path)  # a kill mid-write leaves the last good state
 
 
+def teacher_name(path: str) -> str:
+    """A teacher as the card names it: a ledger entry's folder (experiments/teach_k0), or the run
+    folder of a cross-fit's oof.pt (runs/cv_lite2/oof.pt: cv_lite2)."""
+    path = Path(path)
+    return (path.name if path.is_dir() or not path.suffix else path.parent.name) or str(path)
+
+
 def training_record(run: Run, trainer: Trainer) -> dict:
     """The card's ``training`` section: the whole config, and what the run did with it."""
     config = run.config
@@ -341,7 +348,7 @@ def training_record(run: Run, trainer: Trainer) -> dict:
         "batch_size": config.batch_size, "lr": config.lr, "backbone_lr_scale": config.backbone_lr_scale,
         "weight_decay": config.weight_decay, "label_smoothing": config.label_smoothing, "mixup": config.mixup,
         "task_weights": config.task_weights, "ema": config.ema, "swa_start": config.swa_start,
-        **({"distill": {"teachers": [Path(p).parent.name or str(p) for p in config.distill.split(",")],
+        **({"distill": {"teachers": [teacher_name(p) for p in config.distill.split(",")],
                         "weight": config.distill_weight, "temperature": config.distill_temperature,
                         "n_cases_with_targets": int(teacher.has_target.sum()),
                         **({"leak_free": run.leak_free} if config.cross_fit else {})}} if teacher else {}),
