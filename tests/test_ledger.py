@@ -290,8 +290,9 @@ def test_the_flips_verdict_follows_the_rule_written_before_it_ran(tmp_path):
     made_up_entry(Derm7pt(release), tmp_path / "short" / names[0], [0, 1], one_view_diag_wrong_every=2)
     for name in names[1:]:
         made_up_entry(Derm7pt(release), tmp_path / "short" / name, [0, 1, 2], one_view_diag_wrong_every=2)
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(subprocess.CalledProcessError) as refused:
         run(tmp_path / "short")
+    assert "is not a complete cross-fit" in refused.value.stderr
 
 
 def test_the_combiner_benchmark_runs_on_a_ledger_entry(recorded, tmp_path):
@@ -340,6 +341,22 @@ def test_an_entry_refuses_another_recipe(recorded, tmp_path):
     with pytest.raises(SystemExit, match="use another --ledger"):
         crossval.main(["--data-root", str(release), "--out", str(tmp_path), "--folds", "3", "--ledger", str(entry),
                        "--", *FAST, "--mixup", "0.3"])
+
+
+def test_the_cpu_hours_left_run_from_a_quiet_machines_to_the_median(tmp_path):
+    """Three finished folds took 10, 20 and 60 minutes (the last beside a test run): three pending
+    trainings of twice the cost need 1.0 hour at the quiet pace (the lower quartile) and 2.0 at
+    the median."""
+    release = make_release(tmp_path / "derm7pt", n_cases=40, seed=3)
+    root = tmp_path / "exp"
+    made_up_entry(Derm7pt(release), root / "done", [0, 1, 2])
+    done = ledger.Experiment.load(root / "done")
+    for k, minutes in enumerate((10, 20, 60)):
+        pd.DataFrame({"epoch": [1, 2], "seconds": [30 * minutes] * 2}).to_csv(done.fold_path(k) / "metrics.csv",
+                                                                           index=False)
+    ledger.Experiment(name="later", description="", train_flags=FAST, folds=3, cost=2.0, path=root / "later").save()
+    assert ledger.status_lines(root)[-1].startswith(
+        "pending: 3 folds, about 1.0-2.0 CPU hours (10-20 min per shipped-recipe fold: the lower quartile and the median")
 
 
 def test_status_counts_done_and_pending_folds_and_their_cpu_hours(recorded, tmp_path):

@@ -309,7 +309,9 @@ def test_a_digit_pick_is_dropped_when_another_cases_form_arrives_before_its_choi
         marker.dataset.token = 'another-case';
     }, {once: true})""")
     page.keyboard.press("3")
-    page.wait_for_timeout(1500)  # the list is drawn and the pick has settled
+    page.wait_for_function("document.querySelector('#correct-DIAG [role=option]')", timeout=10_000)  # the list is drawn
+    expect(page.locator("#correct-DIAG input")).not_to_be_focused(timeout=10_000)  # and the pick is over (it blurs)
+    page.wait_for_timeout(300)
     expect(page.locator("#correct-DIAG input")).to_have_value("no change")
     expect(page.locator("#verdict input[value=correct]")).not_to_be_checked()
     page.evaluate("document.querySelector('#form-state .form-ready').dataset.token = window.skinnetTestToken")

@@ -147,7 +147,11 @@ def calibration_from_oof(path: str | Path, card: ModelCard, data: Derm7pt | None
                       "training.crossval --tta-oof writes the other")
     # as configs, not as stored dicts: a card written before a config field existed (the shipped
     # one has no attention_sharing) holds its default
-    if fold_card.model_config != card.model_config or fold_card.loss_weights != card.loss_weights:
+    try:
+        same_model = fold_card.model_config == card.model_config
+    except (TypeError, ValueError):  # a field this version does not know, or a value it refuses
+        same_model = False
+    if not same_model or fold_card.loss_weights != card.loss_weights:
         differ.append("model or loss weights")
     if differ:
         raise SystemExit(f"--calibrate-from {path}: the fold models were trained with another recipe "

@@ -505,7 +505,7 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
     per_unit = [m / c for _, m, c in measured if m is not None][-RECENT_FOLDS:]  # this machine, these days
     ranked = sorted(per_unit)
     quiet = fold_minutes_estimate or (ranked[len(ranked) // 4] if ranked else None)
-    unit = fold_minutes_estimate or (ranked[len(ranked) // 2] if ranked else None)
+    typical = fold_minutes_estimate or (ranked[len(ranked) // 2] if ranked else None)
     lines, units, trainings, counted = [], 0.0, 0, set()
     for e in entries:
         done = [k for k in e.planned_folds() if e.done(k)]
@@ -522,11 +522,11 @@ def status_lines(root: Path = LEDGER, fold_minutes_estimate: float | None = None
     n_pending = sum(len(e.pending()) for e in entries)
     runs = f"{n_pending} folds ({trainings} trainings: a teacher fold's twin fills another)" if trainings != n_pending \
         else f"{n_pending} folds"
-    if unit is not None and quiet == unit:
-        lines.append(f"pending: {runs}, about {units * unit / 60:.1f} CPU hours ({unit:.0f} min per shipped-recipe fold)")
-    elif unit is not None:
-        lines.append(f"pending: {runs}, about {units * quiet / 60:.1f}-{units * unit / 60:.1f} CPU hours "
-                     f"({quiet:.0f}-{unit:.0f} min per shipped-recipe fold: the lower quartile and the median "
+    if typical is not None and quiet == typical:
+        lines.append(f"pending: {runs}, about {units * typical / 60:.1f} CPU hours ({typical:.0f} min per shipped-recipe fold)")
+    elif typical is not None:
+        lines.append(f"pending: {runs}, about {units * quiet / 60:.1f}-{units * typical / 60:.1f} CPU hours "
+                     f"({quiet:.0f}-{typical:.0f} min per shipped-recipe fold: the lower quartile and the median "
                      f"of the last {len(per_unit)} finished; the quartile is a quiet machine's)")
     else:
         lines.append(f"pending: {runs} (no finished fold to time them by)")

@@ -82,7 +82,7 @@
   // the server still gives the same form; if it gives another one (a review saved or withdrawn,
   // a draft kept, in another tab), they are listed instead of put over it.
   const KEPT = 'skinnet-unsaved-forms', MAX_KEPT = 20, KEPT_MS = 24 * 3600 * 1000, PUT_BACK_MS = 6000;
-  let restoring = false, restoreRun = 0, signingOut = false;
+  let restoring = false, putBacks = 0, signingOut = false;
   const readKept = () => {  // what another script or an old version left there is dropped, not trusted
     let kept;
     try { kept = JSON.parse(sessionStorage.getItem(KEPT) || '{}'); } catch (e) { return {}; }
@@ -177,10 +177,10 @@
     if (others.length) writeKept(kept);
     if (!entry) return;
     const forget = () => { const now = readKept(); delete now[key]; writeKept(now); };
-    if (!entry.values || !entry.given || Date.now() - entry.at > KEPT_MS) { forget(); return; }
+    if (Date.now() - entry.at > KEPT_MS) { forget(); return; }
     const token = m.dataset.token, wanted = entry.values, what = `case ${m.dataset.name}`;
     const here = () => { const marker = document.querySelector('#form-state .form-ready'); return marker && marker.dataset.token === token; };
-    const run = ++restoreRun;  // a put-back of a case that came after this one outlives it: its block stays on
+    putBacks += 1;  // two at once (a case came during another's): the block stays on until both end
     restoring = true;  // from now on a reload keeps the entry as it is
     document.body.classList.add('form-restoring');
     const deadline = Date.now() + PUT_BACK_MS;
@@ -219,7 +219,8 @@
         }
       }
     } finally {
-      if (run === restoreRun) {
+      putBacks -= 1;
+      if (!putBacks) {
         restoring = false;
         document.body.classList.remove('form-restoring');
       }
@@ -343,8 +344,9 @@
     picking += 1;
     pickInput = input;
     const token = shownToken();  // a move on before the list is drawn: the pick is not the next case's
-    chooseText(input, CHOICES[cursor][n], () => shownToken() === token && !loading()).then((chosen) => {
-      if (chosen && n > 0) markCorrect();
+    const still = () => shownToken() === token && !loading();
+    chooseText(input, CHOICES[cursor][n], still).then((chosen) => {
+      if (chosen && n > 0 && still()) markCorrect();
       setTimeout(() => { picking -= 1; replayKeys(); }, 60);  // keys keep waiting until the pick has settled
     });
   };
