@@ -52,8 +52,8 @@ CLAIMS = [  # (claim, A, B, kind): A against B
 MARGIN = {"replaces": -0.010, "helps": 0.0}
 
 
-def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int]) -> dict:
-    oof = ledger.read_entry_oof(entry, data, folds=folds)
+def summarise(entry: ledger.Experiment, data: Derm7pt, folds: list[int], views: str = "") -> dict:
+    oof = ledger.read_entry_oof(entry, data, folds=folds, views=views)
     right = right_per_task(oof["logits"]["fused"], oof["labels"])
     per_fold = [right[oof["fold"] == k].float().mean(0) for k in folds]
     spread = {"avg": [float(f.mean()) for f in per_fold], "DIAG": [float(f[0]) for f in per_fold]}

@@ -75,6 +75,18 @@ def decide(rows: list[dict]) -> str:
     return f"next model: {best['entry']} (refit, calibrate from its own OOF, score test once){note}"
 
 
+def one_view_comparison(entry: ledger.Experiment, reference: ledger.Experiment, data: Derm7pt,
+                        folds: list[int]) -> dict | None:
+    """The same comparison as the app predicts (one view: ``oof_tta_off.csv``), reported beside the
+    rule's numbers and never deciding; None where either entry kept no one-view predictions."""
+    if not folds:
+        return None
+    try:
+        return compare(summarise(entry, data, folds, "tta_off"), summarise(reference, data, folds, "tta_off"))
+    except ValueError:
+        return None
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="Derm7pt release_v0 (labels and case rows; no image is read)")
@@ -98,11 +110,13 @@ def main(argv=None) -> dict:
         common = sorted(set(done[name]) & set(done[REFERENCE]))
         result = (compare(summarise(entries[name], data, common), summarise(entries[REFERENCE], data, common))
                   if common else None)
+        one_view = one_view_comparison(entries[name], entries[REFERENCE], data, common)
         params = count_parameters(create_model(backbone=backbone))
         complete = result is not None and result["n_cases"] == pool
         rows.append({"entry": name, "label": label, "rule": rule, "rule_text": RULES[rule], "params": params,
                      "ledger": f"experiments/{name}", "folds_done": done[name], "folds": common,
-                     "complete": complete, "result": result, "verdict": verdict(rule, result, complete)})
+                     "complete": complete, "result": result, "one_view": one_view,
+                     "verdict": verdict(rule, result, complete)})
     output = {"reference": REFERENCE, "reference_cases": reference_cases, "pool_cases": pool, "candidates": rows,
               "decision": decide(rows)}
     decision = output["decision"]
@@ -126,6 +140,13 @@ def main(argv=None) -> dict:
                   "| candidate | cases | " + " | ".join(TASK_NAMES) + " |", "|---|---|" + "---|" * len(TASK_NAMES)]
         lines += [f"| `{r['entry']}` | {r['result']['n_cases']} | " + " | ".join(
             f"{100 * r['result']['task_difference'][t]:+.1f}" for t in TASK_NAMES) + " |" for r in decided]
+    one_view = [r for r in decided if r["one_view"] is not None]
+    if one_view:
+        lines += ["", "As the app predicts, one view (each entry's `oof_tta_off.csv`; reported, not deciding: the rules "
+                  "read the four-flip predictions above):", "",
+                  "| candidate | cases | avg A / ref | avg A - ref, 95% CI | DIAG A / ref | DIAG only A / only ref, McNemar p |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| `{r['entry']}` | {paired_cells(r['one_view'])} |" for r in one_view]
     lines += ["", f"**Decision: {decision}.**"]
     table = "\n".join(lines)
     print(table)

@@ -214,7 +214,10 @@ average is, and no other section of the file moves."""
     root = tmp_path / "exp"
     for name, folds_done, wrong in (("e_method", [0, 1, 2], 3), ("g_lite1", [0, 1, 2], 0),
                                     ("i_epochs40", [0, 1, 2], 3), ("h_distilled", [0, 1], 0)):
-        made_up_entry(Derm7pt(release), root / name, folds_done, diag_wrong_every=wrong)
+        # one-view answers for the reference and g_lite1 only, g_lite1's worse than the reference's
+        one_view = {"e_method": 3, "g_lite1": 2}.get(name)
+        made_up_entry(Derm7pt(release), root / name, folds_done, diag_wrong_every=wrong,
+                      one_view_diag_wrong_every=one_view)
     markdown = tmp_path / "results.md"
     markdown.write_text("# Results\n\n<!-- ablation-oof:begin -->\nkept\n<!-- ablation-oof:end -->\n"
                         "<!-- candidates-oof:begin -->\nSTALE\n<!-- candidates-oof:end -->\nafter\n")
@@ -223,6 +226,8 @@ average is, and no other section of the file moves."""
     result = json.loads((tmp_path / "candidates.json").read_text())
     rows = {r["entry"]: r for r in result["candidates"]}
     assert rows["g_lite1"]["verdict"] == "passes" and rows["g_lite1"]["result"]["avg_difference_95ci"][0] > 0
+    # one view is reported where both kept it, and decides nothing (g_lite1 is behind there)
+    assert rows["g_lite1"]["one_view"]["avg_difference"] < 0 and rows["i_epochs40"]["one_view"] is None
     assert rows["g_lite1"]["params"] < count_parameters(create_model(backbone="tf_efficientnet_lite2"))
     assert rows["i_epochs40"]["verdict"] == "does not pass" and rows["i_epochs40"]["result"]["avg_difference"] == 0
     assert rows["h_distilled"]["verdict"].startswith("passes so far") and rows["h_distilled"]["folds"] == [0, 1]
@@ -231,6 +236,7 @@ average is, and no other section of the file moves."""
     text = markdown.read_text()
     assert "STALE" not in text and "kept" in text and text.endswith("<!-- candidates-oof:end -->\nafter\n")
     assert "**Decision: no choice yet: g_lite1 passes" in text and "| `h_distilled`: " in text
+    assert "As the app predicts, one view" in text
     # h_distilled's last fold: it passes too (DIAG above the reference's), with a lower average
     made_up_entry(Derm7pt(release), root / "h_distilled", [2], diag_wrong_every=2)
     benchmark([ROOT / "benchmarks" / "candidates_oof.py", "--data-root", release, "--root", root,
