@@ -179,7 +179,7 @@
     const forget = () => { const now = readKept(); delete now[key]; writeKept(now); };
     if (Date.now() - entry.at > KEPT_MS) { forget(); return; }
     const token = m.dataset.token, wanted = entry.values, what = `case ${m.dataset.name}`;
-    const here = () => { const marker = document.querySelector('#form-state .form-ready'); return marker && marker.dataset.token === token; };
+    const here = () => shownToken() === token;
     putBacks += 1;  // two at once (a case came during another's): the block stays on until both end
     restoring = true;  // from now on a reload keeps the entry as it is
     document.body.classList.add('form-restoring');
