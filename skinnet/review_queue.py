@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from .corrections.schema import MAX_FIELD, is_case_id
 from .data import CaseInsensitivePaths, DatasetError, Derm7pt
 from .imaging import ImageError, load_rgb
 from .labels import TASKS
@@ -117,6 +118,10 @@ def open_queue(path: str | Path, root: str | Path | None = None, split: str | No
         case_id = str(row.case_id).strip()
         if not case_id or case_id in seen:
             raise DatasetError(f"{path} line {number}: case id {case_id!r} is empty or repeated")
+        if not is_case_id(case_id):
+            raise DatasetError(f"{path} line {number}: case id {case_id[:40]!r} is longer than {MAX_FIELD} "
+                               "characters or has a line break or another control character; a review of it could "
+                               "not be saved under it")
         seen.add(case_id)
         images = {}
         for column in ("clinical", "dermoscopy"):

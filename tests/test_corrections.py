@@ -96,6 +96,9 @@ def test_formula_cells_are_neutralised_and_restored(tmp_path):
 def test_bad_reviews_refused():
     with pytest.raises(CorrectionsError, match="verdict"):
         review("maybe").validate()
+    for case_id in ("x\ny", "x\ry", "tab\there", "nul\x00", "c" * 201):  # saved as another id, or never saved
+        with pytest.raises(CorrectionsError, match="case.id"):
+            review(case_id=case_id).validate()
     with pytest.raises(CorrectionsError, match="DIAG correction 'XYZ'"):
         review("correct", DIAG="XYZ").validate()
     with pytest.raises(CorrectionsError, match="signed-in reviewer"):
@@ -544,3 +547,60 @@ def test_a_save_reads_only_what_the_log_gained(tmp_path, monkeypatch):
         assert log.latest_review("dr_a", f"new{i}")["case_id"] == f"new{i}"
     assert sum(read) < 10 * 1000 and size > 250 * 3000, (sum(read), size)
     assert len(read_corrections(tmp_path)[0]) == 3012
+
+
+def test_a_fine_value_is_kept_only_where_the_class_groups_several():
+    """A raw call could send a one-value class's Derm7pt value ('absent' for PN): the row says what
+    the form would have said (the class, no fine value), so the same answer reads the same."""
+    by_value = review("correct", PN="absent", DIAG="dermal nevus").row({})
+    by_class = review("correct", PN="ABS", DIAG="dermal nevus").row({})
+    assert (by_value["PN"], by_value["pigment_network"]) == ("ABS", "")
+    assert by_value["diagnosis"] == "dermal nevus" and by_value == {**by_class, "event_id": by_value["event_id"],
+                                                                     "logged_at": by_value["logged_at"]}
+
+
+def test_a_case_id_names_the_images_of_its_first_review(tmp_path):
+    """Another reviewer's review, or the same answer again, of case 17 with other images (another
+    queue file's lesion under the same id, a replaced image) is refused, not logged as the case's
+    review nor taken as "already saved"; the first images take reviews as before."""
+    from skinnet_testkit.synthetic import lesion_image
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    first, other = lesion_image(rng, (40, 40), tint=0), lesion_image(rng, (40, 40), tint=2)
+    log = CorrectionsLog(tmp_path / "log")
+    saved = review("correct", DIAG="MEL")
+    assert log.append(saved, dermoscopy=first)
+    for attempt, images in ((review("correct", DIAG="MEL", event_id=None), {"dermoscopy": other}),
+                            (review("correct", reviewer="dr_b", DIAG="BCC"), {"dermoscopy": other}),
+                            (review("correct", reviewer="dr_b", DIAG="BCC"), {"clinical": first}),
+                            (review("correct", reviewer="dr_b", DIAG="BCC"), {"clinical": first, "dermoscopy": first})):
+        with pytest.raises(CorrectionsError, match="already in the review log with other images"):
+            log.append(attempt, **images)
+    assert log.append(review("correct", DIAG="MEL"), dermoscopy=first) is False  # the same answer: logged once
+    assert log.append(review("correct", reviewer="dr_b", DIAG="BCC"), dermoscopy=first)
+    assert [r["reviewer"] for r in read_corrections(tmp_path / "log")[0]] == ["dr_a", "dr_b"]
+
+
+def test_a_writer_whose_clock_runs_behind_still_logs_its_save_as_the_latest(tmp_path, monkeypatch):
+    """Two processes on one log (replicas, or a restart after the clock stepped back), the second
+    one's clock 2 s behind: its later save must be the reviewer's standing review for every reader
+    (the app's form, training), as it was told ("replaces your earlier review")."""
+    from datetime import datetime, timedelta
+    from skinnet.corrections import storage
+
+    first = CorrectionsLog(tmp_path / "log")
+    assert first.append(review("agree"))
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(seconds=2)
+
+    monkeypatch.setattr(storage, "datetime", Behind)
+    second = CorrectionsLog(tmp_path / "log")
+    later = review("correct", DIAG="MEL")
+    assert second.append(later)
+    for reader in (second, first, CorrectionsLog(tmp_path / "log")):
+        assert reader.latest_review("dr_a", "17")["event_id"] == later.event_id
+    assert read_corrections(tmp_path / "log")[0][-1]["event_id"] == later.event_id

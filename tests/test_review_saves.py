@@ -40,6 +40,7 @@ def saving_setup(tmp_path, checkpoint=None):
     state = review.move(open_(review.new_state(), "queue/manifest.csv")[0], "next", log, "dr_a")
     assert state["case"]["case_id"] == "c0"
     images = review.load_case_images(state, tmp_path / "queues")
+    state = review.with_shown_images(state, images)  # as the app's show_case does
 
     def save(verdict, corrected=None, note="", confidence=None, **kw):
         corrected = {t.name: (corrected or {}).get(t.name, "no change") for t in TASKS}

@@ -28,7 +28,7 @@ from skinnet_testkit.synthetic import lesion_image, make_release
 # dr_locked is only for the lockout test, dr_t for the teaching test, dr_k for the agreement
 # test: each test that saves or locks a name has its own, so test order does not matter.
 USERS = {"dr_a": "pass-a-123", "dr_b": "pass-b-456", "dr_c": "pass-c-789",
-         "dr_locked": "pass-l-000", "dr_t": "pass-t-321", "dr_k": "pass-k-654"}
+         "dr_locked": "pass-l-000", "dr_t": "pass-t-321", "dr_k": "pass-k-654", "dr_i": "pass-i-987"}
 NOT_YOURS = "not an upload of this session"
 
 
@@ -302,6 +302,21 @@ def test_queues_open_only_from_the_queue_folder_and_export_is_for_admins(server)
     anonymous = RawClient(server["url"])
     assert anonymous.http.post("/gradio_api/queue/join", json={"data": ["latest"], "fn_index": 0,
                                                                 "session_hash": "x"}).status_code == 401
+
+
+def test_a_queue_file_whose_case_id_could_not_be_saved_as_it_is_is_refused_when_it_opens(tmp_path):
+    """A quoted line break in a manifest's case id was written to the log as a space: every save
+    said "Saved" yet the case never showed as reviewed and undo found nothing. Such an id (and one
+    too long to save) is refused with its line when the queue opens."""
+    from skinnet.data import DatasetError
+    from skinnet.review_queue import open_queue
+
+    (tmp_path / "img").mkdir()
+    lesion_image(np.random.default_rng(1), (40, 40), tint=0).save(tmp_path / "img" / "d.png")
+    for case_id, line in (('"x\ny"', 3), ("c" * 201, 3), ('"tab\there"', 3)):
+        (tmp_path / "manifest.csv").write_text(f"case_id,clinical,dermoscopy\nok,,img/d.png\n{case_id},,img/d.png\n")
+        with pytest.raises(DatasetError, match=f"line {line}: case id .* control character"):
+            open_queue(tmp_path / "manifest.csv", tmp_path)
 
 
 def test_a_derm7pt_meta_csv_in_the_queue_folder_cannot_point_outside_it(tmp_path):
@@ -1059,3 +1074,82 @@ def test_every_event_returns_as_many_values_as_its_outputs(server):
     assert not mismatched, mismatched
     multi = {i for i, f in app.fns.items() if f.fn is not None and len(f.outputs) > 1}
     assert len(returned) >= 0.8 * len(multi), (len(returned), len(multi))  # most events returned normally
+
+
+def test_a_review_is_saved_only_with_the_images_its_page_showed_and_its_id_named(server):
+    """Three ways a label could end up on images the reviewer never saw, sent as the app sends
+    them: a queue image replaced on the server after the case was shown; a second queue file that
+    reuses a case id for another lesion; the same picture uploaded alone in the clinical slot and
+    then in the dermoscopy slot (two readings, not one). dr_i saves in no other test."""
+    rng = np.random.default_rng(17)
+    for name in ("ids_a", "ids_b"):  # the same ids, other lesions
+        folder = server["root"] / "queues" / name
+        (folder / "img").mkdir(parents=True)
+        for i in range(2):
+            lesion_image(rng, (64, 56), tint=i).save(folder / "img" / f"d{i}.png")
+        (folder / "manifest.csv").write_text("case_id,clinical,dermoscopy\nid0,,img/d0.png\nid1,,img/d1.png\n")
+    client, config = RawClient(server["url"], "dr_i", USERS["dr_i"]), None
+    config = client.config()
+    save, show = fns(config, "save")[0], fns(config, "show_case")[0]
+    mel = [*["MEL"], *[NO_CHANGE] * 7]
+
+    def rows_of(case_id):
+        return [r for r in read_events(server["log"])[0] if r["case_id"] == case_id and r["reviewer"] == "dr_i"]
+
+    session = secrets.token_hex(6)
+    shown = open_first_case(client, config, session, "ids_a/manifest.csv")
+    assert shown.success and "id0" in shown.data[3]
+    image = server["root"] / "queues" / "ids_a" / "img" / "d0.png"
+    seen = pixel_sha256(load_rgb(image))
+    lesion_image(rng, (64, 56), tint=3).save(image)  # replaced after the page showed it
+    late = client.call(save, save_data(shown.data[-1], "correct", corrections=mel, note="on the shown image"), session)
+    assert not late.success and "images changed on the server since they were shown" in late.error
+    assert rows_of("id0") == []
+    shown = client.call(show, [None], session)  # shown again: the new image, now saved with it
+    saved = client.call(save, save_data(shown.data[-1], "correct", corrections=mel, note="a"), session)
+    assert saved.success and "Saved: correct for case id0" in saved.data[0]
+    assert [r["derm_sha256"] for r in rows_of("id0")] == [pixel_sha256(load_rgb(image))] != [seen]
+
+    other = secrets.token_hex(6)  # ids_b's id0: another lesion under the same id
+    shown = open_first_case(client, config, other, "ids_b/manifest.csv")
+    for form in (save_data(shown.data[-1], "correct", corrections=mel, note="a"),  # the same answer too
+                 save_data(shown.data[-1], "correct", corrections=["BCC", *[NO_CHANGE] * 7], note="b")):
+        refused = client.call(save, form, other)
+        assert not refused.success and "already in the review log with other images" in refused.error
+    assert [r["note"] for r in rows_of("id0")] == ["a"]
+
+    upload = secrets.token_hex(6)
+    picture = server["root"] / "one_picture.png"
+    lesion_image(rng, (60, 60), tint=4).save(picture)
+    clean = client.call(fns(config, "upload_clinical")[0], [None, {"path": client.upload(picture)}], upload).data[0]
+    made = {}
+    for slot, pair in (("clinical", [clean, None]), ("dermoscopy", [None, clean])):
+        made[slot] = client.call(fns(config, "case_from_upload")[0], [None, *pair], upload)
+        assert made[slot].success and f"upload:{slot}-" in made[slot].data[1]
+        said = client.call(save, save_data(made[slot].data[-1], "correct", corrections=["SK", *[NO_CHANGE] * 7]),
+                           upload)
+        assert said.success and said.data[0].startswith("Saved: correct") and "replaces" not in said.data[0]
+    stored = [r for r in read_events(server["log"])[0] if r["reviewer"] == "dr_i" and r["source"] == "upload"]
+    assert [(bool(r["clinic"]), bool(r["derm"])) for r in stored] == [(True, False), (False, True)]
+
+
+def test_a_save_from_a_page_whose_session_the_server_dropped_says_so(server, monkeypatch):
+    """An hour without use drops a page's session on the server; the save sent from that page then
+    met a fresh session and was told "the case changed", on every retry. It says what happened and
+    what to do, and nothing is saved or undone."""
+    from skinnet.ui import sessions
+
+    client = RawClient(server["url"], "dr_b", USERS["dr_b"])
+    config = client.config()
+    idle, busy = secrets.token_hex(6), secrets.token_hex(6)
+    token = open_first_case(client, config, idle).data[-1]
+    before = len(read_events(server["log"])[0])
+    monkeypatch.setattr(sessions, "IDLE_S", 0.0)  # the hour has passed: the next request drops it
+    assert open_first_case(client, config, busy).success
+    monkeypatch.setattr(sessions, "IDLE_S", 3600.0)
+    for _ in range(2):
+        late = client.call(fns(config, "save")[0], save_data(token, note="after lunch"), idle)
+        assert not late.success and "session on the server ended" in late.error and "Reload the page" in late.error
+    undone = client.call(fns(config, "undo")[0], undo_data(token), idle)
+    assert undone.success and undone.data[0].startswith("Nothing was undone: this page's session")
+    assert len(read_events(server["log"])[0]) == before

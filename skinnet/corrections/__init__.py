@@ -12,7 +12,7 @@ from .export import (EXPORT_COLUMNS, CaseLabels, current_labels, export_meta_csv
 from .schema import (BASE_COLUMNS, CHANGED, COLUMNS, CONFIRMED, EVENT_ID, FINE_COLUMNS, LABELLED_VERDICTS,
                      LEGACY_COLUMNS, MAX_FIELD, MAX_NOTE, MODEL_COLUMNS, NO_CHANGE, NOT_REVIEWED, RETRACT, REVEAL,
                      SOURCES, STATUS_COLUMNS, VERDICTS, CorrectionsError, Problem, Review, check_row, fine_choices,
-                     from_legacy, is_answer, neutralise, new_event_id, one_line, restore, split_answer, standing_reviews,
+                     from_legacy, is_answer, is_case_id, neutralise, new_event_id, one_line, restore, split_answer, standing_reviews,
                      task_labels, where)
 from .storage import IMAGE_DIR, LEGACY_LOG, SHARDS, CorrectionsLog, log_files, log_folder, read_corrections, read_events
 
@@ -21,5 +21,5 @@ __all__ = ["BASE_COLUMNS", "CHANGED", "COLUMNS", "CONFIRMED", "EVENT_ID", "EXPOR
            "MODEL_COLUMNS", "NO_CHANGE", "NOT_REVIEWED", "RETRACT", "REVEAL", "SHARDS", "SOURCES",
            "STATUS_COLUMNS", "VERDICTS", "CaseLabels", "CorrectionsError", "CorrectionsLog", "Problem", "Review",
            "check_row", "current_labels", "export_meta_csv", "fine_choices", "from_legacy",
-           "is_answer", "latest_reviews", "log_files", "log_folder", "main", "neutralise", "new_event_id", "one_line",
+           "is_answer", "is_case_id", "latest_reviews", "log_files", "log_folder", "main", "neutralise", "new_event_id", "one_line",
            "read_corrections", "read_events", "restore", "split_answer", "standing_reviews", "task_labels", "where"]

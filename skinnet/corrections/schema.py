@@ -21,6 +21,7 @@ import csv
 import errno
 import io
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -158,6 +159,9 @@ class Review:
                 raise CorrectionsError(f"{name} must be text of at most {MAX_FIELD} characters")
         if not self.case_id.strip():
             raise CorrectionsError("a review needs a case id")
+        if not is_case_id(self.case_id):
+            raise CorrectionsError(f"case id {self.case_id[:40]!r} has a line break or another control character: "
+                                   "the log keeps one line per row, so it would be saved as another id")
         if self.source not in SOURCES:
             raise CorrectionsError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.verdict not in EVENT_VERDICTS:
@@ -205,6 +209,13 @@ class Review:
         return all(new[c] == row[c] for c in REVIEW_CONTENT)
 
 
+def is_case_id(case_id: str) -> bool:
+    """Whether ``case_id`` can name a case in the log as it is: at most :data:`MAX_FIELD`
+    characters, none of them a control character (a line break would be written as a space, and
+    the saved review would belong to another id)."""
+    return 0 < len(case_id) <= MAX_FIELD and not any(unicodedata.category(c) == "Cc" for c in case_id)
+
+
 def is_answer(task, value: str) -> bool:
     """A class name of the task, or one of its fine Derm7pt values (exact, lower case)."""
     return value in task.classes or any(value in values for values in task.raw_values)
@@ -214,7 +225,9 @@ def split_answer(task, value: str) -> tuple[str, str]:
     """(class, fine value or '') of an answer :func:`is_answer` accepts."""
     if value in task.classes:
         return value, ""
-    return task.classes[task.class_index(value)], value
+    index = task.class_index(value)
+    # a class with one Derm7pt value says it all (the form offers no fine value for it)
+    return task.classes[index], value if len(task.raw_values[index]) > 1 else ""
 
 
 def fine_choices(task) -> list[tuple[str, str]]:

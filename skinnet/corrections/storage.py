@@ -14,9 +14,11 @@ logged: by time, then file, then line; one writer's rows keep their file order, 
 seen twice counts once. Appends happen under one file lock per folder, as one ``write`` of whole
 lines then ``fsync``; a row cut short by a crash is reported by the reader with its line number.
 Under the same lock :meth:`CorrectionsLog.append` keeps the log's rules, against every writer's
-rows: an event id logs once, a review identical to the reviewer's standing one logs nothing, a
-case id names one case, and a reviewer who was shown a case's reference labels cannot review that
-case, or its images under another id, again.
+rows: an event id logs once, a review identical to the reviewer's standing one (same answer, same
+images) logs nothing, a case id names one case (one queue kind, and the images of its first review),
+and a reviewer who was shown a case's reference labels cannot review that case, or its images
+under another id, again. A row's time is after every row already in the log, whatever the
+writer's clock says, so the log's order is the order of the saves.
 
 Each :class:`CorrectionsLog` keeps an index of the rows in memory, updated from the bytes each
 file gained since it last looked, so a save costs the same with 100 rows or 20,000.
@@ -155,6 +157,10 @@ class _Index:
     revealed_cases: dict[str, set[str]] = field(default_factory=dict)
     revealed_images: dict[str, dict[str, str]] = field(default_factory=dict)
     """reviewer -> {image sha256: the case id it was revealed with}."""
+    case_images: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """case id -> (clinic sha256, derm sha256) of its first review: the images the id names."""
+    newest: datetime | None = None
+    """The latest ``logged_at`` of any writer's row."""
     legacy_reveals: tuple[int, int] = (0, 0)
     generation: int = 0
 
@@ -172,7 +178,9 @@ class _Index:
             else:
                 bisect.insort(self.reviews.setdefault((reviewer, case_id), []), (key, row), key=lambda kr: kr[0])
                 self.cases_of.setdefault(reviewer, set()).add(case_id)
+                self.case_images.setdefault(case_id, (row["clinic_sha256"], row["derm_sha256"]))
             self.sources.setdefault(case_id, set()).add(row["source"])
+            self.newest = key[0] if self.newest is None or key[0] > self.newest else self.newest
         self.generation += 1
 
     def latest(self, reviewer: str, case_id: str) -> dict | None:
@@ -322,12 +330,16 @@ class CorrectionsLog:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.with_name(f".{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                temporary.write_bytes(png_bytes(image))
+            try:  # on disk before the row that names it is (a power cut leaves no row without its image)
+                with open(temporary, "wb") as file:
+                    file.write(png_bytes(image))
+                    file.flush()
+                    os.fsync(file.fileno())
                 os.replace(temporary, target)
             except OSError as err:
                 temporary.unlink(missing_ok=True)
                 raise CorrectionsError(write_failure(err)) from None
+            _fsync_folder(target.parent)
         return relative, digest
 
     def append(self, review: Review, clinical: Image.Image | None = None,
@@ -358,12 +370,12 @@ class CorrectionsLog:
                   **{key: pixel_sha256(image) for key, image in given.items()}}
         if given:  # refused early: nothing is stored for a review the log will not take
             with self.lock, self._index_lock:
-                if self._repeats(review):
+                if self._repeats(review, hashes):
                     return False
                 self._check_rules(review, hashes)
             stored.update({key: self.store_image(image) for key, image in given.items()})
         with self.lock, self._index_lock:  # the folder's writers, then this process's threads
-            if self._repeats(review):
+            if self._repeats(review, hashes):
                 return False
             self._check_rules(review, hashes)
             self._write(review.row(stored, self._next_time()))
@@ -380,12 +392,13 @@ class CorrectionsLog:
         images = {key: (revealed_after[key], revealed_after[f"{key}_sha256"]) for key in ("clinic", "derm")}
         return self.append(event, images=images)
 
-    def _repeats(self, review: Review) -> bool:
+    def _repeats(self, review: Review, hashes: dict[str, str]) -> bool:
         index = self.refresh()
         if review.event_id in index.event_ids:
             return True
         standing = index.latest(review.reviewer, review.case_id) if review.verdict in VERDICTS else None
-        return standing is not None and review.same_answer(standing)
+        return (standing is not None and review.same_answer(standing)
+                and all(standing[f"{key}_sha256"] == hashes.get(key, "") for key in ("clinic", "derm")))
 
     def _check_rules(self, review: Review, hashes: dict[str, str]) -> None:
         """The log's rules for a new event, against every writer's rows (called under the lock).
@@ -410,6 +423,12 @@ class CorrectionsLog:
         revealed_images = index.revealed_images.get(review.reviewer, {})
         seen_with = next((revealed_images[sha] for sha in hashes.values() if sha in revealed_images), None)
         if not seen_case and seen_with is None:
+            named = index.case_images.get(review.case_id)
+            if review.verdict in VERDICTS and named not in (None, (hashes.get("clinic", ""), hashes.get("derm", ""))):
+                raise CorrectionsError(
+                    f"Case id {review.case_id} is already in the review log with other images (another lesion under "
+                    "the same id, or its image files were replaced since): one id must name one case, so this "
+                    "review is not saved. Give this case an id of its own in its queue file.")
             return
         what = (f"case {review.case_id}" if seen_case
                 else f"case {seen_with}, whose image{'s' if len(hashes) > 1 else ''} this case shows")
@@ -420,10 +439,13 @@ class CorrectionsLog:
                                "no longer be your own reading, so it is not saved.")
 
     def _next_time(self) -> datetime:
-        """Now, but never before this writer's last row (one writer's rows stay in order)."""
+        """Now, but after every row already in the log (called under the lock): readers order the
+        writers' rows by time, so a writer whose clock runs behind another's (a replica, a clock
+        stepped back) must still log its row as the latest, which it is."""
         now = datetime.now(timezone.utc)
-        if self._last_logged is not None and now <= self._last_logged:
-            now = self._last_logged + timedelta(microseconds=1)
+        for before in (self._last_logged, self._index.newest):
+            if before is not None and now <= before and before < datetime.max.replace(tzinfo=timezone.utc):
+                now = before + timedelta(microseconds=1)
         self._last_logged = now
         return now
 

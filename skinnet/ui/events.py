@@ -112,6 +112,19 @@ def form_marker(state, reviewer: str | None, values: tuple) -> str:
     return form_ready(token, f"{where}|{case['case_id']}", case["case_id"], reviewer, values)
 
 
+def session_ended(state, token) -> bool:
+    """A form that names a case (its token) sent to a session no event has used yet (before
+    :meth:`AppEvents.act` claims it): the server dropped the page's session (an hour without use)
+    or restarted since the page got the case."""
+    return isinstance(token, str) and bool(token) and not (state or {}).get("owner")
+
+
+def session_ended_message(what: str) -> str:
+    return (f"Nothing was {what}: this page's session on the server ended (an hour without use, or the app "
+            "restarted). Reload the page: a queue case comes back where you were, with the form as this tab "
+            "holds it (uploaded images must be uploaded again); then press the button again.")
+
+
 class OnScreen:
     """Which images (the store's file names, named by their pixels) each page shows now, by
     session and slot. An event that ends after its page shows other images (a case's maps,
@@ -280,6 +293,7 @@ class AppEvents:
         saved = self.saved(reviewer, state)
         values, status = review.form_for_case(state, saved, self.newest_save(reviewer, state))
         state = review.shown({**state, "left_draft": None, "dropped_draft": None}, values, saved)
+        state = review.with_shown_images(state, images)
         # a queue case's images come from its queue file: read-only (one stray click on the
         # image's x must not turn the case into another one)
         editable = (state.get("case") or {}).get("source", "upload") == "upload"
@@ -526,7 +540,10 @@ class AppEvents:
         reference labels come back with the confirmation (and the reviewer's later changes to
         that case are refused: they would no longer be an independent reading). ``shown_anyway``:
         the page shows a prediction the lesion check hides (its 'show anyway' was pressed)."""
+        ended = session_ended(state, token)
         state, owner, reviewer = self.act(state, request, profile, "Saving")  # before anything is decoded
+        if ended:
+            raise gr.Error(session_ended_message("saved"))
         if not state.get("event_id") or token != state["event_id"]:
             raise gr.Error("The case changed before this save reached the server; nothing was saved. "
                            "Check the form for the case on screen and save again.")
@@ -550,10 +567,13 @@ class AppEvents:
         """Withdraw your latest review of the case on screen, if the form shows it. What cannot be
         undone is said in the status line, and the form keeps what it shows (no error marks on its
         fields)."""
+        ended = session_ended(state, token)
         state, _, reviewer = self.act(state, request, profile, "Undo")
         form = (verdict_value, diag, pn, streaks, pigmentation, regression, dots, veil, vascular, confidence_value,
                 note_value)
         unchanged = (gr.skip(),) * (2 + len(TASKS) + 4)  # header, table, verdict, corrections, confidence, note, marker
+        if ended:
+            return (session_ended_message("undone"), *unchanged)
         if not state.get("event_id") or token != state["event_id"]:
             return ("The case changed before this undo reached the server; nothing was undone. Check the case on "
                     "screen and undo again.", *unchanged)

@@ -56,6 +56,7 @@ class ReviewSession(TypedDict, total=False):
     dropped_draft: str | None  # the case whose draft went to keep the queue's drafts bounded (said once)
     shown: list[str]  # [token, case id] of the case whose form was last sent to the page
     shown_review: list | None  # the saved review's form values the page got with that case (None: it got a draft)
+    shown_images: list[str] | None  # pixel sha256 of the open case's images as the page got them ('' for none)
 
 
 def new_state() -> ReviewSession:
@@ -100,7 +101,7 @@ def view_status(state: ReviewSession) -> str:
 
 
 def _open_case(state: ReviewSession, case: dict) -> ReviewSession:
-    return {**state, "case": case, "event_id": new_event_id(), "opened_at": time.time()}
+    return {**state, "case": case, "event_id": new_event_id(), "opened_at": time.time(), "shown_images": None}
 
 
 def queue_table(state: ReviewSession, log: CorrectionsLog, reviewer: str | None) -> pd.DataFrame:
@@ -410,12 +411,25 @@ def cases_ahead(state: ReviewSession, log: CorrectionsLog, reviewer: str | None)
 
 def start_upload_case(state: ReviewSession, clinical: str | None, dermoscopy: str | None) -> ReviewSession:
     """Images uploaded by hand become a case of their own (id from their pixels' hash)."""
-    images = [p for p in (clinical, dermoscopy) if p]
-    if not images:
+    if not (clinical or dermoscopy):
         return {**state, "case": None, "event_id": None}
-    digest = "-".join(pixel_sha256(load_rgb(p))[:12] for p in images)
+    hashes = [pixel_sha256(load_rgb(p)) if p else "" for p in (clinical, dermoscopy)]
+    # one image alone names its slot: the same picture as a clinical photo and as a dermoscopy
+    # image is two readings, not one
+    digest = (f"{hashes[0][:12]}-{hashes[1][:12]}" if all(hashes)
+              else f"clinical-{hashes[0][:12]}" if hashes[0] else f"dermoscopy-{hashes[1][:12]}")
     case = {"case_id": f"upload:{digest}", "clinical": clinical, "dermoscopy": dermoscopy, "source": "upload"}
-    return _open_case({**state, "index": None}, case)
+    return {**_open_case({**state, "index": None}, case), "shown_images": hashes}
+
+
+def with_shown_images(state: ReviewSession, images: tuple) -> ReviewSession:
+    """The state once the open case's images (clean RGB, None for none) went to the page: a save
+    is refused if the server's images of the case are no longer these."""
+    return {**state, "shown_images": image_hashes(images)}
+
+
+def image_hashes(images: tuple) -> list[str]:
+    return [pixel_sha256(image) if image is not None else "" for image in images]
 
 
 def content_event_id(*parts) -> str:
@@ -681,6 +695,9 @@ def save_review(state: ReviewSession, predictor: Predictor, log: CorrectionsLog,
         picked = ", ".join(f"{task.name} {changed[task.name]}" for task in TASKS if task.name in changed)
         raise gr.Error(f"Verdict '{verdict}' keeps no labels, and you picked {picked}: choose 'correct' to save "
                        "them, or set them back to 'no change'.")
+    if state.get("shown_images") != image_hashes((clinical, dermoscopy)):
+        raise gr.Error("The case's images changed on the server since they were shown (its queue file's images "
+                       "were replaced); nothing was saved. Open the case again to see its images now, then save.")
     prediction = predictor.predict(clinical, dermoscopy)
     flattened = one_line(note or "")
     review = Review(
