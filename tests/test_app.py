@@ -60,6 +60,10 @@ def test_calibration_is_applied(predictor, pair):
 def test_model_card_says_how_the_weights_are_stored(predictor, tmp_path):
     text = model_markdown(predictor)
     assert "Model `tiny@" in text and "weights stored as float16" in text and "int8" not in text
+    # in words, not a Python dict or list
+    weights = dict(predictor.card.loss_weights)
+    assert "- Loss weights: " + ", ".join(f"{h} {w:g}" for h, w in weights.items()) in text and "{" not in text
+    assert "[" not in text.split("cross-attention", 1)[1].split(";")[0]
     model, card = load_checkpoint(tiny_checkpoint(tmp_path))
     card.int8_min_elements = 100_000
     int8 = Predictor.from_checkpoint(save_checkpoint(model, card, tmp_path / "tiny_int8", "int8"))
@@ -137,6 +141,21 @@ def test_explain_handler_outputs(predictor, pair):
                          r"\w+-\w+ corner)$", label) for _, label in gallery)
     cam_clinical, cam_derm, gallery = explain_handler(predictor, None, str(pair[1]), "PN", "ATP", "auto")
     assert cam_clinical is None and cam_derm is not None and gallery == []
+
+
+def test_the_pages_grad_cam_slots_say_what_they_explain_and_why_one_is_empty(predictor, pair):
+    """A blank Grad-CAM slot (the head chosen does not read that image) looked like a failure."""
+    from skinnet.ui.handlers import page_maps
+
+    cam_clinical, cam_derm, _ = page_maps(predictor, *map(str, pair), "DIAG", "(predicted class)", "auto")
+    assert isinstance(cam_clinical["value"], Image.Image) and isinstance(cam_derm["value"], Image.Image)
+    assert re.fullmatch(r"Grad-CAM, clinical · DIAG = (BCC|NEV|MEL|MISC|SK)", cam_clinical["label"])
+    cam_clinical, cam_derm, _ = page_maps(predictor, *map(str, pair), "BWV", "ABS", "dermoscopy")
+    assert cam_clinical == {"__type__": "update", "value": None,
+                            "label": "Grad-CAM, clinical: none, the dermoscopy head does not read this image"}
+    assert cam_derm["value"] is not None and cam_derm["label"] == "Grad-CAM, dermoscopy · BWV = ABS"
+    cam_clinical, _, _ = page_maps(predictor, None, str(pair[1]), "PN", "ATP", "auto")
+    assert cam_clinical["label"] == "Grad-CAM, clinical"
 
 
 @pytest.mark.parametrize("modality", ["clinical", "dermoscopy"])

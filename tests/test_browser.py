@@ -297,3 +297,60 @@ def test_ctrl_wheel_zooms_drag_pans_and_double_click_resets_an_image(browser, ap
     page.wait_for_function(f"window.scrollY > {top}")
     assert image.evaluate("el => el.dataset.zoom") == "1.00"
     page.close()
+
+
+def test_a_visitors_explain_sits_under_the_maps_it_changes_and_taking_an_image_away_takes_its_answer(
+        browser, app_url, tmp_path):
+    """From a visitor's report: Explain redrew a map a screen above it (nothing near the button
+    moved); a slot left empty by the head chosen said nothing; Explain before any image put red
+    "Error" badges on the maps; and removing an image left the pair's answer on screen."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(app_url)
+    page.locator("#explain").click()  # nothing to explain yet: a note, no error on the maps
+    expect(page.get_by_text("Nothing to explain yet")).to_be_visible(timeout=30_000)
+    assert page.locator("#gradcam-clinical .error, #attention .error").count() == 0
+    clinical, derm = write_pair(tmp_path, seed=5)
+    _upload(page, "clinical", clinical)
+    _upload(page, "dermoscopy", derm)
+    page.locator("#analyse").click()
+    page.locator("#gradcam-clinical img").wait_for(timeout=60_000)
+    cam, controls = page.locator("#gradcam-clinical").bounding_box(), page.locator("#explain").bounding_box()
+    assert 0 < controls["y"] - (cam["y"] + cam["height"]) < 200 and controls["x"] > 600  # right under the maps
+    expect(page.locator("#gradcam-clinical")).to_contain_text("Grad-CAM, clinical · DIAG = ")
+    page.locator("#explain-task input").click()  # tasks and classes are named in words too
+    page.get_by_role("option", name="BWV · Blue-whitish veil", exact=True).click()
+    page.locator("#explain-head label", has_text="dermoscopy").click()
+    page.locator("#explain").click()
+    expect(page.locator("#gradcam-clinical")).to_contain_text("none, the dermoscopy head does not read this image",
+                                                              timeout=60_000)
+    expect(page.locator("#gradcam-dermoscopy")).to_contain_text("Grad-CAM, dermoscopy · BWV = ")
+    page.screenshot(path=str(tmp_path / "explained.png"))
+    page.locator("#clinical-input button[aria-label='Remove Image']").click()
+    expect(page.locator("#summary")).to_have_text("", timeout=30_000)
+    expect(page.locator("#gradcam-dermoscopy img")).to_have_count(0)
+    expect(page.locator("#diagnosis-bars")).to_be_hidden()
+    page.close()
+
+
+def test_on_a_phone_the_attention_maps_show_their_pictures_and_whole_captions(browser, app_url, tmp_path):
+    """At 390 px the four maps were squashed to ~30 px under their captions, in a box of empty space."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(app_url)
+    clinical, derm = write_pair(tmp_path, seed=6)
+    _upload(page, "clinical", clinical)
+    _upload(page, "dermoscopy", derm)
+    page.locator("#analyse").click()
+    page.locator("#attention img").nth(3).wait_for(timeout=60_000)
+    page.locator("#attention").scroll_into_view_if_needed()
+    page.wait_for_function("[...document.querySelectorAll('#attention .thumbnail-item img')].every(i => i.complete "
+                           "&& i.naturalHeight > 0)", timeout=30_000)
+    sizes = page.eval_on_selector_all("#attention .thumbnail-item img", "els => els.map(e => [e.clientWidth, "
+                                      "e.clientHeight])")
+    assert len(sizes) == 4 and all(w >= 120 and h >= 120 for w, h in sizes), sizes
+    cut = page.eval_on_selector_all("#attention .caption-label", "els => els.filter(e => e.scrollHeight > "
+                                    "e.clientHeight + 1 || e.scrollWidth > e.clientWidth + 1).length")
+    assert cut == 0
+    page.screenshot(path=str(tmp_path / "phone_attention.png"), full_page=True)
+    page.close()

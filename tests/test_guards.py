@@ -114,10 +114,13 @@ def test_the_answer_says_its_level_and_what_that_level_meant_on_unseen_cases(gua
     for name, probs in (("uncertain", close), ("low", middling), ("confident", clear)):
         levelled = replace(guards.check(features, probs), not_lesion=(), wrong_slot=(), swapped=False)
         texts[name] = summary_markdown(replace(prediction, checks=levelled), "v")
-    assert "Uncertain: refer or get a second opinion" in texts["uncertain"] and "0.05 apart (under 0.10)" in texts["uncertain"]
-    assert "the least sure 18% of 124, out of fold) the model was right on 41%" in texts["uncertain"]
-    assert "Low confidence" in texts["low"] and "0.25 apart (0.10 to 0.30)" in texts["low"] and "right on 63%" in texts["low"]
-    assert "Confident" in texts["confident"] and "the surest 60% of 124" in texts["confident"]
+    assert "**Uncertain.** The two most likely diagnoses are 0.05 apart; this level is a gap under 0.10." \
+        in texts["uncertain"] and "refer" not in texts["uncertain"]  # a research tool gives no clinical advice
+    assert ("Of 124 cases it had not trained on, the least sure 18% were at this level; of those, its diagnosis was "
+            "right on 41%.") in texts["uncertain"]
+    assert "Low confidence" in texts["low"] and "0.25 apart; this level is a gap from 0.10 to 0.30" in texts["low"]
+    assert "the next 22% were at this level; of those, its diagnosis was right on 63%" in texts["low"]
+    assert "Confident" in texts["confident"] and "the surest 60% were at this level" in texts["confident"]
     assert "Uncertain" not in texts["confident"] and "Low confidence" not in texts["confident"]
     # melanoma's own bar is shown whenever it is not the most likely class (NEV on top here, MEL at 0.31)
     fused = prediction.heads["fused"]

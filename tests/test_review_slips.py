@@ -799,14 +799,14 @@ def test_maps_that_end_after_the_page_moved_on_leave_the_next_case_alone(app_, m
     on_time = client.call(explain, maps_of_c0, session)
     assert on_time.success and len(client.files_in(on_time.data)) >= 2  # c0 still shown: its maps come
 
-    real, started, moved = app_events.explain_handler, threading.Event(), threading.Event()
+    real, started, moved = app_events.page_maps, threading.Event(), threading.Event()
 
     def slow_maps(*args, **kwargs):  # c0's Grad-CAM: still at work when the page moves to c3
         started.set()
         assert moved.wait(60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(app_events, "explain_handler", slow_maps)
+    monkeypatch.setattr(app_events, "page_maps", slow_maps)
     with client.page(session) as page_:
         pending = page_.join(explain, maps_of_c0)
         assert started.wait(60)

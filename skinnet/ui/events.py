@@ -31,7 +31,7 @@ from ..review_queue import list_queues
 from . import access, review
 from .examples import Example
 from .exports import ExportError, Exports, download_link
-from .handlers import answer, explain_handler, form_labels, predict_handler
+from .handlers import answer, explain_handler, form_labels, page_maps, predict_handler
 from .prepare import Preparer
 from .settings import AppSettings
 from .sessions import mark_reviewer_session
@@ -91,7 +91,12 @@ def no_bars() -> dict:
 def cleared_outputs() -> tuple:
     """What a new pair does to the last pair's results: no message beside the images, no 'show
     anyway', no summary, bars, tables or maps."""
-    return ("", False, "", no_bars(), None, None, None, None, [], gr.update(visible=False), gr.update(visible=False))
+    return ("", False, "", no_bars(), None, None, *no_maps(), gr.update(visible=False), gr.update(visible=False))
+
+
+def no_maps() -> tuple:
+    """Both Grad-CAM slots empty under their plain names, and no attention maps."""
+    return (*(gr.update(value=None, label=f"Grad-CAM, {m}") for m in ("clinical", "dermoscopy")), [])
 
 
 def no_answer() -> tuple:
@@ -404,6 +409,22 @@ class AppEvents:
                                task_value, class_value, head_value)
 
     @event
+    def explain_for_page(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
+                         request: gr.Request, profile: gr.OAuthProfile | None):
+        """The page's Explain: a choice that cannot be explained (no image yet, the fused head with
+        one image) is a note, and the maps on screen stay; the public ``/explain`` raises instead."""
+        _, owner, _ = self.act(state, request, profile)
+        pair, problem = self.open_for_page(owner, (clinical_value, dermoscopy_value))
+        if problem or all(image is None for image in pair):
+            gr.Warning(problem or "Nothing to explain yet: upload an image or click an example first.")
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            return page_maps(self.predictor, *pair, task_value, class_value, head_value)
+        except gr.Error as err:
+            gr.Warning(err.message)
+            return gr.skip(), gr.skip(), gr.skip()
+
+    @event
     def explain_after_predict(self, state, clinical_value, dermoscopy_value, task_value, class_value, head_value,
                               anyway, request: gr.Request, profile: gr.OAuthProfile | None):
         """The maps of an analysis: none without images or while its prediction is hidden (the
@@ -414,9 +435,9 @@ class AppEvents:
         checks = self._checks(pair)
         if all(image is None for image in pair) or (checks is not None and not checks.trustworthy
                                                     and anyway is not True):
-            maps = None, None, []
+            maps = no_maps()
         else:
-            maps = explain_handler(self.predictor, *pair, task_value, class_value, head_value)
+            maps = page_maps(self.predictor, *pair, task_value, class_value, head_value)
         explained = [self.store.path_for(owner, v) for v in (clinical_value, dermoscopy_value)]
         return maps if self.on_screen.shows(request, *explained) else gr.skip()
 

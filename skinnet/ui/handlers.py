@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..explain import explain
 from ..imaging import ImageError, load_rgb
-from ..labels import TASK_BY_NAME, TASKS
+from ..labels import CLASS_TITLES, TASK_BY_NAME, TASKS
 from ..model import HEADS
 from ..predict import Predictor
 from .views import criteria_table, diagnosis_label, diagnosis_table, summary_markdown, task_label
@@ -65,6 +65,34 @@ def predict_handler(predictor: Predictor, clinical, dermoscopy, show_anyway: boo
 
 def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class_name: str, head: str):
     """``/explain``: (Grad-CAM clinical, Grad-CAM dermoscopy, attention overlays with captions)."""
+    result, _ = explained(predictor, clinical, dermoscopy, task, class_name, head)
+    return result.gradcam.get("clinical"), result.gradcam.get("dermoscopy"), attention_gallery(result)
+
+
+def page_maps(predictor: Predictor, clinical, dermoscopy, task: str, class_name: str, head: str):
+    """The page's maps: as ``/explain``, each Grad-CAM slot also saying what its map explains, and
+    why it is empty when the head chosen does not read that image (a blank slot looked broken)."""
+    result, given = explained(predictor, clinical, dermoscopy, task, class_name, head)
+    slots = []
+    for modality in ("clinical", "dermoscopy"):
+        image = result.gradcam.get(modality)
+        if image is not None:
+            label = f"Grad-CAM, {modality} · {result.target.split(', ', 1)[-1]}"
+        elif modality in given:
+            label = f"Grad-CAM, {modality}: none, the {result.target.split(' head')[0]} head does not read this image"
+        else:
+            label = f"Grad-CAM, {modality}"
+        slots.append(gr.update(value=image, label=label))
+    return (*slots, attention_gallery(result))
+
+
+def attention_gallery(result) -> list[tuple]:
+    # the caption says where each map's attention falls: the words under the overlay are too small in a thumbnail
+    return [(image, f"{label} · {result.focus[label]}") for label, image in result.attention.items()]
+
+
+def explained(predictor: Predictor, clinical, dermoscopy, task: str, class_name: str, head: str):
+    """(the explanation, the modalities given) of a request checked field by field."""
     clinical, dermoscopy = as_images(clinical, dermoscopy)
     if clinical is None and dermoscopy is None:
         raise gr.Error("Upload a clinical photo, a dermoscopy image, or both.")
@@ -81,16 +109,22 @@ def explain_handler(predictor: Predictor, clinical, dermoscopy, task: str, class
         raise gr.Error("The fused head needs both images; choose 'auto' or the head of the image you gave.")
     if chosen in ("clinical", "dermoscopy") and chosen not in given:
         raise gr.Error(f"The {chosen} head needs a {chosen} image.")
-    result = explain(predictor, clinical, dermoscopy, task, cls, chosen)
-    # the caption says where each map's attention falls: the words under the overlay are too small in a thumbnail
-    gallery = [(image, f"{label} · {result.focus[label]}") for label, image in result.attention.items()]
-    return result.gradcam.get("clinical"), result.gradcam.get("dermoscopy"), gallery
+    return explain(predictor, clinical, dermoscopy, task, cls, chosen), given
+
+
+def task_choices() -> list[tuple[str, str]]:
+    """The Explain task dropdown: (``PN · pigment network``, ``PN``); the value stays the code."""
+    return [(f"{t.name} · {t.title}", t.name) for t in TASKS]
+
+
+def class_choice_list(task: str) -> list[tuple[str, str]]:
+    return [(PREDICTED, PREDICTED), *((f"{c} · {CLASS_TITLES.get(c, c)}", c) for c in TASK_BY_NAME[task].classes)]
 
 
 def class_choices(task: str):
     if not isinstance(task, str) or task not in TASK_BY_NAME:
         raise gr.Error("Unknown task.")
-    return gr.update(choices=[PREDICTED, *TASK_BY_NAME[task].classes], value=PREDICTED)
+    return gr.update(choices=class_choice_list(task), value=PREDICTED)
 
 
 def form_labels(predictor: Predictor, clinical, dermoscopy, show_anyway: bool = False):

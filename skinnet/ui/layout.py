@@ -11,14 +11,15 @@ import gradio as gr
 
 from ..backup import backup_for
 from ..corrections import MAX_NOTE, NO_CHANGE, VERDICTS, CorrectionsLog
-from ..labels import TASK_BY_NAME, TASKS
+from ..labels import TASKS
 from ..model import HEADS
 from ..predict import Predictor
 from . import access, review, uploads
 from .events import AppEvents, cleared_outputs
 from .examples import Example, read_examples
 from .exports import Exports
-from .handlers import AUTO_HEAD, CRITERIA_COLUMNS, DIAGNOSIS_COLUMNS, PREDICTED, class_choices
+from .handlers import (AUTO_HEAD, CRITERIA_COLUMNS, DIAGNOSIS_COLUMNS, PREDICTED, class_choice_list, class_choices,
+                       task_choices)
 from .keys import form_choices
 from .settings import PREDICT_CONCURRENCY, AppSettings
 from .synthetic_examples import synthetic_examples
@@ -91,6 +92,15 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                     return gr.Label(label="Diagnosis: probability of each of the five", num_top_classes=5,
                                     show_heading=False, visible=False, elem_id="diagnosis-bars")
 
+                def explain_controls():
+                    """What the Grad-CAM explains: a task, a class, a head; under the maps they change."""
+                    with gr.Row(elem_id="explain-controls"):
+                        return (gr.Dropdown(task_choices(), value="DIAG", label="Explain task", elem_id="explain-task"),
+                                gr.Dropdown(class_choice_list("DIAG"), value=PREDICTED, label="Class",
+                                            elem_id="explain-class"),
+                                gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head", elem_id="explain-head"),
+                                gr.Button("Explain", elem_id="explain"))
+
                 def gradcam_parts():
                     with gr.Row():
                         return (gr.Image(label="Grad-CAM, clinical", type="pil", format="png", interactive=False,
@@ -133,6 +143,8 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                         with gr.Column(scale=5, min_width=520, elem_id="answer-side"):
                             anyway_button, swap_button, summary = answer_parts()
                             cam_clinical, cam_dermoscopy = gradcam_parts()
+                            # under the maps they change (the visitor sees the map follow the choice)
+                            task, class_name, head, explain_button = explain_controls()
                     # a public demo has nobody who could save: no review form at all
                     with gr.Column(scale=2, min_width=380, elem_id="review-side", visible=not demo):
                         with gr.Column(elem_id="review-form"):
@@ -169,14 +181,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
                         criteria = gr.Dataframe(headers=CRITERIA_COLUMNS, scale=3, interactive=False, wrap=True,
                                                 label="Seven-point criteria: top class and probability per head",
                                                 column_widths=["25%", "25%", "25%", "25%"], elem_id="criteria-table")
-                with gr.Accordion("Where the model looked: Grad-CAM and cross-attention", open=True):
-                    with gr.Row():
-                        task = gr.Dropdown([t.name for t in TASKS], value="DIAG", label="Explain task")
-                        class_name = gr.Dropdown([PREDICTED, *TASK_BY_NAME["DIAG"].classes], value=PREDICTED,
-                                                 label="Class")
-                        head = gr.Radio([AUTO_HEAD, *HEADS], value=AUTO_HEAD, label="Head")
-                        explain_button = gr.Button("Explain", elem_id="explain")
+                with gr.Accordion("Where the model looked: Grad-CAM and cross-attention" if not demo
+                                  else "Where each image looked in the other: cross-attention", open=True):
                     if not demo:
+                        task, class_name, head, explain_button = explain_controls()
                         cam_clinical, cam_dermoscopy = gradcam_parts()
                     attention = gr.Gallery(label="Cross-attention (queries of one image over the other's grid)",
                                            format="png", columns=4, object_fit="contain", height="auto",
@@ -275,6 +283,9 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
         for component, name in ((clinical, "clinical image"), (dermoscopy, "dermoscopy image")):
             component.upload(events.on_upload(name), [state, component], [component, *cleared], **private).success(
                 events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private, **in_order)
+            # an image taken away (its x): the answer was the pair's, so it goes too; the other image is the case
+            component.clear(cleared_outputs, None, cleared, api_visibility="private").success(
+                events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private, **in_order)
         task.change(class_choices, task, class_name, api_visibility="private")
         after_predict(analyse.click(events.analyse, [*images, show_anyway], answered, **private, **model_calls))
         # the public /predict (documented outputs: summary, DIAG table, criteria table; a bad input is an
@@ -289,7 +300,10 @@ def build_app(predictor: Predictor, settings: AppSettings | None = None,
             analyse_chain(example_gallery.select(events.open_example, state, [clinical, dermoscopy, *cleared],
                                                  **private)
                           .success(events.case_from_upload, [state, clinical, dermoscopy], uploaded, **private, **in_order))
-        explain_button.click(events.explain, explain_inputs, explain_outputs, api_name="explain", preprocess=False)
+        explain_button.click(events.explain_for_page, explain_inputs, explain_outputs, **private)
+        # the public /explain (a bad input is an error for an API caller), on a trigger no visitor sees
+        gr.Button(visible=False, elem_id="api-explain").click(events.explain, explain_inputs, explain_outputs,
+                                                              api_name="explain", preprocess=False)
         for button, direction in ((prev_case, "prev"), (next_case, "next"), (next_unreviewed, "next unreviewed")):
             with_maps(button.click(events.go(direction), form_inputs, case_outputs, **private))
         filters = [split_filter, status_filter, predicted_filter]

@@ -120,7 +120,7 @@ def check_lines(checks: Checks | None, shown: bool) -> list[str]:
 
 
 SLOT_WORDS = {"clinical": "clinical photo", "dermoscopy": "dermoscopy image"}
-LEVEL_WORDS = {UNCERTAIN: "> **Uncertain: refer or get a second opinion.**",
+LEVEL_WORDS = {UNCERTAIN: "> **Uncertain.**",
                LOW_CONFIDENCE: "> **Low confidence.**",
                CONFIDENT: "**Confident, as far as this model goes.**"}
 
@@ -131,16 +131,19 @@ def level_line(checks: Checks) -> str | None:
     if checks.level == CONFIDENT and not checks.low_limit and not checks.meaning:
         return None
     bounds = {UNCERTAIN: f"under {checks.margin_limit:.2f}",
-              LOW_CONFIDENCE: f"{checks.margin_limit:.2f} to {checks.low_limit:.2f}",
-              CONFIDENT: f"at least {checks.low_limit:.2f}"}[checks.level]
-    line = f"{LEVEL_WORDS[checks.level]} The two most likely diagnoses are {checks.margin:.2f} apart ({bounds})."
+              LOW_CONFIDENCE: f"from {checks.margin_limit:.2f} to {checks.low_limit:.2f}",
+              CONFIDENT: f"of at least {checks.low_limit:.2f}"}[checks.level]
+    line = (f"{LEVEL_WORDS[checks.level]} The two most likely diagnoses are {checks.margin:.2f} apart; this level "
+            f"is a gap {bounds}.")
     meaning = checks.meaning or {}
     if meaning.get("accuracy") is not None:
+        right = f"its diagnosis was right on {100 * meaning['accuracy']:.0f}%"
+        if meaning.get("share") is None:
+            return f"{line} At this level, on cases it had not trained on, {right}."
         which = {UNCERTAIN: "least sure", LOW_CONFIDENCE: "next", CONFIDENT: "surest"}[checks.level]
-        cases = f" of {meaning['cases']}" if meaning.get("cases") else ""
-        where = f"the {which} {100 * meaning['share']:.0f}%{cases}, " if meaning.get("share") is not None else ""
-        line += (f" On unseen cases at this level ({where}out of fold) the model was right on "
-                 f"{100 * meaning['accuracy']:.0f}%.")
+        cases = f"{meaning['cases']} cases" if meaning.get("cases") else "the cases"
+        line += (f" Of {cases} it had not trained on, the {which} {100 * meaning['share']:.0f}% were at this level; "
+                 f"of those, {right}.")
     return line
 
 
@@ -197,16 +200,29 @@ def storage_summary(card) -> str:
             f"{card.int8_min_elements:,} values")
 
 
+def stages_words(stages) -> str:
+    """``[-2, -1]`` -> "after the last two stages" (a card counts stages from the end)."""
+    stages = list(stages or [])
+    if not stages:
+        return "none"
+    if all(isinstance(s, int) and s < 0 for s in stages) and sorted(stages) == list(range(-len(stages), 0)):
+        return "after the last stage" if len(stages) == 1 else f"after the last {len(stages)} stages"
+    return f"after stages {stages}"
+
+
 def model_markdown(predictor: Predictor) -> str:
     card = predictor.card
+    weights = dict(card.loss_weights)
     lines = [f"### Model `{predictor.version}`",
              f"- Backbone: `{card.model['backbone']}` ({'one shared encoder' if card.model['shared'] else 'two encoders'}), "
-             f"cross-attention after stages {card.model['cross_attention_stages'] or 'none'}; "
+             f"cross-attention {stages_words(card.model['cross_attention_stages'])}; "
              f"{card.params / 1e6:.2f}M parameters; input {card.image_size} px, "
              f"{'averaged over the 4 flips' if card.tta else 'one view, no test-time flips'}; "
              f"weights stored as "
              f"{storage_summary(card)}",
-             f"- Loss weights (clinical, dermoscopy, fused): {card.loss_weights}",
+             "- Loss weights: " + ", ".join(f"{head} {weight:g}" for head, weight in weights.items())
+             + (" (biased toward dermoscopy, as the paper's loss)" if weights.get("dermoscopy", 0) > max(
+                 (w for h, w in weights.items() if h != "dermoscopy"), default=0) else ""),
              f"- Calibration: {calibration_summary(card.calibration, card.training.get('calibration_source'))}"]
     for split in ("valid", "test"):
         if split in card.metrics:
