@@ -552,3 +552,15 @@ def test_examples_are_read_as_clean_pairs_and_a_bad_file_is_left_out(tmp_path, c
     for folder in (tmp_path / "empty", tmp_path / "missing"):
         with pytest.raises(ValueError, match="examples folder"):
             read_examples(folder)
+
+
+def test_each_shipped_example_shows_the_shipped_model_doing_what_its_name_says():
+    """A drawn pair named "swapped" never showed the swap message (the model reads a drawn
+    clinical photo as dermoscopy): each example's name is checked against the shipped model."""
+    from skinnet.ui.synthetic_examples import synthetic_examples
+
+    shipped = Predictor.from_checkpoint(Path(__file__).parents[1] / "checkpoints" / "skinnet_lite2.safetensors")
+    for example in synthetic_examples():
+        checks = shipped.predict(example.clinical, example.dermoscopy).checks
+        assert checks.swapped == ("swapped" in example.name), example.name
+        assert checks.not_lesion or "not a lesion" not in example.name, example.name

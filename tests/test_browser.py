@@ -186,7 +186,7 @@ def test_first_screen_says_what_to_upload_and_a_click_on_an_example_answers_abov
     gallery = page.locator("#examples")
     expect(gallery).to_be_visible()
     # the drawn pairs the app ships (labelled synthetic), then the owner's: the full pair and the dermoscopy alone
-    expect(gallery.locator("img")).to_have_count(7)
+    expect(gallery.locator("img")).to_have_count(6)
     expect(page.locator("#examples-note")).to_contain_text("synthetic")
     assert gallery.bounding_box()["y"] < 768
     # no review form for a visitor, folded or not; no "1 2 3" headers on the empty tables
@@ -195,7 +195,7 @@ def test_first_screen_says_what_to_upload_and_a_click_on_an_example_answers_abov
     for table in ("#diagnosis-table", "#criteria-table"):
         headers = page.locator(f"{table} th").all_inner_texts()
         assert not {"1", "2", "3"} & {h.strip() for h in headers}, headers
-    gallery.locator("img").nth(5).click()  # the owner's full pair
+    gallery.locator("img").nth(4).click()  # the owner's full pair
     page.get_by_text("Fused head:").wait_for(timeout=60_000)
     srcs = page.eval_on_selector_all("#clinical-input img, #dermoscopy-input img", "els => els.map(e => e.src)")
     assert len(srcs) == 2 and not any("first_pair" in s or "examples" in s for s in srcs)
